@@ -1,0 +1,113 @@
+#include "base/io.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/stat.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+
+namespace vessel {
+namespace {
+
+Result<void> WaitFor(int fd, short events, Deadline deadline, const char* what) {
+  for (;;) {
+    pollfd p{fd, events, 0};
+    int n = poll(&p, 1, deadline.PollTimeoutMs());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Fail(Error::HostIo(std::string("poll ") + what, errno));
+    }
+    if (n == 0) return Fail(Error::Backend(std::string(what) + ": timed out"));
+    return {};
+  }
+}
+
+}  // namespace
+
+Result<void> WriteAll(int fd, std::span<const uint8_t> data, Deadline deadline, const char* what) {
+  while (!data.empty()) {
+    ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && errno == ENOTSOCK) n = ::write(fd, data.data(), data.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN) {
+        if (auto r = WaitFor(fd, POLLOUT, deadline, what); !r) return r;
+        continue;
+      }
+      if (errno == EPIPE || errno == ECONNRESET) {
+        return Fail(Error::Backend(std::string(what) + ": connection closed by the peer"));
+      }
+      return Fail(Error::HostIo(std::string("write ") + what, errno));
+    }
+    data = data.subspan(static_cast<size_t>(n));
+  }
+  return {};
+}
+
+Result<size_t> ReadSome(int fd, std::span<uint8_t> buffer, Deadline deadline, const char* what) {
+  for (;;) {
+    if (auto r = WaitFor(fd, POLLIN, deadline, what); !r) return Fail(std::move(r).error());
+    ssize_t n = ::read(fd, buffer.data(), buffer.size());
+    if (n < 0) {
+      if (errno == EINTR || errno == EAGAIN) continue;
+      if (errno == ECONNRESET) return 0;
+      return Fail(Error::HostIo(std::string("read ") + what, errno));
+    }
+    return static_cast<size_t>(n);
+  }
+}
+
+Result<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return Fail(Error::HostIo("open " + path, errno));
+  std::string out;
+  char buf[8192];
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf, sizeof(buf));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Fail(Error::HostIo("read " + path, errno));
+    }
+    if (n == 0) return out;
+    if (out.size() + static_cast<size_t>(n) > max_bytes) {
+      return Fail(Error::HostIo("read " + path + " (larger than expected)", EFBIG));
+    }
+    out.append(buf, static_cast<size_t>(n));
+  }
+}
+
+Result<void> WriteStringToFile(const std::string& path, std::string_view data) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+  if (!fd) return Fail(Error::HostIo("create " + path, errno));
+  return WriteAll(fd.get(), {reinterpret_cast<const uint8_t*>(data.data()), data.size()},
+                  Deadline::Never(), path.c_str());
+}
+
+std::string ReadFileTail(const std::string& path, size_t max_bytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) return {};
+  struct stat st {};
+  if (fstat(fd.get(), &st) != 0) return {};
+  off_t start = st.st_size > static_cast<off_t>(max_bytes) ? st.st_size - static_cast<off_t>(max_bytes) : 0;
+  std::string out(static_cast<size_t>(st.st_size - start), '\0');
+  ssize_t n = ::pread(fd.get(), out.data(), out.size(), start);
+  out.resize(n > 0 ? static_cast<size_t>(n) : 0);
+  return out;
+}
+
+Result<void> RemoveTree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+  if (ec) return Fail(Error::HostIo("remove " + path, ec.value()));
+  return {};
+}
+
+bool IsReadableFile(const std::string& path) {
+  struct stat st {};
+  return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), R_OK) == 0;
+}
+
+}  // namespace vessel

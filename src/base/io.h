@@ -1,0 +1,31 @@
+// Blocking I/O on file descriptors with deadlines. errno becomes an Error here and
+// nowhere else.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "base/deadline.h"
+#include "base/unique_fd.h"
+#include "vessel/error.h"
+
+namespace vessel {
+
+// Writes all of `data`, waiting for the fd to become writable up to the deadline.
+[[nodiscard]] Result<void> WriteAll(int fd, std::span<const uint8_t> data, Deadline deadline,
+                                    const char* what);
+// Reads at least one byte when available before the deadline. Returns 0 at end of file.
+// A deadline that passes is a kBackend error "<what>: timed out".
+[[nodiscard]] Result<size_t> ReadSome(int fd, std::span<uint8_t> buffer, Deadline deadline,
+                                      const char* what);
+
+[[nodiscard]] Result<std::string> ReadFileToString(const std::string& path, size_t max_bytes);
+[[nodiscard]] Result<void> WriteStringToFile(const std::string& path, std::string_view data);
+// The last `max_bytes` of a file, for diagnostics: empty when it cannot be read.
+std::string ReadFileTail(const std::string& path, size_t max_bytes);
+// Removes a directory tree; missing is fine.
+[[nodiscard]] Result<void> RemoveTree(const std::string& path);
+[[nodiscard]] bool IsReadableFile(const std::string& path);
+
+}  // namespace vessel

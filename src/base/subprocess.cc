@@ -1,0 +1,177 @@
+#include "base/subprocess.h"
+
+#include <fcntl.h>
+#include <linux/close_range.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace vessel {
+namespace {
+
+// Runs fork jobs on a thread that lives as long as the process.
+class Spawner {
+ public:
+  static Spawner& Get() {
+    static Spawner* spawner = new Spawner();  // never destroyed: the thread must not exit
+    return *spawner;
+  }
+
+  Result<pid_t> Run(std::function<Result<pid_t>()> job) {
+    if (std::this_thread::get_id() == thread_id_) return job();
+    std::mutex done_mutex;
+    std::condition_variable done_cv;
+    std::optional<Result<pid_t>> result;
+    {
+      std::lock_guard lock(mutex_);
+      jobs_.push_back([&] {
+        auto r = job();
+        std::lock_guard done_lock(done_mutex);
+        result.emplace(std::move(r));
+        done_cv.notify_one();
+      });
+    }
+    cv_.notify_one();
+    std::unique_lock done_lock(done_mutex);
+    done_cv.wait(done_lock, [&] { return result.has_value(); });
+    return std::move(*result);
+  }
+
+ private:
+  Spawner() {
+    std::thread t([this] { Loop(); });
+    thread_id_ = t.get_id();
+    t.detach();
+  }
+
+  void Loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock lock(mutex_);
+        cv_.wait(lock, [&] { return !jobs_.empty(); });
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  std::thread::id thread_id_;
+};
+
+// Between fork and exec only async-signal-safe calls are made; everything the child
+// needs is prepared before the fork.
+Result<pid_t> ForkExec(const SpawnOptions& options) {
+  std::vector<char*> argv;
+  for (const auto& a : options.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  const char* output = options.output_path.empty() ? "/dev/null" : options.output_path.c_str();
+  int output_flags = options.output_path.empty() ? O_WRONLY : O_WRONLY | O_CREAT | O_APPEND;
+  pid_t parent = getpid();
+  int status_pipe[2];
+  if (pipe2(status_pipe, O_CLOEXEC) != 0) return Fail(Error::HostIo("pipe", errno));
+
+  pid_t pid = fork();
+  if (pid < 0) {
+    int e = errno;
+    close(status_pipe[0]);
+    close(status_pipe[1]);
+    return Fail(Error::HostIo("fork", e));
+  }
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, nullptr);
+    setpgid(0, 0);  // signals aimed at the caller's process group do not reach the child
+    int null = open("/dev/null", O_RDONLY);
+    int out = open(output, output_flags, 0600);
+    if (null < 0 || out < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0) {
+      int e = errno;
+      (void)!write(status_pipe[1], &e, sizeof(e));
+      _exit(127);
+    }
+    syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
+    for (int fd : options.inherit_fds) fcntl(fd, F_SETFD, 0);
+    execvp(argv[0], argv.data());
+    int e = errno;
+    (void)!write(status_pipe[1], &e, sizeof(e));
+    _exit(127);
+  }
+  close(status_pipe[1]);
+  int child_errno = 0;
+  ssize_t n;
+  do n = read(status_pipe[0], &child_errno, sizeof(child_errno));
+  while (n < 0 && errno == EINTR);
+  close(status_pipe[0]);
+  if (n == sizeof(child_errno)) {
+    waitpid(pid, nullptr, 0);
+    return Fail(Error::HostIo("exec " + options.argv[0], child_errno));
+  }
+  return pid;
+}
+
+}  // namespace
+
+Subprocess& Subprocess::operator=(Subprocess&& other) noexcept {
+  if (this != &other) {
+    Kill();
+    pid_ = std::exchange(other.pid_, -1);
+    status_ = other.status_;
+  }
+  return *this;
+}
+
+Result<Subprocess> Subprocess::Spawn(const SpawnOptions& options) {
+  if (options.argv.empty()) return Fail(Error::InvalidConfig("argv", "empty"));
+  auto pid = Spawner::Get().Run([&] { return ForkExec(options); });
+  if (!pid) return Fail(std::move(pid).error());
+  return Subprocess(*pid);
+}
+
+bool Subprocess::Running() {
+  if (pid_ < 0) return false;
+  int status = 0;
+  pid_t r = waitpid(pid_, &status, WNOHANG);
+  if (r == pid_ || (r < 0 && errno == ECHILD)) {
+    status_ = status;
+    pid_ = -1;
+    return false;
+  }
+  return true;
+}
+
+bool Subprocess::WaitFor(std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (Running()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  return true;
+}
+
+void Subprocess::Kill() {
+  if (pid_ < 0) return;
+  kill(pid_, SIGKILL);
+  int status = 0;
+  while (waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
+  }
+  status_ = status;
+  pid_ = -1;
+}
+
+}  // namespace vessel

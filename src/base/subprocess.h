@@ -1,0 +1,57 @@
+// Child processes that cannot outlive their owner.
+//
+// Every child is forked by one long-lived spawner thread, because PR_SET_PDEATHSIG fires
+// when the forking *thread* exits, not the process: a VM created from a short-lived
+// thread must not die with that thread, and must die with the process.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <optional>
+#include <utility>
+#include <string>
+#include <vector>
+
+#include "vessel/error.h"
+
+namespace vessel {
+
+struct SpawnOptions {
+  std::vector<std::string> argv;  // argv[0] is a path or looked up in PATH
+  // Descriptors the child inherits at the same numbers; every other one is closed.
+  std::vector<int> inherit_fds;
+  // stdout and stderr of the child are appended here; empty: /dev/null.
+  std::string output_path;
+};
+
+class Subprocess {
+ public:
+  Subprocess() = default;
+  Subprocess(Subprocess&& other) noexcept : pid_(std::exchange(other.pid_, -1)), status_(other.status_) {}
+  Subprocess& operator=(Subprocess&& other) noexcept;
+  Subprocess(const Subprocess&) = delete;
+  Subprocess& operator=(const Subprocess&) = delete;
+  // Kills and reaps the child if it still runs.
+  ~Subprocess() { Kill(); }
+
+  // The child is killed with SIGKILL when this process dies.
+  [[nodiscard]] static Result<Subprocess> Spawn(const SpawnOptions& options);
+
+  [[nodiscard]] pid_t pid() const { return pid_; }
+  // True while the child has not been reaped. Reaps it when it has exited.
+  [[nodiscard]] bool Running();
+  // Wait status once reaped.
+  [[nodiscard]] std::optional<int> status() const { return status_; }
+  // Waits up to `timeout` for the child to exit on its own.
+  bool WaitFor(std::chrono::milliseconds timeout);
+  // SIGKILL and reap. Idempotent.
+  void Kill();
+
+ private:
+  explicit Subprocess(pid_t pid) : pid_(pid) {}
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+};
+
+}  // namespace vessel

@@ -1,0 +1,196 @@
+// vessel: the command-line front end.
+//
+//   vessel run [options] -- CMD [ARG...]   boot a microVM, run CMD in it, destroy it
+//   vessel doctor                          what this host can run, and what is missing
+//
+// Exit status of `run`: the command's own exit code; 128+N when a signal N ended it;
+// 124 when its timeout expired; 125 when Vessel itself failed (bad usage, the VM did not
+// boot, the channel broke).
+#include <unistd.h>
+
+#include <charconv>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "engine/qemu/qemu_engine.h"
+#include "engine/runtime_dir.h"
+#include "vessel/sandbox.h"
+
+namespace {
+
+constexpr int kExitTimedOut = 124;
+constexpr int kExitVesselError = 125;
+
+constexpr const char* kUsage = R"(usage:
+  vessel run [options] -- COMMAND [ARG...]
+      --memory MIB       guest memory (default 256)
+      --vcpus N          guest CPUs (default 1)
+      --timeout SECONDS  kill the command after this long (default: none)
+      --env KEY=VALUE    set an environment variable (repeatable)
+      --cwd DIR          working directory in the guest (default /)
+      --output-cap BYTES keep at most this much of each output stream (default 16 MiB)
+      --kernel PATH      guest kernel (default: the built one)
+      --initramfs PATH   guest initramfs (default: the built one)
+  vessel doctor          check what this host can run
+
+exit status of run: the command's; 128+N if signal N ended it; 124 on timeout;
+125 when vessel itself failed.
+)";
+
+int UsageError(const std::string& message) {
+  std::cerr << "vessel: " << message << "\n\n" << kUsage;
+  return kExitVesselError;
+}
+
+template <typename T>
+std::optional<T> ParseNumber(const std::string& text) {
+  T value{};
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+void WriteAllTo(int fd, const std::string& data) {
+  size_t off = 0;
+  while (off < data.size()) {
+    ssize_t n = write(fd, data.data() + off, data.size() - off);
+    if (n <= 0) return;
+    off += static_cast<size_t>(n);
+  }
+}
+
+int Run(const std::vector<std::string>& args) {
+  vessel::SandboxConfig config;
+  vessel::ExecOptions options;
+  size_t i = 0;
+  for (; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    if (a == "--") {
+      ++i;
+      break;
+    }
+    if (!a.starts_with("--")) break;
+    if (i + 1 >= args.size()) return UsageError(a + " needs a value");
+    const std::string& v = args[++i];
+    if (a == "--memory") {
+      auto n = ParseNumber<uint32_t>(v);
+      if (!n) return UsageError("--memory wants a number of MiB, not " + v);
+      config.memory_mib = *n;
+    } else if (a == "--vcpus") {
+      auto n = ParseNumber<uint32_t>(v);
+      if (!n) return UsageError("--vcpus wants a number, not " + v);
+      config.vcpus = *n;
+    } else if (a == "--timeout") {
+      auto n = ParseNumber<double>(v);
+      if (!n || *n <= 0 || *n > 4e6) return UsageError("--timeout wants a positive number of seconds");
+      options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*n * 1000));
+    } else if (a == "--env") {
+      options.env.push_back(v);
+    } else if (a == "--cwd") {
+      options.cwd = v;
+    } else if (a == "--output-cap") {
+      auto n = ParseNumber<uint64_t>(v);
+      if (!n) return UsageError("--output-cap wants a number of bytes");
+      options.output_cap = *n;
+    } else if (a == "--kernel") {
+      config.kernel = v;
+    } else if (a == "--initramfs") {
+      config.initramfs = v;
+    } else {
+      return UsageError("unknown option " + a);
+    }
+  }
+  std::vector<std::string> argv(args.begin() + static_cast<std::ptrdiff_t>(i), args.end());
+  if (argv.empty()) return UsageError("run needs a command");
+
+  auto sandbox = vessel::Sandbox::Create(config);
+  if (!sandbox) {
+    std::cerr << "vessel: " << sandbox.error().ToString() << "\n";
+    return kExitVesselError;
+  }
+  auto result = (*sandbox)->Execute(vessel::Command::Argv(argv), options);
+  (void)(*sandbox)->Destroy();
+  if (!result) {
+    std::cerr << "vessel: " << result.error().ToString() << "\n";
+    return kExitVesselError;
+  }
+  WriteAllTo(STDOUT_FILENO, result->stdout_data);
+  WriteAllTo(STDERR_FILENO, result->stderr_data);
+  if (result->stdout_truncated) std::cerr << "vessel: stdout truncated at " << options.output_cap << " bytes\n";
+  if (result->stderr_truncated) std::cerr << "vessel: stderr truncated at " << options.output_cap << " bytes\n";
+  switch (result->outcome) {
+    case vessel::ExecResult::Outcome::kExited: return result->exit_code;
+    case vessel::ExecResult::Outcome::kSignaled: return 128 + result->signal;
+    case vessel::ExecResult::Outcome::kTimedOut:
+      std::cerr << "vessel: the command timed out and was killed\n";
+      return kExitTimedOut;
+  }
+  return kExitVesselError;
+}
+
+std::string CommandOutput(const std::string& command) {
+  std::string out;
+  FILE* p = popen(command.c_str(), "r");
+  if (!p) return out;
+  char buf[512];
+  while (size_t n = fread(buf, 1, sizeof(buf), p)) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+int Doctor() {
+  namespace qemu = vessel::engine::qemu;
+  bool ok = true;
+  auto line = [](bool good, const std::string& what, const std::string& detail) {
+    std::cout << (good ? "ok      " : "MISSING ") << what << ": " << detail << "\n";
+  };
+  bool kvm = qemu::KvmUsable();
+  std::cout << "engine  qemu with " << (kvm ? "KVM (/dev/kvm is usable)" : "TCG (no usable /dev/kvm: software emulation, slower)") << "\n";
+
+  std::string version = CommandOutput("qemu-system-x86_64 --version 2>/dev/null");
+  int major = 0, minor = 0;
+  if (auto at = version.find("version "); at != std::string::npos) {
+    std::sscanf(version.c_str() + at, "version %d.%d", &major, &minor);
+  }
+  if (major == 0) {
+    line(false, "QEMU", "qemu-system-x86_64 not found (scripts/bootstrap installs it)");
+    ok = false;
+  } else {
+    // The microvm machine with virtio-mmio devices on the command line needs 5.0 or later.
+    bool supported = major >= 5;
+    line(supported, "QEMU", std::to_string(major) + "." + std::to_string(minor) +
+                                (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
+    ok &= supported;
+  }
+  std::string dir = vessel::DefaultAssetDir();
+  for (const char* asset : {"vmlinux", "initramfs.cpio"}) {
+    std::string path = dir + "/" + asset;
+    bool found = access(path.c_str(), R_OK) == 0;
+    line(found, std::string("guest ") + asset, found ? path : path + " not found (run make)");
+    ok &= found;
+  }
+  std::string root = vessel::engine::RuntimeRoot();
+  line(true, "runtime directory", root);
+  uint64_t tsc = qemu::HostTscKhz();
+  line(tsc > 0, "host TSC rate", tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");
+  return ok ? 0 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::cout << kUsage;
+    return args.empty() ? kExitVesselError : 0;
+  }
+  std::string command = args[0];
+  args.erase(args.begin());
+  if (command == "run") return Run(args);
+  if (command == "doctor") return Doctor();
+  return UsageError("unknown command " + command);
+}

@@ -1,0 +1,55 @@
+// The engine interface: what the sandbox layer needs from a VMM, and nothing more.
+//
+// An engine starts a VM process with the guest kernel and initramfs, hands back a
+// connected byte stream to the guest agent's port, and tears everything down on
+// destroy. What flows over that stream (the protocol) is not the engine's business.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "base/unique_fd.h"
+#include "vessel/error.h"
+
+namespace vessel::engine {
+
+struct VmSpec {
+  std::string kernel;     // uncompressed ELF vmlinux with a PVH entry
+  std::string initramfs;  // newc cpio archive
+  uint32_t vcpus = 1;
+  uint32_t memory_mib = 256;
+  std::string name;  // for logs and process listings; may be empty
+};
+
+class Vm {
+ public:
+  virtual ~Vm() = default;  // destroys the VM if still running
+
+  [[nodiscard]] virtual const std::string& id() const = 0;
+  // The host end of the agent's channel. Reads return 0 once the VM process is gone.
+  [[nodiscard]] virtual int agent_fd() const = 0;
+  // True while the VMM process runs.
+  [[nodiscard]] virtual bool Running() = 0;
+  // The VMM's view of the machine: "running", "paused", "shutdown", "guest-panicked", ...
+  [[nodiscard]] virtual Result<std::string> RunState() = 0;
+  // A few lines about why the VM might have failed: the VMM's own messages and the tail
+  // of the guest console.
+  [[nodiscard]] virtual std::string Diagnostics() const = 0;
+  // Kills and reaps the VMM process and removes the VM's runtime directory. Idempotent.
+  virtual void Destroy() = 0;
+};
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  // "qemu-tcg", "qemu-kvm", ...
+  [[nodiscard]] virtual std::string name() const = 0;
+  [[nodiscard]] virtual uint32_t max_vcpus() const = 0;
+  [[nodiscard]] virtual uint32_t max_memory_mib() const = 0;
+  // Starts the VM process. Returns once it runs; the guest is still booting.
+  [[nodiscard]] virtual Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) = 0;
+};
+
+}  // namespace vessel::engine

@@ -1,0 +1,60 @@
+#include "engine/qemu/qmp_client.h"
+
+#include "base/io.h"
+
+namespace vessel::engine::qemu {
+
+using nlohmann::json;
+
+Result<json> QmpClient::ReadMessage(Deadline deadline) {
+  for (;;) {
+    if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
+      std::string line = buffer_.substr(0, nl);
+      buffer_.erase(0, nl + 1);
+      json message = json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (message.is_discarded() || !message.is_object()) {
+        return Fail(Error::Backend("QMP: malformed message from QEMU"));
+      }
+      return message;
+    }
+    if (buffer_.size() > kMaxQmpMessage) return Fail(Error::Backend("QMP: message too long"));
+    uint8_t chunk[4096];
+    auto n = ReadSome(fd_.get(), chunk, deadline, "QMP");
+    if (!n) return Fail(std::move(n).error());
+    if (*n == 0) return Fail(Error::Backend("QMP: QEMU closed the connection"));
+    buffer_.append(reinterpret_cast<const char*>(chunk), *n);
+  }
+}
+
+Result<json> QmpClient::Handshake(Deadline deadline) {
+  auto greeting = ReadMessage(deadline);
+  if (!greeting) return greeting;
+  if (!greeting->contains("QMP")) return Fail(Error::Backend("QMP: no greeting from QEMU"));
+  if (auto r = Execute("qmp_capabilities", json::object(), deadline); !r) return r;
+  return (*greeting)["QMP"];
+}
+
+Result<json> QmpClient::Execute(const std::string& command, const json& arguments,
+                                Deadline deadline) {
+  json request = {{"execute", command}};
+  if (!arguments.empty()) request["arguments"] = arguments;
+  std::string text = request.dump() + "\n";
+  if (auto r = WriteAll(fd_.get(), {reinterpret_cast<const uint8_t*>(text.data()), text.size()},
+                        deadline, "QMP");
+      !r) {
+    return Fail(std::move(r).error());
+  }
+  for (;;) {
+    auto message = ReadMessage(deadline);
+    if (!message) return message;
+    if (message->contains("event")) continue;
+    if (auto it = message->find("return"); it != message->end()) return *it;
+    if (auto it = message->find("error"); it != message->end()) {
+      std::string desc = it->is_object() ? it->value("desc", "unknown error") : "unknown error";
+      return Fail(Error::Backend("QMP " + command + ": " + desc));
+    }
+    return Fail(Error::Backend("QMP " + command + ": unexpected reply"));
+  }
+}
+
+}  // namespace vessel::engine::qemu

@@ -1,0 +1,130 @@
+// The host <-> guest agent wire format, version 1. Shared byte for byte by the host
+// library and the guest agent; specified in docs/protocol.md.
+//
+// Everything here is pure: no I/O. Decoders treat their input as hostile. Every length
+// and count is checked against a named cap before anything is allocated.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "vessel/error.h"
+
+namespace vessel::protocol {
+
+inline constexpr uint32_t kVersion = 1;
+
+// Frame header: payload size (u32), type (u8), three zero bytes, request id (u32).
+inline constexpr size_t kHeaderSize = 12;
+// Largest payload of one frame; output and file data travel in chunks of at most this.
+inline constexpr uint32_t kMaxPayload = 256 * 1024;
+// Largest chunk of command output in one Output frame (payload minus its stream byte).
+inline constexpr uint32_t kMaxOutputChunk = kMaxPayload - 1;
+// Caps on an Exec request. A single argument or environment entry is capped like Linux's
+// MAX_ARG_STRLEN; the sum is capped by kMaxPayload.
+inline constexpr uint32_t kMaxArgs = 4096;
+inline constexpr uint32_t kMaxEnv = 4096;
+inline constexpr uint32_t kMaxStringSize = 128 * 1024;
+inline constexpr uint32_t kMaxPathSize = 4096;
+// Cap on the agent version string and on error messages.
+inline constexpr uint32_t kMaxMessageSize = 4096;
+
+enum class MessageType : uint8_t {
+  kHello = 1,   // agent -> host, request id 0: the agent is up
+  kExec = 2,    // host -> agent: start a command
+  kOutput = 3,  // agent -> host: a chunk of a command's stdout or stderr
+  kExited = 4,  // agent -> host: the command ended; last frame of its request
+  kError = 5,   // agent -> host: the request failed; last frame of its request
+  kPing = 6,    // host -> agent: liveness probe
+  kPong = 7,    // agent -> host: answer to kPing with the same request id
+};
+
+struct FrameHeader {
+  uint32_t payload_size = 0;
+  MessageType type = MessageType::kHello;
+  uint32_t request_id = 0;
+};
+
+struct Frame {
+  FrameHeader header;
+  std::vector<uint8_t> payload;
+};
+
+struct Hello {
+  uint32_t version = kVersion;
+  std::string agent_version;
+};
+
+struct ExecRequest {
+  std::vector<std::string> argv;  // argv[0] is looked up in PATH when it has no '/'
+  std::vector<std::string> env;   // "KEY=VALUE" entries, the whole environment
+  std::string cwd;                // empty: "/"
+  uint32_t timeout_ms = 0;        // 0: no timeout
+  uint64_t output_cap = 0;        // per stream; bytes beyond it are dropped and flagged
+};
+
+enum class Stream : uint8_t { kStdout = 1, kStderr = 2 };
+
+struct Output {
+  Stream stream = Stream::kStdout;
+  std::vector<uint8_t> data;
+};
+
+enum class ExitHow : uint8_t {
+  kExited = 0,    // code is the exit status
+  kSignaled = 1,  // code is the signal number
+  kTimedOut = 2,  // the deadline passed and the agent killed the process group
+};
+
+struct Exited {
+  ExitHow how = ExitHow::kExited;
+  int32_t code = 0;
+  bool stdout_truncated = false;
+  bool stderr_truncated = false;
+};
+
+struct ErrorReply {
+  int32_t errno_value = 0;  // the guest errno behind the failure, 0 when none
+  std::string path;         // the guest path the failure concerns, empty when none
+  std::string message;
+};
+
+// Encoding. Each returns a whole frame (header + payload), ready to write.
+std::vector<uint8_t> EncodeHello(const Hello& hello);
+std::vector<uint8_t> EncodeExec(uint32_t request_id, const ExecRequest& request);
+std::vector<uint8_t> EncodeOutput(uint32_t request_id, Stream stream,
+                                  std::span<const uint8_t> data);
+std::vector<uint8_t> EncodeExited(uint32_t request_id, const Exited& exited);
+std::vector<uint8_t> EncodeError(uint32_t request_id, const ErrorReply& error);
+std::vector<uint8_t> EncodePing(uint32_t request_id);
+std::vector<uint8_t> EncodePong(uint32_t request_id);
+
+// Decoding. Errors are kBackend with a message that says what was wrong.
+Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
+Result<Hello> DecodeHello(std::span<const uint8_t> payload);
+Result<ExecRequest> DecodeExec(std::span<const uint8_t> payload);
+Result<Output> DecodeOutput(std::span<const uint8_t> payload);
+Result<Exited> DecodeExited(std::span<const uint8_t> payload);
+Result<ErrorReply> DecodeError(std::span<const uint8_t> payload);
+
+// Reassembles frames from a byte stream. Feed it what read() returned; take frames out.
+// Memory is bounded by kHeaderSize + kMaxPayload plus one read's worth of bytes.
+class FrameReader {
+ public:
+  void Feed(std::span<const uint8_t> bytes);
+  // The next complete frame, nullopt when more bytes are needed, or an error when the
+  // stream is malformed (after which the stream is unusable).
+  Result<std::optional<Frame>> Next();
+  // Bytes received but not yet returned as a frame: nonzero at EOF means a truncated frame.
+  [[nodiscard]] size_t buffered() const { return buffer_.size() - consumed_; }
+
+ private:
+  std::vector<uint8_t> buffer_;
+  size_t consumed_ = 0;
+};
+
+}  // namespace vessel::protocol

@@ -1,0 +1,23 @@
+// The one table of which operations each sandbox state permits.
+#pragma once
+
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "vessel/error.h"
+
+namespace vessel::sandbox {
+
+enum class Operation { kExecute, kDestroy };
+
+inline constexpr SandboxState kAllStates[] = {SandboxState::kBooting, SandboxState::kReady,
+                                              SandboxState::kFailed, SandboxState::kDestroyed};
+inline constexpr Operation kAllOperations[] = {Operation::kExecute, Operation::kDestroy};
+
+std::string_view ToString(Operation op);
+
+// nullopt when `op` is permitted in `state`, else the lifecycle error to return.
+std::optional<LifecycleError> Check(SandboxState state, Operation op);
+
+}  // namespace vessel::sandbox
