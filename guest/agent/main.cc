@@ -6,6 +6,7 @@
 // per-stream output cap. As PID 1 it also reaps every orphan.
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <net/if.h>
 #include <poll.h>
 #include <signal.h>
@@ -26,8 +27,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "base/unique_fd.h"
 #include "protocol/wire.h"
@@ -114,6 +113,8 @@ std::string FindPort() {
   return found;
 }
 
+// Writes a whole frame to the non-blocking port. False when the host went away: the
+// port then reports POLLHUP instead of POLLOUT.
 bool WriteAll(int fd, std::span<const uint8_t> data) {
   while (!data.empty()) {
     ssize_t n = write(fd, data.data(), data.size());
@@ -121,7 +122,7 @@ bool WriteAll(int fd, std::span<const uint8_t> data) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN) {
         pollfd p{fd, POLLOUT, 0};
-        poll(&p, 1, 100);
+        if (poll(&p, 1, 1000) > 0 && (p.revents & POLLHUP) && !(p.revents & POLLOUT)) return false;
         continue;
       }
       return false;
@@ -160,8 +161,10 @@ class Agent {
   }
 
  private:
+  // Frames for a host that is not connected are dropped: the requests they answer died
+  // with that connection.
   void Send(const std::vector<uint8_t>& frame) {
-    if (!WriteAll(channel_.get(), frame)) Log("channel write: {}", std::strerror(errno));
+    if (host_connected_ && !WriteAll(channel_.get(), frame)) host_connected_ = false;
   }
 
   void SendHello() { Send(proto::EncodeHello({proto::kVersion, kAgentVersion})); }
@@ -193,8 +196,10 @@ class Agent {
     if (fds[0].revents & POLLIN) Reap();
     CheckDeadlines();
     if (host_connected_) {
-      if (fds[1].revents & POLLIN) ReadChannel();
-      else if (fds[1].revents & (POLLHUP | POLLERR)) host_connected_ = false;
+      if (fds[1].revents & POLLIN)
+        ReadChannel();
+      else if (fds[1].revents & (POLLHUP | POLLERR))
+        host_connected_ = false;
     } else {
       pollfd p{channel_.get(), POLLIN, 0};
       if (poll(&p, 1, 0) >= 0 && !(p.revents & POLLHUP)) {
@@ -243,9 +248,7 @@ class Agent {
   void Handle(const proto::Frame& frame) {
     uint32_t id = frame.header.request_id;
     switch (frame.header.type) {
-      case proto::MessageType::kPing:
-        Send(proto::EncodePong(id));
-        return;
+      case proto::MessageType::kPing: Send(proto::EncodePong(id)); return;
       case proto::MessageType::kExec: {
         auto request = proto::DecodeExec(frame.payload);
         if (!request) {
@@ -259,8 +262,7 @@ class Agent {
         Start(id, *request);
         return;
       }
-      default:
-        Send(proto::EncodeError(id, {EPROTO, "", "unexpected frame type from host"}));
+      default: Send(proto::EncodeError(id, {EPROTO, "", "unexpected frame type from host"}));
     }
   }
 
@@ -325,7 +327,8 @@ class Agent {
       waitpid(pid, nullptr, 0);
       const char* what = report[0] == 0 ? "working directory" : "command";
       std::string path = report[0] == 0 ? cwd : req.argv[0];
-      Send(proto::EncodeError(id, {report[1], path, std::string(what) + ": " + std::strerror(report[1])}));
+      Send(proto::EncodeError(
+          id, {report[1], path, std::string(what) + ": " + std::strerror(report[1])}));
       return;
     }
     Process p;
@@ -438,9 +441,10 @@ int main() {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   vessel::UniqueFd channel;
-  if (!port.empty()) channel = vessel::UniqueFd(open(port.c_str(), O_RDWR | O_CLOEXEC));
+  if (!port.empty()) channel = vessel::UniqueFd(open(port.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC));
   if (!channel) {
-    Log("no virtio port named {}: {}", kPortName, port.empty() ? "not found" : std::strerror(errno));
+    Log("no virtio port named {}: {}", kPortName,
+        port.empty() ? "not found" : std::strerror(errno));
     reboot(RB_AUTOBOOT);  // with reboot=t and QEMU's -no-reboot, the VM ends
     return 1;
   }

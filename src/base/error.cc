@@ -1,7 +1,8 @@
 #include "vessel/error.h"
 
-#include <cstring>
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace vessel {
 
@@ -88,6 +89,8 @@ Error Error::Context(std::string_view what) && {
   return std::move(*this);
 }
 
-std::string Error::ToString() const { return std::string(vessel::ToString(kind_)) + ": " + message_; }
+std::string Error::ToString() const {
+  return std::string(vessel::ToString(kind_)) + ": " + message_;
+}
 
 }  // namespace vessel

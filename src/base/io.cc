@@ -2,8 +2,8 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/stat.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -91,7 +91,8 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes) {
   if (!fd) return {};
   struct stat st {};
   if (fstat(fd.get(), &st) != 0) return {};
-  off_t start = st.st_size > static_cast<off_t>(max_bytes) ? st.st_size - static_cast<off_t>(max_bytes) : 0;
+  off_t start =
+      st.st_size > static_cast<off_t>(max_bytes) ? st.st_size - static_cast<off_t>(max_bytes) : 0;
   std::string out(static_cast<size_t>(st.st_size - start), '\0');
   ssize_t n = ::pread(fd.get(), out.data(), out.size(), start);
   out.resize(n > 0 ? static_cast<size_t>(n) : 0);

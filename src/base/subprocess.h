@@ -9,8 +9,8 @@
 
 #include <chrono>
 #include <optional>
-#include <utility>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "vessel/error.h"
@@ -28,7 +28,8 @@ struct SpawnOptions {
 class Subprocess {
  public:
   Subprocess() = default;
-  Subprocess(Subprocess&& other) noexcept : pid_(std::exchange(other.pid_, -1)), status_(other.status_) {}
+  Subprocess(Subprocess&& other) noexcept
+      : pid_(std::exchange(other.pid_, -1)), status_(other.status_) {}
   Subprocess& operator=(Subprocess&& other) noexcept;
   Subprocess(const Subprocess&) = delete;
   Subprocess& operator=(const Subprocess&) = delete;

@@ -86,7 +86,8 @@ int Run(const std::vector<std::string>& args) {
       config.vcpus = *n;
     } else if (a == "--timeout") {
       auto n = ParseNumber<double>(v);
-      if (!n || *n <= 0 || *n > 4e6) return UsageError("--timeout wants a positive number of seconds");
+      if (!n || *n <= 0 || *n > 4e6)
+        return UsageError("--timeout wants a positive number of seconds");
       options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*n * 1000));
     } else if (a == "--env") {
       options.env.push_back(v);
@@ -120,8 +121,10 @@ int Run(const std::vector<std::string>& args) {
   }
   WriteAllTo(STDOUT_FILENO, result->stdout_data);
   WriteAllTo(STDERR_FILENO, result->stderr_data);
-  if (result->stdout_truncated) std::cerr << "vessel: stdout truncated at " << options.output_cap << " bytes\n";
-  if (result->stderr_truncated) std::cerr << "vessel: stderr truncated at " << options.output_cap << " bytes\n";
+  if (result->stdout_truncated)
+    std::cerr << "vessel: stdout truncated at " << options.output_cap << " bytes\n";
+  if (result->stderr_truncated)
+    std::cerr << "vessel: stderr truncated at " << options.output_cap << " bytes\n";
   switch (result->outcome) {
     case vessel::ExecResult::Outcome::kExited: return result->exit_code;
     case vessel::ExecResult::Outcome::kSignaled: return 128 + result->signal;
@@ -149,7 +152,10 @@ int Doctor() {
     std::cout << (good ? "ok      " : "MISSING ") << what << ": " << detail << "\n";
   };
   bool kvm = qemu::KvmUsable();
-  std::cout << "engine  qemu with " << (kvm ? "KVM (/dev/kvm is usable)" : "TCG (no usable /dev/kvm: software emulation, slower)") << "\n";
+  std::cout << "engine  qemu with "
+            << (kvm ? "KVM (/dev/kvm is usable)"
+                    : "TCG (no usable /dev/kvm: software emulation, slower)")
+            << "\n";
 
   std::string version = CommandOutput("qemu-system-x86_64 --version 2>/dev/null");
   int major = 0, minor = 0;
@@ -162,8 +168,9 @@ int Doctor() {
   } else {
     // The microvm machine with virtio-mmio devices on the command line needs 5.0 or later.
     bool supported = major >= 5;
-    line(supported, "QEMU", std::to_string(major) + "." + std::to_string(minor) +
-                                (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
+    line(supported, "QEMU",
+         std::to_string(major) + "." + std::to_string(minor) +
+             (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
     ok &= supported;
   }
   std::string dir = vessel::DefaultAssetDir();
@@ -176,7 +183,8 @@ int Doctor() {
   std::string root = vessel::engine::RuntimeRoot();
   line(true, "runtime directory", root);
   uint64_t tsc = qemu::HostTscKhz();
-  line(tsc > 0, "host TSC rate", tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");
+  line(tsc > 0, "host TSC rate",
+       tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");
   return ok ? 0 : 1;
 }
 

@@ -2,16 +2,16 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/file.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
-#include <cstdlib>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
-#include <fmt/format.h>
 
 #include "base/io.h"
 
@@ -42,7 +42,8 @@ Result<void> MakeDirs(const std::string& path) {
 
 std::string RuntimeRoot() {
   if (const char* dir = std::getenv("VESSEL_RUNTIME_DIR"); dir && *dir) return dir;
-  if (const char* dir = std::getenv("XDG_RUNTIME_DIR"); dir && *dir) return std::string(dir) + "/vessel";
+  if (const char* dir = std::getenv("XDG_RUNTIME_DIR"); dir && *dir)
+    return std::string(dir) + "/vessel";
   if (geteuid() == 0) return "/run/vessel";
   return fmt::format("/tmp/vessel-{}", geteuid());
 }

@@ -22,7 +22,9 @@ class RuntimeDir {
   // Creates <root>/vm-<id> (0700) with a fresh random id, and locks it.
   [[nodiscard]] static Result<RuntimeDir> Create();
   RuntimeDir(RuntimeDir&& other) noexcept
-      : id_(std::move(other.id_)), path_(std::exchange(other.path_, {})), lock_(std::move(other.lock_)) {}
+      : id_(std::move(other.id_)),
+        path_(std::exchange(other.path_, {})),
+        lock_(std::move(other.lock_)) {}
   RuntimeDir& operator=(RuntimeDir&& other) noexcept {
     if (this != &other) {
       Remove();

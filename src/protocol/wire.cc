@@ -1,7 +1,8 @@
 #include "protocol/wire.h"
 
-#include <cstring>
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace vessel::protocol {
 namespace {
@@ -51,7 +52,8 @@ class Reader {
   std::string String(uint32_t cap, const char* field) {
     uint32_t size = U32();
     if (failed()) return {};
-    if (size > cap) return Fail(fmt::format("{} of {} bytes exceeds the cap of {}", field, size, cap));
+    if (size > cap)
+      return Fail(fmt::format("{} of {} bytes exceeds the cap of {}", field, size, cap));
     if (size > remaining()) return Fail(fmt::format("{} of {} bytes is truncated", field, size));
     std::string s(reinterpret_cast<const char*>(bytes_.data() + pos_), size);
     pos_ += size;
@@ -74,7 +76,8 @@ class Reader {
   template <typename T>
   Result<T> Done(T value) {
     if (!failed() && remaining() != 0) Fail(fmt::format("{} trailing bytes", remaining()));
-    if (failed()) return vessel::Fail(Error::Backend(fmt::format("malformed {}: {}", what_, error_)));
+    if (failed())
+      return vessel::Fail(Error::Backend(fmt::format("malformed {}: {}", what_, error_)));
     return value;
   }
 
@@ -166,8 +169,8 @@ Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
   uint8_t type = b[4];
   h.request_id = u32(8);
   if (h.payload_size > kMaxPayload) {
-    return Fail(Error::Backend(fmt::format("frame of {} bytes exceeds the cap of {}",
-                                           h.payload_size, kMaxPayload)));
+    return Fail(Error::Backend(
+        fmt::format("frame of {} bytes exceeds the cap of {}", h.payload_size, kMaxPayload)));
   }
   if (type < static_cast<uint8_t>(MessageType::kHello) ||
       type > static_cast<uint8_t>(MessageType::kPong)) {
@@ -192,14 +195,17 @@ Result<ExecRequest> DecodeExec(std::span<const uint8_t> payload) {
   Reader r(payload, "exec request");
   ExecRequest req;
   uint32_t argc = r.Count(kMaxArgs, "argv");
-  for (uint32_t i = 0; i < argc && !r.failed(); ++i) req.argv.push_back(r.String(kMaxStringSize, "argument"));
+  for (uint32_t i = 0; i < argc && !r.failed(); ++i)
+    req.argv.push_back(r.String(kMaxStringSize, "argument"));
   uint32_t envc = r.Count(kMaxEnv, "env");
-  for (uint32_t i = 0; i < envc && !r.failed(); ++i) req.env.push_back(r.String(kMaxStringSize, "env entry"));
+  for (uint32_t i = 0; i < envc && !r.failed(); ++i)
+    req.env.push_back(r.String(kMaxStringSize, "env entry"));
   req.cwd = r.String(kMaxPathSize, "cwd");
   req.timeout_ms = r.U32();
   req.output_cap = r.U64();
   auto result = r.Done(std::move(req));
-  if (result && result->argv.empty()) return Fail(Error::Backend("malformed exec request: empty argv"));
+  if (result && result->argv.empty())
+    return Fail(Error::Backend("malformed exec request: empty argv"));
   return result;
 }
 
@@ -245,16 +251,17 @@ Result<ErrorReply> DecodeError(std::span<const uint8_t> payload) {
 }
 
 void FrameReader::Feed(std::span<const uint8_t> bytes) {
-  if (consumed_ > 0 && consumed_ == buffer_.size()) {
-    buffer_.clear();
-    consumed_ = 0;
-  }
+  // Drop what was already returned, so the buffer holds at most one partial frame plus
+  // this read.
+  buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
+  consumed_ = 0;
   buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
 }
 
 Result<std::optional<Frame>> FrameReader::Next() {
   if (buffered() < kHeaderSize) return std::nullopt;
-  auto header = DecodeHeader(std::span<const uint8_t, kHeaderSize>(buffer_.data() + consumed_, kHeaderSize));
+  auto header =
+      DecodeHeader(std::span<const uint8_t, kHeaderSize>(buffer_.data() + consumed_, kHeaderSize));
   if (!header) return Fail(std::move(header).error());
   if (buffered() < kHeaderSize + header->payload_size) return std::nullopt;
   Frame frame;
@@ -262,11 +269,6 @@ Result<std::optional<Frame>> FrameReader::Next() {
   auto begin = buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_ + kHeaderSize);
   frame.payload.assign(begin, begin + header->payload_size);
   consumed_ += kHeaderSize + header->payload_size;
-  // Compact once the consumed prefix dominates, so the buffer never grows without bound.
-  if (consumed_ > kMaxPayload) {
-    buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
-    consumed_ = 0;
-  }
   return frame;
 }
 

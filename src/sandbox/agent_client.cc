@@ -10,14 +10,16 @@ namespace proto = vessel::protocol;
 
 Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOptions& options) {
   if (command.argv.empty()) return Fail(Error::InvalidConfig("command", "argv is empty"));
-  if (command.argv[0].empty()) return Fail(Error::InvalidConfig("command", "the program name is empty"));
+  if (command.argv[0].empty())
+    return Fail(Error::InvalidConfig("command", "the program name is empty"));
   if (command.argv.size() > proto::kMaxArgs) {
-    return Fail(Error::InvalidConfig("command", fmt::format("more than {} arguments", proto::kMaxArgs)));
+    return Fail(
+        Error::InvalidConfig("command", fmt::format("more than {} arguments", proto::kMaxArgs)));
   }
   for (const auto& arg : command.argv) {
     if (arg.size() > proto::kMaxStringSize) {
-      return Fail(Error::InvalidConfig(
-          "command", fmt::format("an argument of {} bytes exceeds {}", arg.size(), proto::kMaxStringSize)));
+      return Fail(Error::InvalidConfig("command", fmt::format("an argument of {} bytes exceeds {}",
+                                                              arg.size(), proto::kMaxStringSize)));
     }
     if (arg.find('\0') != std::string::npos) {
       return Fail(Error::InvalidConfig("command", "an argument contains a NUL byte"));
@@ -29,7 +31,8 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
   for (const auto& entry : options.env) {
     auto eq = entry.find('=');
     if (eq == std::string::npos || eq == 0) {
-      return Fail(Error::InvalidConfig("env", "entry \"" + entry.substr(0, 64) + "\" is not KEY=VALUE"));
+      return Fail(
+          Error::InvalidConfig("env", "entry \"" + entry.substr(0, 64) + "\" is not KEY=VALUE"));
     }
     if (entry.size() > proto::kMaxStringSize || entry.find('\0') != std::string::npos) {
       return Fail(Error::InvalidConfig("env", "an entry is too long or contains a NUL byte"));
@@ -41,16 +44,21 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
   if (options.timeout.count() < 0 || options.timeout.count() > UINT32_MAX) {
     return Fail(Error::InvalidConfig("timeout", "must be between 0 and 2^32-1 ms"));
   }
+  // The encoded size, summed before anything is copied: every string is a u32 length and
+  // its bytes; then the counts, timeout and output cap.
+  size_t payload = 4 + 4 + 4 + options.cwd.size() + 4 + 8;
+  for (const auto& arg : command.argv) payload += 4 + arg.size();
+  for (const auto& entry : options.env) payload += 4 + entry.size();
+  if (payload > proto::kMaxPayload) {
+    return Fail(Error::InvalidConfig(
+        "command", fmt::format("argv, env and cwd together exceed {} bytes", proto::kMaxPayload)));
+  }
   proto::ExecRequest request;
   request.argv = command.argv;
   request.env = options.env;
   request.cwd = options.cwd;
   request.timeout_ms = static_cast<uint32_t>(options.timeout.count());
   request.output_cap = options.output_cap;
-  if (proto::EncodeExec(0, request).size() > proto::kHeaderSize + proto::kMaxPayload) {
-    return Fail(Error::InvalidConfig(
-        "command", fmt::format("argv, env and cwd together exceed {} bytes", proto::kMaxPayload)));
-  }
   return request;
 }
 
@@ -79,8 +87,9 @@ Result<proto::Hello> AgentClient::AwaitHello(Deadline deadline) {
   auto hello = proto::DecodeHello(frame->payload);
   if (!hello) return hello;
   if (hello->version != proto::kVersion) {
-    return Fail(Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
-                                           hello->version, proto::kVersion)));
+    return Fail(
+        Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
+                                   hello->version, proto::kVersion)));
   }
   return hello;
 }
@@ -99,14 +108,15 @@ Result<ExecResult> AgentClient::Execute(const proto::ExecRequest& request, Deadl
     const auto& header = frame->header;
     if (header.type == proto::MessageType::kHello) continue;  // the agent reconnected
     if (header.request_id != id) {
-      return Fail(Error::Backend(
-          fmt::format("the guest agent answered request {} while {} was in flight", header.request_id, id)));
+      return Fail(Error::Backend(fmt::format(
+          "the guest agent answered request {} while {} was in flight", header.request_id, id)));
     }
     switch (header.type) {
       case proto::MessageType::kOutput: {
         auto output = proto::DecodeOutput(frame->payload);
         if (!output) return Fail(std::move(output).error());
-        std::string& sink = output->stream == proto::Stream::kStdout ? result.stdout_data : result.stderr_data;
+        std::string& sink =
+            output->stream == proto::Stream::kStdout ? result.stdout_data : result.stderr_data;
         if (sink.size() + output->data.size() > request.output_cap) {
           return Fail(Error::Backend("the guest agent sent more output than the cap allows"));
         }
@@ -132,7 +142,8 @@ Result<ExecResult> AgentClient::Execute(const proto::ExecRequest& request, Deadl
         }
         result.stdout_truncated = exited->stdout_truncated;
         result.stderr_truncated = exited->stderr_truncated;
-        result.duration = std::chrono::duration_cast<std::chrono::microseconds>(Deadline::Clock::now() - started);
+        result.duration =
+            std::chrono::duration_cast<std::chrono::microseconds>(Deadline::Clock::now() - started);
         return result;
       }
       case proto::MessageType::kError: {

@@ -1,7 +1,8 @@
 #include "sandbox/config.h"
 
-#include <cstdlib>
 #include <fmt/format.h>
+
+#include <cstdlib>
 
 #include "base/io.h"
 
@@ -21,15 +22,16 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
   }
   if (config.memory_mib < kMinMemoryMib || config.memory_mib > engine.max_memory_mib()) {
     return Fail(Error::InvalidConfig(
-        "memory_mib", fmt::format("{} MiB is outside {}..{} MiB", config.memory_mib,
-                                  kMinMemoryMib, engine.max_memory_mib())));
+        "memory_mib", fmt::format("{} MiB is outside {}..{} MiB", config.memory_mib, kMinMemoryMib,
+                                  engine.max_memory_mib())));
   }
   if (config.boot_timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("boot_timeout", "must be positive"));
   }
   engine::VmSpec spec;
   spec.kernel = config.kernel.empty() ? DefaultAssetDir() + "/vmlinux" : config.kernel;
-  spec.initramfs = config.initramfs.empty() ? DefaultAssetDir() + "/initramfs.cpio" : config.initramfs;
+  spec.initramfs =
+      config.initramfs.empty() ? DefaultAssetDir() + "/initramfs.cpio" : config.initramfs;
   if (!IsReadableFile(spec.kernel)) {
     return Fail(Error::InvalidConfig("kernel", spec.kernel + " is not a readable file"));
   }

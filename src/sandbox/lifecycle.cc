@@ -45,9 +45,10 @@ std::optional<LifecycleError> Check(SandboxState state, Operation op) {
     switch (rule.verdict) {
       case Verdict::kAllowed: return std::nullopt;
       case Verdict::kNeedsReady:
-        return LifecycleError{LifecycleError::InvalidState{
-            SandboxState::kReady, state,
-            fmt::format("{} needs a ready sandbox, this one is {}", ToString(op), vessel::ToString(state))}};
+        return LifecycleError{
+            LifecycleError::InvalidState{SandboxState::kReady, state,
+                                         fmt::format("{} needs a ready sandbox, this one is {}",
+                                                     ToString(op), vessel::ToString(state))}};
       case Verdict::kDestroyed:
         return LifecycleError{LifecycleError::Destroyed{
             fmt::format("cannot {}: the sandbox was destroyed", ToString(op))}};

@@ -1,8 +1,7 @@
 #include "vessel/sandbox.h"
 
-#include <sys/socket.h>
-
 #include <fmt/format.h>
+#include <sys/socket.h>
 
 #include "engine/qemu/qemu_engine.h"
 #include "sandbox/config.h"
@@ -17,8 +16,7 @@ constexpr auto kAgentGrace = std::chrono::seconds(10);
 Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
   switch (kind) {
     case EngineKind::kAuto:
-    case EngineKind::kQemu:
-      return std::make_unique<engine::qemu::QemuEngine>();
+    case EngineKind::kQemu: return std::make_unique<engine::qemu::QemuEngine>();
   }
   return Fail(Error::InvalidConfig("engine", "unknown engine"));
 }
@@ -36,8 +34,8 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
   if (!hello) {
     std::string diagnostics = (*vm)->Diagnostics();
     (*vm)->Destroy();
-    return Fail(Error::Backend(fmt::format("the VM did not come up ({})\n{}",
-                                           hello.error().message(), diagnostics)));
+    return Fail(Error::Backend(
+        fmt::format("the VM did not come up ({})\n{}", hello.error().message(), diagnostics)));
   }
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), hello->agent_version);
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
@@ -80,7 +78,8 @@ Result<ExecResult> Sandbox::Impl::Execute(const Command& command, const ExecOpti
   std::lock_guard lock(state_mutex_);
   // Destroy() from another thread cut the channel under this command.
   if (state_ == SandboxState::kDestroyed) {
-    return Fail(Error::Lifecycle({LifecycleError::Destroyed{"the sandbox was destroyed during the command"}}));
+    return Fail(Error::Lifecycle(
+        {LifecycleError::Destroyed{"the sandbox was destroyed during the command"}}));
   }
   state_ = SandboxState::kFailed;
   std::string why = result.error().message();

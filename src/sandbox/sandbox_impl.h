@@ -14,10 +14,11 @@ namespace vessel {
 class Sandbox::Impl {
  public:
   // Boots a VM on `engine` and waits for its agent.
-  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(const SandboxConfig& config,
-                                                               std::unique_ptr<engine::Engine> engine);
+  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(
+      const SandboxConfig& config, std::unique_ptr<engine::Engine> engine);
 
-  Impl(std::unique_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm, std::string agent_version);
+  Impl(std::unique_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
+       std::string agent_version);
   ~Impl();
 
   Result<ExecResult> Execute(const Command& command, const ExecOptions& options);

@@ -1,11 +1,11 @@
 #include "engine/qemu/qemu_engine.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <fmt/format.h>
 #include <fstream>
 #include <thread>
 
@@ -25,6 +25,16 @@ constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 constexpr uint32_t kTcgCacheMib = 64;
 constexpr size_t kDiagnosticBytes = 2048;
 constexpr auto kQmpTimeout = std::chrono::seconds(5);
+
+// A value inside a QEMU option list, where a comma is written twice.
+std::string QemuOptionValue(const std::string& value) {
+  std::string escaped;
+  for (char c : value) {
+    escaped += c;
+    if (c == ',') escaped += ',';
+  }
+  return escaped;
+}
 
 uint64_t HostMemoryMib() {
   std::ifstream meminfo("/proc/meminfo");
@@ -83,7 +93,8 @@ class QemuVm final : public Vm {
     std::string vmm = ReadFileTail(dir_.File("vmm.log"), kDiagnosticBytes);
     if (!vmm.empty()) out += "QEMU said: " + vmm;
     std::string console = ReadFileTail(dir_.File("console.log"), kDiagnosticBytes);
-    if (!console.empty()) out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
+    if (!console.empty())
+      out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
     return out.empty() ? "no output from QEMU or the guest console" : out;
   }
 
@@ -131,6 +142,45 @@ uint64_t HostTscKhz() {
   return 0;
 }
 
+std::string GuestKernelCmdline(bool quiet) {
+  std::string cmdline =
+      fmt::format("console=ttyS0{} mitigations=off no_timer_check tsc=reliable reboot=t panic=-1",
+                  quiet ? " quiet" : "");
+  if (uint64_t khz = HostTscKhz()) cmdline += fmt::format(" tsc_early_khz={}", khz);
+  return cmdline;
+}
+
+std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const VmSpec& spec,
+                                  const QemuWiring& wiring) {
+  // clang-format off
+  std::vector<std::string> argv = {
+      binary,
+      "-name", wiring.name,
+      "-M", "microvm,acpi=off",
+      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+      "-smp", std::to_string(spec.vcpus),
+      "-m", fmt::format("{}M", spec.memory_mib),
+      "-kernel", spec.kernel,
+      "-initrd", spec.initramfs,
+      "-append", wiring.kernel_cmdline,
+      "-chardev", wiring.console_chardev + ",id=console",
+      "-serial", "chardev:console",
+      "-device", "virtio-serial-device,id=vser0",
+      "-chardev", fmt::format("socket,id=agent,fd={}", wiring.agent_fd),
+      "-device", fmt::format("virtserialport,bus=vser0.0,chardev=agent,name={}", kAgentPortName),
+      "-chardev", fmt::format("socket,id=qmp,fd={}", wiring.qmp_fd),
+      "-mon", "chardev=qmp,mode=control",
+  };
+  // clang-format on
+  if (accel == Accel::kKvm) {
+    argv.insert(argv.end(), {"-accel", "kvm", "-cpu", "host"});
+  } else {
+    argv.insert(argv.end(), {"-accel", fmt::format("tcg,thread=multi,tb-size={}", kTcgCacheMib),
+                             "-cpu", "max"});
+  }
+  return argv;
+}
+
 QemuEngine::QemuEngine(QemuOptions options)
     : options_(std::move(options)),
       accel_(options_.accel.value_or(KvmUsable() ? Accel::kKvm : Accel::kTcg)) {}
@@ -155,37 +205,15 @@ Result<std::unique_ptr<Vm>> QemuEngine::Start(const VmSpec& spec) {
   auto qmp = MakeSocketPair();
   if (!qmp) return Fail(std::move(qmp).error());
 
-  std::string cmdline =
-      "console=ttyS0 quiet mitigations=off no_timer_check tsc=reliable reboot=t panic=-1";
-  if (uint64_t khz = HostTscKhz()) cmdline += fmt::format(" tsc_early_khz={}", khz);
-
-  std::vector<std::string> argv = {
-      options_.binary,
-      "-name", "vessel-" + dir->id(),
-      "-M", "microvm,acpi=off",
-      "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-      "-smp", std::to_string(spec.vcpus),
-      "-m", fmt::format("{}M", spec.memory_mib),
-      "-kernel", spec.kernel,
-      "-initrd", spec.initramfs,
-      "-append", cmdline,
-      "-chardev", fmt::format("file,id=console,path={}", dir->File("console.log")),
-      "-serial", "chardev:console",
-      "-device", "virtio-serial-device,id=vser0",
-      "-chardev", fmt::format("socket,id=agent,fd={}", agent->vmm.get()),
-      "-device", fmt::format("virtserialport,bus=vser0.0,chardev=agent,name={}", kAgentPortName),
-      "-chardev", fmt::format("socket,id=qmp,fd={}", qmp->vmm.get()),
-      "-mon", "chardev=qmp,mode=control",
-  };
-  if (accel_ == Accel::kKvm) {
-    argv.insert(argv.end(), {"-accel", "kvm", "-cpu", "host"});
-  } else {
-    argv.insert(argv.end(), {"-accel", fmt::format("tcg,thread=multi,tb-size={}", kTcgCacheMib),
-                             "-cpu", "max"});
-  }
+  QemuWiring wiring;
+  wiring.name = "vessel-" + dir->id();
+  wiring.console_chardev = "file,path=" + QemuOptionValue(dir->File("console.log"));
+  wiring.agent_fd = agent->vmm.get();
+  wiring.qmp_fd = qmp->vmm.get();
+  wiring.kernel_cmdline = GuestKernelCmdline();
 
   SpawnOptions spawn;
-  spawn.argv = std::move(argv);
+  spawn.argv = QemuArgv(options_.binary, accel_, spec, wiring);
   spawn.inherit_fds = {agent->vmm.get(), qmp->vmm.get()};
   spawn.output_path = dir->File("vmm.log");
   auto process = Subprocess::Spawn(spawn);

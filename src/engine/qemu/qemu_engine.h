@@ -4,6 +4,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "engine/engine.h"
 
@@ -21,6 +22,24 @@ bool KvmUsable();
 // The host TSC rate in kHz, for the guest's tsc_early_khz: TSC calibration under TCG is
 // unreliable and a guest that fails it can hang at boot. 0 when unknown.
 uint64_t HostTscKhz();
+
+// The guest kernel command line, with tsc_early_khz when the host rate is known.
+// `quiet` false lets the kernel print its boot log (for diagnosis and benchmarks).
+std::string GuestKernelCmdline(bool quiet = true);
+
+// How one QEMU process is wired to its host: the parts of the command line that are not
+// the VM's spec.
+struct QemuWiring {
+  std::string name;             // -name
+  std::string console_chardev;  // -chardev backend for the serial console, e.g. "file,path=..."
+  int agent_fd = -1;            // connected socket for the agent's virtio-serial port
+  int qmp_fd = -1;              // connected socket for QMP
+  std::string kernel_cmdline;
+};
+
+// The whole qemu-system-x86_64 command line for a VM.
+std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const VmSpec& spec,
+                                  const QemuWiring& wiring);
 
 class QemuEngine final : public Engine {
  public:

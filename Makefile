@@ -1,0 +1,34 @@
+# The two commands of the README:
+#   make run    set everything up, boot a microVM and run `uname -a` in it
+#   make test   set everything up and run the whole test suite
+# Both are idempotent: packages, the guest kernel and the build are reused when present.
+
+.PHONY: all setup build run test test-asan bench clean
+
+all: build
+
+setup:
+	./scripts/bootstrap
+
+build: setup
+	cmake --preset default >/dev/null
+	cmake --build --preset default
+
+run: build
+	./build/vessel run -- uname -a
+
+test: build
+	ctest --preset default
+	$(MAKE) --no-print-directory test-asan
+
+# The unit tests again, under AddressSanitizer and UndefinedBehaviorSanitizer.
+test-asan: setup
+	cmake --preset asan >/dev/null
+	cmake --build --preset asan
+	ctest --preset asan
+
+bench: build
+	./bench/run
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,151 @@
+// Creating and destroying sandboxes: configs, boot failures, lifecycle after destroy.
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "vm_test_env.h"
+
+namespace vessel {
+namespace {
+
+using testing::LiveVmmProcesses;
+using testing::MustCreate;
+using testing::RuntimeLeftovers;
+
+void ExpectNothingLeft() {
+  EXPECT_TRUE(LiveVmmProcesses().empty());
+  EXPECT_TRUE(RuntimeLeftovers().empty());
+}
+
+void ExpectInvalidConfig(const SandboxConfig& config, const std::string& field) {
+  auto sandbox = Sandbox::Create(config);
+  ASSERT_FALSE(sandbox.has_value()) << "created a sandbox from a bad " << field;
+  EXPECT_EQ(sandbox.error().kind(), ErrorKind::kInvalidConfig) << sandbox.error().ToString();
+  EXPECT_EQ(sandbox.error().subject(), field) << sandbox.error().ToString();
+  ExpectNothingLeft();
+}
+
+TEST(BootTest, InvalidConfigsNameTheField) {
+  SandboxConfig c;
+  c.vcpus = 0;
+  ExpectInvalidConfig(c, "vcpus");
+  c = {};
+  c.vcpus = 1000;
+  ExpectInvalidConfig(c, "vcpus");
+  c = {};
+  c.memory_mib = 32;
+  ExpectInvalidConfig(c, "memory_mib");
+  c = {};
+  c.memory_mib = 1u << 30;
+  ExpectInvalidConfig(c, "memory_mib");
+  c = {};
+  c.boot_timeout = std::chrono::milliseconds(0);
+  ExpectInvalidConfig(c, "boot_timeout");
+}
+
+TEST(BootTest, MissingKernelIsInvalidConfig) {
+  SandboxConfig c;
+  c.kernel = "/nonexistent/vmlinux";
+  ExpectInvalidConfig(c, "kernel");
+  c = {};
+  c.initramfs = "/nonexistent/initramfs.cpio";
+  ExpectInvalidConfig(c, "initramfs");
+}
+
+TEST(BootTest, KernelThatIsNotAKernelFailsWithQemusMessage) {
+  std::string bogus = testing::TestRuntimeRoot() + "-bogus-kernel";
+  std::ofstream(bogus) << "this is not an ELF file\n";
+  SandboxConfig c;
+  c.kernel = bogus;
+  auto start = std::chrono::steady_clock::now();
+  auto sandbox = Sandbox::Create(c);
+  unlink(bogus.c_str());
+  ASSERT_FALSE(sandbox.has_value());
+  EXPECT_EQ(sandbox.error().kind(), ErrorKind::kBackend);
+  EXPECT_NE(sandbox.error().message().find("QEMU said"), std::string::npos)
+      << sandbox.error().message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(10));
+  ExpectNothingLeft();
+}
+
+TEST(BootTest, GuestThatNeverSaysHelloHitsTheBootDeadline) {
+  SandboxConfig c;
+  c.initramfs = DefaultAssetDir() + "/test-hang-initramfs.cpio";
+  c.boot_timeout = std::chrono::seconds(4);
+  auto start = std::chrono::steady_clock::now();
+  auto sandbox = Sandbox::Create(c);
+  auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(sandbox.has_value());
+  EXPECT_EQ(sandbox.error().kind(), ErrorKind::kBackend);
+  EXPECT_NE(sandbox.error().message().find("timed out"), std::string::npos)
+      << sandbox.error().message();
+  EXPECT_GE(took, std::chrono::seconds(4));
+  EXPECT_LT(took, std::chrono::seconds(8));
+  ExpectNothingLeft();
+}
+
+TEST(BootTest, OperationsAfterDestroyReturnDestroyed) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  EXPECT_EQ(sandbox->state(), SandboxState::kReady);
+  EXPECT_FALSE(sandbox->id().empty());
+  EXPECT_EQ(sandbox->agent_version().rfind("vessel-agent", 0), 0u);
+  ASSERT_TRUE(sandbox->Destroy().has_value());
+  EXPECT_EQ(sandbox->state(), SandboxState::kDestroyed);
+  ExpectNothingLeft();
+
+  auto r = sandbox->Execute(Command::Argv({"true"}));
+  ASSERT_FALSE(r.has_value());
+  ASSERT_EQ(r.error().kind(), ErrorKind::kLifecycle);
+  EXPECT_TRUE(r.error().lifecycle()->Is<LifecycleError::Destroyed>());
+  auto again = sandbox->Destroy();
+  ASSERT_FALSE(again.has_value());
+  EXPECT_TRUE(again.error().lifecycle()->Is<LifecycleError::Destroyed>());
+}
+
+TEST(BootTest, GuestThatCrashesLeavesAFailedSandbox) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  auto crash = sandbox->Execute(Command::Shell("echo c > /proc/sysrq-trigger; sleep 100"));
+  ASSERT_FALSE(crash.has_value());
+  EXPECT_EQ(crash.error().kind(), ErrorKind::kBackend) << crash.error().ToString();
+  EXPECT_EQ(sandbox->state(), SandboxState::kFailed);
+
+  auto next = sandbox->Execute(Command::Argv({"true"}));
+  ASSERT_FALSE(next.has_value());
+  ASSERT_EQ(next.error().kind(), ErrorKind::kLifecycle);
+  const auto* invalid = next.error().lifecycle()->As<LifecycleError::InvalidState>();
+  ASSERT_NE(invalid, nullptr);
+  EXPECT_EQ(invalid->expected, SandboxState::kReady);
+  EXPECT_EQ(invalid->current, SandboxState::kFailed);
+  EXPECT_TRUE(sandbox->Destroy().has_value());
+  ExpectNothingLeft();
+}
+
+TEST(BootTest, DestroyFromAnotherThreadEndsARunningCommand) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  std::thread destroyer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));
+    EXPECT_TRUE(sandbox->Destroy().has_value());
+  });
+  auto r = sandbox->Execute(Command::Argv({"sleep", "100"}));
+  destroyer.join();
+  ASSERT_FALSE(r.has_value());
+  ASSERT_EQ(r.error().kind(), ErrorKind::kLifecycle) << r.error().ToString();
+  EXPECT_TRUE(r.error().lifecycle()->Is<LifecycleError::Destroyed>());
+  ExpectNothingLeft();
+}
+
+TEST(BootTest, DestructorCleansUp) {
+  {
+    auto sandbox = MustCreate();
+    ASSERT_NE(sandbox, nullptr);
+  }
+  ExpectNothingLeft();
+}
+
+}  // namespace
+}  // namespace vessel

@@ -1,0 +1,92 @@
+// The QEMU engine and its QMP client against a real QEMU.
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+#include "base/subprocess.h"
+#include "engine/qemu/qemu_engine.h"
+#include "engine/qemu/qmp_client.h"
+#include "sandbox/agent_client.h"
+#include "vm_test_env.h"
+
+namespace vessel {
+namespace {
+
+using engine::qemu::QemuEngine;
+using engine::qemu::QmpClient;
+
+TEST(QmpTest, TalksToARealQemu) {
+  int fds[2];
+  ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+  UniqueFd ours(fds[0]), theirs(fds[1]);
+  SpawnOptions spawn;
+  spawn.argv = {"qemu-system-x86_64",
+                "-M",
+                "microvm,acpi=off",
+                "-nodefaults",
+                "-no-user-config",
+                "-display",
+                "none",
+                "-S",
+                "-chardev",
+                "socket,id=qmp,fd=" + std::to_string(theirs.get()),
+                "-mon",
+                "chardev=qmp,mode=control"};
+  spawn.inherit_fds = {theirs.get()};
+  auto qemu = Subprocess::Spawn(spawn);
+  ASSERT_TRUE(qemu.has_value()) << qemu.error().ToString();
+  theirs.Reset();
+
+  QmpClient qmp(std::move(ours));
+  auto deadline = Deadline::After(std::chrono::seconds(10));
+  auto greeting = qmp.Handshake(deadline);
+  ASSERT_TRUE(greeting.has_value()) << greeting.error().ToString();
+  EXPECT_GE((*greeting)["version"]["qemu"]["major"].get<int>(), 5);
+
+  auto status = qmp.Execute("query-status", {}, deadline);
+  ASSERT_TRUE(status.has_value()) << status.error().ToString();
+  EXPECT_EQ((*status)["status"], "prelaunch");
+
+  auto bad = qmp.Execute("no-such-command", {}, deadline);
+  ASSERT_FALSE(bad.has_value());
+  EXPECT_EQ(bad.error().kind(), ErrorKind::kBackend);
+  EXPECT_NE(bad.error().message().find("no-such-command"), std::string::npos)
+      << bad.error().message();
+
+  auto quit = qmp.Execute("quit", {}, deadline);
+  EXPECT_TRUE(quit.has_value()) << quit.error().ToString();
+  EXPECT_TRUE(qemu->WaitFor(std::chrono::seconds(5)));
+  // QEMU is gone: the client reports the closed connection instead of hanging.
+  auto after = qmp.Execute("query-status", {}, Deadline::After(std::chrono::seconds(2)));
+  ASSERT_FALSE(after.has_value());
+  EXPECT_EQ(after.error().kind(), ErrorKind::kBackend);
+}
+
+TEST(QemuEngineTest, StartsAVmThatRunsAndDestroysIt) {
+  QemuEngine engine;
+  EXPECT_EQ(engine.name(), engine::qemu::KvmUsable() ? "qemu-kvm" : "qemu-tcg");
+  engine::VmSpec spec;
+  spec.kernel = DefaultAssetDir() + "/vmlinux";
+  spec.initramfs = DefaultAssetDir() + "/initramfs.cpio";
+  auto vm = engine.Start(spec);
+  ASSERT_TRUE(vm.has_value()) << vm.error().ToString();
+  std::string dir = testing::TestRuntimeRoot() + "/vm-" + (*vm)->id();
+  EXPECT_TRUE(std::filesystem::is_directory(dir));
+
+  sandbox::AgentClient agent((*vm)->agent_fd());
+  auto hello = agent.AwaitHello(Deadline::After(std::chrono::seconds(30)));
+  ASSERT_TRUE(hello.has_value()) << hello.error().ToString() << "\n" << (*vm)->Diagnostics();
+  EXPECT_TRUE((*vm)->Running());
+  auto state = (*vm)->RunState();
+  ASSERT_TRUE(state.has_value()) << state.error().ToString();
+  EXPECT_EQ(*state, "running");
+
+  (*vm)->Destroy();
+  EXPECT_FALSE((*vm)->Running());
+  EXPECT_FALSE(std::filesystem::exists(dir));
+  (*vm)->Destroy();  // idempotent
+}
+
+}  // namespace
+}  // namespace vessel

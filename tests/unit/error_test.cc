@@ -1,0 +1,198 @@
+#include "vessel/error.h"
+
+#include <gtest/gtest.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <variant>
+
+namespace vessel {
+namespace {
+
+TEST(ErrorTest, InvalidConfigNamesTheField) {
+  Error e = Error::InvalidConfig("vcpus", "0 is outside 1..8");
+  EXPECT_EQ(e.kind(), ErrorKind::kInvalidConfig);
+  EXPECT_EQ(e.subject(), "vcpus");
+  EXPECT_EQ(e.message(), "vcpus: 0 is outside 1..8");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.ToString(), "invalid config: vcpus: 0 is outside 1..8");
+}
+
+TEST(ErrorTest, LifecycleKeepsTheVariant) {
+  Error e = Error::Lifecycle({LifecycleError::InvalidState{
+      SandboxState::kReady, SandboxState::kBooting, "still booting"}});
+  EXPECT_EQ(e.kind(), ErrorKind::kLifecycle);
+  ASSERT_NE(e.lifecycle(), nullptr);
+  const auto* state = e.lifecycle()->As<LifecycleError::InvalidState>();
+  ASSERT_NE(state, nullptr);
+  EXPECT_EQ(state->expected, SandboxState::kReady);
+  EXPECT_EQ(state->current, SandboxState::kBooting);
+  EXPECT_EQ(e.message(), "invalid state: expected ready, current booting: still booting");
+  EXPECT_EQ(e.subject(), "");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.ToString(),
+            "lifecycle: invalid state: expected ready, current booting: still booting");
+}
+
+TEST(ErrorTest, Backend) {
+  Error e = Error::Backend("the agent hung up");
+  EXPECT_EQ(e.kind(), ErrorKind::kBackend);
+  EXPECT_EQ(e.message(), "the agent hung up");
+  EXPECT_EQ(e.subject(), "");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.ToString(), "backend: the agent hung up");
+}
+
+TEST(ErrorTest, GuestFileNamesThePath) {
+  Error e = Error::GuestFile("/no/such/dir", "No such file or directory");
+  EXPECT_EQ(e.kind(), ErrorKind::kGuestFile);
+  EXPECT_EQ(e.subject(), "/no/such/dir");
+  EXPECT_EQ(e.message(), "/no/such/dir: No such file or directory");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.ToString(), "guest file: /no/such/dir: No such file or directory");
+}
+
+TEST(ErrorTest, SnapshotFormat) {
+  Error e = Error::SnapshotFormat("bad magic");
+  EXPECT_EQ(e.kind(), ErrorKind::kSnapshotFormat);
+  EXPECT_EQ(e.message(), "bad magic");
+  EXPECT_EQ(e.subject(), "");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.ToString(), "snapshot format: bad magic");
+}
+
+TEST(ErrorTest, HostIoKeepsErrno) {
+  Error e = Error::HostIo("open /dev/kvm", ENOENT);
+  EXPECT_EQ(e.kind(), ErrorKind::kHostIo);
+  EXPECT_EQ(e.errno_value(), ENOENT);
+  EXPECT_EQ(e.subject(), "");
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.message(), std::string("open /dev/kvm: ") + std::strerror(ENOENT));
+  EXPECT_EQ(e.ToString(), std::string("host I/O: open /dev/kvm: ") + std::strerror(ENOENT));
+}
+
+TEST(ErrorTest, UnsupportedPlatform) {
+  Error e = Error::UnsupportedPlatform("qemu-system-x86_64 not found");
+  EXPECT_EQ(e.kind(), ErrorKind::kUnsupportedPlatform);
+  EXPECT_EQ(e.message(), "qemu-system-x86_64 not found");
+  EXPECT_EQ(e.subject(), "");
+  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.ToString(), "unsupported platform: qemu-system-x86_64 not found");
+}
+
+TEST(ErrorTest, ContextPrefixesAndKeepsEverythingElse) {
+  Error e = Error::HostIo("read vsock", EPIPE).Context("restoring vsock").Context("booting VM");
+  EXPECT_EQ(e.kind(), ErrorKind::kHostIo);
+  EXPECT_EQ(e.errno_value(), EPIPE);
+  EXPECT_EQ(e.message(),
+            std::string("booting VM: restoring vsock: read vsock: ") + std::strerror(EPIPE));
+  EXPECT_EQ(e.ToString(), "host I/O: " + e.message());
+
+  Error g = Error::GuestFile("/tmp/x", "denied").Context("copying");
+  EXPECT_EQ(g.subject(), "/tmp/x");
+  EXPECT_EQ(g.message(), "copying: /tmp/x: denied");
+
+  Error l = Error::Lifecycle({LifecycleError::VsockNotConnected{}}).Context("executing");
+  ASSERT_NE(l.lifecycle(), nullptr);
+  EXPECT_TRUE(l.lifecycle()->Is<LifecycleError::VsockNotConnected>());
+  EXPECT_EQ(l.message(), "executing: vsock command channel not connected");
+}
+
+TEST(ErrorTest, ErrorKindNames) {
+  EXPECT_EQ(ToString(ErrorKind::kInvalidConfig), "invalid config");
+  EXPECT_EQ(ToString(ErrorKind::kLifecycle), "lifecycle");
+  EXPECT_EQ(ToString(ErrorKind::kBackend), "backend");
+  EXPECT_EQ(ToString(ErrorKind::kGuestFile), "guest file");
+  EXPECT_EQ(ToString(ErrorKind::kSnapshotFormat), "snapshot format");
+  EXPECT_EQ(ToString(ErrorKind::kHostIo), "host I/O");
+  EXPECT_EQ(ToString(ErrorKind::kUnsupportedPlatform), "unsupported platform");
+}
+
+TEST(ErrorTest, SandboxStateNamesAreStable) {
+  EXPECT_EQ(ToString(SandboxState::kBooting), "booting");
+  EXPECT_EQ(ToString(SandboxState::kReady), "ready");
+  EXPECT_EQ(ToString(SandboxState::kFailed), "failed");
+  EXPECT_EQ(ToString(SandboxState::kDestroyed), "destroyed");
+}
+
+// A new variant must get a case below.
+static_assert(std::variant_size_v<LifecycleError::Variant> == 8);
+
+struct LifecycleCase {
+  const char* name;
+  LifecycleError error;
+  std::string text;
+  bool retryable;
+};
+
+class LifecycleErrorTest : public ::testing::TestWithParam<LifecycleCase> {};
+
+TEST_P(LifecycleErrorTest, ToStringAndRetryable) {
+  const LifecycleCase& c = GetParam();
+  EXPECT_EQ(c.error.ToString(), c.text);
+  EXPECT_EQ(c.error.Retryable(), c.retryable);
+  // Wrapped in an Error, the variant and its text survive.
+  Error e = Error::Lifecycle(c.error);
+  ASSERT_NE(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.lifecycle()->variant.index(), c.error.variant.index());
+  EXPECT_EQ(e.message(), c.text);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllVariants, LifecycleErrorTest,
+    ::testing::Values(
+        LifecycleCase{
+            "InvalidState",
+            {LifecycleError::InvalidState{SandboxState::kReady, SandboxState::kFailed,
+                                          "execute needs a ready sandbox"}},
+            "invalid state: expected ready, current failed: execute needs a ready sandbox",
+            false},
+        LifecycleCase{"Destroyed",
+                      {LifecycleError::Destroyed{"cannot execute"}},
+                      "destroyed: cannot execute",
+                      false},
+        LifecycleCase{"Released",
+                      {LifecycleError::Released{"back in the pool"}},
+                      "released: back in the pool",
+                      false},
+        LifecycleCase{"NotReady", {LifecycleError::NotReady{}}, "not ready for a snapshot", false},
+        LifecycleCase{
+            "NotReadyForFork", {LifecycleError::NotReadyForFork{}}, "not ready for a fork", false},
+        LifecycleCase{"VsockNotConnected",
+                      {LifecycleError::VsockNotConnected{}},
+                      "vsock command channel not connected",
+                      true},
+        LifecycleCase{"VsockUnavailable",
+                      {LifecycleError::VsockUnavailable{}},
+                      "vsock command channel not available",
+                      false},
+        LifecycleCase{"Other", {LifecycleError::Other{"something odd"}}, "something odd", false}),
+    [](const ::testing::TestParamInfo<LifecycleCase>& param_info) {
+      return std::string(param_info.param.name);
+    });
+
+TEST(LifecycleErrorAccessTest, IsAndAsAgree) {
+  LifecycleError e{LifecycleError::Released{"gone"}};
+  EXPECT_TRUE(e.Is<LifecycleError::Released>());
+  EXPECT_FALSE(e.Is<LifecycleError::Destroyed>());
+  ASSERT_NE(e.As<LifecycleError::Released>(), nullptr);
+  EXPECT_EQ(e.As<LifecycleError::Released>()->message, "gone");
+  EXPECT_EQ(e.As<LifecycleError::Destroyed>(), nullptr);
+}
+
+TEST(ResultTest, FailCarriesTheError) {
+  auto f = []() -> Result<int> { return Fail(Error::Backend("nope")); };
+  Result<int> r = f();
+  ASSERT_FALSE(r.has_value());
+  EXPECT_EQ(r.error().kind(), ErrorKind::kBackend);
+  EXPECT_EQ(r.error().message(), "nope");
+}
+
+}  // namespace
+}  // namespace vessel

@@ -1,0 +1,587 @@
+#include "protocol/wire.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+namespace vessel::protocol {
+namespace {
+
+using Bytes = std::vector<uint8_t>;
+
+std::span<const uint8_t, kHeaderSize> HeaderOf(const Bytes& frame) {
+  return std::span<const uint8_t, kHeaderSize>(frame.data(), kHeaderSize);
+}
+
+std::span<const uint8_t> PayloadOf(const Bytes& frame) {
+  return std::span<const uint8_t>(frame).subspan(kHeaderSize);
+}
+
+// Decodes and checks the header of an encoded frame.
+FrameHeader CheckedHeader(const Bytes& frame, MessageType type, uint32_t request_id) {
+  EXPECT_GE(frame.size(), kHeaderSize);
+  auto header = DecodeHeader(HeaderOf(frame));
+  EXPECT_TRUE(header.has_value()) << header.error().ToString();
+  if (!header) return {};
+  EXPECT_EQ(header->type, type);
+  EXPECT_EQ(header->request_id, request_id);
+  EXPECT_EQ(header->payload_size, frame.size() - kHeaderSize);
+  return *header;
+}
+
+// Little-endian payload builder for hand-made hostile input.
+class PayloadBuilder {
+ public:
+  PayloadBuilder& U8(uint8_t v) {
+    bytes_.push_back(v);
+    return *this;
+  }
+  PayloadBuilder& U32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) bytes_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    return *this;
+  }
+  PayloadBuilder& U64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) bytes_.push_back(static_cast<uint8_t>(v >> (8 * i)));
+    return *this;
+  }
+  PayloadBuilder& String(std::string_view s) {
+    U32(static_cast<uint32_t>(s.size()));
+    bytes_.insert(bytes_.end(), s.begin(), s.end());
+    return *this;
+  }
+  // A length prefix followed by `size` filler bytes.
+  PayloadBuilder& Filler(uint32_t size) {
+    U32(size);
+    bytes_.insert(bytes_.end(), size, 'a');
+    return *this;
+  }
+  [[nodiscard]] const Bytes& bytes() const { return bytes_; }
+
+ private:
+  Bytes bytes_;
+};
+
+Bytes Header(uint32_t payload_size, uint8_t type, uint32_t request_id = 0, uint8_t r0 = 0,
+             uint8_t r1 = 0, uint8_t r2 = 0) {
+  Bytes b;
+  for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(payload_size >> (8 * i)));
+  b.push_back(type);
+  b.push_back(r0);
+  b.push_back(r1);
+  b.push_back(r2);
+  for (int i = 0; i < 4; ++i) b.push_back(static_cast<uint8_t>(request_id >> (8 * i)));
+  return b;
+}
+
+template <typename T>
+void ExpectMalformed(const Result<T>& result, std::string_view needle) {
+  ASSERT_FALSE(result.has_value()) << "expected a decode error mentioning \"" << needle << "\"";
+  EXPECT_EQ(result.error().kind(), ErrorKind::kBackend);
+  EXPECT_NE(result.error().message().find(needle), std::string::npos) << result.error().message();
+}
+
+ExecRequest SampleExec() {
+  ExecRequest req;
+  req.argv = {"/bin/prog",
+              "line one\nline two\n",
+              "\xff\xfe\xc0\x80 not utf-8 \x80",
+              std::string("nul\0inside", 10),
+              "",
+              "\t tabs and spaces \r\n"};
+  req.env = {"PATH=/usr/bin:/bin", "MULTI=a\nb", std::string("BIN=\xff\x01", 6), "EMPTY="};
+  req.cwd = "/tmp/work dir";
+  req.timeout_ms = 0xfffffffe;
+  req.output_cap = 0x0123456789abcdefULL;
+  return req;
+}
+
+// Round trips.
+
+TEST(WireRoundTrip, Hello) {
+  Hello hello{kVersion, "vessel-agent 0.1.0"};
+  Bytes frame = EncodeHello(hello);
+  CheckedHeader(frame, MessageType::kHello, 0);
+  auto decoded = DecodeHello(PayloadOf(frame));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->version, kVersion);
+  EXPECT_EQ(decoded->agent_version, "vessel-agent 0.1.0");
+}
+
+TEST(WireRoundTrip, HelloKeepsAForeignVersion) {
+  auto decoded = DecodeHello(PayloadOf(EncodeHello({0xdeadbeef, ""})));
+  ASSERT_TRUE(decoded.has_value());
+  EXPECT_EQ(decoded->version, 0xdeadbeefu);
+  EXPECT_EQ(decoded->agent_version, "");
+}
+
+TEST(WireRoundTrip, ExecIsBinarySafe) {
+  ExecRequest req = SampleExec();
+  Bytes frame = EncodeExec(0x01020304, req);
+  CheckedHeader(frame, MessageType::kExec, 0x01020304);
+  auto decoded = DecodeExec(PayloadOf(frame));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->argv, req.argv);
+  EXPECT_EQ(decoded->env, req.env);
+  EXPECT_EQ(decoded->cwd, req.cwd);
+  EXPECT_EQ(decoded->timeout_ms, req.timeout_ms);
+  EXPECT_EQ(decoded->output_cap, req.output_cap);
+}
+
+TEST(WireRoundTrip, ExecMinimal) {
+  ExecRequest req;
+  req.argv = {"true"};
+  auto decoded = DecodeExec(PayloadOf(EncodeExec(1, req)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->argv, std::vector<std::string>{"true"});
+  EXPECT_TRUE(decoded->env.empty());
+  EXPECT_EQ(decoded->cwd, "");
+  EXPECT_EQ(decoded->timeout_ms, 0u);
+  EXPECT_EQ(decoded->output_cap, 0u);
+}
+
+TEST(WireRoundTrip, OutputBothStreams) {
+  Bytes data = {'o', 'k', '\n', 0x00, 0xff, 0x80, '\r'};
+  for (Stream stream : {Stream::kStdout, Stream::kStderr}) {
+    Bytes frame = EncodeOutput(7, stream, data);
+    CheckedHeader(frame, MessageType::kOutput, 7);
+    auto decoded = DecodeOutput(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->stream, stream);
+    EXPECT_EQ(decoded->data, data);
+  }
+}
+
+TEST(WireRoundTrip, OutputEmptyAndLargestChunk) {
+  auto empty = DecodeOutput(PayloadOf(EncodeOutput(1, Stream::kStderr, {})));
+  ASSERT_TRUE(empty.has_value());
+  EXPECT_EQ(empty->stream, Stream::kStderr);
+  EXPECT_TRUE(empty->data.empty());
+
+  Bytes big(kMaxOutputChunk, 0x5a);
+  Bytes frame = EncodeOutput(2, Stream::kStdout, big);
+  FrameHeader header = CheckedHeader(frame, MessageType::kOutput, 2);
+  EXPECT_EQ(header.payload_size, kMaxPayload);
+  auto decoded = DecodeOutput(PayloadOf(frame));
+  ASSERT_TRUE(decoded.has_value());
+  EXPECT_EQ(decoded->data, big);
+}
+
+TEST(WireRoundTrip, ExitedEveryKindAndFlag) {
+  for (ExitHow how : {ExitHow::kExited, ExitHow::kSignaled, ExitHow::kTimedOut}) {
+    for (int flags = 0; flags < 4; ++flags) {
+      for (int32_t code : std::initializer_list<int32_t>{0, 1, 9, 255, -1, INT32_MIN, INT32_MAX}) {
+        Exited exited{how, code, (flags & 1) != 0, (flags & 2) != 0};
+        Bytes frame = EncodeExited(42, exited);
+        CheckedHeader(frame, MessageType::kExited, 42);
+        auto decoded = DecodeExited(PayloadOf(frame));
+        ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+        EXPECT_EQ(decoded->how, how);
+        EXPECT_EQ(decoded->code, code);
+        EXPECT_EQ(decoded->stdout_truncated, exited.stdout_truncated);
+        EXPECT_EQ(decoded->stderr_truncated, exited.stderr_truncated);
+      }
+    }
+  }
+}
+
+TEST(WireRoundTrip, ErrorWithPath) {
+  ErrorReply error{2, "/no/such\ndir", "No such file or directory"};
+  Bytes frame = EncodeError(9, error);
+  CheckedHeader(frame, MessageType::kError, 9);
+  auto decoded = DecodeError(PayloadOf(frame));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->errno_value, 2);
+  EXPECT_EQ(decoded->path, "/no/such\ndir");
+  EXPECT_EQ(decoded->message, "No such file or directory");
+}
+
+TEST(WireRoundTrip, ErrorWithoutPathAndNegativeErrno) {
+  auto decoded = DecodeError(PayloadOf(EncodeError(3, {-5, "", "odd"})));
+  ASSERT_TRUE(decoded.has_value());
+  EXPECT_EQ(decoded->errno_value, -5);
+  EXPECT_EQ(decoded->path, "");
+  EXPECT_EQ(decoded->message, "odd");
+}
+
+TEST(WireRoundTrip, ErrorEncoderClipsToTheCaps) {
+  ErrorReply error{1, std::string(kMaxPathSize + 10, 'p'), std::string(kMaxMessageSize + 10, 'm')};
+  auto decoded = DecodeError(PayloadOf(EncodeError(1, error)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->path, std::string(kMaxPathSize, 'p'));
+  EXPECT_EQ(decoded->message, std::string(kMaxMessageSize, 'm'));
+}
+
+TEST(WireRoundTrip, PingPong) {
+  Bytes ping = EncodePing(0xabcdef01);
+  EXPECT_EQ(ping.size(), kHeaderSize);
+  EXPECT_EQ(CheckedHeader(ping, MessageType::kPing, 0xabcdef01).payload_size, 0u);
+  Bytes pong = EncodePong(0xabcdef01);
+  EXPECT_EQ(pong.size(), kHeaderSize);
+  EXPECT_EQ(CheckedHeader(pong, MessageType::kPong, 0xabcdef01).payload_size, 0u);
+}
+
+TEST(WireFormat, HeaderLayoutIsLittleEndian) {
+  Bytes frame = EncodePing(0x04030201);
+  EXPECT_EQ(frame, (Bytes{0, 0, 0, 0, 6, 0, 0, 0, 1, 2, 3, 4}));
+  Bytes hello = EncodeHello({1, "ab"});
+  EXPECT_EQ(hello, (Bytes{10, 0, 0, 0, 1, 0, 0, 0, 0,   0,  0, 0,  // header
+                          1,  0, 0, 0, 2, 0, 0, 0, 'a', 'b'}));
+}
+
+// Headers.
+
+TEST(WireHeader, AcceptsEveryKnownTypeAndTheLargestPayload) {
+  for (uint8_t type = 1; type <= 7; ++type) {
+    auto h = DecodeHeader(HeaderOf(Header(kMaxPayload, type, 77)));
+    ASSERT_TRUE(h.has_value()) << h.error().ToString();
+    EXPECT_EQ(static_cast<uint8_t>(h->type), type);
+    EXPECT_EQ(h->payload_size, kMaxPayload);
+    EXPECT_EQ(h->request_id, 77u);
+  }
+}
+
+TEST(WireHeader, RejectsOversizePayload) {
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(0xffffffff, 1))), "exceeds the cap");
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(kMaxPayload + 1, 3))), "exceeds the cap");
+}
+
+TEST(WireHeader, RejectsUnknownTypes) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, 8, 9, 128, 255}) {
+    ExpectMalformed(DecodeHeader(HeaderOf(Header(0, type))), "unknown frame type");
+  }
+}
+
+TEST(WireHeader, RejectsNonZeroReservedBytes) {
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(0, 6, 0, 1, 0, 0))), "reserved");
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(0, 6, 0, 0, 1, 0))), "reserved");
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(0, 6, 0, 0, 0, 0x80))), "reserved");
+}
+
+// Hostile payloads, decoder by decoder.
+
+TEST(WireDecode, EveryDecoderRejectsAnEmptyPayload) {
+  std::span<const uint8_t> empty;
+  ExpectMalformed(DecodeHello(empty), "malformed hello");
+  ExpectMalformed(DecodeExec(empty), "malformed exec request");
+  ExpectMalformed(DecodeOutput(empty), "malformed output");
+  ExpectMalformed(DecodeExited(empty), "malformed exit status");
+  ExpectMalformed(DecodeError(empty), "malformed error reply");
+}
+
+template <typename Decode>
+void ExpectEveryPrefixRejected(const Bytes& frame, Decode decode) {
+  auto original = PayloadOf(frame);
+  Bytes payload(original.begin(), original.end());
+  ASSERT_TRUE(decode(std::span<const uint8_t>(payload)).has_value());
+  for (size_t len = 0; len < payload.size(); ++len) {
+    auto result = decode(std::span<const uint8_t>(payload.data(), len));
+    EXPECT_FALSE(result.has_value())
+        << "a prefix of " << len << " of " << payload.size() << " bytes was accepted";
+    if (!result) {
+      EXPECT_EQ(result.error().kind(), ErrorKind::kBackend);
+    }
+  }
+}
+
+template <typename Decode>
+void ExpectTrailingByteRejected(const Bytes& frame, Decode decode) {
+  auto original = PayloadOf(frame);
+  Bytes payload(original.begin(), original.end());
+  payload.push_back(0);
+  ExpectMalformed(decode(std::span<const uint8_t>(payload)), "trailing bytes");
+}
+
+TEST(WireDecode, TruncatedPayloadsAreRejected) {
+  ExpectEveryPrefixRejected(EncodeHello({kVersion, "agent"}),
+                            [](auto p) { return DecodeHello(p); });
+  ExpectEveryPrefixRejected(EncodeExec(1, SampleExec()), [](auto p) { return DecodeExec(p); });
+  ExpectEveryPrefixRejected(EncodeExited(1, {ExitHow::kSignaled, 9, true, false}),
+                            [](auto p) { return DecodeExited(p); });
+  ExpectEveryPrefixRejected(EncodeError(1, {2, "/x", "gone"}),
+                            [](auto p) { return DecodeError(p); });
+  // Output data runs to the end of the frame, so only a missing stream byte is detectable.
+  ExpectMalformed(DecodeOutput({}), "truncated");
+}
+
+TEST(WireDecode, TrailingBytesAreRejected) {
+  ExpectTrailingByteRejected(EncodeHello({kVersion, "agent"}),
+                             [](auto p) { return DecodeHello(p); });
+  ExpectTrailingByteRejected(EncodeExec(1, SampleExec()), [](auto p) { return DecodeExec(p); });
+  ExpectTrailingByteRejected(EncodeExited(1, {ExitHow::kExited, 0, false, false}),
+                             [](auto p) { return DecodeExited(p); });
+  ExpectTrailingByteRejected(EncodeError(1, {0, "", "m"}), [](auto p) { return DecodeError(p); });
+}
+
+TEST(WireDecode, ExecRejectsTooManyArgs) {
+  PayloadBuilder b;
+  b.U32(kMaxArgs + 1);
+  for (uint32_t i = 0; i < kMaxArgs + 1; ++i) b.String("a");
+  b.U32(0).String("").U32(0).U64(0);
+  ExpectMalformed(DecodeExec(b.bytes()), "argv count 4097 exceeds the cap");
+
+  PayloadBuilder huge;
+  huge.U32(0xffffffff);
+  ExpectMalformed(DecodeExec(huge.bytes()), "argv count");
+}
+
+TEST(WireDecode, ExecRejectsTooManyEnvEntries) {
+  PayloadBuilder b;
+  b.U32(1).String("prog").U32(kMaxEnv + 1);
+  for (uint32_t i = 0; i < kMaxEnv + 1; ++i) b.String("A=b");
+  b.String("").U32(0).U64(0);
+  ExpectMalformed(DecodeExec(b.bytes()), "env count 4097 exceeds the cap");
+}
+
+TEST(WireDecode, ExecAcceptsCountsAtTheCaps) {
+  PayloadBuilder b;
+  b.U32(kMaxArgs);
+  for (uint32_t i = 0; i < kMaxArgs; ++i) b.String("a");
+  b.U32(kMaxEnv);
+  for (uint32_t i = 0; i < kMaxEnv; ++i) b.String("A=b");
+  b.String("/").U32(0).U64(0);
+  ASSERT_LE(b.bytes().size(), kMaxPayload);
+  auto decoded = DecodeExec(b.bytes());
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->argv.size(), kMaxArgs);
+  EXPECT_EQ(decoded->env.size(), kMaxEnv);
+}
+
+TEST(WireDecode, ExecRejectsStringsOverTheirCaps) {
+  {
+    PayloadBuilder b;
+    b.U32(1).Filler(kMaxStringSize + 1).U32(0).String("").U32(0).U64(0);
+    ExpectMalformed(DecodeExec(b.bytes()), "argument of 131073 bytes exceeds the cap");
+  }
+  {
+    PayloadBuilder b;
+    b.U32(1).String("prog").U32(1).Filler(kMaxStringSize + 1).String("").U32(0).U64(0);
+    ExpectMalformed(DecodeExec(b.bytes()), "env entry of 131073 bytes exceeds the cap");
+  }
+  {
+    PayloadBuilder b;
+    b.U32(1).String("prog").U32(0).Filler(kMaxPathSize + 1).U32(0).U64(0);
+    ExpectMalformed(DecodeExec(b.bytes()), "cwd of 4097 bytes exceeds the cap");
+  }
+  {
+    // A length that claims far more than the payload holds is rejected, not allocated.
+    PayloadBuilder b;
+    b.U32(1).U32(kMaxStringSize).U8('a');
+    ExpectMalformed(DecodeExec(b.bytes()), "truncated");
+  }
+}
+
+TEST(WireDecode, ExecRejectsEmptyArgv) {
+  ExecRequest req;
+  req.env = {"A=b"};
+  ExpectMalformed(DecodeExec(PayloadOf(EncodeExec(1, req))), "empty argv");
+}
+
+TEST(WireDecode, HelloRejectsOversizeAgentVersion) {
+  PayloadBuilder b;
+  b.U32(kVersion).Filler(kMaxMessageSize + 1);
+  ExpectMalformed(DecodeHello(b.bytes()), "agent version of 4097 bytes exceeds the cap");
+  PayloadBuilder at_cap;
+  at_cap.U32(kVersion).Filler(kMaxMessageSize);
+  EXPECT_TRUE(DecodeHello(at_cap.bytes()).has_value());
+}
+
+TEST(WireDecode, ErrorRejectsOversizePathAndMessage) {
+  PayloadBuilder path;
+  path.U32(0).Filler(kMaxPathSize + 1).String("m");
+  ExpectMalformed(DecodeError(path.bytes()), "path of 4097 bytes exceeds the cap");
+  PayloadBuilder message;
+  message.U32(0).String("/p").Filler(kMaxMessageSize + 1);
+  ExpectMalformed(DecodeError(message.bytes()), "message of 4097 bytes exceeds the cap");
+}
+
+TEST(WireDecode, OutputRejectsUnknownStreams) {
+  for (uint8_t stream : std::initializer_list<uint8_t>{0, 3, 255}) {
+    PayloadBuilder b;
+    b.U8(stream).U8('x');
+    ExpectMalformed(DecodeOutput(b.bytes()), "unknown stream");
+  }
+}
+
+TEST(WireDecode, ExitedRejectsUnknownKinds) {
+  for (uint8_t how : std::initializer_list<uint8_t>{3, 4, 255}) {
+    PayloadBuilder b;
+    b.U8(how).U32(0).U8(0);
+    ExpectMalformed(DecodeExited(b.bytes()), "unknown kind");
+  }
+}
+
+TEST(WireDecode, ExitedRejectsUnknownFlags) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{4, 8, 0x80, 0xff}) {
+    PayloadBuilder b;
+    b.U8(0).U32(0).U8(flags);
+    ExpectMalformed(DecodeExited(b.bytes()), "unknown flags");
+  }
+}
+
+// FrameReader.
+
+Bytes Concat(const std::vector<Bytes>& frames) {
+  Bytes all;
+  for (const auto& f : frames) all.insert(all.end(), f.begin(), f.end());
+  return all;
+}
+
+std::vector<Bytes> SampleFrames() {
+  Bytes data = {'h', 'i', 0, 0xff};
+  return {
+      EncodeHello({kVersion, "agent"}),       EncodeExec(1, SampleExec()),
+      EncodeOutput(1, Stream::kStdout, data), EncodePing(2),
+      EncodeOutput(1, Stream::kStderr, {}),   EncodeExited(1, {ExitHow::kExited, 3, false, true}),
+      EncodeError(4, {2, "/p", "m"}),         EncodePong(2)};
+}
+
+// Takes every complete frame out of `reader`, re-encoding each as header + payload.
+std::vector<Bytes> Drain(FrameReader& reader) {
+  std::vector<Bytes> out;
+  for (;;) {
+    auto next = reader.Next();
+    EXPECT_TRUE(next.has_value()) << next.error().ToString();
+    if (!next || !*next) return out;
+    const Frame& f = **next;
+    EXPECT_EQ(f.header.payload_size, f.payload.size());
+    Bytes bytes =
+        Header(f.header.payload_size, static_cast<uint8_t>(f.header.type), f.header.request_id);
+    bytes.insert(bytes.end(), f.payload.begin(), f.payload.end());
+    out.push_back(std::move(bytes));
+  }
+}
+
+TEST(FrameReaderTest, EmptyReaderHasNothing) {
+  FrameReader reader;
+  auto next = reader.Next();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_FALSE(next->has_value());
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(FrameReaderTest, SeveralFramesInOneFeed) {
+  std::vector<Bytes> frames = SampleFrames();
+  FrameReader reader;
+  reader.Feed(Concat(frames));
+  EXPECT_EQ(Drain(reader), frames);
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(FrameReaderTest, SplitAtEveryByteBoundaryReassembles) {
+  std::vector<Bytes> frames = SampleFrames();
+  Bytes stream = Concat(frames);
+  for (size_t split = 0; split <= stream.size(); ++split) {
+    FrameReader reader;
+    std::vector<Bytes> got;
+    reader.Feed(std::span<const uint8_t>(stream).first(split));
+    for (auto& f : Drain(reader)) got.push_back(std::move(f));
+    reader.Feed(std::span<const uint8_t>(stream).subspan(split));
+    for (auto& f : Drain(reader)) got.push_back(std::move(f));
+    ASSERT_EQ(got, frames) << "split at " << split;
+    ASSERT_EQ(reader.buffered(), 0u);
+  }
+}
+
+TEST(FrameReaderTest, OneByteAtATime) {
+  std::vector<Bytes> frames = SampleFrames();
+  Bytes stream = Concat(frames);
+  FrameReader reader;
+  std::vector<Bytes> got;
+  for (uint8_t byte : stream) {
+    reader.Feed(std::span<const uint8_t>(&byte, 1));
+    for (auto& f : Drain(reader)) got.push_back(std::move(f));
+  }
+  EXPECT_EQ(got, frames);
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(FrameReaderTest, PartialFrameIsBuffered) {
+  Bytes frame = EncodeHello({kVersion, "agent"});
+  FrameReader reader;
+  reader.Feed(std::span<const uint8_t>(frame).first(5));
+  auto next = reader.Next();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_FALSE(next->has_value());
+  EXPECT_EQ(reader.buffered(), 5u);
+
+  reader.Feed(std::span<const uint8_t>(frame).subspan(5, frame.size() - 6));
+  next = reader.Next();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_FALSE(next->has_value());
+  EXPECT_EQ(reader.buffered(), frame.size() - 1);
+
+  reader.Feed(std::span<const uint8_t>(frame).last(1));
+  next = reader.Next();
+  ASSERT_TRUE(next.has_value());
+  ASSERT_TRUE(next->has_value());
+  EXPECT_EQ((*next)->header.type, MessageType::kHello);
+  EXPECT_EQ(reader.buffered(), 0u);
+}
+
+TEST(FrameReaderTest, MalformedHeaderIsReportedAndSticks) {
+  FrameReader reader;
+  reader.Feed(EncodePing(1));
+  reader.Feed(Header(0, 99));
+  auto first = reader.Next();
+  ASSERT_TRUE(first.has_value());
+  ASSERT_TRUE(first->has_value());
+  EXPECT_EQ((*first)->header.type, MessageType::kPing);
+  ExpectMalformed(reader.Next(), "unknown frame type 99");
+  // The stream is unusable afterwards: later bytes do not resynchronise it.
+  reader.Feed(EncodePong(1));
+  ExpectMalformed(reader.Next(), "unknown frame type 99");
+}
+
+TEST(FrameReaderTest, OversizeHeaderIsReportedWithoutWaitingForThePayload) {
+  FrameReader reader;
+  reader.Feed(Header(0xffffffff, 3));
+  ExpectMalformed(reader.Next(), "exceeds the cap");
+}
+
+TEST(FrameReaderTest, ReservedBytesAreReported) {
+  FrameReader reader;
+  reader.Feed(Header(0, 6, 1, 0, 0, 7));
+  ExpectMalformed(reader.Next(), "reserved");
+}
+
+TEST(FrameReaderTest, MemoryStaysBoundedOverALongStream) {
+  // Frames fed in chunks that never line up with frame boundaries, so the reader always
+  // holds a partial frame and must compact as it goes.
+  Bytes data(1000, 0x42);
+  Bytes frame = EncodeOutput(1, Stream::kStdout, data);
+  constexpr size_t kFrames = 20'000;  // ~20 MB through the reader
+  constexpr size_t kChunk = 777;
+  Bytes pending;
+  FrameReader reader;
+  size_t frames_out = 0;
+  size_t max_buffered = 0;
+  for (size_t i = 0; i < kFrames; ++i) {
+    pending.insert(pending.end(), frame.begin(), frame.end());
+    while (pending.size() >= kChunk) {
+      reader.Feed(std::span<const uint8_t>(pending).first(kChunk));
+      pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(kChunk));
+      for (;;) {
+        auto next = reader.Next();
+        ASSERT_TRUE(next.has_value()) << next.error().ToString();
+        if (!*next) break;
+        ASSERT_EQ((*next)->payload.size(), frame.size() - kHeaderSize);
+        ++frames_out;
+      }
+      max_buffered = std::max(max_buffered, reader.buffered());
+    }
+  }
+  reader.Feed(pending);
+  frames_out += Drain(reader).size();
+  EXPECT_EQ(frames_out, kFrames);
+  EXPECT_EQ(reader.buffered(), 0u);
+  // Never more than one partial frame plus one chunk is held.
+  EXPECT_LT(max_buffered, frame.size() + kChunk);
+}
+
+}  // namespace
+}  // namespace vessel::protocol
