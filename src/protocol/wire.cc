@@ -124,6 +124,8 @@ std::vector<uint8_t> EncodeExec(uint32_t request_id, const ExecRequest& request)
   w.String(request.cwd);
   w.U32(request.timeout_ms);
   w.U64(request.output_cap);
+  w.U8(request.stdin_pipe ? 1 : 0);
+  w.U32(request.window);
   return std::move(w).Finish();
 }
 
@@ -159,6 +161,62 @@ std::vector<uint8_t> EncodePong(uint32_t request_id) {
   return Writer(MessageType::kPong, request_id).Finish();
 }
 
+std::vector<uint8_t> EncodeStarted(uint32_t request_id, const Started& started) {
+  Writer w(MessageType::kStarted, request_id);
+  w.I32(started.pid);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeStdin(uint32_t request_id, std::span<const uint8_t> data) {
+  Writer w(MessageType::kStdin, request_id);
+  w.Raw(data);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeSignal(uint32_t request_id, int32_t signal) {
+  Writer w(MessageType::kSignal, request_id);
+  w.I32(signal);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeCredit(uint32_t request_id, const Credit& credit) {
+  Writer w(MessageType::kCredit, request_id);
+  w.U8(static_cast<uint8_t>(credit.stream));
+  w.U32(credit.bytes);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeFileOp(uint32_t request_id, const FileOp& op) {
+  Writer w(MessageType::kFileOp, request_id);
+  w.U8(static_cast<uint8_t>(op.kind));
+  w.String(op.path);
+  w.String(op.target);
+  w.U32(op.mode);
+  w.U8(op.flags);
+  w.U32(op.window);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeFileData(uint32_t request_id, std::span<const uint8_t> data) {
+  Writer w(MessageType::kFileData, request_id);
+  w.Raw(data);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info) {
+  Writer w(MessageType::kFileInfo, request_id);
+  w.U8(static_cast<uint8_t>(info.type));
+  w.U32(info.mode);
+  w.U64(info.size);
+  w.U64(static_cast<uint64_t>(info.mtime));
+  w.String(info.name);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeDone(uint32_t request_id) {
+  return Writer(MessageType::kDone, request_id).Finish();
+}
+
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
   auto u32 = [&](size_t at) {
     return uint32_t{b[at]} | uint32_t{b[at + 1]} << 8 | uint32_t{b[at + 2]} << 16 |
@@ -173,7 +231,7 @@ Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
         fmt::format("frame of {} bytes exceeds the cap of {}", h.payload_size, kMaxPayload)));
   }
   if (type < static_cast<uint8_t>(MessageType::kHello) ||
-      type > static_cast<uint8_t>(MessageType::kPong)) {
+      type > kLastMessageType) {
     return Fail(Error::Backend(fmt::format("unknown frame type {}", type)));
   }
   if (b[5] != 0 || b[6] != 0 || b[7] != 0) {
@@ -203,9 +261,16 @@ Result<ExecRequest> DecodeExec(std::span<const uint8_t> payload) {
   req.cwd = r.String(kMaxPathSize, "cwd");
   req.timeout_ms = r.U32();
   req.output_cap = r.U64();
+  uint8_t flags = r.U8();
+  req.window = r.U32();
   auto result = r.Done(std::move(req));
-  if (result && result->argv.empty())
-    return Fail(Error::Backend("malformed exec request: empty argv"));
+  if (!result) return result;
+  if (result->argv.empty()) return Fail(Error::Backend("malformed exec request: empty argv"));
+  if (flags > 1) return Fail(Error::Backend("malformed exec request: unknown flags"));
+  if (result->window == 0 || result->window > kMaxWindow) {
+    return Fail(Error::Backend("malformed exec request: window out of range"));
+  }
+  result->stdin_pipe = flags == 1;
   return result;
 }
 
@@ -248,6 +313,100 @@ Result<ErrorReply> DecodeError(std::span<const uint8_t> payload) {
   e.path = r.String(kMaxPathSize, "path");
   e.message = r.String(kMaxMessageSize, "message");
   return r.Done(std::move(e));
+}
+
+Result<Started> DecodeStarted(std::span<const uint8_t> payload) {
+  Reader r(payload, "started");
+  Started started;
+  started.pid = r.I32();
+  auto result = r.Done(started);
+  if (result && result->pid <= 0) return Fail(Error::Backend("malformed started: pid out of range"));
+  return result;
+}
+
+Result<int32_t> DecodeSignal(std::span<const uint8_t> payload) {
+  Reader r(payload, "signal");
+  int32_t signal = r.I32();
+  auto result = r.Done(signal);
+  if (result && (*result < 1 || *result > 64)) {
+    return Fail(Error::Backend(fmt::format("malformed signal: {} is not a signal", *result)));
+  }
+  return result;
+}
+
+Result<Credit> DecodeCredit(std::span<const uint8_t> payload) {
+  Reader r(payload, "credit");
+  uint8_t stream = r.U8();
+  Credit credit;
+  credit.bytes = r.U32();
+  auto result = r.Done(credit);
+  if (!result) return result;
+  if (stream < static_cast<uint8_t>(Stream::kStdout) || stream > static_cast<uint8_t>(Stream::kFile)) {
+    return Fail(Error::Backend(fmt::format("malformed credit: unknown stream {}", stream)));
+  }
+  if (result->bytes > kMaxWindow) return Fail(Error::Backend("malformed credit: more than a window"));
+  result->stream = static_cast<Stream>(stream);
+  return result;
+}
+
+Result<FileOp> DecodeFileOp(std::span<const uint8_t> payload) {
+  Reader r(payload, "file operation");
+  FileOp op;
+  uint8_t kind = r.U8();
+  op.path = r.String(kMaxPathSize, "path");
+  op.target = r.String(kMaxPathSize, "target");
+  op.mode = r.U32();
+  op.flags = r.U8();
+  op.window = r.U32();
+  auto result = r.Done(std::move(op));
+  if (!result) return result;
+  if (kind < static_cast<uint8_t>(FileOpKind::kStat) || kind > static_cast<uint8_t>(FileOpKind::kWriteFile)) {
+    return Fail(Error::Backend(fmt::format("malformed file operation: unknown kind {}", kind)));
+  }
+  result->kind = static_cast<FileOpKind>(kind);
+  if (result->path.empty() || result->path[0] != '/' || result->path.find('\0') != std::string::npos) {
+    return Fail(Error::Backend("malformed file operation: path is not absolute"));
+  }
+  if (result->kind == FileOpKind::kRename &&
+      (result->target.empty() || result->target[0] != '/' || result->target.find('\0') != std::string::npos)) {
+    return Fail(Error::Backend("malformed file operation: target is not absolute"));
+  }
+  if (result->mode > 07777) return Fail(Error::Backend("malformed file operation: mode out of range"));
+  if (result->flags & ~(kFlagParents | kFlagRecursive)) {
+    return Fail(Error::Backend("malformed file operation: unknown flags"));
+  }
+  if (result->window == 0 || result->window > kMaxWindow) {
+    return Fail(Error::Backend("malformed file operation: window out of range"));
+  }
+  return result;
+}
+
+Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload) {
+  Reader r(payload, "file info");
+  FileInfo info;
+  uint8_t type = r.U8();
+  info.mode = r.U32();
+  info.size = r.U64();
+  info.mtime = static_cast<int64_t>(r.U64());
+  info.name = r.String(kMaxPathSize, "name");
+  auto result = r.Done(std::move(info));
+  if (!result) return result;
+  if (type < static_cast<uint8_t>(FileType::kRegular) || type > static_cast<uint8_t>(FileType::kOther)) {
+    return Fail(Error::Backend(fmt::format("malformed file info: unknown type {}", type)));
+  }
+  if (result->mode > 07777) return Fail(Error::Backend("malformed file info: mode out of range"));
+  if (result->name.find('/') != std::string::npos || result->name.find('\0') != std::string::npos) {
+    return Fail(Error::Backend("malformed file info: name contains '/' or NUL"));
+  }
+  result->type = static_cast<FileType>(type);
+  return result;
+}
+
+Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what) {
+  if (!payload.empty()) {
+    return Fail(Error::Backend(fmt::format("malformed {}: {} unexpected bytes", what, payload.size())));
+  }
+  return {};
 }
 
 void FrameReader::Feed(std::span<const uint8_t> bytes) {

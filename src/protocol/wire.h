@@ -32,6 +32,10 @@ inline constexpr uint32_t kMaxStringSize = 128 * 1024;
 inline constexpr uint32_t kMaxPathSize = 4096;
 // Cap on the agent version string and on error messages.
 inline constexpr uint32_t kMaxMessageSize = 4096;
+// Largest flow-control window (bytes in flight per stream) a request may ask for.
+inline constexpr uint32_t kMaxWindow = 16 * 1024 * 1024;
+// Largest chunk of file content in one FileData frame.
+inline constexpr uint32_t kMaxFileChunk = kMaxPayload;
 
 enum class MessageType : uint8_t {
   kHello = 1,   // agent -> host, request id 0: the agent is up
@@ -41,7 +45,16 @@ enum class MessageType : uint8_t {
   kError = 5,   // agent -> host: the request failed; last frame of its request
   kPing = 6,    // host -> agent: liveness probe
   kPong = 7,    // agent -> host: answer to kPing with the same request id
+  kStarted = 8,   // agent -> host: the command of an Exec runs (its pid)
+  kStdin = 9,     // host -> agent: bytes for the command's stdin; empty: close stdin
+  kSignal = 10,   // host -> agent: send a signal to the command's process group
+  kCredit = 11,   // either way: the receiver may send this many more bytes on a stream
+  kFileOp = 12,   // host -> agent: a file operation
+  kFileData = 13, // either way: a chunk of file content; empty from the host: end of file
+  kFileInfo = 14, // agent -> host: metadata of a file or of one directory entry
+  kDone = 15,     // agent -> host: a file operation succeeded; last frame of its request
 };
+inline constexpr uint8_t kLastMessageType = 15;
 
 struct FrameHeader {
   uint32_t payload_size = 0;
@@ -65,9 +78,56 @@ struct ExecRequest {
   std::string cwd;                // empty: "/"
   uint32_t timeout_ms = 0;        // 0: no timeout
   uint64_t output_cap = 0;        // per stream; bytes beyond it are dropped and flagged
+  bool stdin_pipe = false;        // false: stdin is /dev/null
+  // Output bytes the agent may send per stream before the host grants more with Credit
+  // frames; also the stdin bytes the host may send before the agent grants more.
+  // 1 .. kMaxWindow.
+  uint32_t window = 1024 * 1024;
 };
 
-enum class Stream : uint8_t { kStdout = 1, kStderr = 2 };
+// Streams that Credit frames account for.
+enum class Stream : uint8_t { kStdout = 1, kStderr = 2, kStdin = 3, kFile = 4 };
+
+struct Started {
+  int32_t pid = 0;
+};
+
+struct Credit {
+  Stream stream = Stream::kStdout;
+  uint32_t bytes = 0;
+};
+
+enum class FileOpKind : uint8_t {
+  kStat = 1,       // -> FileInfo, Done
+  kListDir = 2,    // -> FileInfo per entry (name set), Done
+  kMakeDir = 3,    // flags: kFlagParents
+  kRemove = 4,     // flags: kFlagRecursive
+  kRename = 5,     // path -> target
+  kReadFile = 6,   // -> FileInfo, FileData chunks within the window, Done
+  kWriteFile = 7,  // host streams FileData, then an empty one; the agent writes a temporary
+                   // file beside `path` and renames it into place -> Done
+};
+inline constexpr uint8_t kFlagParents = 1;
+inline constexpr uint8_t kFlagRecursive = 2;
+
+struct FileOp {
+  FileOpKind kind = FileOpKind::kStat;
+  std::string path;    // absolute
+  std::string target;  // kRename only
+  uint32_t mode = 0644;
+  uint8_t flags = 0;
+  uint32_t window = 1024 * 1024;  // kReadFile: bytes in flight before a Credit
+};
+
+enum class FileType : uint8_t { kRegular = 1, kDirectory = 2, kSymlink = 3, kOther = 4 };
+
+struct FileInfo {
+  FileType type = FileType::kRegular;
+  uint32_t mode = 0;  // permission bits
+  uint64_t size = 0;
+  int64_t mtime = 0;  // seconds since the epoch
+  std::string name;   // the entry's name for kListDir, else empty
+};
 
 struct Output {
   Stream stream = Stream::kStdout;
@@ -102,6 +162,14 @@ std::vector<uint8_t> EncodeExited(uint32_t request_id, const Exited& exited);
 std::vector<uint8_t> EncodeError(uint32_t request_id, const ErrorReply& error);
 std::vector<uint8_t> EncodePing(uint32_t request_id);
 std::vector<uint8_t> EncodePong(uint32_t request_id);
+std::vector<uint8_t> EncodeStarted(uint32_t request_id, const Started& started);
+std::vector<uint8_t> EncodeStdin(uint32_t request_id, std::span<const uint8_t> data);
+std::vector<uint8_t> EncodeSignal(uint32_t request_id, int32_t signal);
+std::vector<uint8_t> EncodeCredit(uint32_t request_id, const Credit& credit);
+std::vector<uint8_t> EncodeFileOp(uint32_t request_id, const FileOp& op);
+std::vector<uint8_t> EncodeFileData(uint32_t request_id, std::span<const uint8_t> data);
+std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info);
+std::vector<uint8_t> EncodeDone(uint32_t request_id);
 
 // Decoding. Errors are kBackend with a message that says what was wrong.
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
@@ -110,6 +178,14 @@ Result<ExecRequest> DecodeExec(std::span<const uint8_t> payload);
 Result<Output> DecodeOutput(std::span<const uint8_t> payload);
 Result<Exited> DecodeExited(std::span<const uint8_t> payload);
 Result<ErrorReply> DecodeError(std::span<const uint8_t> payload);
+Result<Started> DecodeStarted(std::span<const uint8_t> payload);
+Result<int32_t> DecodeSignal(std::span<const uint8_t> payload);
+Result<Credit> DecodeCredit(std::span<const uint8_t> payload);
+Result<FileOp> DecodeFileOp(std::span<const uint8_t> payload);
+Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload);
+// Stdin and FileData payloads are raw bytes and Done/Ping/Pong payloads are empty: the
+// header says everything, and DecodeEmpty checks the latter.
+Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what);
 
 // Reassembles frames from a byte stream. Feed it what read() returned; take frames out.
 // Memory is bounded by kHeaderSize + kMaxPayload plus one read's worth of bytes.

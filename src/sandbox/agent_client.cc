@@ -45,8 +45,8 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
     return Fail(Error::InvalidConfig("timeout", "must be between 0 and 2^32-1 ms"));
   }
   // The encoded size, summed before anything is copied: every string is a u32 length and
-  // its bytes; then the counts, timeout and output cap.
-  size_t payload = 4 + 4 + 4 + options.cwd.size() + 4 + 8;
+  // its bytes; then the counts, timeout, output cap, flags and window.
+  size_t payload = 4 + 4 + 4 + options.cwd.size() + 4 + 8 + 1 + 4;
   for (const auto& arg : command.argv) payload += 4 + arg.size();
   for (const auto& entry : options.env) payload += 4 + entry.size();
   if (payload > proto::kMaxPayload) {
