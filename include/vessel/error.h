@@ -83,12 +83,27 @@ enum class ErrorKind {
 
 std::string_view ToString(ErrorKind kind);
 
+// What went wrong with a file inside the guest (kGuestFile errors).
+enum class GuestFileErrorKind {
+  kNotFound,          // ENOENT
+  kPermissionDenied,  // EACCES, EPERM
+  kNoSpace,           // ENOSPC, EDQUOT
+  kIsDirectory,       // EISDIR
+  kNotDirectory,      // ENOTDIR
+  kExists,            // EEXIST
+  kNotEmpty,          // ENOTEMPTY
+  kIo,                // EIO and anything else
+};
+
+std::string_view ToString(GuestFileErrorKind kind);
+
 class Error {
  public:
   static Error InvalidConfig(std::string field, std::string message);
   static Error Lifecycle(LifecycleError error);
   static Error Backend(std::string message);
-  static Error GuestFile(std::string path, std::string message);
+  // The kind is derived from the guest's errno.
+  static Error GuestFile(std::string path, int guest_errno, std::string message);
   static Error SnapshotFormat(std::string message);
   // From errno: `what` says which call on which object failed.
   static Error HostIo(std::string what, int errno_value);
@@ -101,8 +116,10 @@ class Error {
   }
   // The field for kInvalidConfig, the guest path for kGuestFile, else empty.
   [[nodiscard]] const std::string& subject() const { return subject_; }
-  // errno for kHostIo, else 0.
+  // errno for kHostIo, the guest's errno for kGuestFile, else 0.
   [[nodiscard]] int errno_value() const { return errno_; }
+  // Set for kGuestFile only.
+  [[nodiscard]] std::optional<GuestFileErrorKind> guest_file_kind() const { return file_kind_; }
   [[nodiscard]] const std::string& message() const { return message_; }
 
   // Prefixes the message with what was being done: "booting VM: <message>".
@@ -119,6 +136,7 @@ class Error {
   std::string subject_;
   int errno_ = 0;
   std::optional<LifecycleError> lifecycle_;
+  std::optional<GuestFileErrorKind> file_kind_;
 };
 
 template <typename T>

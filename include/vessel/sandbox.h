@@ -10,8 +10,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <optional>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "vessel/error.h"
@@ -54,6 +58,9 @@ struct ExecOptions {
   std::chrono::milliseconds timeout{0};
   // Bytes kept per stream; the rest is dropped and the result says it was truncated.
   uint64_t output_cap = 16 * 1024 * 1024;
+  // nullopt: stdin is /dev/null. Otherwise stdin is a pipe that first carries these bytes;
+  // Execute() then closes it, Start() leaves it open for WriteStdin() until CloseStdin().
+  std::optional<std::string> stdin_data;
 };
 
 struct ExecResult {
@@ -69,6 +76,65 @@ struct ExecResult {
 
   [[nodiscard]] bool ok() const { return outcome == Outcome::kExited && exit_code == 0; }
 };
+
+// One event of a running process, in the order the guest produced it per stream.
+struct ProcessEvent {
+  enum class Kind { kStdout, kStderr, kExited, kSignaled, kTimedOut };
+  Kind kind = Kind::kStdout;
+  std::string data;  // kStdout, kStderr: the bytes
+  int code = 0;      // kExited: exit code; kSignaled, kTimedOut: the signal
+  // kExited, kSignaled, kTimedOut: whether output beyond the cap was dropped.
+  bool stdout_truncated = false;
+  bool stderr_truncated = false;
+
+  [[nodiscard]] bool final() const { return kind != Kind::kStdout && kind != Kind::kStderr; }
+};
+
+// A command started with Sandbox::Start(). Owned by the caller; it may outlive its
+// Sandbox, after which every call fails with Destroyed instead of hanging.
+//
+// Thread safety: NextEvent()/Wait() from one thread at a time; WriteStdin(), CloseStdin(),
+// Signal() and Kill() from any thread, also while another waits for events.
+//
+// Output is flow-controlled per stream: the guest sends no more than a window ahead of
+// what NextEvent() has handed out, so a caller that reads slowly holds back this process
+// only, never the others.
+class Process {
+ public:
+  virtual ~Process() = default;
+  // The process id inside the guest.
+  [[nodiscard]] virtual int pid() const = 0;
+  // The next event; nullopt once the final event (exit, signal or timeout) was returned.
+  // With a timeout, a kBackend "timed out" error when nothing arrived in time (the
+  // process goes on). Errors: Destroyed when the sandbox was destroyed, kBackend when the
+  // VM broke.
+  [[nodiscard]] virtual Result<std::optional<ProcessEvent>> NextEvent(
+      std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
+  // Blocks while the guest has a window's worth of stdin not yet written. Fails with
+  // kInvalidConfig when stdin was not opened (ExecOptions::stdin_data) or already closed.
+  [[nodiscard]] virtual Result<void> WriteStdin(std::string_view data) = 0;
+  [[nodiscard]] virtual Result<void> CloseStdin() = 0;
+  // Sends a signal to the command's process group. No effect once it has ended.
+  [[nodiscard]] virtual Result<void> Signal(int signal) = 0;
+  [[nodiscard]] virtual Result<void> Kill() = 0;
+  // Collects the remaining events into a result, like Execute().
+  [[nodiscard]] virtual Result<ExecResult> Wait() = 0;
+};
+
+enum class FileType { kRegular, kDirectory, kSymlink, kOther };
+
+struct FileInfo {
+  std::string name;  // the entry's name for ListDir(), else empty
+  FileType type = FileType::kRegular;
+  uint32_t mode = 0;  // permission bits
+  uint64_t size = 0;
+  int64_t mtime = 0;  // seconds since the epoch
+};
+
+// Receives file content in chunks; an error stops the transfer and is returned.
+using ChunkSink = std::function<Result<void>(std::span<const uint8_t>)>;
+// Fills the buffer with up to its size in bytes; returns how many, 0 at the end.
+using ChunkSource = std::function<Result<size_t>(std::span<uint8_t>)>;
 
 class Sandbox {
  public:
@@ -89,6 +155,33 @@ class Sandbox {
   // kGuestFile error naming the path. A broken VM or channel is kBackend and moves the
   // sandbox to kFailed.
   [[nodiscard]] Result<ExecResult> Execute(const Command& command, const ExecOptions& options = {});
+
+  // Starts a command and returns at once with a handle on its events. Valid and failing
+  // like Execute(). Any number of processes may run at once, each with its own
+  // timeout and output.
+  [[nodiscard]] Result<std::unique_ptr<Process>> Start(const Command& command,
+                                                       const ExecOptions& options = {});
+
+  // Files inside the guest. Paths are absolute. Valid in kReady, failing otherwise like
+  // Execute(). A failure in the guest is kGuestFile with the path and a
+  // GuestFileErrorKind (not found, permission denied, out of space, is / is not a
+  // directory, ...). Content is binary-safe.
+  [[nodiscard]] Result<std::string> ReadFile(const std::string& path);
+  // Atomic: written to a temporary file beside `path`, then renamed over it.
+  [[nodiscard]] Result<void> WriteFile(const std::string& path, std::string_view data,
+                                       uint32_t mode = 0644);
+  // Streaming variants, for files larger than memory: a window of data is in flight.
+  [[nodiscard]] Result<FileInfo> ReadFileStream(const std::string& path, const ChunkSink& sink);
+  [[nodiscard]] Result<void> WriteFileStream(const std::string& path, const ChunkSource& source,
+                                             uint32_t mode = 0644);
+  [[nodiscard]] Result<std::vector<FileInfo>> ListDir(const std::string& path);
+  // Does not follow a final symlink.
+  [[nodiscard]] Result<FileInfo> Stat(const std::string& path);
+  [[nodiscard]] Result<bool> Exists(const std::string& path);
+  [[nodiscard]] Result<void> MakeDir(const std::string& path, bool parents = false,
+                                     uint32_t mode = 0755);
+  [[nodiscard]] Result<void> Remove(const std::string& path, bool recursive = false);
+  [[nodiscard]] Result<void> Rename(const std::string& from, const std::string& to);
 
   // Kills the VM and removes its files. Valid in every state but kDestroyed (then:
   // Destroyed).

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace vessel {
@@ -64,9 +65,42 @@ Error Error::Lifecycle(LifecycleError error) {
 
 Error Error::Backend(std::string message) { return Error(ErrorKind::kBackend, std::move(message)); }
 
-Error Error::GuestFile(std::string path, std::string message) {
+std::string_view ToString(GuestFileErrorKind kind) {
+  switch (kind) {
+    case GuestFileErrorKind::kNotFound: return "not found";
+    case GuestFileErrorKind::kPermissionDenied: return "permission denied";
+    case GuestFileErrorKind::kNoSpace: return "out of space";
+    case GuestFileErrorKind::kIsDirectory: return "is a directory";
+    case GuestFileErrorKind::kNotDirectory: return "not a directory";
+    case GuestFileErrorKind::kExists: return "already exists";
+    case GuestFileErrorKind::kNotEmpty: return "directory not empty";
+    case GuestFileErrorKind::kIo: return "I/O error";
+  }
+  return "unknown";
+}
+
+namespace {
+GuestFileErrorKind FileKindFromErrno(int guest_errno) {
+  switch (guest_errno) {
+    case ENOENT: return GuestFileErrorKind::kNotFound;
+    case EACCES:
+    case EPERM: return GuestFileErrorKind::kPermissionDenied;
+    case ENOSPC:
+    case EDQUOT: return GuestFileErrorKind::kNoSpace;
+    case EISDIR: return GuestFileErrorKind::kIsDirectory;
+    case ENOTDIR: return GuestFileErrorKind::kNotDirectory;
+    case EEXIST: return GuestFileErrorKind::kExists;
+    case ENOTEMPTY: return GuestFileErrorKind::kNotEmpty;
+    default: return GuestFileErrorKind::kIo;
+  }
+}
+}  // namespace
+
+Error Error::GuestFile(std::string path, int guest_errno, std::string message) {
   Error e(ErrorKind::kGuestFile, path + ": " + message);
   e.subject_ = std::move(path);
+  e.errno_ = guest_errno;
+  e.file_kind_ = FileKindFromErrno(guest_errno);
   return e;
 }
 

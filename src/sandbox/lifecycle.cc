@@ -20,12 +20,16 @@ struct Rule {
 // Every (state, operation) pair appears exactly once; a unit test checks that.
 constexpr Rule kRules[] = {
     {SandboxState::kBooting, Operation::kExecute, Verdict::kNeedsReady},
+    {SandboxState::kBooting, Operation::kFiles, Verdict::kNeedsReady},
     {SandboxState::kBooting, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Verdict::kAllowed},
+    {SandboxState::kReady, Operation::kFiles, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kFailed, Operation::kExecute, Verdict::kNeedsReady},
+    {SandboxState::kFailed, Operation::kFiles, Verdict::kNeedsReady},
     {SandboxState::kFailed, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kDestroyed, Operation::kExecute, Verdict::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kFiles, Verdict::kDestroyed},
     {SandboxState::kDestroyed, Operation::kDestroy, Verdict::kDestroyed},
 };
 
@@ -34,6 +38,7 @@ constexpr Rule kRules[] = {
 std::string_view ToString(Operation op) {
   switch (op) {
     case Operation::kExecute: return "execute";
+    case Operation::kFiles: return "access files";
     case Operation::kDestroy: return "destroy";
   }
   return "unknown";

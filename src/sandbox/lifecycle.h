@@ -9,11 +9,13 @@
 
 namespace vessel::sandbox {
 
-enum class Operation { kExecute, kDestroy };
+// kExecute covers Execute() and Start(); kFiles every file operation.
+enum class Operation { kExecute, kFiles, kDestroy };
 
 inline constexpr SandboxState kAllStates[] = {SandboxState::kBooting, SandboxState::kReady,
                                               SandboxState::kFailed, SandboxState::kDestroyed};
-inline constexpr Operation kAllOperations[] = {Operation::kExecute, Operation::kDestroy};
+inline constexpr Operation kAllOperations[] = {Operation::kExecute, Operation::kFiles,
+                                               Operation::kDestroy};
 
 std::string_view ToString(Operation op);
 

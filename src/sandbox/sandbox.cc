@@ -1,24 +1,27 @@
 #include "vessel/sandbox.h"
 
 #include <fmt/format.h>
-#include <sys/socket.h>
 
 #include "engine/qemu/qemu_engine.h"
 #include "sandbox/config.h"
+#include "sandbox/files.h"
+#include "sandbox/process.h"
 #include "sandbox/sandbox_impl.h"
 
 namespace vessel {
 namespace {
 
-// How long the host waits past a command's own timeout before declaring the agent lost.
-constexpr auto kAgentGrace = std::chrono::seconds(10);
-
 Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
   switch (kind) {
     case EngineKind::kAuto:
-    case EngineKind::kQemu: return std::make_unique<engine::qemu::QemuEngine>();
+    case EngineKind::kQemu:
+      return std::make_unique<engine::qemu::QemuEngine>();
   }
   return Fail(Error::InvalidConfig("engine", "unknown engine"));
+}
+
+Error DestroyedError() {
+  return Error::Lifecycle({LifecycleError::Destroyed{"the sandbox was destroyed"}});
 }
 
 }  // namespace
@@ -29,58 +32,50 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
   if (!spec) return Fail(std::move(spec).error());
   auto vm = engine->Start(*spec);
   if (!vm) return Fail(std::move(vm).error());
-  sandbox::AgentClient client((*vm)->agent_fd());
-  auto hello = client.AwaitHello(Deadline::After(config.boot_timeout));
+  auto connection = sandbox::Connection::Open((*vm)->agent_fd());
+  if (!connection) return Fail(std::move(connection).error());
+  auto hello = (*connection)->Start(Deadline::After(config.boot_timeout));
   if (!hello) {
     std::string diagnostics = (*vm)->Diagnostics();
     (*vm)->Destroy();
     return Fail(Error::Backend(
         fmt::format("the VM did not come up ({})\n{}", hello.error().message(), diagnostics)));
   }
-  auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), hello->agent_version);
+  auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), std::move(*connection),
+                                     hello->agent_version);
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
 Sandbox::Impl::Impl(std::unique_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
-                    std::string agent_version)
+                    std::shared_ptr<sandbox::Connection> connection, std::string agent_version)
     : id_(vm->id()),
       engine_name_(engine->name()),
       agent_version_(std::move(agent_version)),
       engine_(std::move(engine)),
       vm_(std::move(vm)),
-      client_(vm_->agent_fd()) {}
+      connection_(std::move(connection)) {}
 
 Sandbox::Impl::~Impl() { (void)Destroy(); }
 
 SandboxState Sandbox::Impl::state() const {
-  std::lock_guard lock(state_mutex_);
+  std::lock_guard lock(mutex_);
+  // A channel that broke while nobody was using it still means a failed VM.
+  if (state_ == SandboxState::kReady && connection_->failure()) state_ = SandboxState::kFailed;
   return state_;
 }
 
-Result<void> Sandbox::Impl::Permit(sandbox::Operation op) const {
-  std::lock_guard lock(state_mutex_);
+Result<std::shared_ptr<sandbox::Connection>> Sandbox::Impl::Begin(sandbox::Operation op) {
+  (void)state();
+  std::lock_guard lock(mutex_);
   if (auto error = sandbox::Check(state_, op)) return Fail(Error::Lifecycle(std::move(*error)));
-  return {};
+  return connection_;
 }
 
-Result<ExecResult> Sandbox::Impl::Execute(const Command& command, const ExecOptions& options) {
-  auto request = sandbox::MakeExecRequest(command, options);
-  if (!request) return Fail(std::move(request).error());
-  std::lock_guard command_lock(command_mutex_);
-  if (auto permitted = Permit(sandbox::Operation::kExecute); !permitted) {
-    return Fail(std::move(permitted).error());
-  }
-  Deadline deadline = options.timeout.count() > 0 ? Deadline::After(options.timeout + kAgentGrace)
-                                                  : Deadline::Never();
-  auto result = client_.Execute(*request, deadline);
-  if (result || result.error().kind() != ErrorKind::kBackend) return result;
-
-  std::lock_guard lock(state_mutex_);
-  // Destroy() from another thread cut the channel under this command.
-  if (state_ == SandboxState::kDestroyed) {
-    return Fail(Error::Lifecycle(
-        {LifecycleError::Destroyed{"the sandbox was destroyed during the command"}}));
-  }
+template <typename T>
+Result<T> Sandbox::Impl::End(Result<T> result) {
+  if (result || result.error().kind() != ErrorKind::kBackend || !connection_->failure()) return result;
+  std::lock_guard lock(mutex_);
+  if (state_ == SandboxState::kDestroyed) return Fail(DestroyedError());
   state_ = SandboxState::kFailed;
   std::string why = result.error().message();
   if (!vm_->Running()) why += "; the VM exited\n" + vm_->Diagnostics();
@@ -89,15 +84,14 @@ Result<ExecResult> Sandbox::Impl::Execute(const Command& command, const ExecOpti
 
 Result<void> Sandbox::Impl::Destroy() {
   {
-    std::lock_guard lock(state_mutex_);
+    std::lock_guard lock(mutex_);
     if (auto error = sandbox::Check(state_, sandbox::Operation::kDestroy)) {
       return Fail(Error::Lifecycle(std::move(*error)));
     }
     state_ = SandboxState::kDestroyed;
-    // Wakes a command blocked on the channel; it returns once it sees the state.
-    ::shutdown(vm_->agent_fd(), SHUT_RDWR);
   }
-  std::lock_guard command_lock(command_mutex_);
+  // Every waiter, here or in a Process handle, wakes up with Destroyed.
+  connection_->Shutdown(DestroyedError());
   vm_->Destroy();
   return {};
 }
@@ -111,9 +105,92 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxConfig& config) {
 Sandbox::Sandbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Sandbox::~Sandbox() = default;
 
-Result<ExecResult> Sandbox::Execute(const Command& command, const ExecOptions& options) {
-  return impl_->Execute(command, options);
+Result<std::unique_ptr<Process>> Sandbox::Start(const Command& command, const ExecOptions& options) {
+  auto connection = impl_->Begin(sandbox::Operation::kExecute);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::StartProcess(*connection, command, options, /*close_stdin=*/false));
 }
+
+Result<ExecResult> Sandbox::Execute(const Command& command, const ExecOptions& options) {
+  auto connection = impl_->Begin(sandbox::Operation::kExecute);
+  if (!connection) return Fail(std::move(connection).error());
+  auto process = sandbox::StartProcess(*connection, command, options, /*close_stdin=*/true);
+  if (!process) return impl_->End<ExecResult>(Fail(std::move(process).error()));
+  return impl_->End((*process)->Wait());
+}
+
+Result<std::string> Sandbox::ReadFile(const std::string& path) {
+  std::string data;
+  auto info = ReadFileStream(path, [&](std::span<const uint8_t> chunk) -> Result<void> {
+    data.append(reinterpret_cast<const char*>(chunk.data()), chunk.size());
+    return {};
+  });
+  if (!info) return Fail(std::move(info).error());
+  return data;
+}
+
+Result<void> Sandbox::WriteFile(const std::string& path, std::string_view data, uint32_t mode) {
+  size_t offset = 0;
+  return WriteFileStream(
+      path,
+      [&](std::span<uint8_t> buf) -> Result<size_t> {
+        size_t n = std::min(buf.size(), data.size() - offset);
+        std::copy_n(data.data() + offset, n, buf.data());
+        offset += n;
+        return n;
+      },
+      mode);
+}
+
+Result<FileInfo> Sandbox::ReadFileStream(const std::string& path, const ChunkSink& sink) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::ReadFileChunks(**connection, path, sink));
+}
+
+Result<void> Sandbox::WriteFileStream(const std::string& path, const ChunkSource& source, uint32_t mode) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::WriteFileChunks(**connection, path, source, mode));
+}
+
+Result<std::vector<FileInfo>> Sandbox::ListDir(const std::string& path) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::ListDirectory(**connection, path));
+}
+
+Result<FileInfo> Sandbox::Stat(const std::string& path) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::StatFile(**connection, path));
+}
+
+Result<bool> Sandbox::Exists(const std::string& path) {
+  auto info = Stat(path);
+  if (info) return true;
+  if (info.error().guest_file_kind() == GuestFileErrorKind::kNotFound) return false;
+  return Fail(std::move(info).error());
+}
+
+Result<void> Sandbox::MakeDir(const std::string& path, bool parents, uint32_t mode) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::MakeDirectory(**connection, path, parents, mode));
+}
+
+Result<void> Sandbox::Remove(const std::string& path, bool recursive) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::RemovePath(**connection, path, recursive));
+}
+
+Result<void> Sandbox::Rename(const std::string& from, const std::string& to) {
+  auto connection = impl_->Begin(sandbox::Operation::kFiles);
+  if (!connection) return Fail(std::move(connection).error());
+  return impl_->End(sandbox::RenamePath(**connection, from, to));
+}
+
 Result<void> Sandbox::Destroy() { return impl_->Destroy(); }
 SandboxState Sandbox::state() const { return impl_->state(); }
 const std::string& Sandbox::id() const { return impl_->id_; }

@@ -47,7 +47,7 @@ TEST(ErrorTest, Backend) {
 }
 
 TEST(ErrorTest, GuestFileNamesThePath) {
-  Error e = Error::GuestFile("/no/such/dir", "No such file or directory");
+  Error e = Error::GuestFile("/no/such/dir", ENOENT, "No such file or directory");
   EXPECT_EQ(e.kind(), ErrorKind::kGuestFile);
   EXPECT_EQ(e.subject(), "/no/such/dir");
   EXPECT_EQ(e.message(), "/no/such/dir: No such file or directory");
@@ -94,7 +94,7 @@ TEST(ErrorTest, ContextPrefixesAndKeepsEverythingElse) {
             std::string("booting VM: restoring vsock: read vsock: ") + std::strerror(EPIPE));
   EXPECT_EQ(e.ToString(), "host I/O: " + e.message());
 
-  Error g = Error::GuestFile("/tmp/x", "denied").Context("copying");
+  Error g = Error::GuestFile("/tmp/x", EACCES, "denied").Context("copying");
   EXPECT_EQ(g.subject(), "/tmp/x");
   EXPECT_EQ(g.message(), "copying: /tmp/x: denied");
 

@@ -97,7 +97,20 @@ ExecRequest SampleExec() {
   req.cwd = "/tmp/work dir";
   req.timeout_ms = 0xfffffffe;
   req.output_cap = 0x0123456789abcdefULL;
+  req.stdin_pipe = true;
+  req.window = 0x00012345;
   return req;
+}
+
+FileOp SampleFileOp(FileOpKind kind) {
+  FileOp op;
+  op.kind = kind;
+  op.path = "/tmp/some dir/\xff\x80 file\n";
+  if (kind == FileOpKind::kRename) op.target = "/tmp/other\tname";
+  op.mode = 0750;
+  op.flags = kFlagParents | kFlagRecursive;
+  op.window = 4096;
+  return op;
 }
 
 // Round trips.
@@ -130,6 +143,8 @@ TEST(WireRoundTrip, ExecIsBinarySafe) {
   EXPECT_EQ(decoded->cwd, req.cwd);
   EXPECT_EQ(decoded->timeout_ms, req.timeout_ms);
   EXPECT_EQ(decoded->output_cap, req.output_cap);
+  EXPECT_TRUE(decoded->stdin_pipe);
+  EXPECT_EQ(decoded->window, req.window);
 }
 
 TEST(WireRoundTrip, ExecMinimal) {
@@ -142,6 +157,19 @@ TEST(WireRoundTrip, ExecMinimal) {
   EXPECT_EQ(decoded->cwd, "");
   EXPECT_EQ(decoded->timeout_ms, 0u);
   EXPECT_EQ(decoded->output_cap, 0u);
+  EXPECT_FALSE(decoded->stdin_pipe);
+  EXPECT_EQ(decoded->window, ExecRequest{}.window);
+}
+
+TEST(WireRoundTrip, ExecWindowAtBothEnds) {
+  for (uint32_t window : {1u, kMaxWindow}) {
+    ExecRequest req;
+    req.argv = {"true"};
+    req.window = window;
+    auto decoded = DecodeExec(PayloadOf(EncodeExec(1, req)));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->window, window);
+  }
 }
 
 TEST(WireRoundTrip, OutputBothStreams) {
@@ -225,6 +253,140 @@ TEST(WireRoundTrip, PingPong) {
   EXPECT_EQ(CheckedHeader(pong, MessageType::kPong, 0xabcdef01).payload_size, 0u);
 }
 
+TEST(WireRoundTrip, Started) {
+  for (int32_t pid : std::initializer_list<int32_t>{1, 12345, INT32_MAX}) {
+    Bytes frame = EncodeStarted(11, {pid});
+    CheckedHeader(frame, MessageType::kStarted, 11);
+    auto decoded = DecodeStarted(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->pid, pid);
+  }
+}
+
+TEST(WireRoundTrip, StdinIsRawBytesAndEmptyClosesIt) {
+  Bytes data = {'i', 'n', 0x00, 0xff, '\n'};
+  Bytes frame = EncodeStdin(12, data);
+  FrameHeader header = CheckedHeader(frame, MessageType::kStdin, 12);
+  EXPECT_EQ(header.payload_size, data.size());
+  EXPECT_EQ(Bytes(PayloadOf(frame).begin(), PayloadOf(frame).end()), data);
+
+  Bytes close = EncodeStdin(12, {});
+  EXPECT_EQ(CheckedHeader(close, MessageType::kStdin, 12).payload_size, 0u);
+}
+
+TEST(WireRoundTrip, SignalEveryNumber) {
+  for (int32_t signal = 1; signal <= 64; ++signal) {
+    Bytes frame = EncodeSignal(13, signal);
+    CheckedHeader(frame, MessageType::kSignal, 13);
+    auto decoded = DecodeSignal(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(*decoded, signal);
+  }
+}
+
+TEST(WireRoundTrip, CreditEveryStream) {
+  for (Stream stream : {Stream::kStdout, Stream::kStderr, Stream::kStdin, Stream::kFile}) {
+    for (uint32_t bytes : {0u, 1u, 65536u, kMaxWindow}) {
+      Bytes frame = EncodeCredit(14, {stream, bytes});
+      CheckedHeader(frame, MessageType::kCredit, 14);
+      auto decoded = DecodeCredit(PayloadOf(frame));
+      ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+      EXPECT_EQ(decoded->stream, stream);
+      EXPECT_EQ(decoded->bytes, bytes);
+    }
+  }
+}
+
+TEST(WireRoundTrip, FileOpEveryKind) {
+  for (uint8_t kind = 1; kind <= 7; ++kind) {
+    FileOp op = SampleFileOp(static_cast<FileOpKind>(kind));
+    Bytes frame = EncodeFileOp(15, op);
+    CheckedHeader(frame, MessageType::kFileOp, 15);
+    auto decoded = DecodeFileOp(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->kind, op.kind);
+    EXPECT_EQ(decoded->path, op.path);
+    EXPECT_EQ(decoded->target, op.target);
+    EXPECT_EQ(decoded->mode, op.mode);
+    EXPECT_EQ(decoded->flags, op.flags);
+    EXPECT_EQ(decoded->window, op.window);
+  }
+}
+
+TEST(WireRoundTrip, FileOpAtItsLimits) {
+  FileOp op;
+  op.kind = FileOpKind::kRename;
+  op.path = "/" + std::string(kMaxPathSize - 1, 'p');
+  op.target = "/" + std::string(kMaxPathSize - 1, 't');
+  op.mode = 07777;
+  op.flags = 0;
+  op.window = kMaxWindow;
+  auto decoded = DecodeFileOp(PayloadOf(EncodeFileOp(1, op)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->path, op.path);
+  EXPECT_EQ(decoded->target, op.target);
+  EXPECT_EQ(decoded->mode, 07777u);
+  EXPECT_EQ(decoded->window, kMaxWindow);
+
+  FileOp smallest;
+  smallest.path = "/";
+  smallest.mode = 0;
+  smallest.window = 1;
+  decoded = DecodeFileOp(PayloadOf(EncodeFileOp(1, smallest)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->kind, FileOpKind::kStat);
+  EXPECT_EQ(decoded->path, "/");
+  EXPECT_EQ(decoded->mode, 0u);
+  EXPECT_EQ(decoded->window, 1u);
+}
+
+TEST(WireRoundTrip, FileDataIsRawBytesUpToTheChunkCap) {
+  Bytes data = {0x00, 0x01, 0xfe, 0xff};
+  Bytes frame = EncodeFileData(16, data);
+  CheckedHeader(frame, MessageType::kFileData, 16);
+  EXPECT_EQ(Bytes(PayloadOf(frame).begin(), PayloadOf(frame).end()), data);
+
+  EXPECT_EQ(CheckedHeader(EncodeFileData(16, {}), MessageType::kFileData, 16).payload_size, 0u);
+
+  Bytes big(kMaxFileChunk, 0xa5);
+  EXPECT_EQ(CheckedHeader(EncodeFileData(16, big), MessageType::kFileData, 16).payload_size,
+            kMaxPayload);
+}
+
+TEST(WireRoundTrip, FileInfoEveryType) {
+  for (FileType type :
+       {FileType::kRegular, FileType::kDirectory, FileType::kSymlink, FileType::kOther}) {
+    for (const char* name : {"", "entry", ".hidden", "\xff\x80 odd\n"}) {
+      FileInfo info{type, 07755, 0xfedcba9876543210ULL, -1234567890123LL, name};
+      Bytes frame = EncodeFileInfo(17, info);
+      CheckedHeader(frame, MessageType::kFileInfo, 17);
+      auto decoded = DecodeFileInfo(PayloadOf(frame));
+      ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+      EXPECT_EQ(decoded->type, type);
+      EXPECT_EQ(decoded->mode, 07755u);
+      EXPECT_EQ(decoded->size, 0xfedcba9876543210ULL);
+      EXPECT_EQ(decoded->mtime, -1234567890123LL);
+      EXPECT_EQ(decoded->name, name);
+    }
+  }
+}
+
+TEST(WireRoundTrip, FileInfoExtremeTimes) {
+  for (int64_t mtime : {INT64_MIN, int64_t{0}, INT64_MAX}) {
+    auto decoded =
+        DecodeFileInfo(PayloadOf(EncodeFileInfo(1, {FileType::kOther, 0, 0, mtime, ""})));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->mtime, mtime);
+  }
+}
+
+TEST(WireRoundTrip, DoneIsEmpty) {
+  Bytes done = EncodeDone(0x10203040);
+  EXPECT_EQ(done.size(), kHeaderSize);
+  CheckedHeader(done, MessageType::kDone, 0x10203040);
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(done), "done").has_value());
+}
+
 TEST(WireFormat, HeaderLayoutIsLittleEndian) {
   Bytes frame = EncodePing(0x04030201);
   EXPECT_EQ(frame, (Bytes{0, 0, 0, 0, 6, 0, 0, 0, 1, 2, 3, 4}));
@@ -233,10 +395,62 @@ TEST(WireFormat, HeaderLayoutIsLittleEndian) {
                           1,  0, 0, 0, 2, 0, 0, 0, 'a', 'b'}));
 }
 
+TEST(WireFormat, ExecLayout) {
+  ExecRequest req;
+  req.argv = {"a"};
+  req.timeout_ms = 1;
+  req.output_cap = 2;
+  req.stdin_pipe = true;
+  req.window = 3;
+  EXPECT_EQ(EncodeExec(9, req), (Bytes{34, 0, 0, 0, 2,   0, 0, 0, 9, 0, 0, 0,  // header
+                                       1,  0, 0, 0,                            // argc
+                                       1,  0, 0, 0, 'a',                       // argv[0]
+                                       0,  0, 0, 0,                            // envc
+                                       0,  0, 0, 0,                            // cwd
+                                       1,  0, 0, 0,                            // timeout_ms
+                                       2,  0, 0, 0, 0,   0, 0, 0,              // output_cap
+                                       1,                                      // flags
+                                       3,  0, 0, 0}));                         // window
+}
+
+TEST(WireFormat, StreamingLayouts) {
+  EXPECT_EQ(EncodeStarted(1, {0x01020304}),
+            (Bytes{4, 0, 0, 0, 8, 0, 0, 0, 1, 0, 0, 0, 4, 3, 2, 1}));
+  EXPECT_EQ(EncodeStdin(3, Bytes{'a', 'b'}), (Bytes{2, 0, 0, 0, 9, 0, 0, 0, 3, 0, 0, 0, 'a', 'b'}));
+  EXPECT_EQ(EncodeSignal(2, 15), (Bytes{4, 0, 0, 0, 10, 0, 0, 0, 2, 0, 0, 0, 15, 0, 0, 0}));
+  EXPECT_EQ(EncodeCredit(5, {Stream::kStderr, 0x01020304}),
+            (Bytes{5, 0, 0, 0, 11, 0, 0, 0, 5, 0, 0, 0, 2, 4, 3, 2, 1}));
+  EXPECT_EQ(EncodeFileData(3, Bytes{'a', 'b'}),
+            (Bytes{2, 0, 0, 0, 13, 0, 0, 0, 3, 0, 0, 0, 'a', 'b'}));
+  EXPECT_EQ(EncodeDone(4), (Bytes{0, 0, 0, 0, 15, 0, 0, 0, 4, 0, 0, 0}));
+}
+
+TEST(WireFormat, FileOpLayout) {
+  FileOp op{FileOpKind::kRename, "/a", "/b", 0644, kFlagParents, 0x10000};
+  EXPECT_EQ(EncodeFileOp(6, op), (Bytes{22,   0,    0, 0, 12,  0,   0, 0, 6, 0, 0, 0,  // header
+                                        5,                                             // kind
+                                        2,    0,    0, 0, '/', 'a',                    // path
+                                        2,    0,    0, 0, '/', 'b',                    // target
+                                        0xa4, 0x01, 0, 0,                              // mode 0644
+                                        1,                                             // flags
+                                        0,    0,    1, 0}));                           // window
+}
+
+TEST(WireFormat, FileInfoLayout) {
+  FileInfo info{FileType::kDirectory, 0755, 0x0102030405060708ULL, -1, "x"};
+  EXPECT_EQ(EncodeFileInfo(7, info),
+            (Bytes{26,   0,    0,    0,    14,   0,    0,    0,    7, 0, 0, 0,  // header
+                   2,                                                           // type
+                   0xed, 0x01, 0,    0,                                         // mode 0755
+                   8,    7,    6,    5,    4,    3,    2,    1,                 // size
+                   0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,              // mtime -1
+                   1,    0,    0,    0,    'x'}));                              // name
+}
+
 // Headers.
 
 TEST(WireHeader, AcceptsEveryKnownTypeAndTheLargestPayload) {
-  for (uint8_t type = 1; type <= 7; ++type) {
+  for (uint8_t type = 1; type <= kLastMessageType; ++type) {
     auto h = DecodeHeader(HeaderOf(Header(kMaxPayload, type, 77)));
     ASSERT_TRUE(h.has_value()) << h.error().ToString();
     EXPECT_EQ(static_cast<uint8_t>(h->type), type);
@@ -251,7 +465,7 @@ TEST(WireHeader, RejectsOversizePayload) {
 }
 
 TEST(WireHeader, RejectsUnknownTypes) {
-  for (uint8_t type : std::initializer_list<uint8_t>{0, 8, 9, 128, 255}) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 16, 17, 128, 255}) {
     ExpectMalformed(DecodeHeader(HeaderOf(Header(0, type))), "unknown frame type");
   }
 }
@@ -271,6 +485,12 @@ TEST(WireDecode, EveryDecoderRejectsAnEmptyPayload) {
   ExpectMalformed(DecodeOutput(empty), "malformed output");
   ExpectMalformed(DecodeExited(empty), "malformed exit status");
   ExpectMalformed(DecodeError(empty), "malformed error reply");
+  ExpectMalformed(DecodeStarted(empty), "malformed started");
+  ExpectMalformed(DecodeSignal(empty), "malformed signal");
+  ExpectMalformed(DecodeCredit(empty), "malformed credit");
+  ExpectMalformed(DecodeFileOp(empty), "malformed file operation");
+  ExpectMalformed(DecodeFileInfo(empty), "malformed file info");
+  EXPECT_TRUE(DecodeEmpty(empty, "ping").has_value());
 }
 
 template <typename Decode>
@@ -304,8 +524,30 @@ TEST(WireDecode, TruncatedPayloadsAreRejected) {
                             [](auto p) { return DecodeExited(p); });
   ExpectEveryPrefixRejected(EncodeError(1, {2, "/x", "gone"}),
                             [](auto p) { return DecodeError(p); });
+  ExpectEveryPrefixRejected(EncodeStarted(1, {77}), [](auto p) { return DecodeStarted(p); });
+  ExpectEveryPrefixRejected(EncodeSignal(1, 9), [](auto p) { return DecodeSignal(p); });
+  ExpectEveryPrefixRejected(EncodeCredit(1, {Stream::kStdin, 4096}),
+                            [](auto p) { return DecodeCredit(p); });
+  for (uint8_t kind = 1; kind <= 7; ++kind) {
+    ExpectEveryPrefixRejected(EncodeFileOp(1, SampleFileOp(static_cast<FileOpKind>(kind))),
+                              [](auto p) { return DecodeFileOp(p); });
+  }
+  ExpectEveryPrefixRejected(EncodeFileInfo(1, {FileType::kRegular, 0644, 10, 20, "name"}),
+                            [](auto p) { return DecodeFileInfo(p); });
+  ExpectEveryPrefixRejected(EncodeFileInfo(1, {FileType::kDirectory, 0755, 0, 0, ""}),
+                            [](auto p) { return DecodeFileInfo(p); });
   // Output data runs to the end of the frame, so only a missing stream byte is detectable.
   ExpectMalformed(DecodeOutput({}), "truncated");
+}
+
+TEST(WireDecode, ExecWithoutItsFlagsOrWindowIsTruncated) {
+  // The layout before flags and window were added must not decode as a default request.
+  ExecRequest req;
+  req.argv = {"true"};
+  Bytes frame = EncodeExec(1, req);
+  auto payload = PayloadOf(frame);
+  ExpectMalformed(DecodeExec(payload.first(payload.size() - 5)), "truncated");
+  ExpectMalformed(DecodeExec(payload.first(payload.size() - 4)), "truncated");
 }
 
 TEST(WireDecode, TrailingBytesAreRejected) {
@@ -315,13 +557,30 @@ TEST(WireDecode, TrailingBytesAreRejected) {
   ExpectTrailingByteRejected(EncodeExited(1, {ExitHow::kExited, 0, false, false}),
                              [](auto p) { return DecodeExited(p); });
   ExpectTrailingByteRejected(EncodeError(1, {0, "", "m"}), [](auto p) { return DecodeError(p); });
+  ExpectTrailingByteRejected(EncodeStarted(1, {1}), [](auto p) { return DecodeStarted(p); });
+  ExpectTrailingByteRejected(EncodeSignal(1, 15), [](auto p) { return DecodeSignal(p); });
+  ExpectTrailingByteRejected(EncodeCredit(1, {Stream::kFile, 1}),
+                             [](auto p) { return DecodeCredit(p); });
+  ExpectTrailingByteRejected(EncodeFileOp(1, SampleFileOp(FileOpKind::kRename)),
+                             [](auto p) { return DecodeFileOp(p); });
+  ExpectTrailingByteRejected(EncodeFileInfo(1, {FileType::kSymlink, 0777, 3, 4, "l"}),
+                             [](auto p) { return DecodeFileInfo(p); });
+}
+
+TEST(WireDecode, EmptyPayloadsRejectAnyByte) {
+  Bytes one = {0};
+  ExpectMalformed(DecodeEmpty(one, "done"), "malformed done: 1 unexpected bytes");
+  Bytes many(kHeaderSize, 0);
+  ExpectMalformed(DecodeEmpty(many, "pong"), "malformed pong: 12 unexpected bytes");
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(EncodePing(1)), "ping").has_value());
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(EncodePong(1)), "pong").has_value());
 }
 
 TEST(WireDecode, ExecRejectsTooManyArgs) {
   PayloadBuilder b;
   b.U32(kMaxArgs + 1);
   for (uint32_t i = 0; i < kMaxArgs + 1; ++i) b.String("a");
-  b.U32(0).String("").U32(0).U64(0);
+  b.U32(0).String("").U32(0).U64(0).U8(0).U32(1);
   ExpectMalformed(DecodeExec(b.bytes()), "argv count 4097 exceeds the cap");
 
   PayloadBuilder huge;
@@ -333,7 +592,7 @@ TEST(WireDecode, ExecRejectsTooManyEnvEntries) {
   PayloadBuilder b;
   b.U32(1).String("prog").U32(kMaxEnv + 1);
   for (uint32_t i = 0; i < kMaxEnv + 1; ++i) b.String("A=b");
-  b.String("").U32(0).U64(0);
+  b.String("").U32(0).U64(0).U8(0).U32(1);
   ExpectMalformed(DecodeExec(b.bytes()), "env count 4097 exceeds the cap");
 }
 
@@ -343,7 +602,7 @@ TEST(WireDecode, ExecAcceptsCountsAtTheCaps) {
   for (uint32_t i = 0; i < kMaxArgs; ++i) b.String("a");
   b.U32(kMaxEnv);
   for (uint32_t i = 0; i < kMaxEnv; ++i) b.String("A=b");
-  b.String("/").U32(0).U64(0);
+  b.String("/").U32(0).U64(0).U8(0).U32(1);
   ASSERT_LE(b.bytes().size(), kMaxPayload);
   auto decoded = DecodeExec(b.bytes());
   ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
@@ -354,17 +613,17 @@ TEST(WireDecode, ExecAcceptsCountsAtTheCaps) {
 TEST(WireDecode, ExecRejectsStringsOverTheirCaps) {
   {
     PayloadBuilder b;
-    b.U32(1).Filler(kMaxStringSize + 1).U32(0).String("").U32(0).U64(0);
+    b.U32(1).Filler(kMaxStringSize + 1).U32(0).String("").U32(0).U64(0).U8(0).U32(1);
     ExpectMalformed(DecodeExec(b.bytes()), "argument of 131073 bytes exceeds the cap");
   }
   {
     PayloadBuilder b;
-    b.U32(1).String("prog").U32(1).Filler(kMaxStringSize + 1).String("").U32(0).U64(0);
+    b.U32(1).String("prog").U32(1).Filler(kMaxStringSize + 1).String("").U32(0).U64(0).U8(0).U32(1);
     ExpectMalformed(DecodeExec(b.bytes()), "env entry of 131073 bytes exceeds the cap");
   }
   {
     PayloadBuilder b;
-    b.U32(1).String("prog").U32(0).Filler(kMaxPathSize + 1).U32(0).U64(0);
+    b.U32(1).String("prog").U32(0).Filler(kMaxPathSize + 1).U32(0).U64(0).U8(0).U32(1);
     ExpectMalformed(DecodeExec(b.bytes()), "cwd of 4097 bytes exceeds the cap");
   }
   {
@@ -423,6 +682,148 @@ TEST(WireDecode, ExitedRejectsUnknownFlags) {
   }
 }
 
+TEST(WireDecode, ExecRejectsUnknownFlags) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{2, 3, 0x80, 0xff}) {
+    PayloadBuilder b;
+    b.U32(1).String("true").U32(0).String("").U32(0).U64(0).U8(flags).U32(1);
+    ExpectMalformed(DecodeExec(b.bytes()), "unknown flags");
+  }
+}
+
+TEST(WireDecode, ExecRejectsWindowOutOfRange) {
+  for (uint32_t window : {0u, kMaxWindow + 1, 0xffffffffu}) {
+    ExecRequest req;
+    req.argv = {"true"};
+    req.window = window;
+    ExpectMalformed(DecodeExec(PayloadOf(EncodeExec(1, req))), "window out of range");
+  }
+}
+
+TEST(WireDecode, OutputRejectsStdinAndFileStreams) {
+  for (Stream stream : {Stream::kStdin, Stream::kFile}) {
+    ExpectMalformed(DecodeOutput(PayloadOf(EncodeOutput(1, stream, Bytes{'x'}))), "unknown stream");
+  }
+}
+
+TEST(WireDecode, StartedRejectsPidsThatAreNotPositive) {
+  for (int32_t pid : std::initializer_list<int32_t>{0, -1, INT32_MIN}) {
+    ExpectMalformed(DecodeStarted(PayloadOf(EncodeStarted(1, {pid}))), "pid out of range");
+  }
+}
+
+TEST(WireDecode, SignalRejectsNumbersOutsideOneTo64) {
+  for (int32_t signal : std::initializer_list<int32_t>{0, 65, -1, -9, INT32_MIN, INT32_MAX}) {
+    ExpectMalformed(DecodeSignal(PayloadOf(EncodeSignal(1, signal))), "is not a signal");
+  }
+}
+
+TEST(WireDecode, CreditRejectsUnknownStreams) {
+  for (uint8_t stream : std::initializer_list<uint8_t>{0, 5, 255}) {
+    PayloadBuilder b;
+    b.U8(stream).U32(1);
+    ExpectMalformed(DecodeCredit(b.bytes()), "unknown stream");
+  }
+}
+
+TEST(WireDecode, CreditRejectsMoreThanAWindow) {
+  for (uint32_t bytes : {kMaxWindow + 1, 0xffffffffu}) {
+    ExpectMalformed(DecodeCredit(PayloadOf(EncodeCredit(1, {Stream::kStdout, bytes}))),
+                    "more than a window");
+  }
+}
+
+TEST(WireDecode, FileOpRejectsUnknownKinds) {
+  for (uint8_t kind : std::initializer_list<uint8_t>{0, 8, 255}) {
+    FileOp op = SampleFileOp(FileOpKind::kStat);
+    op.kind = static_cast<FileOpKind>(kind);
+    ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "unknown kind");
+  }
+}
+
+TEST(WireDecode, FileOpRejectsPathsThatAreNotAbsolute) {
+  const std::string bad_paths[] = {
+      "", "relative", "./x", "~/x", std::string("/a\0b", 4), std::string("/\0", 2)};
+  for (uint8_t kind = 1; kind <= 7; ++kind) {
+    for (const auto& path : bad_paths) {
+      FileOp op = SampleFileOp(static_cast<FileOpKind>(kind));
+      op.path = path;
+      ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "path is not absolute");
+    }
+  }
+}
+
+TEST(WireDecode, FileOpRejectsARenameTargetThatIsNotAbsolute) {
+  for (const std::string& target :
+       {std::string(), std::string("b"), std::string("b/"), std::string("/b\0", 3)}) {
+    FileOp op = SampleFileOp(FileOpKind::kRename);
+    op.target = target;
+    ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "target is not absolute");
+  }
+}
+
+TEST(WireDecode, FileOpRejectsOversizePathAndTarget) {
+  FileOp op = SampleFileOp(FileOpKind::kRename);
+  op.path = "/" + std::string(kMaxPathSize, 'p');
+  ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))),
+                  "path of 4097 bytes exceeds the cap");
+  op = SampleFileOp(FileOpKind::kRename);
+  op.target = "/" + std::string(kMaxPathSize, 't');
+  ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))),
+                  "target of 4097 bytes exceeds the cap");
+}
+
+TEST(WireDecode, FileOpRejectsModesBeyondThePermissionBits) {
+  for (uint32_t mode : {010000u, 0100644u, 0xffffffffu}) {
+    FileOp op = SampleFileOp(FileOpKind::kWriteFile);
+    op.mode = mode;
+    ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "mode out of range");
+  }
+}
+
+TEST(WireDecode, FileOpRejectsUnknownFlags) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{4, 7, 0x80, 0xff}) {
+    FileOp op = SampleFileOp(FileOpKind::kMakeDir);
+    op.flags = flags;
+    ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "unknown flags");
+  }
+}
+
+TEST(WireDecode, FileOpRejectsWindowOutOfRange) {
+  for (uint32_t window : {0u, kMaxWindow + 1, 0xffffffffu}) {
+    FileOp op = SampleFileOp(FileOpKind::kReadFile);
+    op.window = window;
+    ExpectMalformed(DecodeFileOp(PayloadOf(EncodeFileOp(1, op))), "window out of range");
+  }
+}
+
+TEST(WireDecode, FileInfoRejectsUnknownTypes) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, 5, 255}) {
+    FileInfo info{static_cast<FileType>(type), 0644, 0, 0, ""};
+    ExpectMalformed(DecodeFileInfo(PayloadOf(EncodeFileInfo(1, info))), "unknown type");
+  }
+}
+
+TEST(WireDecode, FileInfoRejectsModesBeyondThePermissionBits) {
+  for (uint32_t mode : {010000u, 0040755u, 0xffffffffu}) {
+    FileInfo info{FileType::kDirectory, mode, 0, 0, ""};
+    ExpectMalformed(DecodeFileInfo(PayloadOf(EncodeFileInfo(1, info))), "mode out of range");
+  }
+}
+
+TEST(WireDecode, FileInfoRejectsNamesWithASlashOrNul) {
+  for (const std::string& name : {std::string("/"), std::string("a/b"), std::string("../x"),
+                                  std::string("a\0b", 3), std::string(1, '\0')}) {
+    FileInfo info{FileType::kRegular, 0644, 0, 0, name};
+    ExpectMalformed(DecodeFileInfo(PayloadOf(EncodeFileInfo(1, info))), "name contains");
+  }
+}
+
+TEST(WireDecode, FileInfoRejectsOversizeName) {
+  FileInfo info{FileType::kRegular, 0644, 0, 0, std::string(kMaxPathSize + 1, 'n')};
+  ExpectMalformed(DecodeFileInfo(PayloadOf(EncodeFileInfo(1, info))),
+                  "name of 4097 bytes exceeds the cap");
+}
+
 // FrameReader.
 
 Bytes Concat(const std::vector<Bytes>& frames) {
@@ -433,11 +834,24 @@ Bytes Concat(const std::vector<Bytes>& frames) {
 
 std::vector<Bytes> SampleFrames() {
   Bytes data = {'h', 'i', 0, 0xff};
-  return {
-      EncodeHello({kVersion, "agent"}),       EncodeExec(1, SampleExec()),
-      EncodeOutput(1, Stream::kStdout, data), EncodePing(2),
-      EncodeOutput(1, Stream::kStderr, {}),   EncodeExited(1, {ExitHow::kExited, 3, false, true}),
-      EncodeError(4, {2, "/p", "m"}),         EncodePong(2)};
+  return {EncodeHello({kVersion, "agent"}),
+          EncodeExec(1, SampleExec()),
+          EncodeOutput(1, Stream::kStdout, data),
+          EncodePing(2),
+          EncodeOutput(1, Stream::kStderr, {}),
+          EncodeExited(1, {ExitHow::kExited, 3, false, true}),
+          EncodeError(4, {2, "/p", "m"}),
+          EncodePong(2),
+          EncodeStarted(5, {42}),
+          EncodeStdin(5, data),
+          EncodeStdin(5, {}),
+          EncodeSignal(5, 2),
+          EncodeCredit(5, {Stream::kStdout, 1}),
+          EncodeFileOp(6, SampleFileOp(FileOpKind::kRename)),
+          EncodeFileInfo(6, {FileType::kRegular, 0644, 4, 5, "f"}),
+          EncodeFileData(6, data),
+          EncodeFileData(6, {}),
+          EncodeDone(6)};
 }
 
 // Takes every complete frame out of `reader`, re-encoding each as header + payload.

@@ -1,0 +1,113 @@
+#include "port.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+
+namespace vessel::agent {
+namespace {
+
+namespace proto = vessel::protocol;
+
+// Above this many queued bytes, bulk producers wait for the host to read.
+constexpr size_t kMaxQueuedBytes = 1024 * 1024;
+// Bytes read from the port per turn of the loop, so a host streaming a large file does not
+// starve commands. The virtio console returns at most one page per read().
+constexpr size_t kReadBudget = 1024 * 1024;
+constexpr size_t kReadChunk = 64 * 1024;
+
+}  // namespace
+
+pollfd Port::PollEvents() const {
+  if (!connected_) return {-1, 0, 0};
+  return {fd_.get(), static_cast<short>(POLLIN | (queue_.empty() ? 0 : POLLOUT)), 0};
+}
+
+void Port::Send(std::vector<uint8_t> frame) {
+  queued_bytes_ += frame.size();
+  queue_.push_back(std::move(frame));
+  // Long bursts of replies (a large directory listing) go out as they are made.
+  if (queued_bytes_ >= kMaxQueuedBytes) Flush();
+}
+
+void Port::SendFirst(std::vector<uint8_t> frame) {
+  queued_bytes_ += frame.size();
+  auto at = queue_.begin() + (front_written_ > 0 ? 1 : 0);
+  queue_.insert(at, std::move(frame));
+}
+
+bool Port::HasRoom() const { return connected_ && queued_bytes_ < kMaxQueuedBytes; }
+
+void Port::OnPoll(short revents, const FrameHandler& handle) {
+  if (!connected_) return;
+  if (revents & POLLIN) {
+    ReadFrames(handle);
+  } else if (revents & (POLLHUP | POLLERR)) {
+    connected_ = false;
+    return;
+  }
+  if (revents & POLLOUT) Flush();
+}
+
+void Port::Flush() {
+  while (connected_ && !queue_.empty()) {
+    const auto& frame = queue_.front();
+    ssize_t n = write(fd_.get(), frame.data() + front_written_, frame.size() - front_written_);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      // The virtio console also says EAGAIN while the host is away; poll tells which.
+      if (errno != EAGAIN) connected_ = false;
+      return;
+    }
+    front_written_ += static_cast<size_t>(n);
+    queued_bytes_ -= static_cast<size_t>(n);
+    if (front_written_ == frame.size()) {
+      queue_.pop_front();
+      front_written_ = 0;
+    }
+  }
+}
+
+bool Port::Reconnected() {
+  if (connected_) return false;
+  pollfd p{fd_.get(), POLLIN, 0};
+  if (poll(&p, 1, 0) < 0 || (p.revents & POLLHUP)) return false;
+  connected_ = true;
+  reader_ = {};
+  queued_bytes_ += front_written_;
+  front_written_ = 0;
+  return true;
+}
+
+void Port::ReadFrames(const FrameHandler& handle) {
+  static uint8_t buf[kReadChunk];
+  size_t total = 0;
+  while (connected_ && total < kReadBudget) {
+    ssize_t n = read(fd_.get(), buf, sizeof(buf));
+    if (n == 0) {
+      // The virtio console reads 0 while the host is disconnected and nothing is queued.
+      connected_ = false;
+      return;
+    }
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno != EAGAIN) connected_ = false;
+      return;
+    }
+    total += static_cast<size_t>(n);
+    reader_.Feed({buf, static_cast<size_t>(n)});
+    for (;;) {
+      auto frame = reader_.Next();
+      if (!frame) {
+        // The stream cannot be resynchronised: report, drop what was buffered, go on.
+        Send(proto::EncodeError(0, {EPROTO, "", frame.error().message()}));
+        reader_ = {};
+        return;
+      }
+      if (!*frame) break;
+      handle(**frame);
+    }
+  }
+}
+
+}  // namespace vessel::agent

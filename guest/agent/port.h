@@ -1,0 +1,60 @@
+// The agent's end of the virtio-serial port: frames in, a queue of frames out.
+//
+// Nothing here blocks. Frames to send are queued and written as the port takes them, so a
+// host that is slow to read, or away, never stalls the event loop. Producers of bulk data
+// (command output, file contents) check HasRoom() before producing, which bounds the queue;
+// replies to the host's own frames are always queued, so the agent keeps reading the port
+// even while the host is not reading, and neither side can deadlock on full buffers.
+#pragma once
+
+#include <poll.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "protocol/wire.h"
+
+namespace vessel::agent {
+
+class Port {
+ public:
+  explicit Port(UniqueFd fd) : fd_(std::move(fd)) {}
+
+  // What to poll: fd -1 while disconnected, because the port then reports POLLHUP whatever
+  // is asked and would spin the loop; Reconnected() checks it on a slow tick instead.
+  [[nodiscard]] pollfd PollEvents() const;
+  [[nodiscard]] bool connected() const { return connected_; }
+
+  // Queues a frame. Frames queued while the host is away are written once it is back.
+  void Send(std::vector<uint8_t> frame);
+  // Queues a frame ahead of every frame not yet started (Hello after a reconnect).
+  void SendFirst(std::vector<uint8_t> frame);
+  // Whether bulk producers may queue more now: the host is connected and keeping up.
+  [[nodiscard]] bool HasRoom() const;
+
+  using FrameHandler = std::function<void(const protocol::Frame&)>;
+  // Acts on what poll() reported for PollEvents(): reads the frames that arrived and hands
+  // each to `handle`, writes queued frames, notices a disconnect.
+  void OnPoll(short revents, const FrameHandler& handle);
+  // Writes as much of the queue as the port takes now.
+  void Flush();
+  // While disconnected: true once the host is back. The frame being received is dropped
+  // and the frame being sent starts over: both were cut by the disconnect.
+  [[nodiscard]] bool Reconnected();
+
+ private:
+  void ReadFrames(const FrameHandler& handle);
+
+  UniqueFd fd_;
+  bool connected_ = true;
+  protocol::FrameReader reader_;
+  std::deque<std::vector<uint8_t>> queue_;
+  size_t queued_bytes_ = 0;   // not yet written, over the whole queue
+  size_t front_written_ = 0;  // bytes of queue_.front() already written
+};
+
+}  // namespace vessel::agent

@@ -1,0 +1,319 @@
+#include "process.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+namespace vessel::agent {
+namespace {
+
+namespace proto = vessel::protocol;
+
+constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+// Largest read from a command's pipe, hence the largest Output chunk the agent sends.
+constexpr size_t kReadChunk = 64 * 1024;
+
+struct Pipe {
+  UniqueFd read;
+  UniqueFd write;
+};
+
+std::optional<Pipe> MakePipe() {
+  int fds[2];
+  if (pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
+  return Pipe{UniqueFd(fds[0]), UniqueFd(fds[1])};
+}
+
+void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// Runs in the forked child: never returns. A failure before exec is reported through
+// `status_fd` (close-on-exec): which step failed (0 cwd, 1 exec) and the errno.
+[[noreturn]] void ExecChild(const char* cwd, char** argv, char** envp, int stdin_fd, int stdout_fd,
+                            int stderr_fd, int status_fd) {
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  // The agent ignores SIGPIPE, and ignored signals survive exec.
+  struct sigaction default_action {};
+  default_action.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &default_action, nullptr);
+  setsid();
+  if (stdin_fd < 0) stdin_fd = open("/dev/null", O_RDONLY);
+  dup2(stdin_fd, 0);
+  dup2(stdout_fd, 1);
+  dup2(stderr_fd, 2);
+  int step = 0;
+  if (chdir(cwd) == 0) {
+    step = 1;
+    environ = envp;
+    execvp(argv[0], argv);
+  }
+  int report[2] = {step, errno};
+  (void)!write(status_fd, report, sizeof(report));
+  _exit(127);
+}
+
+}  // namespace
+
+void ByteQueue::Append(std::span<const uint8_t> bytes) {
+  // Drop what was consumed once it is most of the buffer: amortised O(1) per byte.
+  if (head_ > 0 && head_ >= bytes_.size() / 2) {
+    bytes_.erase(bytes_.begin(), bytes_.begin() + static_cast<std::ptrdiff_t>(head_));
+    head_ = 0;
+  }
+  bytes_.insert(bytes_.end(), bytes.begin(), bytes.end());
+}
+
+void ByteQueue::Consume(size_t n) {
+  head_ += n;
+  if (head_ == bytes_.size()) Clear();
+}
+
+void ByteQueue::Clear() {
+  bytes_.clear();
+  head_ = 0;
+}
+
+std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequest& request,
+                                      Port& port) {
+  auto fail = [&](const char* what, int error) {
+    port.Send(proto::EncodeError(request_id, {error, "", fmt::format("{}: {}", what, std::strerror(error))}));
+    return std::nullopt;
+  };
+  auto out = MakePipe();
+  if (!out) return fail("pipe", errno);
+  auto err = MakePipe();
+  if (!err) return fail("pipe", errno);
+  auto status = MakePipe();
+  if (!status) return fail("pipe", errno);
+  std::optional<Pipe> in;
+  if (request.stdin_pipe) {
+    in = MakePipe();
+    if (!in) return fail("pipe", errno);
+  }
+
+  std::vector<char*> argv, envp;
+  for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  bool has_path = false;
+  for (const auto& e : request.env) {
+    envp.push_back(const_cast<char*>(e.c_str()));
+    has_path |= e.starts_with("PATH=");
+  }
+  std::string default_path = std::string("PATH=") + kDefaultPath;
+  if (!has_path) envp.push_back(default_path.data());
+  envp.push_back(nullptr);
+  const char* cwd = request.cwd.empty() ? "/" : request.cwd.c_str();
+
+  pid_t pid = fork();
+  if (pid == 0) {
+    ExecChild(cwd, argv.data(), envp.data(), in ? in->read.get() : -1, out->write.get(),
+              err->write.get(), status->write.get());
+  }
+  int fork_errno = errno;
+  out->write.Reset();
+  err->write.Reset();
+  status->write.Reset();
+  if (in) in->read.Reset();
+  if (pid < 0) return fail("fork", fork_errno);
+
+  // Wait for exec (the status pipe closes) or its failure (a report), so a command that
+  // cannot start is one Error frame and nothing else.
+  int report[2];
+  ssize_t n;
+  do n = read(status->read.get(), report, sizeof(report));
+  while (n < 0 && errno == EINTR);
+  if (n == sizeof(report)) {
+    waitpid(pid, nullptr, 0);
+    const char* what = report[0] == 0 ? "working directory" : "command";
+    std::string path = report[0] == 0 ? cwd : request.argv[0];
+    port.Send(proto::EncodeError(
+        request_id, {report[1], path, fmt::format("{}: {}", what, std::strerror(report[1]))}));
+    return std::nullopt;
+  }
+
+  Process p;
+  p.request_id_ = request_id;
+  p.pid_ = pid;
+  p.output_cap_ = request.output_cap;
+  p.window_ = request.window;
+  p.stdout_.fd = std::move(out->read);
+  p.stderr_.fd = std::move(err->read);
+  for (auto* output : {&p.stdout_, &p.stderr_}) {
+    SetNonBlocking(output->fd.get());
+    output->credit = request.window;
+  }
+  if (in) {
+    p.stdin_ = std::move(in->write);
+    SetNonBlocking(p.stdin_.get());
+  }
+  if (request.timeout_ms > 0) {
+    p.deadline_ = Clock::now() + std::chrono::milliseconds(request.timeout_ms);
+  }
+  port.Send(proto::EncodeStarted(request_id, {pid}));
+  return p;
+}
+
+bool Process::MayRead(const OutputPipe& p) const {
+  // Bytes beyond the cap are dropped, so they need no credit: the pipe keeps draining.
+  return p.fd && (p.credit > 0 || p.forwarded >= output_cap_);
+}
+
+pollfd Process::PollOutput(proto::Stream stream, const Port& port) const {
+  const OutputPipe& p = pipe(stream);
+  if (exited() || !MayRead(p) || !port.HasRoom()) return {-1, 0, 0};
+  return {p.fd.get(), POLLIN, 0};
+}
+
+pollfd Process::PollStdin() const {
+  if (!stdin_ || stdin_pending_.empty()) return {-1, 0, 0};
+  return {stdin_.get(), POLLOUT, 0};
+}
+
+void Process::ReadOutput(proto::Stream stream, Port& port) {
+  if (MayRead(pipe(stream))) ReadOnce(stream, port);
+}
+
+Process::ReadResult Process::ReadOnce(proto::Stream stream, Port& port) {
+  static uint8_t buf[kReadChunk];
+  OutputPipe& p = pipe(stream);
+  uint64_t want = p.forwarded >= output_cap_ ? kReadChunk : std::min<uint64_t>(p.credit, kReadChunk);
+  if (exited()) want = std::min(want, p.drain_budget);
+  ssize_t n;
+  do n = read(p.fd.get(), buf, want);
+  while (n < 0 && errno == EINTR);
+  if (n < 0 && errno == EAGAIN) return ReadResult::kEmpty;
+  if (n <= 0) {
+    p.fd.Reset();
+    return ReadResult::kClosed;
+  }
+  auto got = static_cast<uint64_t>(n);
+  uint64_t keep = std::min(got, output_cap_ - std::min(output_cap_, p.forwarded));
+  if (keep < got) p.truncated = true;
+  if (keep > 0) {
+    port.Send(proto::EncodeOutput(request_id_, stream, {buf, keep}));
+    p.forwarded += keep;
+    p.credit -= keep;
+  }
+  if (exited()) p.drain_budget -= got;
+  return ReadResult::kForwarded;
+}
+
+void Process::WriteStdin(Port& port) {
+  if (!stdin_ || stdin_pending_.empty()) return;
+  auto bytes = stdin_pending_.front();
+  ssize_t n = write(stdin_.get(), bytes.data(), bytes.size());
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EINTR) return;
+    // EPIPE: nobody reads stdin any more.
+    DiscardStdin(port);
+    return;
+  }
+  stdin_pending_.Consume(static_cast<size_t>(n));
+  CreditStdin(static_cast<size_t>(n), port);
+  if (stdin_pending_.empty() && stdin_eof_) stdin_.Reset();
+}
+
+bool Process::OnStdin(std::span<const uint8_t> data, Port& port) {
+  if (data.empty()) {
+    stdin_eof_ = true;
+    if (stdin_pending_.empty()) stdin_.Reset();
+    return true;
+  }
+  if (stdin_pending_.size() + data.size() > window_) return false;
+  if (!stdin_ || stdin_eof_) {
+    // Nothing will read these bytes; acknowledging them keeps the host's window open.
+    CreditStdin(data.size(), port);
+    return true;
+  }
+  stdin_pending_.Append(data);
+  return true;
+}
+
+void Process::CreditStdin(size_t bytes, Port& port) {
+  // Never more than a window (at most kMaxWindow), so it fits.
+  port.Send(proto::EncodeCredit(request_id_, {proto::Stream::kStdin, static_cast<uint32_t>(bytes)}));
+}
+
+void Process::DiscardStdin(Port& port) {
+  if (!stdin_pending_.empty()) CreditStdin(stdin_pending_.size(), port);
+  stdin_pending_.Clear();
+  stdin_.Reset();
+}
+
+void Process::OnCredit(const proto::Credit& credit) {
+  if (credit.stream != proto::Stream::kStdout && credit.stream != proto::Stream::kStderr) return;
+  OutputPipe& p = pipe(credit.stream);
+  p.credit = std::min<uint64_t>(window_, p.credit + credit.bytes);
+}
+
+void Process::Signal(int signal) const { kill(-pid_, signal); }
+
+void Process::OnExit(int status, Port& port) {
+  exit_status_ = status;
+  DiscardStdin(port);
+  for (auto* p : {&stdout_, &stderr_}) {
+    if (!p->fd) continue;
+    int size = fcntl(p->fd.get(), F_GETPIPE_SZ);
+    p->drain_budget = size > 0 ? static_cast<uint64_t>(size) : kReadChunk;
+  }
+}
+
+bool Process::FinishAfterExit(Port& port) {
+  for (auto stream : {proto::Stream::kStdout, proto::Stream::kStderr}) {
+    OutputPipe& p = pipe(stream);
+    if (p.fd && p.drain_budget == 0) p.fd.Reset();
+    // Empty right now: whatever a background process writes later is not collected.
+    if (MayRead(p) && port.HasRoom() && ReadOnce(stream, port) == ReadResult::kEmpty) {
+      p.fd.Reset();
+    }
+  }
+  if (stdout_.fd || stderr_.fd) return false;
+
+  int status = *exit_status_;
+  proto::Exited e;
+  if (timed_out_) {
+    e.how = proto::ExitHow::kTimedOut;
+    e.code = WIFSIGNALED(status) ? WTERMSIG(status) : WEXITSTATUS(status);
+  } else if (WIFSIGNALED(status)) {
+    e.how = proto::ExitHow::kSignaled;
+    e.code = WTERMSIG(status);
+  } else {
+    e.code = WEXITSTATUS(status);
+  }
+  e.stdout_truncated = stdout_.truncated;
+  e.stderr_truncated = stderr_.truncated;
+  port.Send(proto::EncodeExited(request_id_, e));
+  return true;
+}
+
+bool Process::CanFinishNow(const Port& port) const {
+  if (!exited()) return false;
+  if (!stdout_.fd && !stderr_.fd) return true;
+  auto progress = [&](const OutputPipe& p) {
+    return p.fd && (p.drain_budget == 0 || (MayRead(p) && port.HasRoom()));
+  };
+  return progress(stdout_) || progress(stderr_);
+}
+
+std::optional<Clock::time_point> Process::PendingDeadline() const {
+  if (timed_out_ || exited()) return std::nullopt;
+  return deadline_;
+}
+
+void Process::CheckDeadline(Clock::time_point now) {
+  auto deadline = PendingDeadline();
+  if (deadline && now >= *deadline) {
+    timed_out_ = true;
+    kill(-pid_, SIGKILL);
+  }
+}
+
+}  // namespace vessel::agent
