@@ -3,7 +3,7 @@
 #   make test   set everything up and run the whole test suite
 # Both are idempotent: packages, the guest kernel and the build are reused when present.
 
-.PHONY: all setup build run test test-asan bench clean
+.PHONY: all setup build run test test-asan fuzz bench clean
 
 all: build
 
@@ -20,6 +20,7 @@ run: build
 test: build
 	ctest --preset default
 	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory fuzz
 
 # The unit tests again, under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-asan: setup
@@ -27,8 +28,13 @@ test-asan: setup
 	cmake --build --preset asan
 	ctest --preset asan
 
+# The wire decoders under libFuzzer (clang), each for FUZZ_SECONDS (default 30); fails on
+# any crash, sanitizer report or broken invariant.
+fuzz: setup
+	./tests/fuzz/run-fuzzers $(FUZZ_SECONDS)
+
 bench: build
 	./bench/run
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-fuzz

@@ -59,13 +59,11 @@ class WriteFileTransfer {
 
   // Creates the temporary file. False when that failed and the Error was sent.
   [[nodiscard]] bool Open(Port& port);
-  // A FileData frame; empty commits. True when the transfer ended (the empty frame came).
-  // After a failure the Error has been sent and data is ignored until the empty frame.
+  // A FileData frame; empty commits. True when the transfer ended: Done, or an Error after
+  // which the host's remaining FileData frames fall on an unknown id and are ignored.
   [[nodiscard]] bool OnData(std::span<const uint8_t> data, Port& port);
-  // Sends an Error, removes the temporary file and ignores data from then on.
+  // Ends the transfer with an Error; the temporary file is removed.
   void Abort(Port& port, int error, const char* what);
-  // Whether it holds an open file (it failed and only waits for the empty frame if not).
-  [[nodiscard]] bool open() const { return fd_.valid(); }
 
  private:
   void Commit(Port& port);

@@ -30,10 +30,18 @@ void Port::Send(std::vector<uint8_t> frame) {
   if (queued_bytes_ >= kMaxQueuedBytes) Flush();
 }
 
-void Port::SendFirst(std::vector<uint8_t> frame) {
-  queued_bytes_ += frame.size();
-  auto at = queue_.begin() + (front_written_ > 0 ? 1 : 0);
-  queue_.insert(at, std::move(frame));
+void Port::SendHello(std::vector<uint8_t> hello) {
+  auto first_unstarted = queue_.begin() + (front_written_ > 0 ? 1 : 0);
+  for (auto it = first_unstarted; it != queue_.end();) {
+    if ((*it)[4] == static_cast<uint8_t>(proto::MessageType::kHello)) {
+      queued_bytes_ -= it->size();
+      it = queue_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  queued_bytes_ += hello.size();
+  queue_.insert(queue_.begin() + (front_written_ > 0 ? 1 : 0), std::move(hello));
 }
 
 bool Port::HasRoom() const { return connected_ && queued_bytes_ < kMaxQueuedBytes; }

@@ -31,8 +31,9 @@ class Port {
 
   // Queues a frame. Frames queued while the host is away are written once it is back.
   void Send(std::vector<uint8_t> frame);
-  // Queues a frame ahead of every frame not yet started (Hello after a reconnect).
-  void SendFirst(std::vector<uint8_t> frame);
+  // Queues Hello ahead of every frame not yet started, replacing any Hello still queued:
+  // the host must see exactly one per connection, first.
+  void SendHello(std::vector<uint8_t> hello);
   // Whether bulk producers may queue more now: the host is connected and keeping up.
   [[nodiscard]] bool HasRoom() const;
 

@@ -16,7 +16,6 @@ namespace {
 
 namespace proto = vessel::protocol;
 
-constexpr const char* kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 // Largest read from a command's pipe, hence the largest Output chunk the agent sends.
 constexpr size_t kReadChunk = 64 * 1024;
 
@@ -84,7 +83,8 @@ void ByteQueue::Clear() {
 std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequest& request,
                                       Port& port) {
   auto fail = [&](const char* what, int error) {
-    port.Send(proto::EncodeError(request_id, {error, "", fmt::format("{}: {}", what, std::strerror(error))}));
+    port.Send(proto::EncodeError(request_id,
+                                 {error, "", fmt::format("{}: {}", what, std::strerror(error))}));
     return std::nullopt;
   };
   auto out = MakePipe();
@@ -184,7 +184,8 @@ void Process::ReadOutput(proto::Stream stream, Port& port) {
 Process::ReadResult Process::ReadOnce(proto::Stream stream, Port& port) {
   static uint8_t buf[kReadChunk];
   OutputPipe& p = pipe(stream);
-  uint64_t want = p.forwarded >= output_cap_ ? kReadChunk : std::min<uint64_t>(p.credit, kReadChunk);
+  uint64_t want =
+      p.forwarded >= output_cap_ ? kReadChunk : std::min<uint64_t>(p.credit, kReadChunk);
   if (exited()) want = std::min(want, p.drain_budget);
   ssize_t n;
   do n = read(p.fd.get(), buf, want);
@@ -239,7 +240,8 @@ bool Process::OnStdin(std::span<const uint8_t> data, Port& port) {
 
 void Process::CreditStdin(size_t bytes, Port& port) {
   // Never more than a window (at most kMaxWindow), so it fits.
-  port.Send(proto::EncodeCredit(request_id_, {proto::Stream::kStdin, static_cast<uint32_t>(bytes)}));
+  port.Send(
+      proto::EncodeCredit(request_id_, {proto::Stream::kStdin, static_cast<uint32_t>(bytes)}));
 }
 
 void Process::DiscardStdin(Port& port) {
@@ -254,7 +256,7 @@ void Process::OnCredit(const proto::Credit& credit) {
   p.credit = std::min<uint64_t>(window_, p.credit + credit.bytes);
 }
 
-void Process::Signal(int signal) const { kill(-pid_, signal); }
+void Process::Signal(int number) const { kill(-pid_, number); }
 
 void Process::OnExit(int status, Port& port) {
   exit_status_ = status;

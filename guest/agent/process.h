@@ -24,6 +24,10 @@ namespace vessel::agent {
 
 using Clock = std::chrono::steady_clock;
 
+// PATH of the agent, and of commands whose environment has none.
+inline constexpr const char* kDefaultPath =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 // Bytes waiting to be written, taken from the front.
 class ByteQueue {
  public:
@@ -64,7 +68,7 @@ class Process {
   // exceed the window: the host broke the protocol and the request must fail.
   [[nodiscard]] bool OnStdin(std::span<const uint8_t> data, Port& port);
   void OnCredit(const protocol::Credit& credit);
-  void Signal(int signal) const;
+  void Signal(int number) const;
 
   // The main process was reaped with this wait status.
   void OnExit(int status, Port& port);

@@ -1,11 +1,12 @@
 // vessel: the command-line front end.
 //
 //   vessel run [options] -- CMD [ARG...]   boot a microVM, run CMD in it, destroy it
+//   vessel create / exec / cp / ls / rm     sandboxes that outlive the command
 //   vessel doctor                          what this host can run, and what is missing
 //
-// Exit status of `run`: the command's own exit code; 128+N when a signal N ended it;
-// 124 when its timeout expired; 125 when Vessel itself failed (bad usage, the VM did not
-// boot, the channel broke).
+// Exit status of `run` and `exec`: the command's own exit code; 128+N when a signal N
+// ended it; 124 when its timeout expired; 125 when Vessel itself failed (bad usage, the
+// VM did not boot, the channel broke).
 #include <unistd.h>
 
 #include <charconv>
@@ -16,14 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "cli/cli.h"
 #include "engine/qemu/qemu_engine.h"
 #include "engine/runtime_dir.h"
 #include "vessel/sandbox.h"
 
+namespace vessel::cli {
 namespace {
-
-constexpr int kExitTimedOut = 124;
-constexpr int kExitVesselError = 125;
 
 constexpr const char* kUsage = R"(usage:
   vessel run [options] -- COMMAND [ARG...]
@@ -35,37 +35,35 @@ constexpr const char* kUsage = R"(usage:
       --output-cap BYTES keep at most this much of each output stream (default 16 MiB)
       --kernel PATH      guest kernel (default: the built one)
       --initramfs PATH   guest initramfs (default: the built one)
+  vessel create [options]             boot a sandbox that keeps running; prints its id
+      --memory MIB, --vcpus N, --kernel PATH, --initramfs PATH   as for run
+      --name NAME        a name to use instead of the id
+  vessel exec [options] ID -- COMMAND [ARG...]
+                         run COMMAND in sandbox ID (an id or a name), streaming its
+                         output; our stdin goes to its stdin, ^C to it as SIGINT
+      --timeout SECONDS, --env KEY=VALUE, --cwd DIR, --output-cap BYTES   as for run
+      --no-stdin         give the command /dev/null as stdin
+  vessel cp SRC DST      copy one file into or out of a sandbox: exactly one of SRC and
+                         DST is ID:/absolute/path
+  vessel ls [--json]     list sandboxes: id, name, state (running, failed, dead),
+                         engine, memory, age
+  vessel rm ID...        stop sandboxes and remove what is left of them
   vessel doctor          check what this host can run
 
-exit status of run: the command's; 128+N if signal N ended it; 124 on timeout;
-125 when vessel itself failed.
+exit status of run and exec: the command's; 128+N if signal N ended it; 124 on
+timeout; 125 when vessel itself failed.
 )";
+
+}  // namespace
 
 int UsageError(const std::string& message) {
   std::cerr << "vessel: " << message << "\n\n" << kUsage;
   return kExitVesselError;
 }
 
-template <typename T>
-std::optional<T> ParseNumber(const std::string& text) {
-  T value{};
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
-  return value;
-}
-
-void WriteAllTo(int fd, const std::string& data) {
-  size_t off = 0;
-  while (off < data.size()) {
-    ssize_t n = write(fd, data.data() + off, data.size() - off);
-    if (n <= 0) return;
-    off += static_cast<size_t>(n);
-  }
-}
-
 int Run(const std::vector<std::string>& args) {
-  vessel::SandboxConfig config;
-  vessel::ExecOptions options;
+  SandboxConfig config;
+  ExecOptions options;
   size_t i = 0;
   for (; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -108,12 +106,12 @@ int Run(const std::vector<std::string>& args) {
   std::vector<std::string> argv(args.begin() + static_cast<std::ptrdiff_t>(i), args.end());
   if (argv.empty()) return UsageError("run needs a command");
 
-  auto sandbox = vessel::Sandbox::Create(config);
+  auto sandbox = Sandbox::Create(config);
   if (!sandbox) {
     std::cerr << "vessel: " << sandbox.error().ToString() << "\n";
     return kExitVesselError;
   }
-  auto result = (*sandbox)->Execute(vessel::Command::Argv(argv), options);
+  auto result = (*sandbox)->Execute(Command::Argv(argv), options);
   (void)(*sandbox)->Destroy();
   if (!result) {
     std::cerr << "vessel: " << result.error().ToString() << "\n";
@@ -126,14 +124,16 @@ int Run(const std::vector<std::string>& args) {
   if (result->stderr_truncated)
     std::cerr << "vessel: stderr truncated at " << options.output_cap << " bytes\n";
   switch (result->outcome) {
-    case vessel::ExecResult::Outcome::kExited: return result->exit_code;
-    case vessel::ExecResult::Outcome::kSignaled: return 128 + result->signal;
-    case vessel::ExecResult::Outcome::kTimedOut:
+    case ExecResult::Outcome::kExited: return result->exit_code;
+    case ExecResult::Outcome::kSignaled: return 128 + result->signal;
+    case ExecResult::Outcome::kTimedOut:
       std::cerr << "vessel: the command timed out and was killed\n";
       return kExitTimedOut;
   }
   return kExitVesselError;
 }
+
+namespace {
 
 std::string CommandOutput(const std::string& command) {
   std::string out;
@@ -145,8 +145,10 @@ std::string CommandOutput(const std::string& command) {
   return out;
 }
 
+}  // namespace
+
 int Doctor() {
-  namespace qemu = vessel::engine::qemu;
+  namespace qemu = engine::qemu;
   bool ok = true;
   auto line = [](bool good, const std::string& what, const std::string& detail) {
     std::cout << (good ? "ok      " : "MISSING ") << what << ": " << detail << "\n";
@@ -173,14 +175,14 @@ int Doctor() {
              (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
     ok &= supported;
   }
-  std::string dir = vessel::DefaultAssetDir();
+  std::string dir = DefaultAssetDir();
   for (const char* asset : {"vmlinux", "initramfs.cpio"}) {
     std::string path = dir + "/" + asset;
     bool found = access(path.c_str(), R_OK) == 0;
     line(found, std::string("guest ") + asset, found ? path : path + " not found (run make)");
     ok &= found;
   }
-  std::string root = vessel::engine::RuntimeRoot();
+  std::string root = engine::RuntimeRoot();
   line(true, "runtime directory", root);
   uint64_t tsc = qemu::HostTscKhz();
   line(tsc > 0, "host TSC rate",
@@ -188,17 +190,24 @@ int Doctor() {
   return ok ? 0 : 1;
 }
 
-}  // namespace
+}  // namespace vessel::cli
 
 int main(int argc, char** argv) {
+  namespace cli = vessel::cli;
   std::vector<std::string> args(argv + 1, argv + argc);
   if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
-    std::cout << kUsage;
-    return args.empty() ? kExitVesselError : 0;
+    std::cout << cli::kUsage;
+    return args.empty() ? cli::kExitVesselError : 0;
   }
   std::string command = args[0];
   args.erase(args.begin());
-  if (command == "run") return Run(args);
-  if (command == "doctor") return Doctor();
-  return UsageError("unknown command " + command);
+  if (command == "run") return cli::Run(args);
+  if (command == "create") return cli::Create(args);
+  if (command == "exec") return cli::Exec(args);
+  if (command == "cp") return cli::Copy(args);
+  if (command == "ls") return cli::List(args);
+  if (command == "rm") return cli::Remove(args);
+  if (command == "doctor") return cli::Doctor();
+  if (command == "__supervise") return cli::Supervise(args);
+  return cli::UsageError("unknown command " + command);
 }

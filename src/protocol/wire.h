@@ -1,4 +1,4 @@
-// The host <-> guest agent wire format, version 1. Shared byte for byte by the host
+// The host <-> guest agent wire format, version 2. Shared byte for byte by the host
 // library and the guest agent; specified in docs/protocol.md.
 //
 // Everything here is pure: no I/O. Decoders treat their input as hostile. Every length
@@ -16,7 +16,7 @@
 
 namespace vessel::protocol {
 
-inline constexpr uint32_t kVersion = 1;
+inline constexpr uint32_t kVersion = 2;
 
 // Frame header: payload size (u32), type (u8), three zero bytes, request id (u32).
 inline constexpr size_t kHeaderSize = 12;

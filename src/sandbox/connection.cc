@@ -5,6 +5,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cerrno>
 
 #include "base/io.h"
@@ -21,6 +22,28 @@ constexpr size_t kReadChunk = 64 * 1024;
 bool IsLastFrame(proto::MessageType type) {
   return type == proto::MessageType::kExited || type == proto::MessageType::kError ||
          type == proto::MessageType::kDone;
+}
+
+struct InboundData {
+  proto::Stream stream;
+  size_t bytes;
+};
+
+// The flow-controlled bytes a frame carries. An Output frame with a bad stream byte is
+// left to its decoder to reject.
+std::optional<InboundData> FlowControlled(const proto::Frame& frame) {
+  const auto& payload = frame.payload;
+  switch (frame.header.type) {
+    case proto::MessageType::kOutput:
+      if (payload.empty()) return std::nullopt;
+      if (payload[0] != static_cast<uint8_t>(proto::Stream::kStdout) &&
+          payload[0] != static_cast<uint8_t>(proto::Stream::kStderr)) {
+        return std::nullopt;
+      }
+      return InboundData{static_cast<proto::Stream>(payload[0]), payload.size() - 1};
+    case proto::MessageType::kFileData: return InboundData{proto::Stream::kFile, payload.size()};
+    default: return std::nullopt;
+  }
 }
 }  // namespace
 
@@ -52,6 +75,17 @@ Result<void> Mailbox::AcquireStdinCredit(uint32_t bytes, uint32_t window, Deadli
   return {};
 }
 
+void Mailbox::LimitInbound(uint32_t window) {
+  std::lock_guard lock(mutex_);
+  inbound_window_ = window;
+}
+
+void Mailbox::Granted(proto::Stream stream, uint32_t bytes) {
+  std::lock_guard lock(mutex_);
+  uint64_t& in_flight = inbound_in_flight_.at(static_cast<size_t>(stream));
+  in_flight -= std::min<uint64_t>(in_flight, bytes);
+}
+
 bool Mailbox::ended() const {
   std::lock_guard lock(mutex_);
   return ended_;
@@ -59,6 +93,20 @@ bool Mailbox::ended() const {
 
 void Mailbox::Push(proto::Frame frame) {
   std::lock_guard lock(mutex_);
+  // Nobody reads a failed request's frames; keeping them would only grow the queue.
+  if (failure_) return;
+  if (inbound_window_) {
+    if (auto data = FlowControlled(frame)) {
+      uint64_t& in_flight = inbound_in_flight_.at(static_cast<size_t>(data->stream));
+      in_flight += data->bytes;
+      if (in_flight > *inbound_window_) {
+        const char* what = data->stream == proto::Stream::kFile ? "file data" : "output";
+        failure_ = Error::Backend(fmt::format("the guest agent sent more {} than its window allows", what));
+        cv_.notify_all();
+        return;
+      }
+    }
+  }
   if (!raw_ && frame.header.type == proto::MessageType::kCredit) {
     auto credit = proto::DecodeCredit(frame.payload);
     // Stdin credit is consumed here, so a writer waiting for it never depends on someone
@@ -122,6 +170,13 @@ Result<proto::Hello> Connection::Start(Deadline deadline) {
 void Connection::ReadLoop() {
   std::vector<uint8_t> buf(kReadChunk);
   for (;;) {
+    // Drains before reading: bytes that came in the same read as the hello are buffered.
+    for (;;) {
+      auto frame = reader_.Next();
+      if (!frame) return Shutdown(std::move(frame).error().Context("from the guest agent"));
+      if (!*frame) break;
+      Route(std::move(**frame));
+    }
     auto n = ReadSome(fd_.get(), buf, Deadline::Never(), "reading from the guest agent");
     if (!n) return Shutdown(n.error());
     if (*n == 0) {
@@ -129,12 +184,6 @@ void Connection::ReadLoop() {
                                                         : "the guest agent's channel closed"));
     }
     reader_.Feed({buf.data(), *n});
-    for (;;) {
-      auto frame = reader_.Next();
-      if (!frame) return Shutdown(std::move(frame).error().Context("from the guest agent"));
-      if (!*frame) break;
-      Route(std::move(**frame));
-    }
   }
 }
 

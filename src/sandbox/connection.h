@@ -6,6 +6,7 @@
 // request nobody waits for any more are dropped.
 #pragma once
 
+#include <array>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -34,6 +35,15 @@ class Mailbox {
   // Stdin credit: blocks until `bytes` more may be in flight, the request ended, or the
   // connection failed.
   [[nodiscard]] Result<void> AcquireStdinCredit(uint32_t bytes, uint32_t window, Deadline deadline);
+  // Caps the data the agent may send ahead of the host's credits: each stream's Output
+  // bytes, and FileData bytes, count against `window` until Granted() returns them. A
+  // frame beyond it fails the request with kBackend instead of being queued, so a guest
+  // that ignores flow control cannot make the host buffer without bound. Call before the
+  // request is sent; without it nothing is counted.
+  void LimitInbound(uint32_t window);
+  // Returns `bytes` of `stream` to the window. Call before sending the Credit frame, so
+  // that the agent's answer to it cannot arrive first.
+  void Granted(protocol::Stream stream, uint32_t bytes);
   // True once the request's last frame (Exited, Error, Done) arrived.
   [[nodiscard]] bool ended() const;
   // Wakes every waiter on this mailbox with `reason`; later waits fail with it too.
@@ -51,6 +61,9 @@ class Mailbox {
   std::deque<protocol::Frame> frames_;
   std::optional<Error> failure_;
   uint64_t stdin_in_flight_ = 0;
+  std::optional<uint32_t> inbound_window_;
+  // Indexed by protocol::Stream.
+  std::array<uint64_t, 5> inbound_in_flight_{};
   bool ended_ = false;
 };
 

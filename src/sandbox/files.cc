@@ -38,7 +38,9 @@ FileInfo FromWire(const proto::FileInfo& info) {
 class FileRequest {
  public:
   FileRequest(Connection& connection, const proto::FileOp& op)
-      : connection_(connection), op_(op), mailbox_(connection.NewRequest()) {}
+      : connection_(connection), op_(op), mailbox_(connection.NewRequest()) {
+    mailbox_->LimitInbound(op_.window);
+  }
   ~FileRequest() { connection_.EndRequest(mailbox_->id()); }
 
   Result<void> Send() { return connection_.Send(proto::EncodeFileOp(mailbox_->id(), op_)); }
@@ -83,6 +85,7 @@ class FileRequest {
   }
 
   Result<void> GrantCredit(uint32_t bytes) {
+    mailbox_->Granted(proto::Stream::kFile, bytes);
     return connection_.Send(proto::EncodeCredit(mailbox_->id(), {proto::Stream::kFile, bytes}));
   }
 
@@ -184,7 +187,6 @@ Result<FileInfo> ReadFileChunks(Connection& connection, const std::string& path,
         if (!info) return Unexpected("file data before file info", path);
         outstanding += data.size();
         received += data.size();
-        if (outstanding > kFileWindow) return Unexpected("more file data than its window allows", path);
         if (auto r = sink(data); !r) return r;
         if (outstanding >= kFileWindow / 4) {
           if (auto r = request.GrantCredit(static_cast<uint32_t>(outstanding)); !r) return r;

@@ -87,7 +87,13 @@ class ProcessImpl final : public Process {
 
   // A command still running when its handle goes is killed: nobody could read it.
   ~ProcessImpl() override {
-    if (!finished_ && !mailbox_->ended()) (void)Kill();
+    if (!finished_ && !mailbox_->ended()) {
+      (void)Kill();
+      // Nobody reads the rest: let the agent drain the pipes and finish the request.
+      for (auto stream : {proto::Stream::kStdout, proto::Stream::kStderr}) {
+        (void)connection_->Send(proto::EncodeCredit(mailbox_->id(), {stream, window_}));
+      }
+    }
     mailbox_->Cancel(Error::Lifecycle({LifecycleError::Other{"the process handle was closed"}}));
     if (feeder_.joinable()) feeder_.join();
     connection_->EndRequest(mailbox_->id());
@@ -212,7 +218,7 @@ class ProcessImpl final : public Process {
  private:
   struct StreamState {
     uint64_t received = 0;     // total, checked against the cap
-    uint64_t outstanding = 0;  // sent by the agent, not yet credited back
+    uint64_t outstanding = 0;  // handed out, not yet credited back
   };
 
   Result<std::optional<ProcessEvent>> OnOutput(const proto::Frame& frame) {
@@ -221,10 +227,6 @@ class ProcessImpl final : public Process {
     bool is_stdout = output->stream == proto::Stream::kStdout;
     StreamState& s = is_stdout ? stdout_ : stderr_;
     uint64_t n = output->data.size();
-    if (s.outstanding + n > window_) {
-      finished_ = true;
-      return Fail(Error::Backend("the guest agent sent more output than its window allows"));
-    }
     if (s.received + n > cap_) {
       finished_ = true;
       return Fail(Error::Backend("the guest agent sent more output than the cap allows"));
@@ -233,6 +235,7 @@ class ProcessImpl final : public Process {
     s.outstanding += n;
     // The bytes are handed out now: let the agent send more once a quarter window is due.
     if (s.outstanding >= window_ / 4) {
+      mailbox_->Granted(output->stream, static_cast<uint32_t>(s.outstanding));
       auto credit = connection_->Send(proto::EncodeCredit(
           mailbox_->id(), {output->stream, static_cast<uint32_t>(s.outstanding)}));
       if (!credit) return Fail(std::move(credit).error());
@@ -266,6 +269,7 @@ Result<std::unique_ptr<Process>> StartProcess(std::shared_ptr<Connection> connec
   auto request = MakeExecRequest(command, options);
   if (!request) return Fail(std::move(request).error());
   auto mailbox = connection->NewRequest();
+  mailbox->LimitInbound(request->window);
   auto sent = connection->Send(proto::EncodeExec(mailbox->id(), *request));
   if (!sent) {
     connection->EndRequest(mailbox->id());

@@ -2,14 +2,22 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "protocol/wire.h"
 #include "vm_test_env.h"
 
 namespace vessel {
@@ -21,24 +29,37 @@ struct CliResult {
   std::string err;
 };
 
-CliResult RunCli(std::vector<std::string> args) {
+// Runs the CLI with `input` on its stdin and collects what it prints.
+CliResult RunCli(std::vector<std::string> args, const std::string& input = {}) {
   args.insert(args.begin(), VESSEL_CLI);
-  int out[2], err[2];
-  if (pipe(out) != 0 || pipe(err) != 0) return {};
+  // A CLI that exits without reading its input must not take the test down with it.
+  signal(SIGPIPE, SIG_IGN);
+  int in[2], out[2], err[2];
+  if (pipe2(in, O_CLOEXEC) != 0 || pipe2(out, O_CLOEXEC) != 0 || pipe2(err, O_CLOEXEC) != 0)
+    return {};
   pid_t pid = fork();
   if (pid == 0) {
+    dup2(in[0], 0);
     dup2(out[1], 1);
     dup2(err[1], 2);
-    close(out[0]);
-    close(err[0]);
     std::vector<char*> argv;
     for (auto& a : args) argv.push_back(a.data());
     argv.push_back(nullptr);
     execv(argv[0], argv.data());
     _exit(126);
   }
+  close(in[0]);
   close(out[1]);
   close(err[1]);
+  std::thread feeder([fd = in[1], &input] {
+    size_t off = 0;
+    while (off < input.size()) {
+      ssize_t n = write(fd, input.data() + off, input.size() - off);
+      if (n <= 0) break;
+      off += static_cast<size_t>(n);
+    }
+    close(fd);
+  });
   CliResult r;
   pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
   int open_fds = 2;
@@ -59,8 +80,49 @@ CliResult RunCli(std::vector<std::string> args) {
   }
   int status = 0;
   waitpid(pid, &status, 0);
+  feeder.join();
   r.status = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   return r;
+}
+
+// Starts the CLI in the background, its output discarded; returns its pid.
+pid_t StartCli(std::vector<std::string> args) {
+  args.insert(args.begin(), VESSEL_CLI);
+  pid_t pid = fork();
+  if (pid == 0) {
+    int null = open("/dev/null", O_RDWR);
+    dup2(null, 0);
+    dup2(null, 1);
+    dup2(null, 2);
+    std::vector<char*> argv;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    execv(argv[0], argv.data());
+    _exit(126);
+  }
+  return pid;
+}
+
+// The exit status as a shell reports it.
+int WaitCli(pid_t pid) {
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+template <typename Predicate>
+bool Eventually(Predicate predicate, std::chrono::milliseconds timeout) {
+  auto until = std::chrono::steady_clock::now() + timeout;
+  while (!predicate()) {
+    if (std::chrono::steady_clock::now() >= until) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return true;
+}
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
 }
 
 TEST(CliTest, RunPrintsBothStreamsAndExitsWithTheCommandsCode) {
@@ -145,6 +207,321 @@ TEST(CliTest, DoctorReportsTheEngineAndAssets) {
   EXPECT_NE(r.out.find("QEMU"), std::string::npos);
   EXPECT_NE(r.out.find("vmlinux"), std::string::npos);
   EXPECT_NE(r.out.find(r.out.find("KVM") != std::string::npos ? "KVM" : "TCG"), std::string::npos);
+}
+
+// Sandboxes made by `vessel create` outlive the command. One sandbox, created once, serves
+// every test of this suite.
+class CliSandboxTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto r = RunCli({"create", "--name", "cli-test"});
+    if (r.status == 0) {
+      id_ = Trimmed(r.out);
+    } else {
+      create_error_ = r.err;
+    }
+  }
+  static void TearDownTestSuite() {
+    if (!id_.empty()) RunCli({"rm", id_});
+    id_.clear();
+  }
+  void SetUp() override { ASSERT_FALSE(id_.empty()) << "vessel create failed: " << create_error_; }
+
+  // A file under the test's temporary directory, removed after the test.
+  std::string TempPath(const std::string& name) {
+    auto path = std::filesystem::temp_directory_path() /
+                ("vessel-cli-test-" + std::to_string(getpid()) + "-" + name);
+    temp_files_.push_back(path);
+    return path;
+  }
+  void TearDown() override {
+    for (const auto& path : temp_files_) std::filesystem::remove(path);
+  }
+
+  static std::string id_;
+  static std::string create_error_;
+  std::vector<std::filesystem::path> temp_files_;
+};
+
+std::string CliSandboxTest::id_;
+std::string CliSandboxTest::create_error_;
+
+std::string ReadWholeFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+TEST_F(CliSandboxTest, CreatePrintsAnIdThatNamesTheSandbox) {
+  EXPECT_EQ(id_.find_first_not_of("0123456789abcdef"), std::string::npos) << id_;
+  EXPECT_TRUE(
+      std::filesystem::exists(testing::TestRuntimeRoot() + "/sandboxes/" + id_ + "/state.json"));
+}
+
+TEST_F(CliSandboxTest, ExecStreamsOutputAndPassesTheExitCodeThrough) {
+  auto r = RunCli({"exec", id_, "--", "echo", "hello"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "hello\n");
+  r = RunCli({"exec", id_, "--", "sh", "-c", "echo out; echo err >&2; exit 7"});
+  EXPECT_EQ(r.status, 7);
+  EXPECT_EQ(r.out, "out\n");
+  EXPECT_EQ(r.err, "err\n");
+  // The name works wherever the id does, and the options are run's.
+  r = RunCli(
+      {"exec", "--env", "A=1", "--cwd", "/tmp", "cli-test", "--", "sh", "-c", "echo $A; pwd"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "1\n/tmp\n");
+  EXPECT_EQ(RunCli({"exec", id_, "--timeout", "1", "--", "sleep", "30"}).status, 124);
+  r = RunCli({"exec", id_, "--", "/no/such/program"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("/no/such/program"), std::string::npos) << r.err;
+}
+
+TEST_F(CliSandboxTest, ExecForwardsStdin) {
+  auto r = RunCli({"exec", id_, "--", "wc", "-c"}, std::string(100000, 'x'));
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(Trimmed(r.out), "100000");
+}
+
+TEST_F(CliSandboxTest, TwoExecsAtOnceRunConcurrently) {
+  auto started = std::chrono::steady_clock::now();
+  auto a = std::async(std::launch::async, [&] {
+    return RunCli({"exec", id_, "--", "sh", "-c", "sleep 2; echo A"});
+  });
+  auto b = std::async(std::launch::async, [&] {
+    return RunCli({"exec", id_, "--", "sh", "-c", "sleep 2; echo B"});
+  });
+  auto ra = a.get();
+  auto rb = b.get();
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  EXPECT_EQ(ra.status, 0) << ra.err;
+  EXPECT_EQ(rb.status, 0) << rb.err;
+  EXPECT_EQ(ra.out, "A\n");
+  EXPECT_EQ(rb.out, "B\n");
+  // One after the other would take 4 s.
+  EXPECT_LT(elapsed, std::chrono::milliseconds(3500));
+}
+
+// True once `pid` has a handler for `signal` (its SigCgt mask in /proc).
+bool CatchesSignal(pid_t pid, int signal) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("SigCgt:", 0) == 0)
+      return (std::stoull(line.substr(7), nullptr, 16) >> (signal - 1)) & 1;
+  }
+  return false;
+}
+
+TEST_F(CliSandboxTest, SignalsToExecReachTheCommand) {
+  // The command's exit code (3, from its trap) tells a forwarded SIGINT from a CLI that
+  // merely died of it (130).
+  pid_t pid = StartCli({"exec", id_, "--", "sh", "-c", "trap 'exit 3' INT; sleep 1000 & wait"});
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return CatchesSignal(pid, SIGINT) &&
+               RunCli({"exec", id_, "--", "sh", "-c", "ps | grep -q '[s]leep 1000'"}).status == 0;
+      },
+      std::chrono::seconds(20)));
+  kill(pid, SIGINT);
+  EXPECT_EQ(WaitCli(pid), 3);
+}
+
+TEST_F(CliSandboxTest, AnExecThatGoesAwayTakesItsCommandWithIt) {
+  pid_t pid = StartCli({"exec", id_, "--", "sleep", "1001"});
+  ASSERT_TRUE(Eventually(
+      [&] {
+        return RunCli({"exec", id_, "--", "sh", "-c", "ps | grep -q '[s]leep 1001'"}).status == 0;
+      },
+      std::chrono::seconds(20)));
+  kill(pid, SIGKILL);
+  WaitCli(pid);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return RunCli({"exec", id_, "--", "sh", "-c", "ps | grep -q '[s]leep 1001'"}).status == 1;
+      },
+      std::chrono::seconds(10)));
+}
+
+TEST_F(CliSandboxTest, CpCopiesBinaryFilesInAndOut) {
+  std::string data(3 * 1024 * 1024, '\0');
+  std::mt19937_64 random(42);
+  for (auto& c : data) c = static_cast<char>(random());
+  std::string local = TempPath("in.bin");
+  std::ofstream(local, std::ios::binary)
+      .write(data.data(), static_cast<std::streamsize>(data.size()));
+  std::filesystem::permissions(local, std::filesystem::perms(0750));
+
+  auto r = RunCli({"cp", local, id_ + ":/tmp/data.bin"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  r = RunCli({"exec", id_, "--", "stat", "-c", "%s %a", "/tmp/data.bin"});
+  EXPECT_EQ(r.out, "3145728 750\n") << r.err;
+
+  std::string back = TempPath("out.bin");
+  r = RunCli({"cp", id_ + ":/tmp/data.bin", back});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(ReadWholeFile(back) == data);
+
+  // Into a directory keeps the name; a missing file is an error that names it.
+  r = RunCli({"cp", local, id_ + ":/tmp/"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(RunCli({"exec", id_, "--", "cmp", "/tmp/data.bin",
+                    "/tmp/" + std::filesystem::path(local).filename().string()})
+                .status,
+            0);
+  r = RunCli({"cp", id_ + ":/no/such/file", back});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("/no/such/file"), std::string::npos) << r.err;
+  EXPECT_TRUE(ReadWholeFile(back) == data) << "a failed copy must leave the destination alone";
+  EXPECT_EQ(RunCli({"cp", local, back}).status, 125);
+}
+
+// A raw connection to the sandbox's control socket, as a misbehaving client would open.
+class RawControlClient {
+ public:
+  explicit RawControlClient(const std::string& id) {
+    std::string path = testing::TestRuntimeRoot() + "/sandboxes/" + id + "/control.sock";
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    path.copy(address.sun_path, sizeof(address.sun_path) - 1);
+    fd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) {
+      close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~RawControlClient() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool connected() const { return fd_ >= 0; }
+  void Send(const std::vector<uint8_t>& bytes) { (void)!write(fd_, bytes.data(), bytes.size()); }
+  // The next frame, or nullopt when the supervisor closed the connection (or 10 s passed).
+  std::optional<protocol::Frame> Next() {
+    for (;;) {
+      auto frame = reader_.Next();
+      if (!frame) return std::nullopt;
+      if (*frame) return std::move(**frame);
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 10'000) <= 0) return std::nullopt;
+      uint8_t buf[4096];
+      ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0) return std::nullopt;
+      reader_.Feed({buf, static_cast<size_t>(n)});
+    }
+  }
+
+ private:
+  int fd_ = -1;
+  protocol::FrameReader reader_;
+};
+
+TEST_F(CliSandboxTest, TheControlSocketGreetsAnswersPingsAndDropsClientsThatBreakTheProtocol) {
+  {
+    RawControlClient client(id_);
+    ASSERT_TRUE(client.connected());
+    auto hello = client.Next();
+    ASSERT_TRUE(hello.has_value());
+    EXPECT_EQ(hello->header.type, protocol::MessageType::kHello);
+    client.Send(protocol::EncodePing(77));
+    auto pong = client.Next();
+    ASSERT_TRUE(pong.has_value());
+    EXPECT_EQ(pong->header.type, protocol::MessageType::kPong);
+    EXPECT_EQ(pong->header.request_id, 77u);
+    // Only the agent sends exit statuses.
+    client.Send(protocol::EncodeExited(1, {}));
+    EXPECT_FALSE(client.Next().has_value());
+  }
+  {
+    RawControlClient client(id_);
+    ASSERT_TRUE(client.Next().has_value());
+    std::vector<uint8_t> garbage(protocol::kHeaderSize, 0xff);
+    client.Send(garbage);
+    EXPECT_FALSE(client.Next().has_value());
+  }
+  {
+    RawControlClient client(id_);
+    ASSERT_TRUE(client.Next().has_value());
+    std::vector<uint8_t> bad_exec = protocol::EncodeExec(1, {.argv = {"true"}});
+    bad_exec.pop_back();  // a payload one byte short
+    bad_exec[0] = static_cast<uint8_t>(bad_exec.size() - protocol::kHeaderSize);
+    client.Send(bad_exec);
+    EXPECT_FALSE(client.Next().has_value());
+  }
+  // The supervisor serves everyone else as before.
+  auto r = RunCli({"exec", id_, "--", "echo", "still here"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "still here\n");
+}
+
+TEST_F(CliSandboxTest, LsShowsTheSandboxRunning) {
+  auto r = RunCli({"ls"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("ID", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find(id_), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("running"), std::string::npos) << r.out;
+
+  r = RunCli({"ls", "--json"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto listing = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(listing.is_array()) << r.out;
+  bool found = false;
+  for (const auto& entry : listing) {
+    if (entry.value("id", "") != id_) continue;
+    found = true;
+    EXPECT_EQ(entry.value("name", ""), "cli-test");
+    EXPECT_EQ(entry.value("state", ""), "running");
+    EXPECT_EQ(entry.value("memory_mib", 0), 256);
+    EXPECT_EQ(entry.value("engine", "").rfind("qemu-", 0), 0u);
+    EXPECT_GE(entry.value("age_seconds", -1), 0);
+  }
+  EXPECT_TRUE(found) << r.out;
+}
+
+std::optional<nlohmann::json> ListedSandbox(const std::string& id) {
+  auto r = RunCli({"ls", "--json"});
+  auto listing = nlohmann::json::parse(r.out, nullptr, false);
+  if (!listing.is_array()) return std::nullopt;
+  for (const auto& entry : listing) {
+    if (entry.value("id", "") == id) return entry;
+  }
+  return std::nullopt;
+}
+
+TEST(CliTest, ASandboxWhoseSupervisorDiedShowsDeadAndRmCleansUp) {
+  auto r = RunCli({"create", "--memory", "128", "--name", "doomed"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string id = Trimmed(r.out);
+  auto entry = ListedSandbox(id);
+  ASSERT_TRUE(entry.has_value());
+  EXPECT_EQ(entry->value("state", ""), "running");
+  int pid = entry->value("pid", 0);
+  ASSERT_GT(pid, 1);
+
+  kill(pid, SIGKILL);
+  EXPECT_TRUE(Eventually(
+      [&] {
+        auto e = ListedSandbox(id);
+        return e && e->value("state", "") == "dead";
+      },
+      std::chrono::seconds(10)));
+  r = RunCli({"exec", "doomed", "--", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("not running"), std::string::npos) << r.err;
+
+  r = RunCli({"rm", "doomed"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(testing::TestRuntimeRoot() + "/sandboxes/" + id));
+  EXPECT_FALSE(std::filesystem::exists(testing::TestRuntimeRoot() + "/vm-" + id));
+  EXPECT_TRUE(
+      Eventually([] { return testing::LiveVmmProcesses().empty(); }, std::chrono::seconds(5)));
+  EXPECT_FALSE(ListedSandbox(id).has_value());
+}
+
+TEST(CliTest, RmOfAnUnknownSandboxExits125) {
+  auto r = RunCli({"rm", "no-such-sandbox"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("no-such-sandbox"), std::string::npos) << r.err;
+  r = RunCli({"exec", "no-such-sandbox", "--", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_EQ(RunCli({"cp", "a", "b"}).status, 125);
 }
 
 }  // namespace

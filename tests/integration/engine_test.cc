@@ -7,7 +7,7 @@
 #include "base/subprocess.h"
 #include "engine/qemu/qemu_engine.h"
 #include "engine/qemu/qmp_client.h"
-#include "sandbox/agent_client.h"
+#include "sandbox/connection.h"
 #include "vm_test_env.h"
 
 namespace vessel {
@@ -74,8 +74,9 @@ TEST(QemuEngineTest, StartsAVmThatRunsAndDestroysIt) {
   std::string dir = testing::TestRuntimeRoot() + "/vm-" + (*vm)->id();
   EXPECT_TRUE(std::filesystem::is_directory(dir));
 
-  sandbox::AgentClient agent((*vm)->agent_fd());
-  auto hello = agent.AwaitHello(Deadline::After(std::chrono::seconds(30)));
+  auto agent = sandbox::Connection::Open((*vm)->agent_fd());
+  ASSERT_TRUE(agent.has_value());
+  auto hello = (*agent)->Start(Deadline::After(std::chrono::seconds(30)));
   ASSERT_TRUE(hello.has_value()) << hello.error().ToString() << "\n" << (*vm)->Diagnostics();
   EXPECT_TRUE((*vm)->Running());
   auto state = (*vm)->RunState();

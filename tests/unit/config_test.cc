@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "sandbox/agent_client.h"
+#include "sandbox/process.h"
 
 namespace vessel::sandbox {
 namespace {
@@ -254,9 +254,10 @@ TEST(MakeExecRequestTest, TooManyArgs) {
 }
 
 TEST(MakeExecRequestTest, TotalOverThePayloadCap) {
-  // Payload: argc(4) + "x"(4+1) + a(4+131072) + b(4+n) + envc(4) + cwd(4) + timeout(4) + cap(8).
+  // Payload: argc(4) + "x"(4+1) + a(4+131072) + b(4+n) + envc(4) + cwd(4) + timeout(4) + cap(8)
+  // + flags(1) + window(4).
   constexpr uint32_t kFirst = protocol::kMaxStringSize;
-  constexpr uint32_t kSecondAtCap = protocol::kMaxPayload - 37 - kFirst;
+  constexpr uint32_t kSecondAtCap = protocol::kMaxPayload - 42 - kFirst;
   Command at_cap = Command::Argv({"x", std::string(kFirst, 'a'), std::string(kSecondAtCap, 'b')});
   auto request = MakeExecRequest(at_cap, {});
   ASSERT_TRUE(request.has_value()) << request.error().ToString();

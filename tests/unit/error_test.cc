@@ -51,9 +51,67 @@ TEST(ErrorTest, GuestFileNamesThePath) {
   EXPECT_EQ(e.kind(), ErrorKind::kGuestFile);
   EXPECT_EQ(e.subject(), "/no/such/dir");
   EXPECT_EQ(e.message(), "/no/such/dir: No such file or directory");
-  EXPECT_EQ(e.errno_value(), 0);
+  EXPECT_EQ(e.errno_value(), ENOENT);
+  EXPECT_EQ(e.guest_file_kind(), GuestFileErrorKind::kNotFound);
   EXPECT_EQ(e.lifecycle(), nullptr);
   EXPECT_EQ(e.ToString(), "guest file: /no/such/dir: No such file or directory");
+}
+
+struct GuestErrnoCase {
+  const char* name;
+  int guest_errno;
+  GuestFileErrorKind kind;
+};
+
+class GuestFileKindTest : public ::testing::TestWithParam<GuestErrnoCase> {};
+
+TEST_P(GuestFileKindTest, DerivedFromTheGuestErrno) {
+  const GuestErrnoCase& c = GetParam();
+  Error e = Error::GuestFile("/p", c.guest_errno, "failed");
+  EXPECT_EQ(e.kind(), ErrorKind::kGuestFile);
+  EXPECT_EQ(e.errno_value(), c.guest_errno);
+  ASSERT_TRUE(e.guest_file_kind().has_value());
+  EXPECT_EQ(*e.guest_file_kind(), c.kind) << ToString(*e.guest_file_kind());
+  // Context keeps the kind.
+  Error wrapped = std::move(e).Context("copying");
+  EXPECT_EQ(wrapped.guest_file_kind(), c.kind);
+  EXPECT_EQ(wrapped.errno_value(), c.guest_errno);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Errnos, GuestFileKindTest,
+    ::testing::Values(GuestErrnoCase{"ENOENT", ENOENT, GuestFileErrorKind::kNotFound},
+                      GuestErrnoCase{"EACCES", EACCES, GuestFileErrorKind::kPermissionDenied},
+                      GuestErrnoCase{"EPERM", EPERM, GuestFileErrorKind::kPermissionDenied},
+                      GuestErrnoCase{"ENOSPC", ENOSPC, GuestFileErrorKind::kNoSpace},
+                      GuestErrnoCase{"EDQUOT", EDQUOT, GuestFileErrorKind::kNoSpace},
+                      GuestErrnoCase{"EISDIR", EISDIR, GuestFileErrorKind::kIsDirectory},
+                      GuestErrnoCase{"ENOTDIR", ENOTDIR, GuestFileErrorKind::kNotDirectory},
+                      GuestErrnoCase{"EEXIST", EEXIST, GuestFileErrorKind::kExists},
+                      GuestErrnoCase{"ENOTEMPTY", ENOTEMPTY, GuestFileErrorKind::kNotEmpty},
+                      GuestErrnoCase{"EIO", EIO, GuestFileErrorKind::kIo},
+                      GuestErrnoCase{"Unknown", 4242, GuestFileErrorKind::kIo},
+                      GuestErrnoCase{"None", 0, GuestFileErrorKind::kIo}),
+    [](const ::testing::TestParamInfo<GuestErrnoCase>& param_info) {
+      return std::string(param_info.param.name);
+    });
+
+TEST(ErrorTest, GuestFileKindIsSetForGuestFileErrorsOnly) {
+  EXPECT_FALSE(Error::Backend("x").guest_file_kind().has_value());
+  EXPECT_FALSE(Error::HostIo("open", ENOENT).guest_file_kind().has_value());
+  EXPECT_FALSE(Error::InvalidConfig("path", "relative").guest_file_kind().has_value());
+  EXPECT_FALSE(Error::Lifecycle({LifecycleError::NotReady{}}).guest_file_kind().has_value());
+}
+
+TEST(ErrorTest, GuestFileErrorKindNames) {
+  EXPECT_EQ(ToString(GuestFileErrorKind::kNotFound), "not found");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kPermissionDenied), "permission denied");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kNoSpace), "out of space");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kIsDirectory), "is a directory");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kNotDirectory), "not a directory");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kExists), "already exists");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kNotEmpty), "directory not empty");
+  EXPECT_EQ(ToString(GuestFileErrorKind::kIo), "I/O error");
 }
 
 TEST(ErrorTest, SnapshotFormat) {

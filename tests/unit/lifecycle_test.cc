@@ -19,17 +19,21 @@ struct Case {
 // The whole lifecycle contract of vessel/sandbox.h, written out independently.
 constexpr Case kExpected[] = {
     {SandboxState::kBooting, Operation::kExecute, Expect::kInvalidState},
+    {SandboxState::kBooting, Operation::kFiles, Expect::kInvalidState},
     {SandboxState::kBooting, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Expect::kAllowed},
+    {SandboxState::kReady, Operation::kFiles, Expect::kAllowed},
     {SandboxState::kReady, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kFailed, Operation::kExecute, Expect::kInvalidState},
+    {SandboxState::kFailed, Operation::kFiles, Expect::kInvalidState},
     {SandboxState::kFailed, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kDestroyed, Operation::kExecute, Expect::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kFiles, Expect::kDestroyed},
     {SandboxState::kDestroyed, Operation::kDestroy, Expect::kDestroyed},
 };
 
 static_assert(std::size(kAllStates) == 4, "a new state needs rows in kExpected");
-static_assert(std::size(kAllOperations) == 2, "a new operation needs rows in kExpected");
+static_assert(std::size(kAllOperations) == 3, "a new operation needs rows in kExpected");
 
 const Case* FindCase(SandboxState state, Operation op) {
   const Case* found = nullptr;
@@ -90,6 +94,20 @@ TEST(LifecycleTest, ExecuteInBootingIsInvalidStateExpectingReady) {
             "one is booting");
 }
 
+TEST(LifecycleTest, FilesInFailedIsInvalidStateExpectingReady) {
+  auto error = Check(SandboxState::kFailed, Operation::kFiles);
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->ToString(),
+            "invalid state: expected ready, current failed: access files needs a ready sandbox, "
+            "this one is failed");
+}
+
+TEST(LifecycleTest, FilesInDestroyedIsDestroyed) {
+  auto error = Check(SandboxState::kDestroyed, Operation::kFiles);
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->ToString(), "destroyed: cannot access files: the sandbox was destroyed");
+}
+
 TEST(LifecycleTest, DestroyedErrorsThroughError) {
   auto error = Check(SandboxState::kDestroyed, Operation::kDestroy);
   ASSERT_TRUE(error.has_value());
@@ -102,7 +120,23 @@ TEST(LifecycleTest, DestroyedErrorsThroughError) {
 
 TEST(LifecycleTest, OperationNames) {
   EXPECT_EQ(ToString(Operation::kExecute), "execute");
+  EXPECT_EQ(ToString(Operation::kFiles), "access files");
   EXPECT_EQ(ToString(Operation::kDestroy), "destroy");
+}
+
+TEST(LifecycleTest, EveryOperationIsListedOnce) {
+  EXPECT_EQ(kAllOperations[0], Operation::kExecute);
+  EXPECT_EQ(kAllOperations[1], Operation::kFiles);
+  EXPECT_EQ(kAllOperations[2], Operation::kDestroy);
+}
+
+TEST(LifecycleTest, UnknownOperationFailsClosed) {
+  auto bogus = static_cast<Operation>(42);
+  for (SandboxState state : kAllStates) {
+    auto error = Check(state, bogus);
+    ASSERT_TRUE(error.has_value());
+    EXPECT_TRUE(error->Is<LifecycleError::Other>()) << error->ToString();
+  }
 }
 
 TEST(LifecycleTest, UnknownStateFailsClosed) {

@@ -1,0 +1,65 @@
+// Medians, percentiles and the table both benchmarks print.
+#pragma once
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace vessel::bench {
+
+struct Series {
+  std::string name;
+  std::vector<double> ms;
+};
+
+// Nearest-rank percentile of sorted samples.
+inline double Percentile(const std::vector<double>& sorted, double p) {
+  auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
+  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
+}
+
+inline std::optional<double> Median(const Series& s) {
+  if (s.ms.empty()) return std::nullopt;
+  auto sorted = s.ms;
+  std::sort(sorted.begin(), sorted.end());
+  return Percentile(sorted, 50);
+}
+
+inline std::string Cell(std::optional<double> v) { return v ? fmt::format("{:.2f}", *v) : "-"; }
+
+inline void PrintTable(const std::vector<const Series*>& rows) {
+  size_t name_width = 6;
+  for (const Series* s : rows) name_width = std::max(name_width, s->name.size());
+  fmt::print("{:<{}}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}\n", "metric (ms)", name_width, "n",
+             "min", "median", "p90", "p99", "max");
+  fmt::print("{}\n", std::string(name_width + 2 + 5 + 5 * 11, '-'));
+  for (const Series* s : rows) {
+    auto sorted = s->ms;
+    std::sort(sorted.begin(), sorted.end());
+    std::optional<double> min, median, p90, p99, max;
+    if (!sorted.empty()) {
+      min = sorted.front();
+      median = Percentile(sorted, 50);
+      max = sorted.back();
+      // A percentile means something only with enough samples above it.
+      if (sorted.size() >= 10) p90 = Percentile(sorted, 90);
+      if (sorted.size() >= 100) p99 = Percentile(sorted, 99);
+    }
+    fmt::print("{:<{}}  {:>5}  {:>9}  {:>9}  {:>9}  {:>9}  {:>9}\n", s->name, name_width,
+               sorted.size(), Cell(min), Cell(median), Cell(p90), Cell(p99), Cell(max));
+  }
+}
+
+inline void PrintRatio(std::string_view label, const Series& num, const Series& den) {
+  auto n = Median(num);
+  auto d = Median(den);
+  if (!n || !d || *d <= 0) return;
+  fmt::print("  {}: {:.2f}x  ({:.1f} / {:.1f} ms)\n", label, *n / *d, *n, *d);
+}
+
+}  // namespace vessel::bench

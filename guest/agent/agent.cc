@@ -1,0 +1,284 @@
+#include "agent.h"
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+#include "log.h"
+
+namespace vessel::agent {
+namespace {
+
+namespace proto = vessel::protocol;
+
+constexpr const char* kAgentVersion = "vessel-agent 0.1.0";
+// Commands running or finishing at once. Each holds up to three pipes, so together with
+// the file transfers the agent stays well below the default limit of 1024 descriptors.
+constexpr size_t kMaxProcesses = 256;
+// File reads and writes open at once.
+constexpr size_t kMaxFileTransfers = 64;
+// How often a disconnected port is checked for the host's return.
+constexpr int kReconnectPollMs = 50;
+// Longest sleep while a deadline is pending.
+constexpr int kMaxSleepMs = 60'000;
+
+std::vector<uint8_t> HelloFrame() { return proto::EncodeHello({proto::kVersion, kAgentVersion}); }
+
+}  // namespace
+
+void Agent::Run() {
+  // A command that closed its stdin must cost the agent an EPIPE, not its life.
+  signal(SIGPIPE, SIG_IGN);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGCHLD);
+  sigprocmask(SIG_BLOCK, &mask, nullptr);
+  sigchld_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  port_.SendHello(HelloFrame());
+  for (;;) Turn();
+}
+
+void Agent::Turn() {
+  // Polled descriptors are named by request id, not pointer: handling one event may end
+  // another request.
+  enum class Source { kStdout, kStderr, kStdin, kFile };
+  struct Slot {
+    Source source;
+    uint32_t id;
+  };
+  std::vector<pollfd> fds{{sigchld_.get(), POLLIN, 0}, port_.PollEvents()};
+  std::vector<Slot> slots;
+  auto add = [&](pollfd pfd, Source source, uint32_t id) {
+    if (pfd.fd < 0) return;
+    fds.push_back(pfd);
+    slots.push_back({source, id});
+  };
+  for (const auto& [id, process] : processes_) {
+    add(process.PollOutput(proto::Stream::kStdout, port_), Source::kStdout, id);
+    add(process.PollOutput(proto::Stream::kStderr, port_), Source::kStderr, id);
+    add(process.PollStdin(), Source::kStdin, id);
+  }
+  for (const auto& [id, transfer] : reads_) add(transfer.PollEvents(port_), Source::kFile, id);
+
+  if (poll(fds.data(), fds.size(), NextTimeoutMs()) < 0 && errno != EINTR) {
+    Log("poll: {}", std::strerror(errno));
+  }
+
+  if (fds[0].revents & POLLIN) Reap();
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (fds[i + 2].revents == 0) continue;
+    auto [source, id] = slots[i];
+    if (source == Source::kFile) {
+      auto it = reads_.find(id);
+      if (it != reads_.end() && it->second.SendChunk(port_)) reads_.erase(it);
+      continue;
+    }
+    auto it = processes_.find(id);
+    if (it == processes_.end()) continue;
+    switch (source) {
+      case Source::kStdout: it->second.ReadOutput(proto::Stream::kStdout, port_); break;
+      case Source::kStderr: it->second.ReadOutput(proto::Stream::kStderr, port_); break;
+      case Source::kStdin: it->second.WriteStdin(port_); break;
+      case Source::kFile: break;
+    }
+  }
+  FinishExited();
+  CheckDeadlines();
+  if (port_.connected()) {
+    port_.OnPoll(fds[1].revents, [this](const proto::Frame& frame) { Handle(frame); });
+  } else if (port_.Reconnected()) {
+    OnReconnect();
+  }
+  port_.Flush();
+}
+
+int Agent::NextTimeoutMs() const {
+  std::optional<Clock::time_point> next;
+  for (const auto& [id, process] : processes_) {
+    if (process.CanFinishNow(port_)) return 0;
+    auto deadline = process.PendingDeadline();
+    if (deadline && (!next || *deadline < *next)) next = deadline;
+  }
+  int timeout = -1;
+  if (next) {
+    auto ms = std::chrono::ceil<std::chrono::milliseconds>(*next - Clock::now()).count();
+    timeout = static_cast<int>(std::clamp<decltype(ms)>(ms, 0, kMaxSleepMs));
+  }
+  // While the host is away the port is not polled; check it on a slow tick.
+  if (!port_.connected() && (timeout < 0 || timeout > kReconnectPollMs)) timeout = kReconnectPollMs;
+  return timeout;
+}
+
+void Agent::Reap() {
+  signalfd_siginfo info;
+  while (read(sigchld_.get(), &info, sizeof(info)) > 0) {
+  }
+  for (;;) {
+    int status = 0;
+    pid_t pid = waitpid(-1, &status, WNOHANG);
+    if (pid <= 0) return;
+    // Any other pid is an orphan, or a command already forgotten.
+    for (auto& [id, process] : processes_) {
+      if (process.pid() == pid && !process.exited()) {
+        process.OnExit(status, port_);
+        break;
+      }
+    }
+  }
+}
+
+void Agent::FinishExited() {
+  for (auto it = processes_.begin(); it != processes_.end();) {
+    if (it->second.exited() && it->second.FinishAfterExit(port_)) {
+      it = processes_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Agent::CheckDeadlines() {
+  auto now = Clock::now();
+  for (auto& [id, process] : processes_) process.CheckDeadline(now);
+}
+
+void Agent::OnReconnect() {
+  port_.SendHello(HelloFrame());
+  // Commands go on, but file transfers cannot: bytes of both directions were lost with the
+  // connection, and the host may be a new one that knows nothing of them.
+  for (auto& [id, transfer] : reads_) transfer.Abort(port_, ECONNRESET, "the host reconnected");
+  reads_.clear();
+  for (auto& [id, transfer] : writes_) transfer.Abort(port_, ECONNRESET, "the host reconnected");
+  writes_.clear();
+}
+
+void Agent::Handle(const proto::Frame& frame) {
+  uint32_t id = frame.header.request_id;
+  std::span<const uint8_t> payload = frame.payload;
+  switch (frame.header.type) {
+    case proto::MessageType::kPing: port_.Send(proto::EncodePong(id)); return;
+    case proto::MessageType::kExec: return OnExec(id, payload);
+    case proto::MessageType::kStdin: return OnStdin(id, payload);
+    case proto::MessageType::kSignal: return OnSignal(id, payload);
+    case proto::MessageType::kCredit: return OnCredit(id, payload);
+    case proto::MessageType::kFileOp: return OnFileOp(id, payload);
+    case proto::MessageType::kFileData: return OnFileData(id, payload);
+    default: port_.Send(proto::EncodeError(id, {EPROTO, "", "unexpected frame type from host"}));
+  }
+}
+
+void Agent::OnExec(uint32_t id, std::span<const uint8_t> payload) {
+  auto request = proto::DecodeExec(payload);
+  if (!request) {
+    port_.Send(proto::EncodeError(id, {EPROTO, "", request.error().message()}));
+    return;
+  }
+  if (InUse(id)) {
+    port_.Send(proto::EncodeError(id, {EEXIST, "", "request id already in use"}));
+    return;
+  }
+  if (processes_.size() >= kMaxProcesses) {
+    port_.Send(proto::EncodeError(id, {EAGAIN, "", "too many commands running"}));
+    return;
+  }
+  if (auto process = Process::Start(id, *request, port_)) {
+    processes_.emplace(id, std::move(*process));
+  }
+}
+
+// Stdin, Signal, Credit and FileData frames may trail a request that has just ended: the
+// host sends them without waiting for replies. Those for unknown ids are dropped. Signal
+// also cancels a file transfer (the host abandons a write that way).
+void Agent::OnStdin(uint32_t id, std::span<const uint8_t> payload) {
+  auto it = processes_.find(id);
+  if (it == processes_.end()) return;
+  if (!it->second.OnStdin(payload, port_)) FailRequest(id, "stdin window exceeded");
+}
+
+void Agent::OnSignal(uint32_t id, std::span<const uint8_t> payload) {
+  auto process = processes_.find(id);
+  auto read = reads_.find(id);
+  auto write = writes_.find(id);
+  if (process == processes_.end() && read == reads_.end() && write == writes_.end()) return;
+  auto number = proto::DecodeSignal(payload);
+  if (!number) return FailRequest(id, number.error().message());
+  if (process != processes_.end()) return process->second.Signal(*number);
+  // Any signal cancels a file transfer; a write leaves the target as it was.
+  if (read != reads_.end()) {
+    read->second.Abort(port_, ECANCELED, "cancelled by the host");
+    reads_.erase(read);
+  } else {
+    write->second.Abort(port_, ECANCELED, "cancelled by the host");
+    writes_.erase(write);
+  }
+}
+
+void Agent::OnCredit(uint32_t id, std::span<const uint8_t> payload) {
+  auto process = processes_.find(id);
+  auto read = reads_.find(id);
+  if (process == processes_.end() && read == reads_.end()) return;
+  auto credit = proto::DecodeCredit(payload);
+  if (!credit) return FailRequest(id, credit.error().message());
+  if (process != processes_.end()) {
+    process->second.OnCredit(*credit);
+  } else if (credit->stream == proto::Stream::kFile) {
+    read->second.OnCredit(credit->bytes);
+  }
+}
+
+void Agent::OnFileOp(uint32_t id, std::span<const uint8_t> payload) {
+  auto op = proto::DecodeFileOp(payload);
+  if (!op) {
+    port_.Send(proto::EncodeError(id, {EPROTO, "", op.error().message()}));
+    return;
+  }
+  if (InUse(id)) {
+    port_.Send(proto::EncodeError(id, {EEXIST, "", "request id already in use"}));
+    return;
+  }
+  bool read = op->kind == proto::FileOpKind::kReadFile;
+  if (!read && op->kind != proto::FileOpKind::kWriteFile) return RunFileOp(id, *op, port_);
+  if (OpenTransfers() >= kMaxFileTransfers) {
+    port_.Send(proto::EncodeError(id, {EMFILE, op->path, "too many file transfers open"}));
+    return;
+  }
+  if (read) {
+    auto [it, inserted] = reads_.try_emplace(id, id, *op);
+    if (!it->second.Open(port_)) reads_.erase(it);
+  } else {
+    auto [it, inserted] = writes_.try_emplace(id, id, *op);
+    if (!it->second.Open(port_)) writes_.erase(it);
+  }
+}
+
+void Agent::OnFileData(uint32_t id, std::span<const uint8_t> payload) {
+  auto it = writes_.find(id);
+  if (it != writes_.end() && it->second.OnData(payload, port_)) writes_.erase(it);
+}
+
+void Agent::FailRequest(uint32_t id, const std::string& message) {
+  if (auto process = processes_.find(id); process != processes_.end()) {
+    process->second.Signal(SIGKILL);
+    processes_.erase(process);
+  } else if (auto read = reads_.find(id); read != reads_.end()) {
+    reads_.erase(read);
+  } else if (auto write = writes_.find(id); write != writes_.end()) {
+    writes_.erase(write);  // removes the temporary file
+  } else {
+    return;
+  }
+  port_.Send(proto::EncodeError(id, {EPROTO, "", message}));
+}
+
+bool Agent::InUse(uint32_t id) const {
+  return processes_.contains(id) || reads_.contains(id) || writes_.contains(id);
+}
+
+size_t Agent::OpenTransfers() const { return reads_.size() + writes_.size(); }
+
+}  // namespace vessel::agent

@@ -1,0 +1,59 @@
+// The agent's event loop: one poll() over the port to the host, a signalfd for SIGCHLD,
+// the pipes of running commands and the files being read. No threads: every step is
+// non-blocking (apart from fork-to-exec and synchronous file system calls), and every
+// source of bulk data waits for credit and room in the port instead of blocking.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <span>
+#include <string>
+
+#include "base/unique_fd.h"
+#include "files.h"
+#include "port.h"
+#include "process.h"
+#include "protocol/wire.h"
+
+namespace vessel::agent {
+
+class Agent {
+ public:
+  // `port` is the open, non-blocking virtio-serial port to the host.
+  explicit Agent(UniqueFd port) : port_(std::move(port)) {}
+
+  // Says hello and serves the host forever. Also reaps every orphan, as PID 1 must.
+  [[noreturn]] void Run();
+
+ private:
+  void Turn();
+  [[nodiscard]] int NextTimeoutMs() const;
+  void Reap();
+  void FinishExited();
+  void CheckDeadlines();
+  void OnReconnect();
+
+  void Handle(const protocol::Frame& frame);
+  void OnExec(uint32_t id, std::span<const uint8_t> payload);
+  void OnStdin(uint32_t id, std::span<const uint8_t> payload);
+  void OnSignal(uint32_t id, std::span<const uint8_t> payload);
+  void OnCredit(uint32_t id, std::span<const uint8_t> payload);
+  void OnFileOp(uint32_t id, std::span<const uint8_t> payload);
+  void OnFileData(uint32_t id, std::span<const uint8_t> payload);
+
+  // The host broke the protocol within a command or a file transfer: end that request with
+  // Error(EPROTO). A command's process group is killed and the command forgotten at once,
+  // so no Exited follows; PID 1 reaps it anyway.
+  void FailRequest(uint32_t id, const std::string& message);
+  [[nodiscard]] bool InUse(uint32_t id) const;
+  [[nodiscard]] size_t OpenTransfers() const;
+
+  Port port_;
+  UniqueFd sigchld_;
+  std::map<uint32_t, Process> processes_;
+  // Transfers are neither copied nor moved: the maps construct them in place.
+  std::map<uint32_t, ReadFileTransfer> reads_;
+  std::map<uint32_t, WriteFileTransfer> writes_;
+};
+
+}  // namespace vessel::agent

@@ -1,0 +1,67 @@
+// The on-disk state of sandboxes that outlive the command that made them.
+//
+// Each one has a directory <RuntimeRoot()>/sandboxes/<id>/ (outside the vm-* directories,
+// which the engine sweeps on its own) holding:
+//   state.json       what `ls` shows; written by the supervisor
+//   supervisor.lock  locked by the supervisor for as long as it lives, so a lock that can
+//                    be taken means the supervisor is gone, however it died (no pid reuse,
+//                    no zombie to fool us)
+//   control.sock     the supervisor's control socket (the agent protocol, proxied)
+//   supervisor.log   the supervisor's stderr
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "vessel/error.h"
+
+namespace vessel::cli {
+
+// The longest sandbox name `create --name` accepts.
+inline constexpr size_t kMaxNameSize = 64;
+
+std::string SandboxesDir();
+std::string StateDir(const std::string& id);
+std::string ControlSocketPath(const std::string& id);
+std::string SupervisorLogPath(const std::string& id);
+
+struct SandboxRecord {
+  std::string id;
+  std::string name;
+  int pid = 0;  // the supervisor's
+  std::string engine;
+  uint32_t memory_mib = 0;
+  uint32_t vcpus = 0;
+  int64_t created = 0;  // seconds since the epoch
+  bool failed = false;  // the supervisor saw the VM die
+};
+
+// Writes state.json atomically (a temporary file renamed over it).
+[[nodiscard]] Result<void> WriteRecord(const SandboxRecord& record);
+[[nodiscard]] Result<SandboxRecord> ReadRecord(const std::string& id);
+// The ids of every sandbox directory, sorted.
+std::vector<std::string> ListSandboxIds();
+// The sandbox whose id, else whose name, is `id_or_name`. kInvalidConfig when none is.
+[[nodiscard]] Result<SandboxRecord> Resolve(const std::string& id_or_name);
+
+// Checks a name for `create --name`: 1..kMaxNameSize of [A-Za-z0-9_.-], not starting with
+// '.' or '-'.
+[[nodiscard]] Result<void> ValidateName(const std::string& name);
+
+// Creates supervisor.lock in the sandbox's directory and locks it for this process.
+[[nodiscard]] Result<UniqueFd> LockAsSupervisor(const std::string& id);
+// True while some process holds the sandbox's supervisor lock.
+bool SupervisorAlive(const std::string& id);
+
+// A unix socket address for `path`, or kInvalidConfig when the path does not fit.
+[[nodiscard]] Result<void> CheckSocketPath(const std::string& path);
+[[nodiscard]] Result<UniqueFd> ListenControl(const std::string& path);
+[[nodiscard]] Result<UniqueFd> ConnectControl(const std::string& path);
+
+// Removes the sandbox's directory, the runtime directories of VMs whose owner died, and
+// the sandboxes/ directory itself once it is empty.
+void RemoveSandboxState(const std::string& id);
+
+}  // namespace vessel::cli

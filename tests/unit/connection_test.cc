@@ -1,0 +1,433 @@
+// The host's Connection against a hostile fake guest agent: the hello, routing frames by
+// request id, and failing every request when the channel breaks.
+#include "sandbox/connection.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "fake_agent.h"
+
+namespace vessel::sandbox {
+namespace {
+
+using namespace test;
+
+Error DestroyedError() {
+  return Error::Lifecycle({LifecycleError::Destroyed{"the sandbox was destroyed"}});
+}
+
+// Start: the hello.
+
+class ConnectionStartTest : public AgentChannelTest {};
+
+TEST_F(ConnectionStartTest, ReturnsTheHello) {
+  RunAgent([](FakeAgent& agent) {
+    agent.SendHello("vessel-agent 0.1.0");
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
+  EXPECT_EQ(hello->version, proto::kVersion);
+  EXPECT_EQ(hello->agent_version, "vessel-agent 0.1.0");
+}
+
+TEST_F(ConnectionStartTest, HelloSplitIntoSingleBytes) {
+  RunAgent([](FakeAgent& agent) {
+    Bytes hello = proto::EncodeHello({proto::kVersion, "slow agent"});
+    for (uint8_t byte : hello) {
+      agent.Send(Bytes{byte});
+      std::this_thread::sleep_for(1ms);
+    }
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
+  EXPECT_EQ(hello->agent_version, "slow agent");
+}
+
+TEST_F(ConnectionStartTest, WrongProtocolVersion) {
+  RunAgent([](FakeAgent& agent) {
+    agent.Send(proto::EncodeHello({proto::kVersion + 1, "future agent"}));
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "protocol version 2");
+}
+
+TEST_F(ConnectionStartTest, FirstFrameNotHello) {
+  RunAgent([](FakeAgent& agent) { agent.Send(Stdout(0, "surprise")); });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "other than hello");
+}
+
+class ConnectionGarbageTest : public AgentChannelTest,
+                              public ::testing::WithParamInterface<Bytes> {};
+
+TEST_P(ConnectionGarbageTest, GarbageInsteadOfAHelloIsABackendError) {
+  RunAgent([garbage = GetParam()](FakeAgent& agent) {
+    agent.Send(garbage);
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  EXPECT_EQ(hello.error().kind(), ErrorKind::kBackend) << hello.error().ToString();
+}
+
+// Header-level garbage. (A hello after the first is ignored unread, so a malformed hello
+// payload breaks nothing once the connection runs.)
+const Bytes kBrokenHeaders[] = {
+    ToBytes("GET / HTTP/1.1\r\nHost: guest\r\n\r\n"),  // huge size
+    Bytes(12, 0x00),                                   // type 0
+    Bytes(64, 0xff),                                   // huge size, type 255
+    Bytes{1, 0, 0, 0, 1, 0xff, 0, 0, 0, 0, 0, 0, 0},   // reserved bytes
+    HeaderBytes(0, proto::kLastMessageType + 1),       // type past the last
+};
+
+INSTANTIATE_TEST_SUITE_P(Patterns, ConnectionGarbageTest,
+                         ::testing::Values(kBrokenHeaders[0], kBrokenHeaders[1], kBrokenHeaders[2],
+                                           kBrokenHeaders[3], kBrokenHeaders[4],
+                                           // A hello header around a payload that is not a hello.
+                                           Join(HeaderBytes(7, 1), ToBytes("garbage")),
+                                           // A hello whose version string claims 4 GiB.
+                                           Join(HeaderBytes(8, 1),
+                                                Bytes{1, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})));
+
+class ConnectionBrokenHeaderTest : public AgentChannelTest,
+                                   public ::testing::WithParamInterface<Bytes> {};
+
+TEST_P(ConnectionBrokenHeaderTest, FailsEveryRequestAfterTheHello) {
+  StartConnection();
+  auto first = connection_->NewRequest();
+  auto second = connection_->NewRequest();
+  RunAgent([garbage = GetParam()](FakeAgent& agent) {
+    agent.Send(garbage);
+    agent.DrainUntilClose();
+  });
+  auto a = first->Next(Deadline::After(kAgentPatience));
+  auto b = second->Next(Deadline::After(kAgentPatience));
+  auto failure = connection_->failure();
+  JoinAgent();
+  ASSERT_FALSE(a.has_value());
+  ASSERT_FALSE(b.has_value());
+  EXPECT_EQ(a.error().kind(), ErrorKind::kBackend) << a.error().ToString();
+  EXPECT_EQ(b.error().message(), a.error().message());
+  ASSERT_TRUE(failure.has_value());
+  EXPECT_EQ(failure->message(), a.error().message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Patterns, ConnectionBrokenHeaderTest, ::testing::ValuesIn(kBrokenHeaders));
+
+TEST_F(ConnectionStartTest, GarbageInTheSameWriteAsTheHelloBreaksTheConnection) {
+  RunAgent([](FakeAgent& agent) {
+    agent.Send(Join(proto::EncodeHello({proto::kVersion, "agent"}), Bytes(64, 0xff)));
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
+  // The garbage is already buffered: no further read may be needed to find it.
+  auto frame = connection_->NewRequest()->Next(Deadline::After(5s));
+  JoinAgent();
+  ASSERT_FALSE(frame.has_value());
+  ExpectBackend(frame.error(), "exceeds the cap");
+}
+
+TEST_F(ConnectionStartTest, HeaderClaimingFourGigabytes) {
+  RunAgent([](FakeAgent& agent) {
+    agent.Send(HeaderBytes(0xffffffff, static_cast<uint8_t>(proto::MessageType::kOutput)));
+    agent.DrainUntilClose();
+  });
+  auto started = std::chrono::steady_clock::now();
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "exceeds the cap");
+  EXPECT_NE(hello.error().message().find("from the guest agent"), std::string::npos);
+  // Rejected from the header alone, without waiting for a payload that never comes.
+  EXPECT_LT(elapsed, 5s);
+}
+
+TEST_F(ConnectionStartTest, PeerClosesMidFrame) {
+  RunAgent([](FakeAgent& agent) {
+    Bytes hello = proto::EncodeHello({proto::kVersion, "agent"});
+    hello.resize(hello.size() - 3);
+    agent.Send(hello);
+  });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "mid-frame");
+}
+
+TEST_F(ConnectionStartTest, PeerClosesMidHeader) {
+  RunAgent([](FakeAgent& agent) { agent.Send(Bytes{4, 0, 0}); });
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "mid-frame");
+}
+
+TEST_F(ConnectionStartTest, PeerClosesCleanly) {
+  RunAgent([](FakeAgent&) {});
+  auto hello = connection_->Start(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "channel closed");
+  EXPECT_EQ(hello.error().message().find("mid-frame"), std::string::npos)
+      << hello.error().message();
+}
+
+TEST_F(ConnectionStartTest, SilenceTimesOutAtTheDeadline) {
+  RunAgent([](FakeAgent& agent) { agent.DrainUntilClose(); });
+  auto started = std::chrono::steady_clock::now();
+  auto hello = connection_->Start(Deadline::After(100ms));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "timed out");
+  EXPECT_GE(elapsed, 90ms);
+  EXPECT_LT(elapsed, 2s);
+}
+
+// Routing, after the hello.
+
+class ConnectionTest : public AgentChannelTest {
+ protected:
+  void SetUp() override {
+    AgentChannelTest::SetUp();
+    StartConnection();
+  }
+};
+
+TEST_F(ConnectionTest, RequestIdsStartAtOneAndIncrease) {
+  auto a = connection_->NewRequest();
+  auto b = connection_->NewRequest();
+  auto c = connection_->NewRequest(/*raw=*/true);
+  EXPECT_EQ(a->id(), 1u);
+  EXPECT_EQ(b->id(), 2u);
+  EXPECT_EQ(c->id(), 3u);
+}
+
+TEST_F(ConnectionTest, FramesAreRoutedByRequestIdInOrder) {
+  auto a = connection_->NewRequest();
+  auto b = connection_->NewRequest();
+  agent_.Send(Stdout(b->id(), "b1"));
+  agent_.Send(Stdout(a->id(), "a1"));
+  agent_.Send(Stdout(b->id(), "b2"));
+  agent_.Send(Stdout(a->id(), "a2"));
+  for (const auto& [mailbox, text] : std::vector<std::pair<std::shared_ptr<Mailbox>, std::string>>{
+           {a, "a1"}, {a, "a2"}, {b, "b1"}, {b, "b2"}}) {
+    auto frame = mailbox->Next(Deadline::After(kAgentPatience));
+    ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+    EXPECT_EQ(frame->header.request_id, mailbox->id());
+    auto output = proto::DecodeOutput(frame->payload);
+    ASSERT_TRUE(output.has_value());
+    EXPECT_EQ(ToText(output->data), text);
+  }
+}
+
+TEST_F(ConnectionTest, UnknownRequestIdsAreDropped) {
+  auto mailbox = connection_->NewRequest();
+  agent_.Send(ExitedWith(mailbox->id() + 41, 0));
+  agent_.Send(Stdout(0, "for nobody"));
+  agent_.Send(proto::EncodeDone(0xffffffff));
+  agent_.Send(Stdout(mailbox->id(), "mine"));
+  auto frame = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+  EXPECT_EQ(frame->header.type, proto::MessageType::kOutput);
+  EXPECT_EQ(frame->header.request_id, mailbox->id());
+  EXPECT_FALSE(connection_->failure().has_value());
+}
+
+TEST_F(ConnectionTest, FramesAfterTheLastFrameOfARequestAreDropped) {
+  auto mailbox = connection_->NewRequest();
+  agent_.Send(ExitedWith(mailbox->id(), 0));
+  agent_.Send(Stdout(mailbox->id(), "too late"));
+  auto exited = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(exited.has_value()) << exited.error().ToString();
+  EXPECT_EQ(exited->header.type, proto::MessageType::kExited);
+  EXPECT_TRUE(mailbox->ended());
+  auto late = mailbox->Next(Deadline::After(100ms));
+  ASSERT_FALSE(late.has_value());
+  ExpectBackend(late.error(), "timed out");
+}
+
+TEST_F(ConnectionTest, FramesAfterEndRequestAreDropped) {
+  auto ended = connection_->NewRequest();
+  auto other = connection_->NewRequest();
+  connection_->EndRequest(ended->id());
+  agent_.Send(Stdout(ended->id(), "dropped"));
+  agent_.Send(Stdout(other->id(), "kept"));
+  auto frame = other->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+  // Routing is in order: the dropped frame came first.
+  auto none = ended->Next(Deadline::After(0ms));
+  EXPECT_FALSE(none.has_value());
+  EXPECT_FALSE(ended->ended());
+}
+
+TEST_F(ConnectionTest, HelloAfterTheFirstIsIgnored) {
+  auto mailbox = connection_->NewRequest();
+  agent_.SendHello("restarted");
+  agent_.Send(Stdout(mailbox->id(), "ok"));
+  auto frame = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+  EXPECT_EQ(frame->header.type, proto::MessageType::kOutput);
+}
+
+TEST_F(ConnectionTest, NextTimesOutAtTheDeadlineAndTheRequestGoesOn) {
+  auto mailbox = connection_->NewRequest();
+  auto started = std::chrono::steady_clock::now();
+  auto frame = mailbox->Next(Deadline::After(100ms));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  ASSERT_FALSE(frame.has_value());
+  ExpectBackend(frame.error(), "timed out");
+  EXPECT_GE(elapsed, 90ms);
+  EXPECT_LT(elapsed, 2s);
+  agent_.Send(ExitedWith(mailbox->id(), 0));
+  auto later = mailbox->Next(Deadline::After(kAgentPatience));
+  EXPECT_TRUE(later.has_value()) << later.error().ToString();
+}
+
+TEST_F(ConnectionTest, PeerClosesMidFrame) {
+  auto mailbox = connection_->NewRequest();
+  Bytes frame = Stdout(mailbox->id(), "partial");
+  frame.resize(frame.size() - 2);
+  agent_.Send(frame);
+  agent_.Close();
+  auto next = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_FALSE(next.has_value());
+  ExpectBackend(next.error(), "mid-frame");
+}
+
+TEST_F(ConnectionTest, PeerClosesCleanly) {
+  auto mailbox = connection_->NewRequest();
+  agent_.Send(Stdout(mailbox->id(), "whole"));
+  agent_.Close();
+  // Frames that arrived before the close are still delivered, then the failure.
+  auto first = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  auto next = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_FALSE(next.has_value());
+  ExpectBackend(next.error(), "channel closed");
+  EXPECT_EQ(next.error().message().find("mid-frame"), std::string::npos);
+  auto sent = connection_->Send(proto::EncodePing(9));
+  ASSERT_FALSE(sent.has_value());
+  ExpectBackend(sent.error(), "channel closed");
+}
+
+TEST_F(ConnectionTest, ShutdownFailsEveryRequestWithTheFirstReason) {
+  auto waiting = connection_->NewRequest();
+  std::optional<Result<proto::Frame>> woken;
+  std::thread waiter([&] { woken = waiting->Next(Deadline::After(kAgentPatience)); });
+  connection_->Shutdown(DestroyedError());
+  connection_->Shutdown(Error::Backend("a later reason"));
+  waiter.join();
+
+  ASSERT_TRUE(woken.has_value());
+  ASSERT_FALSE(woken->has_value());
+  ASSERT_NE(woken->error().lifecycle(), nullptr) << woken->error().ToString();
+  EXPECT_TRUE(woken->error().lifecycle()->Is<LifecycleError::Destroyed>());
+  // Later requests and sends fail the same way, at once.
+  auto later = connection_->NewRequest();
+  auto frame = later->Next(Deadline::Never());
+  ASSERT_FALSE(frame.has_value());
+  ASSERT_NE(frame.error().lifecycle(), nullptr);
+  EXPECT_TRUE(frame.error().lifecycle()->Is<LifecycleError::Destroyed>());
+  auto sent = connection_->Send(proto::EncodePing(1));
+  ASSERT_FALSE(sent.has_value());
+  EXPECT_EQ(sent.error().kind(), ErrorKind::kLifecycle);
+  ASSERT_TRUE(connection_->failure().has_value());
+  EXPECT_EQ(connection_->failure()->kind(), ErrorKind::kLifecycle);
+  // The agent sees the channel close.
+  EXPECT_FALSE(agent_.Receive().has_value());
+}
+
+TEST_F(ConnectionTest, ConcurrentSendsNeverInterleave) {
+  constexpr int kThreads = 8;
+  constexpr int kFramesEach = 40;
+  std::vector<std::thread> senders;
+  std::atomic<int> failures = 0;
+  for (int t = 0; t < kThreads; ++t) {
+    senders.emplace_back([&, t] {
+      Bytes data(20'000 + static_cast<size_t>(t), static_cast<uint8_t>('a' + t));
+      for (int i = 0; i < kFramesEach; ++i) {
+        if (!connection_->Send(proto::EncodeStdin(static_cast<uint32_t>(t + 1), data))) ++failures;
+      }
+    });
+  }
+  int received = 0;
+  bool intact = true;
+  for (int i = 0; i < kThreads * kFramesEach; ++i) {
+    auto frame = agent_.Receive(proto::MessageType::kStdin);
+    if (!frame) break;
+    uint32_t t = frame->header.request_id - 1;
+    intact = intact && frame->payload == Bytes(20'000 + t, static_cast<uint8_t>('a' + t));
+    ++received;
+  }
+  for (auto& sender : senders) sender.join();
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(received, kThreads * kFramesEach);
+  EXPECT_TRUE(intact);
+}
+
+TEST_F(ConnectionTest, StdinCreditIsConsumedByTheMailbox) {
+  auto mailbox = connection_->NewRequest();
+  constexpr uint32_t kWindow = 100;
+  ASSERT_TRUE(mailbox->AcquireStdinCredit(60, kWindow, Deadline::After(kAgentPatience)));
+  ASSERT_TRUE(mailbox->AcquireStdinCredit(40, kWindow, Deadline::After(kAgentPatience)));
+  // The window is full: one more byte waits for credit.
+  auto blocked = mailbox->AcquireStdinCredit(1, kWindow, Deadline::After(100ms));
+  ASSERT_FALSE(blocked.has_value());
+  ExpectBackend(blocked.error(), "did not take it in time");
+
+  std::optional<Result<void>> acquired;
+  std::thread writer([&] {
+    acquired = mailbox->AcquireStdinCredit(50, kWindow, Deadline::After(kAgentPatience));
+  });
+  agent_.Send(proto::EncodeCredit(mailbox->id(), {proto::Stream::kStdin, 50}));
+  writer.join();
+  ASSERT_TRUE(acquired.has_value());
+  EXPECT_TRUE(acquired->has_value()) << acquired->error().ToString();
+  // The credit was not queued as a frame.
+  auto frame = mailbox->Next(Deadline::After(50ms));
+  EXPECT_FALSE(frame.has_value());
+}
+
+TEST_F(ConnectionTest, ARawMailboxReceivesCreditFrames) {
+  auto mailbox = connection_->NewRequest(/*raw=*/true);
+  agent_.Send(proto::EncodeCredit(mailbox->id(), {proto::Stream::kStdin, 7}));
+  auto frame = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+  EXPECT_EQ(frame->header.type, proto::MessageType::kCredit);
+}
+
+TEST_F(ConnectionTest, StdinCreditWaitEndsWithTheRequest) {
+  auto mailbox = connection_->NewRequest();
+  ASSERT_TRUE(mailbox->AcquireStdinCredit(10, 10, Deadline::After(kAgentPatience)));
+  std::optional<Result<void>> acquired;
+  std::thread writer(
+      [&] { acquired = mailbox->AcquireStdinCredit(10, 10, Deadline::After(kAgentPatience)); });
+  agent_.Send(ExitedWith(mailbox->id(), 0));
+  writer.join();
+  ASSERT_TRUE(acquired.has_value());
+  ASSERT_FALSE(acquired->has_value());
+  EXPECT_EQ(acquired->error().kind(), ErrorKind::kLifecycle) << acquired->error().ToString();
+}
+
+}  // namespace
+}  // namespace vessel::sandbox
