@@ -27,9 +27,9 @@
 #include <vector>
 
 #include "base/io.h"
-#include "bench/stats.h"
 #include "base/subprocess.h"
 #include "base/unique_fd.h"
+#include "bench/stats.h"
 #include "engine/qemu/qemu_engine.h"
 #include "protocol/wire.h"
 #include "vessel/sandbox.h"

@@ -84,10 +84,11 @@ Result<void> RunAll(const Options& options) {
     to_guest.ms.push_back(MsSince(start));
     start = Clock::now();
     uint64_t received = 0;
-    auto r = sb.ReadFileStream("/tmp/bench.dat", [&](std::span<const uint8_t> chunk) -> Result<void> {
-      received += chunk.size();
-      return {};
-    });
+    auto r =
+        sb.ReadFileStream("/tmp/bench.dat", [&](std::span<const uint8_t> chunk) -> Result<void> {
+          received += chunk.size();
+          return {};
+        });
     if (!r) return Fail(std::move(r).error());
     from_guest.ms.push_back(MsSince(start));
     if (received != size) return Fail(Error::Backend("short read in the benchmark"));
@@ -121,11 +122,15 @@ int main(int argc, char** argv) {
       fmt::print(stderr, "vessel_stream_bench: {} wants a positive number\n", flag);
       return 2;
     }
-    if (flag == "--exec-iterations") options.exec_iterations = n;
-    else if (flag == "--file-mib") options.file_mib = n;
-    else if (flag == "--rounds") options.rounds = n;
+    if (flag == "--exec-iterations")
+      options.exec_iterations = n;
+    else if (flag == "--file-mib")
+      options.file_mib = n;
+    else if (flag == "--rounds")
+      options.rounds = n;
     else {
-      fmt::print(stderr, "usage: vessel_stream_bench [--exec-iterations N] [--file-mib N] [--rounds N]\n");
+      fmt::print(stderr,
+                 "usage: vessel_stream_bench [--exec-iterations N] [--file-mib N] [--rounds N]\n");
       return 2;
     }
   }

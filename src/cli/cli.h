@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "vessel/error.h"
+#include "vessel/sandbox.h"
 
 namespace vessel::cli {
 
@@ -20,7 +21,9 @@ using Args = std::vector<std::string>;
 
 // Prints "vessel: <message>" and the usage; returns kExitVesselError.
 int UsageError(const std::string& message);
-// Prints "vessel: <message>"; returns kExitVesselError.
+// Prints "vessel: <message>" on stderr.
+void PrintError(std::string_view message);
+// PrintError(message); returns kExitVesselError.
 int Failure(std::string_view message);
 int Failure(const Error& error);
 
@@ -31,6 +34,12 @@ std::optional<T> ParseNumber(const std::string& text) {
   if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
   return value;
 }
+
+// Applies one of the options `run` and `exec` share (--timeout, --env, --cwd,
+// --output-cap). nullopt when `flag` is none of them; else 0, or the exit status of the
+// usage error it printed.
+std::optional<int> ParseExecOption(const std::string& flag, const std::string& value,
+                                   ExecOptions& options);
 
 // Writes everything to `fd`, retrying short writes. False when the fd refused (EPIPE...).
 bool WriteAllTo(int fd, std::string_view data);

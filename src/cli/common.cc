@@ -10,8 +10,10 @@
 
 namespace vessel::cli {
 
+void PrintError(std::string_view message) { fmt::print(stderr, "vessel: {}\n", message); }
+
 int Failure(std::string_view message) {
-  fmt::print(stderr, "vessel: {}\n", message);
+  PrintError(message);
   return kExitVesselError;
 }
 
@@ -31,6 +33,27 @@ void Log(std::string_view message) {
   auto now = std::chrono::floor<std::chrono::milliseconds>(std::chrono::system_clock::now());
   std::string line = fmt::format("{:%Y-%m-%dT%H:%M:%S}Z {}\n", now, message);
   (void)WriteAllTo(STDERR_FILENO, line);
+}
+
+std::optional<int> ParseExecOption(const std::string& flag, const std::string& value,
+                                   ExecOptions& options) {
+  if (flag == "--timeout") {
+    auto n = ParseNumber<double>(value);
+    if (!n || *n <= 0 || *n > 4e6)
+      return UsageError("--timeout wants a positive number of seconds");
+    options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*n * 1000));
+  } else if (flag == "--env") {
+    options.env.push_back(value);
+  } else if (flag == "--cwd") {
+    options.cwd = value;
+  } else if (flag == "--output-cap") {
+    auto n = ParseNumber<uint64_t>(value);
+    if (!n) return UsageError("--output-cap wants a number of bytes");
+    options.output_cap = *n;
+  } else {
+    return std::nullopt;
+  }
+  return 0;
 }
 
 }  // namespace vessel::cli

@@ -157,14 +157,14 @@ int StreamUntilExit(Process& process, const ExecOptions& options) {
       default: break;
     }
     if (e.stdout_truncated)
-      Failure(fmt::format("stdout truncated at {} bytes", options.output_cap));
+      PrintError(fmt::format("stdout truncated at {} bytes", options.output_cap));
     if (e.stderr_truncated)
-      Failure(fmt::format("stderr truncated at {} bytes", options.output_cap));
+      PrintError(fmt::format("stderr truncated at {} bytes", options.output_cap));
     switch (e.kind) {
       case ProcessEvent::Kind::kExited: return e.code;
       case ProcessEvent::Kind::kSignaled: return 128 + e.code;
       case ProcessEvent::Kind::kTimedOut:
-        Failure("the command timed out and was killed");
+        PrintError("the command timed out and was killed");
         return kExitTimedOut;
       default: return kExitVesselError;
     }
@@ -288,19 +288,8 @@ int Exec(const Args& args) {
     }
     if (i + 1 >= args.size()) return UsageError(a + " needs a value");
     const std::string& v = args[++i];
-    if (a == "--timeout") {
-      auto n = ParseNumber<double>(v);
-      if (!n || *n <= 0 || *n > 4e6)
-        return UsageError("--timeout wants a positive number of seconds");
-      options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*n * 1000));
-    } else if (a == "--env") {
-      options.env.push_back(v);
-    } else if (a == "--cwd") {
-      options.cwd = v;
-    } else if (a == "--output-cap") {
-      auto n = ParseNumber<uint64_t>(v);
-      if (!n) return UsageError("--output-cap wants a number of bytes");
-      options.output_cap = *n;
+    if (auto status = ParseExecOption(a, v, options)) {
+      if (*status != 0) return *status;
     } else {
       return UsageError("unknown option " + a);
     }
@@ -343,7 +332,7 @@ int Copy(const Args& args) {
                                      : Download(*remote->connection, from.path, to.path);
   if (copied) return 0;
   if (copy_interrupted) {
-    Failure(fmt::format("cp interrupted: {} was left as it was", to.path));
+    PrintError(fmt::format("cp interrupted: {} was left as it was", to.path));
     return 128 + copy_interrupted;
   }
   return Failure(copied.error());

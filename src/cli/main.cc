@@ -82,19 +82,8 @@ int Run(const std::vector<std::string>& args) {
       auto n = ParseNumber<uint32_t>(v);
       if (!n) return UsageError("--vcpus wants a number, not " + v);
       config.vcpus = *n;
-    } else if (a == "--timeout") {
-      auto n = ParseNumber<double>(v);
-      if (!n || *n <= 0 || *n > 4e6)
-        return UsageError("--timeout wants a positive number of seconds");
-      options.timeout = std::chrono::milliseconds(static_cast<int64_t>(*n * 1000));
-    } else if (a == "--env") {
-      options.env.push_back(v);
-    } else if (a == "--cwd") {
-      options.cwd = v;
-    } else if (a == "--output-cap") {
-      auto n = ParseNumber<uint64_t>(v);
-      if (!n) return UsageError("--output-cap wants a number of bytes");
-      options.output_cap = *n;
+    } else if (auto status = ParseExecOption(a, v, options)) {
+      if (*status != 0) return *status;
     } else if (a == "--kernel") {
       config.kernel = v;
     } else if (a == "--initramfs") {

@@ -1,9 +1,8 @@
 #include "sandbox/connection.h"
 
 #include <fcntl.h>
-#include <sys/socket.h>
-
 #include <fmt/format.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -101,7 +100,8 @@ void Mailbox::Push(proto::Frame frame) {
       in_flight += data->bytes;
       if (in_flight > *inbound_window_) {
         const char* what = data->stream == proto::Stream::kFile ? "file data" : "output";
-        failure_ = Error::Backend(fmt::format("the guest agent sent more {} than its window allows", what));
+        failure_ = Error::Backend(
+            fmt::format("the guest agent sent more {} than its window allows", what));
         cv_.notify_all();
         return;
       }
@@ -150,8 +150,9 @@ Result<proto::Hello> Connection::Start(Deadline deadline) {
       auto hello = proto::DecodeHello((*frame)->payload);
       if (!hello) return hello;
       if (hello->version != proto::kVersion) {
-        return Fail(Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
-                                               hello->version, proto::kVersion)));
+        return Fail(
+            Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
+                                       hello->version, proto::kVersion)));
       }
       reader_thread_ = std::thread([this] { ReadLoop(); });
       return hello;
@@ -180,8 +181,9 @@ void Connection::ReadLoop() {
     auto n = ReadSome(fd_.get(), buf, Deadline::Never(), "reading from the guest agent");
     if (!n) return Shutdown(n.error());
     if (*n == 0) {
-      return Shutdown(Error::Backend(reader_.buffered() ? "the guest agent's channel closed mid-frame"
-                                                        : "the guest agent's channel closed"));
+      return Shutdown(Error::Backend(reader_.buffered()
+                                         ? "the guest agent's channel closed mid-frame"
+                                         : "the guest agent's channel closed"));
     }
     reader_.Feed({buf.data(), *n});
   }
@@ -222,7 +224,8 @@ void Connection::EndRequest(uint32_t id) {
 Result<void> Connection::Send(std::span<const uint8_t> frame) {
   if (auto failed = failure()) return Fail(std::move(*failed));
   std::lock_guard lock(send_mutex_);
-  auto sent = WriteAll(fd_.get(), frame, Deadline::After(kSendTimeout), "sending to the guest agent");
+  auto sent =
+      WriteAll(fd_.get(), frame, Deadline::After(kSendTimeout), "sending to the guest agent");
   if (!sent) {
     Shutdown(sent.error());
     if (auto failed = failure()) return Fail(std::move(*failed));

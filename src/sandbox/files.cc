@@ -11,9 +11,11 @@ namespace proto = vessel::protocol;
 namespace {
 
 Result<void> CheckPath(const std::string& path, const char* field) {
-  if (path.empty() || path[0] != '/') return Fail(Error::InvalidConfig(field, "\"" + path + "\" is not an absolute path"));
+  if (path.empty() || path[0] != '/')
+    return Fail(Error::InvalidConfig(field, "\"" + path + "\" is not an absolute path"));
   if (path.size() > proto::kMaxPathSize) return Fail(Error::InvalidConfig(field, "path too long"));
-  if (path.find('\0') != std::string::npos) return Fail(Error::InvalidConfig(field, "path contains a NUL byte"));
+  if (path.find('\0') != std::string::npos)
+    return Fail(Error::InvalidConfig(field, "path contains a NUL byte"));
   return {};
 }
 
@@ -70,8 +72,9 @@ class FileRequest {
           if (auto r = on_data(std::span<const uint8_t>(frame->payload)); !r) return r;
           break;
         default:
-          return Fail(Error::Backend(fmt::format("unexpected frame type {} from the guest agent for {}",
-                                                 static_cast<int>(frame->header.type), op_.path)));
+          return Fail(
+              Error::Backend(fmt::format("unexpected frame type {} from the guest agent for {}",
+                                         static_cast<int>(frame->header.type), op_.path)));
       }
     }
   }
@@ -135,9 +138,11 @@ Result<std::vector<FileInfo>> ListDirectory(Connection& connection, const std::s
   auto done = request.Finish(
       [&](const FileInfo& i) -> Result<void> {
         if (entries.size() >= kMaxDirEntries) {
-          return Fail(Error::Backend(fmt::format("{} has more than {} entries", path, kMaxDirEntries)));
+          return Fail(
+              Error::Backend(fmt::format("{} has more than {} entries", path, kMaxDirEntries)));
         }
-        if (i.name.empty() || i.name == "." || i.name == "..") return Unexpected("a nameless entry", path);
+        if (i.name.empty() || i.name == "." || i.name == "..")
+          return Unexpected("a nameless entry", path);
         entries.push_back(i);
         return {};
       },
@@ -146,7 +151,8 @@ Result<std::vector<FileInfo>> ListDirectory(Connection& connection, const std::s
   return entries;
 }
 
-Result<void> MakeDirectory(Connection& connection, const std::string& path, bool parents, uint32_t mode) {
+Result<void> MakeDirectory(Connection& connection, const std::string& path, bool parents,
+                           uint32_t mode) {
   if (auto ok = CheckPath(path, "path"); !ok) return ok;
   if (mode > 07777) return Fail(Error::InvalidConfig("mode", "out of range"));
   return SimpleOp(connection, {.kind = proto::FileOpKind::kMakeDir,
@@ -158,9 +164,10 @@ Result<void> MakeDirectory(Connection& connection, const std::string& path, bool
 Result<void> RemovePath(Connection& connection, const std::string& path, bool recursive) {
   if (auto ok = CheckPath(path, "path"); !ok) return ok;
   if (path == "/") return Fail(Error::InvalidConfig("path", "refusing to remove /"));
-  return SimpleOp(connection, {.kind = proto::FileOpKind::kRemove,
-                               .path = path,
-                               .flags = static_cast<uint8_t>(recursive ? proto::kFlagRecursive : 0)});
+  return SimpleOp(connection,
+                  {.kind = proto::FileOpKind::kRemove,
+                   .path = path,
+                   .flags = static_cast<uint8_t>(recursive ? proto::kFlagRecursive : 0)});
 }
 
 Result<void> RenamePath(Connection& connection, const std::string& from, const std::string& to) {
@@ -169,7 +176,8 @@ Result<void> RenamePath(Connection& connection, const std::string& from, const s
   return SimpleOp(connection, {.kind = proto::FileOpKind::kRename, .path = from, .target = to});
 }
 
-Result<FileInfo> ReadFileChunks(Connection& connection, const std::string& path, const ChunkSink& sink) {
+Result<FileInfo> ReadFileChunks(Connection& connection, const std::string& path,
+                                const ChunkSink& sink) {
   if (auto ok = CheckPath(path, "path"); !ok) return Fail(std::move(ok).error());
   proto::FileOp op{.kind = proto::FileOpKind::kReadFile, .path = path, .window = kFileWindow};
   FileRequest request(connection, op);
@@ -200,8 +208,8 @@ Result<FileInfo> ReadFileChunks(Connection& connection, const std::string& path,
   return *info;
 }
 
-Result<void> WriteFileChunks(Connection& connection, const std::string& path, const ChunkSource& source,
-                             uint32_t mode) {
+Result<void> WriteFileChunks(Connection& connection, const std::string& path,
+                             const ChunkSource& source, uint32_t mode) {
   if (auto ok = CheckPath(path, "path"); !ok) return ok;
   if (mode > 07777) return Fail(Error::InvalidConfig("mode", "out of range"));
   proto::FileOp op{.kind = proto::FileOpKind::kWriteFile, .path = path, .mode = mode};

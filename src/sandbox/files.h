@@ -12,11 +12,14 @@ inline constexpr size_t kMaxDirEntries = 1'000'000;
 inline constexpr uint32_t kFileWindow = 4 * 1024 * 1024;
 
 [[nodiscard]] Result<FileInfo> StatFile(Connection& connection, const std::string& path);
-[[nodiscard]] Result<std::vector<FileInfo>> ListDirectory(Connection& connection, const std::string& path);
-[[nodiscard]] Result<void> MakeDirectory(Connection& connection, const std::string& path, bool parents,
-                                         uint32_t mode);
-[[nodiscard]] Result<void> RemovePath(Connection& connection, const std::string& path, bool recursive);
-[[nodiscard]] Result<void> RenamePath(Connection& connection, const std::string& from, const std::string& to);
+[[nodiscard]] Result<std::vector<FileInfo>> ListDirectory(Connection& connection,
+                                                          const std::string& path);
+[[nodiscard]] Result<void> MakeDirectory(Connection& connection, const std::string& path,
+                                         bool parents, uint32_t mode);
+[[nodiscard]] Result<void> RemovePath(Connection& connection, const std::string& path,
+                                      bool recursive);
+[[nodiscard]] Result<void> RenamePath(Connection& connection, const std::string& from,
+                                      const std::string& to);
 [[nodiscard]] Result<FileInfo> ReadFileChunks(Connection& connection, const std::string& path,
                                               const ChunkSink& sink);
 [[nodiscard]] Result<void> WriteFileChunks(Connection& connection, const std::string& path,

@@ -67,7 +67,8 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
 Error ErrorFromAgent(std::span<const uint8_t> payload, std::string_view what) {
   auto error = proto::DecodeError(payload);
   if (!error) return std::move(error).error();
-  if (!error->path.empty()) return Error::GuestFile(error->path, error->errno_value, error->message);
+  if (!error->path.empty())
+    return Error::GuestFile(error->path, error->errno_value, error->message);
   return Error::Backend(fmt::format("{}: the guest agent failed: {}", what, error->message));
 }
 
@@ -112,7 +113,8 @@ class ProcessImpl final : public Process {
 
   int pid() const override { return pid_; }
 
-  Result<std::optional<ProcessEvent>> NextEvent(std::optional<std::chrono::milliseconds> timeout) override {
+  Result<std::optional<ProcessEvent>> NextEvent(
+      std::optional<std::chrono::milliseconds> timeout) override {
     if (finished_) return std::nullopt;
     auto frame = mailbox_->Next(timeout ? Deadline::After(*timeout) : Deadline::Never());
     if (!frame) return Fail(std::move(frame).error());
@@ -136,8 +138,9 @@ class ProcessImpl final : public Process {
         return Fail(ErrorFromAgent(frame->payload, "running the command"));
       default:
         finished_ = true;
-        return Fail(Error::Backend(fmt::format("unexpected frame type {} from the guest agent for a command",
-                                               static_cast<int>(frame->header.type))));
+        return Fail(Error::Backend(
+            fmt::format("unexpected frame type {} from the guest agent for a command",
+                        static_cast<int>(frame->header.type))));
     }
   }
 
@@ -174,7 +177,8 @@ class ProcessImpl final : public Process {
   }
 
   Result<void> Signal(int signal) override {
-    if (signal < 1 || signal > 64) return Fail(Error::InvalidConfig("signal", fmt::format("{} is not a signal", signal)));
+    if (signal < 1 || signal > 64)
+      return Fail(Error::InvalidConfig("signal", fmt::format("{} is not a signal", signal)));
     if (mailbox_->ended()) return {};
     return connection_->Send(proto::EncodeSignal(mailbox_->id(), signal));
   }
@@ -210,7 +214,8 @@ class ProcessImpl final : public Process {
       }
       result.stdout_truncated = (*event)->stdout_truncated;
       result.stderr_truncated = (*event)->stderr_truncated;
-      result.duration = std::chrono::duration_cast<std::chrono::microseconds>(Deadline::Clock::now() - started);
+      result.duration =
+          std::chrono::duration_cast<std::chrono::microseconds>(Deadline::Clock::now() - started);
       return result;
     }
   }

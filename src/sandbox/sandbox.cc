@@ -14,8 +14,7 @@ namespace {
 Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
   switch (kind) {
     case EngineKind::kAuto:
-    case EngineKind::kQemu:
-      return std::make_unique<engine::qemu::QemuEngine>();
+    case EngineKind::kQemu: return std::make_unique<engine::qemu::QemuEngine>();
   }
   return Fail(Error::InvalidConfig("engine", "unknown engine"));
 }
@@ -73,7 +72,8 @@ Result<std::shared_ptr<sandbox::Connection>> Sandbox::Impl::Begin(sandbox::Opera
 
 template <typename T>
 Result<T> Sandbox::Impl::End(Result<T> result) {
-  if (result || result.error().kind() != ErrorKind::kBackend || !connection_->failure()) return result;
+  if (result || result.error().kind() != ErrorKind::kBackend || !connection_->failure())
+    return result;
   std::lock_guard lock(mutex_);
   if (state_ == SandboxState::kDestroyed) return Fail(DestroyedError());
   state_ = SandboxState::kFailed;
@@ -105,7 +105,8 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxConfig& config) {
 Sandbox::Sandbox(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Sandbox::~Sandbox() = default;
 
-Result<std::unique_ptr<Process>> Sandbox::Start(const Command& command, const ExecOptions& options) {
+Result<std::unique_ptr<Process>> Sandbox::Start(const Command& command,
+                                                const ExecOptions& options) {
   auto connection = impl_->Begin(sandbox::Operation::kExecute);
   if (!connection) return Fail(std::move(connection).error());
   return impl_->End(sandbox::StartProcess(*connection, command, options, /*close_stdin=*/false));
@@ -148,7 +149,8 @@ Result<FileInfo> Sandbox::ReadFileStream(const std::string& path, const ChunkSin
   return impl_->End(sandbox::ReadFileChunks(**connection, path, sink));
 }
 
-Result<void> Sandbox::WriteFileStream(const std::string& path, const ChunkSource& source, uint32_t mode) {
+Result<void> Sandbox::WriteFileStream(const std::string& path, const ChunkSource& source,
+                                      uint32_t mode) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
   return impl_->End(sandbox::WriteFileChunks(**connection, path, source, mode));

@@ -14,8 +14,8 @@ namespace vessel {
 class Sandbox::Impl {
  public:
   // Boots a VM on `engine` and waits for its agent.
-  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(const SandboxConfig& config,
-                                                               std::unique_ptr<engine::Engine> engine);
+  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(
+      const SandboxConfig& config, std::unique_ptr<engine::Engine> engine);
 
   // The internals of a sandbox, for Vessel's own tools (the CLI's supervisor).
   static Impl& Of(Sandbox& sandbox) { return *sandbox.impl_; }

@@ -65,7 +65,8 @@ class FilesTest : public ::testing::Test {
   }
 
   template <typename T>
-  static void ExpectFileError(const Result<T>& r, GuestFileErrorKind kind, const std::string& path) {
+  static void ExpectFileError(const Result<T>& r, GuestFileErrorKind kind,
+                              const std::string& path) {
     ASSERT_FALSE(r.has_value()) << "expected " << ToString(kind) << " for " << path;
     EXPECT_EQ(r.error().kind(), ErrorKind::kGuestFile) << r.error().ToString();
     EXPECT_EQ(r.error().guest_file_kind(), kind) << r.error().ToString();
@@ -102,11 +103,12 @@ TEST_F(FilesTest, WriteIsAtomicAndReplaces) {
   EXPECT_EQ(sandbox_->ReadFile("/tmp/atomic").value_or(""), "new");
   // A source that fails mid-way leaves the old file and no temporary file behind.
   int calls = 0;
-  auto failed = sandbox_->WriteFileStream("/tmp/atomic", [&](std::span<uint8_t> buf) -> Result<size_t> {
-    if (++calls > 2) return Fail(Error::HostIo("reading the source", EIO));
-    std::fill(buf.begin(), buf.end(), 'x');
-    return buf.size();
-  });
+  auto failed =
+      sandbox_->WriteFileStream("/tmp/atomic", [&](std::span<uint8_t> buf) -> Result<size_t> {
+        if (++calls > 2) return Fail(Error::HostIo("reading the source", EIO));
+        std::fill(buf.begin(), buf.end(), 'x');
+        return buf.size();
+      });
   ASSERT_FALSE(failed.has_value());
   EXPECT_EQ(failed.error().kind(), ErrorKind::kHostIo);
   EXPECT_EQ(sandbox_->ReadFile("/tmp/atomic").value_or(""), "new");
@@ -141,23 +143,24 @@ TEST_F(FilesTest, DirectoriesListStatMakeRemoveRename) {
 TEST_F(FilesTest, EveryGuestFileErrorKind) {
   ExpectFileError(sandbox_->ReadFile("/no/such/file"), GuestFileErrorKind::kNotFound,
                   "/no/such/file");
-  ExpectFileError(sandbox_->WriteFile("/no/such/dir/file", "x"), GuestFileErrorKind::kNotFound, "/no/such/dir/file");
+  ExpectFileError(sandbox_->WriteFile("/no/such/dir/file", "x"), GuestFileErrorKind::kNotFound,
+                  "/no/such/dir/file");
   ExpectFileError(sandbox_->ReadFile("/tmp"), GuestFileErrorKind::kIsDirectory, "/tmp");
   ASSERT_TRUE(sandbox_->WriteFile("/tmp/plain", "x").has_value());
-  ExpectFileError(sandbox_->ListDir("/tmp/plain"), GuestFileErrorKind::kNotDirectory,
-                  "/tmp/plain");
+  ExpectFileError(sandbox_->ListDir("/tmp/plain"), GuestFileErrorKind::kNotDirectory, "/tmp/plain");
   ExpectFileError(sandbox_->MakeDir("/tmp/plain"), GuestFileErrorKind::kExists, "/tmp/plain");
   ASSERT_TRUE(sandbox_->MakeDir("/tmp/full", true).has_value());
   ASSERT_TRUE(sandbox_->WriteFile("/tmp/full/x", "x").has_value());
   ExpectFileError(sandbox_->Remove("/tmp/full"), GuestFileErrorKind::kNotEmpty, "/tmp/full");
   // Permission, even for root: sysfs refuses new files.
-  ExpectFileError(sandbox_->WriteFile("/sys/kernel/new-file", "x"), GuestFileErrorKind::kPermissionDenied,
-                  "/sys/kernel/new-file");
-  ExpectFileError(sandbox_->MakeDir("/sys/new-dir"), GuestFileErrorKind::kPermissionDenied, "/sys/new-dir");
+  ExpectFileError(sandbox_->WriteFile("/sys/kernel/new-file", "x"),
+                  GuestFileErrorKind::kPermissionDenied, "/sys/kernel/new-file");
+  ExpectFileError(sandbox_->MakeDir("/sys/new-dir"), GuestFileErrorKind::kPermissionDenied,
+                  "/sys/new-dir");
   // Out of space: a tiny tmpfs.
   Sh("mkdir -p /mnt/tiny && mount -t tmpfs -o size=64k tmpfs /mnt/tiny");
-  ExpectFileError(sandbox_->WriteFile("/mnt/tiny/big", std::string(1 << 20, 'z')), GuestFileErrorKind::kNoSpace,
-                  "/mnt/tiny/big");
+  ExpectFileError(sandbox_->WriteFile("/mnt/tiny/big", std::string(1 << 20, 'z')),
+                  GuestFileErrorKind::kNoSpace, "/mnt/tiny/big");
   EXPECT_EQ(Sh("ls -A /mnt/tiny"), "");
   Sh("umount /mnt/tiny");
   // Bad paths never reach the guest.
@@ -174,35 +177,38 @@ TEST_F(FilesTest, LargeFileRoundTripStreamsWithBoundedMemory) {
   std::mt19937_64 rng(42);
   Sha256 sent_hash;
   uint64_t produced = 0;
-  auto write = sandbox_->WriteFileStream("/tmp/large", [&](std::span<uint8_t> buf) -> Result<size_t> {
-    size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), kSize - produced));
-    for (size_t i = 0; i + 8 <= n; i += 8) {
-      uint64_t v = rng();
-      std::memcpy(buf.data() + i, &v, 8);
-    }
-    sent_hash.Update({buf.data(), n});
-    produced += n;
-    rss_peak = std::max(rss_peak, RssKib());
-    return n;
-  });
+  auto write =
+      sandbox_->WriteFileStream("/tmp/large", [&](std::span<uint8_t> buf) -> Result<size_t> {
+        size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), kSize - produced));
+        for (size_t i = 0; i + 8 <= n; i += 8) {
+          uint64_t v = rng();
+          std::memcpy(buf.data() + i, &v, 8);
+        }
+        sent_hash.Update({buf.data(), n});
+        produced += n;
+        rss_peak = std::max(rss_peak, RssKib());
+        return n;
+      });
   ASSERT_TRUE(write.has_value()) << write.error().ToString();
   std::string expected = sent_hash.Hex();
   EXPECT_EQ(Sh("sha256sum /tmp/large | cut -d' ' -f1"), expected + "\n");
 
   Sha256 received_hash;
   uint64_t received = 0;
-  auto read = sandbox_->ReadFileStream("/tmp/large", [&](std::span<const uint8_t> chunk) -> Result<void> {
-    received_hash.Update(chunk);
-    received += chunk.size();
-    rss_peak = std::max(rss_peak, RssKib());
-    return {};
-  });
+  auto read =
+      sandbox_->ReadFileStream("/tmp/large", [&](std::span<const uint8_t> chunk) -> Result<void> {
+        received_hash.Update(chunk);
+        received += chunk.size();
+        rss_peak = std::max(rss_peak, RssKib());
+        return {};
+      });
   ASSERT_TRUE(read.has_value()) << read.error().ToString();
   EXPECT_EQ(received, kSize);
   EXPECT_EQ(read->size, kSize);
   EXPECT_EQ(received_hash.Hex(), expected);
   // Neither direction held the file: the host grew by far less than its size.
-  EXPECT_LT(rss_peak - rss_before, 64 * 1024) << "RSS grew by " << (rss_peak - rss_before) << " KiB";
+  EXPECT_LT(rss_peak - rss_before, 64 * 1024)
+      << "RSS grew by " << (rss_peak - rss_before) << " KiB";
   ASSERT_TRUE(sandbox_->Remove("/tmp/large").has_value());
 }
 

@@ -1,7 +1,6 @@
 // Streaming, concurrent processes, stdin and signals in one real VM.
-#include <signal.h>
-
 #include <fmt/format.h>
+#include <signal.h>
 
 #include <chrono>
 #include <thread>
@@ -27,7 +26,8 @@ class StreamTest : public ::testing::Test {
   }
   void SetUp() override { ASSERT_NE(sandbox_, nullptr) << "the shared VM did not boot"; }
 
-  static std::unique_ptr<Process> Start(const std::string& script, const ExecOptions& options = {}) {
+  static std::unique_ptr<Process> Start(const std::string& script,
+                                        const ExecOptions& options = {}) {
     auto process = sandbox_->Start(Command::Shell(script), options);
     EXPECT_TRUE(process.has_value()) << process.error().ToString();
     return process ? std::move(*process) : nullptr;
@@ -55,8 +55,10 @@ TEST_F(StreamTest, FirstChunkArrivesBeforeTheProcessEnds) {
     auto event = p->NextEvent();
     ASSERT_TRUE(event.has_value()) << event.error().ToString();
     if (!*event) break;
-    if ((*event)->final()) last = **event;
-    else rest += (*event)->data;
+    if ((*event)->final())
+      last = **event;
+    else
+      rest += (*event)->data;
   }
   EXPECT_EQ(rest, "b\n");
   ASSERT_TRUE(last.has_value());
@@ -67,7 +69,8 @@ TEST_F(StreamTest, FirstChunkArrivesBeforeTheProcessEnds) {
 TEST_F(StreamTest, SixteenConcurrentProcessesKeepTheirOwnOutput) {
   std::vector<std::unique_ptr<Process>> processes;
   for (int i = 0; i < 16; ++i) {
-    processes.push_back(Start(fmt::format("sleep 1; for j in 1 2 3; do echo p{}-$j; done; echo e{} >&2; exit {}", i, i, i)));
+    processes.push_back(Start(fmt::format(
+        "sleep 1; for j in 1 2 3; do echo p{}-$j; done; echo e{} >&2; exit {}", i, i, i)));
     ASSERT_NE(processes.back(), nullptr);
   }
   auto start = Clock::now();

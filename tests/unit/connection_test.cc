@@ -12,6 +12,8 @@
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
+
 #include "fake_agent.h"
 
 namespace vessel::sandbox {
@@ -62,7 +64,7 @@ TEST_F(ConnectionStartTest, WrongProtocolVersion) {
   auto hello = connection_->Start(Deadline::After(kAgentPatience));
   JoinAgent();
   ASSERT_FALSE(hello.has_value());
-  ExpectBackend(hello.error(), "protocol version 2");
+  ExpectBackend(hello.error(), fmt::format("protocol version {}", proto::kVersion + 1));
 }
 
 TEST_F(ConnectionStartTest, FirstFrameNotHello) {

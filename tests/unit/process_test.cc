@@ -645,6 +645,11 @@ TEST_F(ProcessTest, DestroyingARunningHandleKillsTheProcess) {
   auto signal = proto::DecodeSignal(frame->payload);
   ASSERT_TRUE(signal.has_value());
   EXPECT_EQ(*signal, 9);
+  // Nothing else but credit, which lets the agent drain the dying command's pipes.
+  while (auto after = agent_.Receive(100ms)) {
+    EXPECT_EQ(after->header.type, proto::MessageType::kCredit);
+    EXPECT_EQ(after->header.request_id, id_);
+  }
   // Whatever the agent still sends for it is dropped; the connection stays healthy.
   agent_.Send(Stdout(id_, "orphan"));
   agent_.Send(proto::EncodeExited(id_, {proto::ExitHow::kSignaled, 9, false, false}));
