@@ -17,10 +17,11 @@ build: setup
 run: build
 	./build/vessel run -- uname -a
 
+# The sanitizer and fuzz runs go first so that the closing lines are the whole suite's.
 test: build
-	ctest --preset default
 	$(MAKE) --no-print-directory test-asan
 	$(MAKE) --no-print-directory fuzz
+	ctest --preset default
 
 # The unit tests again, under AddressSanitizer and UndefinedBehaviorSanitizer.
 test-asan: setup

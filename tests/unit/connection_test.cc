@@ -2,6 +2,7 @@
 // request id, and failing every request when the channel breaks.
 #include "sandbox/connection.h"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -11,8 +12,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <fmt/format.h>
 
 #include "fake_agent.h"
 
