@@ -115,31 +115,38 @@ class QemuVm final : public Vm {
 
 }  // namespace
 
+namespace {
+// The value of the first /proc/cpuinfo line whose key is `key`, or empty.
+std::string CpuinfoValue(std::string_view key) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string_view name(line.data(), colon);
+    while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
+    if (name == key) return line.substr(colon + 1) + " ";
+  }
+  return {};
+}
+}  // namespace
+
 bool KvmUsable() {
   UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!fd) return false;
   // Some hosts expose a /dev/kvm without hardware virtualisation (paravirtual KVM such
   // as PVM) on which QEMU's KVM guests do not boot: require VMX or SVM as well.
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (!line.starts_with("flags")) continue;
-    return line.find(" vmx") != std::string::npos || line.find(" svm") != std::string::npos;
-  }
-  return false;
+  std::string flags = CpuinfoValue("flags");
+  return flags.find(" vmx ") != std::string::npos || flags.find(" svm ") != std::string::npos;
 }
 
 uint64_t HostTscKhz() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (!line.starts_with("cpu MHz")) continue;
-    auto colon = line.find(':');
-    if (colon == std::string::npos) return 0;
-    double mhz = std::strtod(line.c_str() + colon + 1, nullptr);
-    return mhz > 0 ? static_cast<uint64_t>(mhz * 1000) : 0;
-  }
-  return 0;
+  // Read once: the rate does not change, and every VM start needs it.
+  static const uint64_t khz = [] {
+    double mhz = std::strtod(CpuinfoValue("cpu MHz").c_str(), nullptr);
+    return mhz > 0 ? static_cast<uint64_t>(mhz * 1000) : uint64_t{0};
+  }();
+  return khz;
 }
 
 std::string GuestKernelCmdline(bool quiet) {
