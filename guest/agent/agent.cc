@@ -1,12 +1,18 @@
 #include "agent.h"
 
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <linux/random.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "log.h"
@@ -27,7 +33,40 @@ constexpr int kReconnectPollMs = 50;
 // Longest sleep while a deadline is pending.
 constexpr int kMaxSleepMs = 60'000;
 
-std::vector<uint8_t> HelloFrame() { return proto::EncodeHello({proto::kVersion, kAgentVersion}); }
+std::vector<uint8_t> HelloFrame(uint32_t request_id = 0) {
+  return proto::EncodeHello(request_id, {proto::kVersion, kAgentVersion});
+}
+
+// A failed step of a Resume: its errno and what was being done.
+struct ResumeFailure {
+  int error;
+  const char* what;
+};
+
+std::optional<ResumeFailure> SetWallClock(uint64_t ns_since_epoch) {
+  timespec now{};
+  now.tv_sec = static_cast<time_t>(ns_since_epoch / 1'000'000'000);
+  now.tv_nsec = static_cast<long>(ns_since_epoch % 1'000'000'000);
+  if (clock_settime(CLOCK_REALTIME, &now) != 0) return ResumeFailure{errno, "set the clock"};
+  return std::nullopt;
+}
+
+// Mixes the host's entropy into the kernel's pool, credited in full, and reseeds the CRNG
+// from it at once: a clone must not produce the random numbers its siblings produce.
+std::optional<ResumeFailure> Reseed(std::span<const uint8_t> entropy) {
+  UniqueFd random(open("/dev/urandom", O_WRONLY | O_CLOEXEC));
+  if (!random) return ResumeFailure{errno, "open /dev/urandom"};
+  // struct rand_pool_info: entropy_count in bits, buf_size in bytes, then the bytes.
+  std::vector<int> pool(2 + (entropy.size() + sizeof(int) - 1) / sizeof(int));
+  pool[0] = static_cast<int>(entropy.size() * 8);
+  pool[1] = static_cast<int>(entropy.size());
+  std::memcpy(pool.data() + 2, entropy.data(), entropy.size());
+  if (ioctl(random.get(), RNDADDENTROPY, pool.data()) != 0) {
+    return ResumeFailure{errno, "add entropy"};
+  }
+  if (ioctl(random.get(), RNDRESEEDCRNG) != 0) return ResumeFailure{errno, "reseed the RNG"};
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -148,6 +187,9 @@ void Agent::CheckDeadlines() {
 }
 
 void Agent::OnReconnect() {
+  // While quiesced the VM is being saved or restored: the host that resumes the agent
+  // gets its own Hello, and nothing may be written before that.
+  if (port_.quiesced()) return;
   port_.SendHello(HelloFrame());
   // Commands go on, but file transfers cannot: bytes of both directions were lost with the
   // connection, and the host may be a new one that knows nothing of them.
@@ -168,6 +210,8 @@ void Agent::Handle(const proto::Frame& frame) {
     case proto::MessageType::kCredit: return OnCredit(id, payload);
     case proto::MessageType::kFileOp: return OnFileOp(id, payload);
     case proto::MessageType::kFileData: return OnFileData(id, payload);
+    case proto::MessageType::kQuiesce: return OnQuiesce(id, payload);
+    case proto::MessageType::kResume: return OnResume(id, payload);
     default: port_.Send(proto::EncodeError(id, {EPROTO, "", "unexpected frame type from host"}));
   }
 }
@@ -259,6 +303,45 @@ void Agent::OnFileOp(uint32_t id, std::span<const uint8_t> payload) {
 void Agent::OnFileData(uint32_t id, std::span<const uint8_t> payload) {
   auto it = writes_.find(id);
   if (it != writes_.end() && it->second.OnData(payload, port_)) writes_.erase(it);
+}
+
+void Agent::OnQuiesce(uint32_t id, std::span<const uint8_t> payload) {
+  if (auto empty = proto::DecodeEmpty(payload, "quiesce"); !empty) {
+    port_.Send(proto::EncodeError(id, {EPROTO, "", empty.error().message()}));
+    return;
+  }
+  port_.Quiesce(proto::EncodeDone(id));
+}
+
+// A malformed Resume is an ordinary malformed frame: its Error is held like any other
+// reply while the port is quiesced.
+void Agent::OnResume(uint32_t id, std::span<const uint8_t> payload) {
+  auto request = proto::DecodeResume(payload);
+  if (!request) {
+    port_.Send(proto::EncodeError(id, {EPROTO, "", request.error().message()}));
+    return;
+  }
+  // Every step is tried; the first failure is reported.
+  std::optional<ResumeFailure> failure = SetWallClock(request->wall_clock_ns);
+  if (request->clone) {
+    auto reseeded = Reseed(request->entropy);
+    if (!failure) failure = reseeded;
+    ForgetRequests();
+  }
+  std::vector<uint8_t> reply =
+      failure ? proto::EncodeError(
+                    id, {failure->error, "",
+                         fmt::format("{}: {}", failure->what, std::strerror(failure->error))})
+              : HelloFrame(id);
+  port_.Resume(std::move(reply), request->clone);
+}
+
+void Agent::ForgetRequests() {
+  // Reap() takes them as orphans: nothing is reported.
+  for (auto& [id, process] : processes_) process.Signal(SIGKILL);
+  processes_.clear();
+  reads_.clear();
+  writes_.clear();  // removes their temporary files
 }
 
 void Agent::FailRequest(uint32_t id, const std::string& message) {

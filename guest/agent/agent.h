@@ -40,6 +40,11 @@ class Agent {
   void OnCredit(uint32_t id, std::span<const uint8_t> payload);
   void OnFileOp(uint32_t id, std::span<const uint8_t> payload);
   void OnFileData(uint32_t id, std::span<const uint8_t> payload);
+  void OnQuiesce(uint32_t id, std::span<const uint8_t> payload);
+  void OnResume(uint32_t id, std::span<const uint8_t> payload);
+  // In a clone: kills every command's process group and drops every file transfer, without
+  // a word to the new host, which never asked for them.
+  void ForgetRequests();
 
   // The host broke the protocol within a command or a file transfer: end that request with
   // Error(EPROTO). A command's process group is killed and the command forgotten at once,

@@ -16,6 +16,11 @@ constexpr size_t kMaxQueuedBytes = 1024 * 1024;
 constexpr size_t kReadBudget = 1024 * 1024;
 constexpr size_t kReadChunk = 64 * 1024;
 
+bool IsUnsolicitedHello(const std::vector<uint8_t>& frame) {
+  return frame[4] == static_cast<uint8_t>(proto::MessageType::kHello) && frame[8] == 0 &&
+         frame[9] == 0 && frame[10] == 0 && frame[11] == 0;
+}
+
 }  // namespace
 
 pollfd Port::PollEvents() const {
@@ -24,6 +29,10 @@ pollfd Port::PollEvents() const {
 }
 
 void Port::Send(std::vector<uint8_t> frame) {
+  if (quiesced_) {
+    held_.push_back(std::move(frame));
+    return;
+  }
   queued_bytes_ += frame.size();
   queue_.push_back(std::move(frame));
   // Long bursts of replies (a large directory listing) go out as they are made.
@@ -33,7 +42,7 @@ void Port::Send(std::vector<uint8_t> frame) {
 void Port::SendHello(std::vector<uint8_t> hello) {
   auto first_unstarted = queue_.begin() + (front_written_ > 0 ? 1 : 0);
   for (auto it = first_unstarted; it != queue_.end();) {
-    if ((*it)[4] == static_cast<uint8_t>(proto::MessageType::kHello)) {
+    if (IsUnsolicitedHello(*it)) {
       queued_bytes_ -= it->size();
       it = queue_.erase(it);
     } else {
@@ -44,7 +53,28 @@ void Port::SendHello(std::vector<uint8_t> hello) {
   queue_.insert(queue_.begin() + (front_written_ > 0 ? 1 : 0), std::move(hello));
 }
 
-bool Port::HasRoom() const { return connected_ && queued_bytes_ < kMaxQueuedBytes; }
+bool Port::HasRoom() const { return connected_ && !quiesced_ && queued_bytes_ < kMaxQueuedBytes; }
+
+void Port::Quiesce(std::vector<uint8_t> done) {
+  queued_bytes_ += done.size();
+  queue_.push_back(std::move(done));
+  quiesced_ = true;
+}
+
+void Port::Resume(std::vector<uint8_t> reply, bool forget_host) {
+  if (forget_host) {
+    queue_.clear();
+    held_.clear();
+    queued_bytes_ = 0;
+    front_written_ = 0;
+  }
+  quiesced_ = false;
+  Send(std::move(reply));
+  while (!held_.empty()) {
+    Send(std::move(held_.front()));
+    held_.pop_front();
+  }
+}
 
 void Port::OnPoll(short revents, const FrameHandler& handle) {
   if (!connected_) return;

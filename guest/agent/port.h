@@ -5,6 +5,10 @@
 // (command output, file contents) check HasRoom() before producing, which bounds the queue;
 // replies to the host's own frames are always queued, so the agent keeps reading the port
 // even while the host is not reading, and neither side can deadlock on full buffers.
+//
+// Quiesce() stops the writing at a frame boundary for a snapshot of the VM: the frames
+// already queued go out, the Done last; frames sent after it are held, not written, until
+// Resume().
 #pragma once
 
 #include <poll.h>
@@ -31,11 +35,22 @@ class Port {
 
   // Queues a frame. Frames queued while the host is away are written once it is back.
   void Send(std::vector<uint8_t> frame);
-  // Queues Hello ahead of every frame not yet started, replacing any Hello still queued:
-  // the host must see exactly one per connection, first.
+  // Queues Hello ahead of every frame not yet started, replacing any unsolicited Hello
+  // (request id 0) still queued: the host must see exactly one per connection, first.
   void SendHello(std::vector<uint8_t> hello);
-  // Whether bulk producers may queue more now: the host is connected and keeping up.
+  // Whether bulk producers may queue more now: the host is connected and keeping up, and
+  // the port is not quiesced.
   [[nodiscard]] bool HasRoom() const;
+
+  // Queues `done` after every frame queued so far and holds every later frame: `done` is
+  // the last frame written until Resume(). Again while quiesced: `done` is queued behind
+  // the earlier one, still before every held frame.
+  void Quiesce(std::vector<uint8_t> done);
+  // Writes again: first `reply`, then the held frames. With `forget_host` (a clone on a
+  // new host) every frame not yet written, held or not, is dropped instead, including one
+  // partly written to the old host. Also valid when not quiesced.
+  void Resume(std::vector<uint8_t> reply, bool forget_host);
+  [[nodiscard]] bool quiesced() const { return quiesced_; }
 
   using FrameHandler = std::function<void(const protocol::Frame&)>;
   // Acts on what poll() reported for PollEvents(): reads the frames that arrived and hands
@@ -56,6 +71,9 @@ class Port {
   std::deque<std::vector<uint8_t>> queue_;
   size_t queued_bytes_ = 0;   // not yet written, over the whole queue
   size_t front_written_ = 0;  // bytes of queue_.front() already written
+  bool quiesced_ = false;
+  // Frames sent while quiesced, written after the next Resume().
+  std::deque<std::vector<uint8_t>> held_;
 };
 
 }  // namespace vessel::agent

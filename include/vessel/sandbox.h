@@ -40,6 +40,15 @@ struct SandboxConfig {
   std::string name;  // free text for logs and listings
 };
 
+// What a restored sandbox may change from the saved one. The machine itself (vCPUs,
+// memory, guest kernel) is fixed by the snapshot.
+struct RestoreOptions {
+  std::string name;  // empty: the saved sandbox's name
+  // From process start until the restored agent answers.
+  std::chrono::milliseconds timeout{30'000};
+  EngineKind engine = EngineKind::kAuto;  // must resolve to the engine that saved it
+};
+
 // What to run. Argv runs a program (looked up in the guest's PATH when it has no '/');
 // Shell runs a string with /bin/sh -c.
 struct Command {
@@ -182,6 +191,34 @@ class Sandbox {
                                      uint32_t mode = 0755);
   [[nodiscard]] Result<void> Remove(const std::string& path, bool recursive = false);
   [[nodiscard]] Result<void> Rename(const std::string& from, const std::string& to);
+
+  // Saves the whole guest (memory, devices, processes, files) to `dir`, which is created
+  // 0700 or must be an empty directory; the format is in docs/snapshot-format.md. The
+  // sandbox stays ready and goes on where it was; calls made meanwhile wait. Guest RAM
+  // is not copied where it can be avoided: the snapshot's memory image is mapped
+  // copy-on-write by this sandbox and every sandbox restored from it, so it must not be
+  // modified while they run. Valid in kReady. Otherwise: NotReady (Destroyed after
+  // Destroy()). kInvalidConfig for an unusable `dir`; kBackend when the engine fails,
+  // and the sandbox then fails too unless it could be resumed.
+  [[nodiscard]] Result<void> Snapshot(const std::string& dir);
+
+  // A new ready sandbox with exactly the saved guest: files, memory, idle processes.
+  // Commands that a host was running through a Process handle at the time are killed in
+  // the restored guest, since no host is waiting for them. The guest's RNG is reseeded
+  // with fresh host entropy and its clock set to the host's. The snapshot is read, never
+  // modified. Errors: kSnapshotFormat for a missing, truncated, corrupt or foreign
+  // snapshot, or one whose kernel or initramfs changed since (the message names the
+  // problem); kBackend when the VM does not come back within options.timeout.
+  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Restore(const std::string& dir,
+                                                                const RestoreOptions& options = {});
+
+  // `n` (1..64) new ready sandboxes, each a copy of this one at this moment, which then
+  // diverge from it and from each other. Memory is shared copy-on-write between them.
+  // Each child is reseeded and clock-set like a restored sandbox; commands running
+  // through Process handles keep running here and are killed in the children. Valid in
+  // kReady. Otherwise: NotReadyForFork (Destroyed after Destroy()). Children do not
+  // depend on this sandbox: destroying it leaves them running.
+  [[nodiscard]] Result<std::vector<std::unique_ptr<Sandbox>>> Fork(uint32_t n);
 
   // Kills the VM and removes its files. Valid in every state but kDestroyed (then:
   // Destroyed).

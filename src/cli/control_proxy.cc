@@ -18,9 +18,11 @@ namespace {
 constexpr size_t kReadChunk = 64 * 1024;
 constexpr int kSigKill = 9;
 
+// As for sandbox::Connection: a Hello with a request id would answer a Resume, which
+// clients cannot send, so for a relayed request it can only end it.
 bool IsLastFrame(proto::MessageType type) {
   return type == proto::MessageType::kExited || type == proto::MessageType::kError ||
-         type == proto::MessageType::kDone;
+         type == proto::MessageType::kDone || type == proto::MessageType::kHello;
 }
 
 // The frame as bytes again, with another request id.
@@ -120,6 +122,12 @@ Result<void> ClientSession::OnFrame(const proto::Frame& frame) {
         granted = *credit;
       }
       break;
+    case proto::MessageType::kQuiesce:
+    case proto::MessageType::kResume:
+      // The channel is the sandbox's: a client must not stall every other client's
+      // requests, nor make the agent forget them.
+      return Fail(ClientViolation(fmt::format("frame type {} is only the supervisor's to send",
+                                              static_cast<int>(frame.header.type))));
     default:
       return Fail(ClientViolation(fmt::format("frame type {} is not one a client sends",
                                               static_cast<int>(frame.header.type))));

@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "base/unique_fd.h"
@@ -21,6 +22,16 @@ struct VmSpec {
   uint32_t vcpus = 1;
   uint32_t memory_mib = 256;
   std::string name;  // for logs and process listings; may be empty
+
+  // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
+  // private copy-on-write mapping of `memory`, which is never written, and the machine's
+  // state is loaded from `state`. Such a VM starts and waits with its memory mapped;
+  // Resume() loads the state and runs it.
+  struct Saved {
+    std::string memory;
+    std::string state;
+  };
+  std::optional<Saved> restore;
 };
 
 class Vm {
@@ -30,6 +41,8 @@ class Vm {
   [[nodiscard]] virtual const std::string& id() const = 0;
   // The host end of the agent's channel. Reads return 0 once the VM process is gone.
   [[nodiscard]] virtual int agent_fd() const = 0;
+  // A directory private to this VM, removed with it (also when its owner dies).
+  [[nodiscard]] virtual const std::string& private_dir() const = 0;
   // True while the VMM process runs.
   [[nodiscard]] virtual bool Running() = 0;
   // The VMM's view of the machine: "running", "paused", "shutdown", "guest-panicked", ...
@@ -39,6 +52,16 @@ class Vm {
   [[nodiscard]] virtual std::string Diagnostics() const = 0;
   // Kills and reaps the VMM process and removes the VM's runtime directory. Idempotent.
   virtual void Destroy() = 0;
+
+  // Stops the guest's vCPUs. The agent channel keeps every byte in flight.
+  [[nodiscard]] virtual Result<void> Pause() = 0;
+  // Runs a paused VM; a restored one after loading its state.
+  [[nodiscard]] virtual Result<void> Resume() = 0;
+  // Writes the paused VM to `dir` (an existing, empty directory) as `state` (device
+  // state) and `memory` (guest RAM), without copying RAM where the engine can avoid it.
+  // The VM stays paused, keeps its agent channel, and can be resumed; `dir/memory` must
+  // never be written again, since this VM and every VM restored from it map it.
+  [[nodiscard]] virtual Result<void> Save(const std::string& dir) = 0;
 };
 
 class Engine {
@@ -48,6 +71,8 @@ class Engine {
   [[nodiscard]] virtual std::string name() const = 0;
   [[nodiscard]] virtual uint32_t max_vcpus() const = 0;
   [[nodiscard]] virtual uint32_t max_memory_mib() const = 0;
+  // The VMM's own version, recorded in snapshots: "QEMU emulator version 7.2.22 ...".
+  [[nodiscard]] virtual std::string version() const = 0;
   // Starts the VM process. Returns once it runs; the guest is still booting.
   [[nodiscard]] virtual Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) = 0;
 };

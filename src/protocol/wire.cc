@@ -50,14 +50,12 @@ class Reader {
   int32_t I32() { return static_cast<int32_t>(U32()); }
   uint64_t U64() { return Take<uint64_t>(); }
   std::string String(uint32_t cap, const char* field) {
-    uint32_t size = U32();
-    if (failed()) return {};
-    if (size > cap)
-      return Fail(fmt::format("{} of {} bytes exceeds the cap of {}", field, size, cap));
-    if (size > remaining()) return Fail(fmt::format("{} of {} bytes is truncated", field, size));
-    std::string s(reinterpret_cast<const char*>(bytes_.data() + pos_), size);
-    pos_ += size;
-    return s;
+    auto bytes = Sized(cap, field);
+    return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+  }
+  std::vector<uint8_t> Bytes(uint32_t cap, const char* field) {
+    auto bytes = Sized(cap, field);
+    return std::vector<uint8_t>(bytes.begin(), bytes.end());
   }
   uint32_t Count(uint32_t cap, const char* field) {
     uint32_t n = U32();
@@ -87,6 +85,22 @@ class Reader {
     pos_ = bytes_.size();
     return {};
   }
+  // A u32 length and that many bytes, the length checked against `cap` first.
+  std::span<const uint8_t> Sized(uint32_t cap, const char* field) {
+    uint32_t size = U32();
+    if (failed()) return {};
+    if (size > cap) {
+      Fail(fmt::format("{} of {} bytes exceeds the cap of {}", field, size, cap));
+      return {};
+    }
+    if (size > remaining()) {
+      Fail(fmt::format("{} of {} bytes is truncated", field, size));
+      return {};
+    }
+    auto bytes = bytes_.subspan(pos_, size);
+    pos_ += size;
+    return bytes;
+  }
   template <typename T>
   uint64_t Take() {
     if (failed()) return 0;
@@ -108,8 +122,10 @@ class Reader {
 
 }  // namespace
 
-std::vector<uint8_t> EncodeHello(const Hello& hello) {
-  Writer w(MessageType::kHello, 0);
+std::vector<uint8_t> EncodeHello(const Hello& hello) { return EncodeHello(0, hello); }
+
+std::vector<uint8_t> EncodeHello(uint32_t request_id, const Hello& hello) {
+  Writer w(MessageType::kHello, request_id);
   w.U32(hello.version);
   w.String(hello.agent_version);
   return std::move(w).Finish();
@@ -215,6 +231,19 @@ std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info) {
 
 std::vector<uint8_t> EncodeDone(uint32_t request_id) {
   return Writer(MessageType::kDone, request_id).Finish();
+}
+
+std::vector<uint8_t> EncodeQuiesce(uint32_t request_id) {
+  return Writer(MessageType::kQuiesce, request_id).Finish();
+}
+
+std::vector<uint8_t> EncodeResume(uint32_t request_id, const ResumeRequest& request) {
+  Writer w(MessageType::kResume, request_id);
+  w.U8(request.clone ? kResumeClone : 0);
+  w.U64(request.wall_clock_ns);
+  w.U32(static_cast<uint32_t>(request.entropy.size()));
+  w.Raw(request.entropy);
+  return std::move(w).Finish();
 }
 
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
@@ -399,6 +428,24 @@ Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload) {
     return Fail(Error::Backend("malformed file info: name contains '/' or NUL"));
   }
   result->type = static_cast<FileType>(type);
+  return result;
+}
+
+Result<ResumeRequest> DecodeResume(std::span<const uint8_t> payload) {
+  Reader r(payload, "resume");
+  ResumeRequest request;
+  uint8_t flags = r.U8();
+  request.wall_clock_ns = r.U64();
+  request.entropy = r.Bytes(kMaxEntropy, "entropy");
+  auto result = r.Done(std::move(request));
+  if (!result) return result;
+  if (flags & ~kResumeClone) return Fail(Error::Backend("malformed resume: unknown flags"));
+  result->clone = flags & kResumeClone;
+  if (result->clone && result->entropy.size() < kMinCloneEntropy) {
+    return Fail(Error::Backend(
+        fmt::format("malformed resume: a clone needs at least {} bytes of entropy, got {}",
+                    kMinCloneEntropy, result->entropy.size())));
+  }
   return result;
 }
 

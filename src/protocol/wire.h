@@ -1,4 +1,4 @@
-// The host <-> guest agent wire format, version 2. Shared byte for byte by the host
+// The host <-> guest agent wire format, version 3. Shared byte for byte by the host
 // library and the guest agent; specified in docs/protocol.md.
 //
 // Everything here is pure: no I/O. Decoders treat their input as hostile. Every length
@@ -16,7 +16,7 @@
 
 namespace vessel::protocol {
 
-inline constexpr uint32_t kVersion = 2;
+inline constexpr uint32_t kVersion = 3;
 
 // Frame header: payload size (u32), type (u8), three zero bytes, request id (u32).
 inline constexpr size_t kHeaderSize = 12;
@@ -36,25 +36,33 @@ inline constexpr uint32_t kMaxMessageSize = 4096;
 inline constexpr uint32_t kMaxWindow = 16 * 1024 * 1024;
 // Largest chunk of file content in one FileData frame.
 inline constexpr uint32_t kMaxFileChunk = kMaxPayload;
+// Host entropy in one Resume frame: at most kMaxEntropy bytes, and at least
+// kMinCloneEntropy (256 bits) when the agent wakes in a clone and must reseed its RNG.
+inline constexpr uint32_t kMaxEntropy = 512;
+inline constexpr uint32_t kMinCloneEntropy = 32;
 
 enum class MessageType : uint8_t {
-  kHello = 1,   // agent -> host, request id 0: the agent is up
-  kExec = 2,    // host -> agent: start a command
-  kOutput = 3,  // agent -> host: a chunk of a command's stdout or stderr
-  kExited = 4,  // agent -> host: the command ended; last frame of its request
-  kError = 5,   // agent -> host: the request failed; last frame of its request
-  kPing = 6,    // host -> agent: liveness probe
-  kPong = 7,    // agent -> host: answer to kPing with the same request id
-  kStarted = 8,   // agent -> host: the command of an Exec runs (its pid)
-  kStdin = 9,     // host -> agent: bytes for the command's stdin; empty: close stdin
-  kSignal = 10,   // host -> agent: send a signal to the command's process group
-  kCredit = 11,   // either way: the receiver may send this many more bytes on a stream
-  kFileOp = 12,   // host -> agent: a file operation
-  kFileData = 13, // either way: a chunk of file content; empty from the host: end of file
-  kFileInfo = 14, // agent -> host: metadata of a file or of one directory entry
-  kDone = 15,     // agent -> host: a file operation succeeded; last frame of its request
+  kHello = 1,      // agent -> host, request id 0: the agent is up; or a kResume's answer
+  kExec = 2,       // host -> agent: start a command
+  kOutput = 3,     // agent -> host: a chunk of a command's stdout or stderr
+  kExited = 4,     // agent -> host: the command ended; last frame of its request
+  kError = 5,      // agent -> host: the request failed; last frame of its request
+  kPing = 6,       // host -> agent: liveness probe
+  kPong = 7,       // agent -> host: answer to kPing with the same request id
+  kStarted = 8,    // agent -> host: the command of an Exec runs (its pid)
+  kStdin = 9,      // host -> agent: bytes for the command's stdin; empty: close stdin
+  kSignal = 10,    // host -> agent: send a signal to the command's process group
+  kCredit = 11,    // either way: the receiver may send this many more bytes on a stream
+  kFileOp = 12,    // host -> agent: a file operation
+  kFileData = 13,  // either way: a chunk of file content; empty from the host: end of file
+  kFileInfo = 14,  // agent -> host: metadata of a file or of one directory entry
+  kDone = 15,      // agent -> host: a file operation succeeded; last frame of its request
+                   // (or the quiesce is complete: the agent's last frame until a Resume)
+  kQuiesce = 16,   // host -> agent: stop writing at a frame boundary, answered by kDone
+  kResume = 17,    // host -> agent: write again (in a clone: forget the old host), answered
+                   // by kHello with the Resume's request id
 };
-inline constexpr uint8_t kLastMessageType = 15;
+inline constexpr uint8_t kLastMessageType = 17;
 
 struct FrameHeader {
   uint32_t payload_size = 0;
@@ -147,6 +155,18 @@ struct Exited {
   bool stderr_truncated = false;
 };
 
+// Resume flags.
+inline constexpr uint8_t kResumeClone = 1;
+
+// Wakes a quiesced agent. In a clone (a VM restored from a snapshot) the agent reseeds
+// its RNG with `entropy` and forgets every request of the host it was snapshotted with.
+struct ResumeRequest {
+  bool clone = false;
+  uint64_t wall_clock_ns = 0;  // CLOCK_REALTIME of the host, ns since the Unix epoch
+  // 0 .. kMaxEntropy bytes; a clone needs at least kMinCloneEntropy. Ignored unless clone.
+  std::vector<uint8_t> entropy;
+};
+
 struct ErrorReply {
   int32_t errno_value = 0;  // the guest errno behind the failure, 0 when none
   std::string path;         // the guest path the failure concerns, empty when none
@@ -154,7 +174,10 @@ struct ErrorReply {
 };
 
 // Encoding. Each returns a whole frame (header + payload), ready to write.
+// The agent's unsolicited hello, request id 0.
 std::vector<uint8_t> EncodeHello(const Hello& hello);
+// The hello that answers a Resume, carrying its request id.
+std::vector<uint8_t> EncodeHello(uint32_t request_id, const Hello& hello);
 std::vector<uint8_t> EncodeExec(uint32_t request_id, const ExecRequest& request);
 std::vector<uint8_t> EncodeOutput(uint32_t request_id, Stream stream,
                                   std::span<const uint8_t> data);
@@ -170,6 +193,8 @@ std::vector<uint8_t> EncodeFileOp(uint32_t request_id, const FileOp& op);
 std::vector<uint8_t> EncodeFileData(uint32_t request_id, std::span<const uint8_t> data);
 std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info);
 std::vector<uint8_t> EncodeDone(uint32_t request_id);
+std::vector<uint8_t> EncodeQuiesce(uint32_t request_id);
+std::vector<uint8_t> EncodeResume(uint32_t request_id, const ResumeRequest& request);
 
 // Decoding. Errors are kBackend with a message that says what was wrong.
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
@@ -183,8 +208,9 @@ Result<int32_t> DecodeSignal(std::span<const uint8_t> payload);
 Result<Credit> DecodeCredit(std::span<const uint8_t> payload);
 Result<FileOp> DecodeFileOp(std::span<const uint8_t> payload);
 Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload);
-// Stdin and FileData payloads are raw bytes and Done/Ping/Pong payloads are empty: the
-// header says everything, and DecodeEmpty checks the latter.
+Result<ResumeRequest> DecodeResume(std::span<const uint8_t> payload);
+// Stdin and FileData payloads are raw bytes and Done/Ping/Pong/Quiesce payloads are empty:
+// the header says everything, and DecodeEmpty checks the latter.
 Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what);
 
 // Reassembles frames from a byte stream. Feed it what read() returned; take frames out.

@@ -2,7 +2,9 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,10 +19,60 @@ namespace {
 // How long a write may wait for the agent to read before the channel counts as broken.
 constexpr auto kSendTimeout = std::chrono::seconds(60);
 constexpr size_t kReadChunk = 64 * 1024;
+// Entropy sent with a Resume: twice what a clone needs at least.
+constexpr size_t kResumeEntropy = 64;
 
+// A Hello with a request id answers a Resume and ends it.
 bool IsLastFrame(proto::MessageType type) {
   return type == proto::MessageType::kExited || type == proto::MessageType::kError ||
-         type == proto::MessageType::kDone;
+         type == proto::MessageType::kDone || type == proto::MessageType::kHello;
+}
+
+Result<proto::Hello> CheckHello(std::span<const uint8_t> payload) {
+  auto hello = proto::DecodeHello(payload);
+  if (!hello) return hello;
+  if (hello->version != proto::kVersion) {
+    return Fail(
+        Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
+                                   hello->version, proto::kVersion)));
+  }
+  return hello;
+}
+
+Result<void> CheckResumeRequest(const proto::ResumeRequest& request) {
+  if (request.entropy.size() > proto::kMaxEntropy) {
+    return Fail(Error::InvalidConfig(
+        "entropy",
+        fmt::format("{} bytes exceed the cap of {}", request.entropy.size(), proto::kMaxEntropy)));
+  }
+  if (request.clone && request.entropy.size() < proto::kMinCloneEntropy) {
+    return Fail(Error::InvalidConfig(
+        "entropy", fmt::format("a clone needs at least {} bytes, got {}", proto::kMinCloneEntropy,
+                               request.entropy.size())));
+  }
+  return {};
+}
+
+// A Quiesce or Resume answered with something else than Done or Hello.
+Error FailedAnswer(const proto::Frame& frame) {
+  if (frame.header.type == proto::MessageType::kError) {
+    auto error = proto::DecodeError(frame.payload);
+    if (!error) return std::move(error).error();
+    return Error::Backend("the guest agent failed: " + error->message);
+  }
+  return Error::Backend(fmt::format("unexpected frame type {} from the guest agent",
+                                    static_cast<int>(frame.header.type)));
+}
+
+// The answer to a Resume: Hello, or Error when the agent could not set the clock or
+// reseed its RNG.
+Result<proto::Hello> ResumeAnswer(const proto::Frame& frame) {
+  if (frame.header.type != proto::MessageType::kHello) return Fail(FailedAnswer(frame));
+  return CheckHello(frame.payload);
+}
+
+Error NotStarted() {
+  return Error::Lifecycle({LifecycleError::Other{"the agent connection was not started"}});
 }
 
 struct InboundData {
@@ -139,24 +191,11 @@ Connection::~Connection() {
   if (reader_thread_.joinable()) reader_thread_.join();
 }
 
-Result<proto::Hello> Connection::Start(Deadline deadline) {
+Result<proto::Frame> Connection::ReadFrameUnrouted(Deadline deadline) {
   for (;;) {
     auto frame = reader_.Next();
     if (!frame) return Fail(std::move(frame).error().Context("from the guest agent"));
-    if (*frame) {
-      if ((*frame)->header.type != proto::MessageType::kHello) {
-        return Fail(Error::Backend("the guest agent sent something other than hello first"));
-      }
-      auto hello = proto::DecodeHello((*frame)->payload);
-      if (!hello) return hello;
-      if (hello->version != proto::kVersion) {
-        return Fail(
-            Error::Backend(fmt::format("the guest agent speaks protocol version {}, the host {}",
-                                       hello->version, proto::kVersion)));
-      }
-      reader_thread_ = std::thread([this] { ReadLoop(); });
-      return hello;
-    }
+    if (*frame) return std::move(**frame);
     uint8_t buf[kReadChunk];
     auto n = ReadSome(fd_.get(), buf, deadline, "waiting for the guest agent");
     if (!n) return Fail(std::move(n).error());
@@ -166,6 +205,123 @@ Result<proto::Hello> Connection::Start(Deadline deadline) {
     }
     reader_.Feed({buf, *n});
   }
+}
+
+Result<proto::Hello> Connection::Start(Deadline deadline) {
+  auto frame = ReadFrameUnrouted(deadline);
+  if (!frame) return Fail(std::move(frame).error());
+  if (frame->header.type != proto::MessageType::kHello) {
+    return Fail(Error::Backend("the guest agent sent something other than hello first"));
+  }
+  auto hello = CheckHello(frame->payload);
+  if (!hello) return hello;
+  reader_thread_ = std::thread([this] { ReadLoop(); });
+  return hello;
+}
+
+Result<proto::Hello> Connection::StartResumed(const proto::ResumeRequest& request,
+                                              Deadline deadline) {
+  if (!request.clone) {
+    return Fail(Error::InvalidConfig("clone", "only a clone is resumed on a new connection"));
+  }
+  if (auto valid = CheckResumeRequest(request); !valid) return Fail(std::move(valid).error());
+  uint32_t id;
+  {
+    std::lock_guard lock(mutex_);
+    id = next_id_++;
+    if (next_id_ == 0) next_id_ = 1;
+  }
+  {
+    std::lock_guard send_lock(send_mutex_);
+    if (auto sent = WriteLocked(proto::EncodeResume(id, request)); !sent) {
+      return Fail(std::move(sent).error());
+    }
+  }
+  for (;;) {
+    auto frame = ReadFrameUnrouted(deadline);
+    if (!frame) return Fail(std::move(frame).error().Context("resuming the guest agent"));
+    // What the agent queued for the host it was snapshotted with is not for this one,
+    // even when its id is the same: that host numbered its requests from 1 too.
+    auto type = frame->header.type;
+    if (frame->header.request_id != id ||
+        (type != proto::MessageType::kHello && type != proto::MessageType::kError)) {
+      continue;
+    }
+    auto hello = ResumeAnswer(*frame);
+    if (!hello) return Fail(std::move(hello).error().Context("resuming the guest agent"));
+    reader_thread_ = std::thread([this] { ReadLoop(); });
+    return hello;
+  }
+}
+
+Result<void> Connection::Quiesce(Deadline deadline) {
+  if (!reader_thread_.joinable()) return Fail(NotStarted());
+  auto mailbox = NewRequest();
+  {
+    std::lock_guard send_lock(send_mutex_);
+    {
+      std::lock_guard lock(mutex_);
+      if (failure_) return Fail(*failure_);
+      if (paused_) {
+        mailboxes_.erase(mailbox->id());
+        return Fail(
+            Error::Lifecycle({LifecycleError::Other{"the agent connection is quiesced already"}}));
+      }
+      paused_ = true;
+    }
+    if (auto sent = WriteLocked(proto::EncodeQuiesce(mailbox->id())); !sent) {
+      EndRequest(mailbox->id());
+      Unpause();
+      return Fail(std::move(sent).error().Context("quiescing the guest agent"));
+    }
+  }
+  auto frame = mailbox->Next(deadline);
+  EndRequest(mailbox->id());
+  // Once Done has come, the agent writes nothing more until it is resumed.
+  Result<void> done;
+  if (!frame) {
+    done = Fail(std::move(frame).error());
+  } else if (frame->header.type != proto::MessageType::kDone) {
+    done = Fail(FailedAnswer(*frame));
+  } else {
+    done = proto::DecodeEmpty(frame->payload, "done");
+  }
+  if (!done) {
+    Unpause();
+    return Fail(std::move(done).error().Context("quiescing the guest agent"));
+  }
+  return {};
+}
+
+Result<proto::Hello> Connection::Resume(const proto::ResumeRequest& request, Deadline deadline) {
+  if (auto valid = CheckResumeRequest(request); !valid) return Fail(std::move(valid).error());
+  if (!reader_thread_.joinable()) return Fail(NotStarted());
+  auto mailbox = NewRequest();
+  auto hello = [&]() -> Result<proto::Hello> {
+    {
+      // Not Send(): the senders Quiesce() holds back wait for this very frame's answer.
+      std::lock_guard send_lock(send_mutex_);
+      if (auto failed = failure()) return Fail(std::move(*failed));
+      if (auto sent = WriteLocked(proto::EncodeResume(mailbox->id(), request)); !sent) {
+        return Fail(std::move(sent).error());
+      }
+    }
+    auto frame = mailbox->Next(deadline);
+    if (!frame) return Fail(std::move(frame).error());
+    return ResumeAnswer(*frame);
+  }();
+  EndRequest(mailbox->id());
+  Unpause();
+  if (!hello) return Fail(std::move(hello).error().Context("resuming the guest agent"));
+  return hello;
+}
+
+void Connection::Unpause() {
+  {
+    std::lock_guard lock(mutex_);
+    paused_ = false;
+  }
+  unpaused_.notify_all();
 }
 
 void Connection::ReadLoop() {
@@ -190,8 +346,9 @@ void Connection::ReadLoop() {
 }
 
 void Connection::Route(proto::Frame frame) {
-  // A hello after the first: the agent saw the channel reconnect. Nothing to route.
-  if (frame.header.type == proto::MessageType::kHello) return;
+  // An unsolicited hello after the first: the agent saw the channel reconnect. Nothing to
+  // route. (A hello with a request id answers a Resume.)
+  if (frame.header.type == proto::MessageType::kHello && frame.header.request_id == 0) return;
   std::shared_ptr<Mailbox> mailbox;
   {
     std::lock_guard lock(mutex_);
@@ -223,7 +380,21 @@ void Connection::EndRequest(uint32_t id) {
 
 Result<void> Connection::Send(std::span<const uint8_t> frame) {
   if (auto failed = failure()) return Fail(std::move(*failed));
-  std::lock_guard lock(send_mutex_);
+  std::unique_lock send_lock(send_mutex_);
+  for (;;) {
+    std::unique_lock lock(mutex_);
+    if (failure_) return Fail(*failure_);
+    if (!paused_) break;
+    // Waits without send_mutex_, which Resume() needs; checks again with it.
+    send_lock.unlock();
+    unpaused_.wait(lock, [&] { return !paused_ || failure_; });
+    lock.unlock();
+    send_lock.lock();
+  }
+  return WriteLocked(frame);
+}
+
+Result<void> Connection::WriteLocked(std::span<const uint8_t> frame) {
   auto sent =
       WriteAll(fd_.get(), frame, Deadline::After(kSendTimeout), "sending to the guest agent");
   if (!sent) {
@@ -243,12 +414,34 @@ void Connection::Shutdown(const Error& reason) {
   }
   // Wakes the reader thread: its read returns 0.
   ::shutdown(fd_.get(), SHUT_RDWR);
+  unpaused_.notify_all();
   for (auto& [id, mailbox] : mailboxes) mailbox->Break(reason);
 }
 
 std::optional<Error> Connection::failure() const {
   std::lock_guard lock(mutex_);
   return failure_;
+}
+
+proto::ResumeRequest MakeResumeRequest(bool clone) {
+  proto::ResumeRequest request;
+  request.clone = clone;
+  timespec now{};
+  clock_gettime(CLOCK_REALTIME, &now);
+  request.wall_clock_ns =
+      static_cast<uint64_t>(now.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(now.tv_nsec);
+  std::vector<uint8_t> entropy(kResumeEntropy);
+  size_t filled = 0;
+  while (filled < entropy.size()) {
+    ssize_t n = ::getrandom(entropy.data() + filled, entropy.size() - filled, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return request;
+    }
+    filled += static_cast<size_t>(n);
+  }
+  request.entropy = std::move(entropy);
+  return request;
 }
 
 }  // namespace vessel::sandbox

@@ -4,6 +4,11 @@
 // number of processes and file transfers run at once. Frames from the guest are hostile
 // input: a malformed frame breaks the connection with a kBackend error; frames for a
 // request nobody waits for any more are dropped.
+//
+// For a snapshot the channel is quiesced: Quiesce() holds every other sender back and
+// waits until the agent has written its last frame, so neither direction is cut mid-frame
+// when the VM is saved. Resume() wakes the agent in the same VM; a clone restored from the
+// snapshot gets a new Connection on its own socket and StartResumed() instead of Start().
 #pragma once
 
 #include <array>
@@ -77,12 +82,39 @@ class Connection {
 
   // Waits for the agent's hello, then starts routing frames. Call once, first.
   [[nodiscard]] Result<protocol::Hello> Start(Deadline deadline);
+  // Instead of Start(), on a connection to a clone restored from a snapshot, whose agent
+  // is quiesced and waits for a new host: sends Resume and waits for the Hello answering
+  // it, dropping whatever arrives before it, then starts routing frames. Call once, first.
+  // `request` must be a clone's (kInvalidConfig otherwise, nothing sent). An Error from
+  // the agent (it could not set the clock or reseed its RNG) is kBackend, and the
+  // connection is not started: a clone with its parent's random state must not be used.
+  [[nodiscard]] Result<protocol::Hello> StartResumed(const protocol::ResumeRequest& request,
+                                                     Deadline deadline);
+
+  // Quiesces the channel for a snapshot; on a started connection, from any thread. From
+  // this call on, Send() from other callers blocks until Resume() returns (or fails with
+  // the connection's failure when it shuts down). Sends Quiesce and waits for the agent's
+  // Done: after it the agent writes nothing until it is resumed, and the host sends
+  // nothing but Resume. On failure (a timeout, a broken connection) other senders are let
+  // go again and the error is returned; the agent may quiesce late all the same, so a
+  // caller that keeps the VM calls Resume() anyway. A second Quiesce() before Resume() is
+  // a kLifecycle error.
+  [[nodiscard]] Result<void> Quiesce(Deadline deadline);
+  // Wakes the agent (quiesced or not) on a started connection: sends Resume, waits for the
+  // Hello answering it, then lets the senders held by Quiesce() go, also when it fails.
+  // Bad entropy in `request` is kInvalidConfig, with nothing sent and nobody let go. An
+  // Error from the agent is kBackend; the agent is resumed all the same. With
+  // request.clone the agent forgets every request it had (a clone on a new connection
+  // uses StartResumed() instead).
+  [[nodiscard]] Result<protocol::Hello> Resume(const protocol::ResumeRequest& request,
+                                               Deadline deadline);
 
   // A fresh request id with its mailbox (see Mailbox for `raw`).
   [[nodiscard]] std::shared_ptr<Mailbox> NewRequest(bool raw = false);
   // Stops routing frames to the request; later frames for it are dropped.
   void EndRequest(uint32_t id);
-  // Writes one whole frame; frames from concurrent callers never interleave.
+  // Writes one whole frame; frames from concurrent callers never interleave. While the
+  // connection is quiesced, waits for Resume() first.
   [[nodiscard]] Result<void> Send(std::span<const uint8_t> frame);
 
   // Fails every request, present and future, with `reason`, and stops the reader.
@@ -93,17 +125,31 @@ class Connection {
 
  private:
   explicit Connection(UniqueFd fd) : fd_(std::move(fd)) {}
+  // Before routing starts: the next frame, read on the calling thread.
+  [[nodiscard]] Result<protocol::Frame> ReadFrameUnrouted(Deadline deadline);
   void ReadLoop();
   void Route(protocol::Frame frame);
+  // Writes one frame; the caller holds send_mutex_. A failed write shuts the connection down.
+  [[nodiscard]] Result<void> WriteLocked(std::span<const uint8_t> frame);
+  void Unpause();
 
   UniqueFd fd_;
   protocol::FrameReader reader_;
   std::thread reader_thread_;
+  // Held while writing a frame, and while checking `paused_` before it: Quiesce's frame
+  // comes after every frame that passed the check and before any frame that did not.
   std::mutex send_mutex_;
   mutable std::mutex mutex_;  // guards the fields below
+  std::condition_variable unpaused_;
   std::map<uint32_t, std::shared_ptr<Mailbox>> mailboxes_;
   uint32_t next_id_ = 1;
   std::optional<Error> failure_;
+  bool paused_ = false;  // between Quiesce() and the end of Resume()
 };
+
+// A Resume request with the host's wall clock and 64 bytes from getrandom(). Should
+// getrandom() fail, the entropy is left empty, which StartResumed() and Resume() refuse
+// for a clone.
+[[nodiscard]] protocol::ResumeRequest MakeResumeRequest(bool clone);
 
 }  // namespace vessel::sandbox

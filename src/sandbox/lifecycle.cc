@@ -9,6 +9,8 @@ enum class Verdict {
   kAllowed,
   kNeedsReady,  // InvalidState{expected: kReady}
   kDestroyed,   // Destroyed
+  kNotReady,    // NotReady (snapshot)
+  kNotReadyForFork,
 };
 
 struct Rule {
@@ -21,15 +23,23 @@ struct Rule {
 constexpr Rule kRules[] = {
     {SandboxState::kBooting, Operation::kExecute, Verdict::kNeedsReady},
     {SandboxState::kBooting, Operation::kFiles, Verdict::kNeedsReady},
+    {SandboxState::kBooting, Operation::kSnapshot, Verdict::kNotReady},
+    {SandboxState::kBooting, Operation::kFork, Verdict::kNotReadyForFork},
     {SandboxState::kBooting, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kFiles, Verdict::kAllowed},
+    {SandboxState::kReady, Operation::kSnapshot, Verdict::kAllowed},
+    {SandboxState::kReady, Operation::kFork, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kFailed, Operation::kExecute, Verdict::kNeedsReady},
     {SandboxState::kFailed, Operation::kFiles, Verdict::kNeedsReady},
+    {SandboxState::kFailed, Operation::kSnapshot, Verdict::kNotReady},
+    {SandboxState::kFailed, Operation::kFork, Verdict::kNotReadyForFork},
     {SandboxState::kFailed, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kDestroyed, Operation::kExecute, Verdict::kDestroyed},
     {SandboxState::kDestroyed, Operation::kFiles, Verdict::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kSnapshot, Verdict::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kFork, Verdict::kDestroyed},
     {SandboxState::kDestroyed, Operation::kDestroy, Verdict::kDestroyed},
 };
 
@@ -39,6 +49,8 @@ std::string_view ToString(Operation op) {
   switch (op) {
     case Operation::kExecute: return "execute";
     case Operation::kFiles: return "access files";
+    case Operation::kSnapshot: return "snapshot";
+    case Operation::kFork: return "fork";
     case Operation::kDestroy: return "destroy";
   }
   return "unknown";
@@ -54,6 +66,8 @@ std::optional<LifecycleError> Check(SandboxState state, Operation op) {
             LifecycleError::InvalidState{SandboxState::kReady, state,
                                          fmt::format("{} needs a ready sandbox, this one is {}",
                                                      ToString(op), vessel::ToString(state))}};
+      case Verdict::kNotReady: return LifecycleError{LifecycleError::NotReady{}};
+      case Verdict::kNotReadyForFork: return LifecycleError{LifecycleError::NotReadyForFork{}};
       case Verdict::kDestroyed:
         return LifecycleError{LifecycleError::Destroyed{
             fmt::format("cannot {}: the sandbox was destroyed", ToString(op))}};

@@ -11,6 +11,8 @@
 namespace vessel {
 namespace {
 
+}  // namespace
+
 Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
   switch (kind) {
     case EngineKind::kAuto:
@@ -18,6 +20,8 @@ Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
   }
   return Fail(Error::InvalidConfig("engine", "unknown engine"));
 }
+
+namespace {
 
 Error DestroyedError() {
   return Error::Lifecycle({LifecycleError::Destroyed{"the sandbox was destroyed"}});
@@ -41,15 +45,17 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
         fmt::format("the VM did not come up ({})\n{}", hello.error().message(), diagnostics)));
   }
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), std::move(*connection),
-                                     hello->agent_version);
+                                     hello->agent_version, std::move(*spec));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
-Sandbox::Impl::Impl(std::unique_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
-                    std::shared_ptr<sandbox::Connection> connection, std::string agent_version)
+Sandbox::Impl::Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
+                    std::shared_ptr<sandbox::Connection> connection, std::string agent_version,
+                    engine::VmSpec spec)
     : id_(vm->id()),
       engine_name_(engine->name()),
       agent_version_(std::move(agent_version)),
+      spec_(std::move(spec)),
       engine_(std::move(engine)),
       vm_(std::move(vm)),
       connection_(std::move(connection)) {}
@@ -94,6 +100,11 @@ Result<void> Sandbox::Impl::Destroy() {
   connection_->Shutdown(DestroyedError());
   vm_->Destroy();
   return {};
+}
+
+void Sandbox::Impl::MarkFailed() {
+  std::lock_guard lock(mutex_);
+  if (state_ != SandboxState::kDestroyed) state_ = SandboxState::kFailed;
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxConfig& config) {
@@ -193,6 +204,8 @@ Result<void> Sandbox::Rename(const std::string& from, const std::string& to) {
   return impl_->End(sandbox::RenamePath(**connection, from, to));
 }
 
+Result<void> Sandbox::Snapshot(const std::string& dir) { return impl_->Snapshot(dir); }
+Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Fork(uint32_t n) { return impl_->Fork(n); }
 Result<void> Sandbox::Destroy() { return impl_->Destroy(); }
 SandboxState Sandbox::state() const { return impl_->state(); }
 const std::string& Sandbox::id() const { return impl_->id_; }

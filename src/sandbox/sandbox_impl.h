@@ -4,12 +4,16 @@
 #include <memory>
 #include <mutex>
 
+#include "base/deadline.h"
 #include "engine/engine.h"
 #include "sandbox/connection.h"
 #include "sandbox/lifecycle.h"
 #include "vessel/sandbox.h"
 
 namespace vessel {
+
+// The engine a config asks for.
+[[nodiscard]] Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind);
 
 class Sandbox::Impl {
  public:
@@ -20,8 +24,28 @@ class Sandbox::Impl {
   // The internals of a sandbox, for Vessel's own tools (the CLI's supervisor).
   static Impl& Of(Sandbox& sandbox) { return *sandbox.impl_; }
 
-  Impl(std::unique_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
-       std::shared_ptr<sandbox::Connection> connection, std::string agent_version);
+  // What restoring a snapshot directory needs: the engine and the VM's spec.
+  struct SavedVm {
+    std::shared_ptr<engine::Engine> engine;
+    engine::VmSpec spec;  // with restore set
+  };
+  // Checks the snapshot in `dir` (kSnapshotFormat when it is damaged, foreign or its
+  // assets changed) and makes the spec to restore it with `options`.
+  [[nodiscard]] static Result<SavedVm> OpenSaved(const std::string& dir,
+                                                 const RestoreOptions& options);
+  // Starts a VM from a saved one (spec.restore set) and wakes its agent as a clone.
+  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> StartSaved(
+      std::shared_ptr<engine::Engine> engine, const engine::VmSpec& spec, Deadline deadline);
+  // The second half of StartSaved(), for a VM that engine->Start(spec) started ahead of
+  // time and that has waited since, its memory mapped: loads the saved state, runs the
+  // VM and wakes its agent as a clone. Destroys the VM on failure.
+  [[nodiscard]] static Result<std::unique_ptr<Sandbox>> FinishSaved(
+      std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
+      const engine::VmSpec& spec, Deadline deadline);
+
+  Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
+       std::shared_ptr<sandbox::Connection> connection, std::string agent_version,
+       engine::VmSpec spec);
   ~Impl();
 
   // Checks `op` against the lifecycle table; on success returns the connection to use.
@@ -34,14 +58,25 @@ class Sandbox::Impl {
   Result<void> Destroy();
   SandboxState state() const;
 
+  // Saves the VM to `dir` (which exists and is empty): the agent is quiesced, the VM
+  // paused and saved, and both resumed. Callers hold snapshot_mutex_.
+  [[nodiscard]] Result<void> SaveTo(const std::string& dir);
+  [[nodiscard]] Result<void> Snapshot(const std::string& dir);
+  [[nodiscard]] Result<std::vector<std::unique_ptr<Sandbox>>> Fork(uint32_t n);
+
   std::string id_;
   std::string engine_name_;
   std::string agent_version_;
+  engine::VmSpec spec_;
 
  private:
-  mutable std::mutex mutex_;  // guards state_
+  // Marks the sandbox failed after an error it cannot recover from.
+  void MarkFailed();
+
+  std::mutex snapshot_mutex_;  // one snapshot or fork at a time
+  mutable std::mutex mutex_;   // guards state_
   mutable SandboxState state_ = SandboxState::kReady;
-  std::unique_ptr<engine::Engine> engine_;
+  std::shared_ptr<engine::Engine> engine_;
   std::unique_ptr<engine::Vm> vm_;
   std::shared_ptr<sandbox::Connection> connection_;
 };

@@ -35,6 +35,14 @@ void DecodeFromHost(const Frame& frame) {
       if (DecodeEmpty(payload, "ping"))
         Check(EncodePing(id) == WireBytes(frame), "ping re-encodes");
       return;
+    case MessageType::kQuiesce:
+      if (DecodeEmpty(payload, "quiesce"))
+        Check(EncodeQuiesce(id) == WireBytes(frame), "quiesce re-encodes");
+      return;
+    case MessageType::kResume:
+      CheckReencodes(frame, DecodeResume(payload),
+                     [&](const ResumeRequest& request) { return EncodeResume(id, request); });
+      return;
     case MessageType::kHello:
     case MessageType::kOutput:
     case MessageType::kExited:

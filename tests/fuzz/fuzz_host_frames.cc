@@ -8,13 +8,11 @@ void DecodeFromAgent(const Frame& frame) {
   const uint32_t id = frame.header.request_id;
   const std::span<const uint8_t> payload(frame.payload);
   switch (frame.header.type) {
-    case MessageType::kHello: {
-      // EncodeHello always writes request id 0; the host checks the id, the decoder does not.
-      Frame as_request_zero = frame;
-      as_request_zero.header.request_id = 0;
-      CheckReencodes(as_request_zero, DecodeHello(payload), EncodeHello);
+    case MessageType::kHello:
+      // Request id 0 when unsolicited, a Resume's when it answers one.
+      CheckReencodes(frame, DecodeHello(payload),
+                     [&](const Hello& hello) { return EncodeHello(id, hello); });
       return;
-    }
     case MessageType::kOutput:
       CheckReencodes(frame, DecodeOutput(payload),
                      [&](const Output& out) { return EncodeOutput(id, out.stream, out.data); });
@@ -54,7 +52,9 @@ void DecodeFromAgent(const Frame& frame) {
     case MessageType::kPing:
     case MessageType::kStdin:
     case MessageType::kSignal:
-    case MessageType::kFileOp: return;  // host -> agent only: the host never decodes them
+    case MessageType::kFileOp:
+    case MessageType::kQuiesce:
+    case MessageType::kResume: return;  // host -> agent only: the host never decodes them
   }
   Check(false, "DecodeHeader returns only known types");
 }

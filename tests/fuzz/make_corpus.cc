@@ -82,7 +82,10 @@ std::vector<std::pair<std::string, Bytes>> HostSeeds() {
                              EncodeDone(8)})},
       {"write_file", Seed(0, {EncodeCredit(9, {Stream::kFile, 65536}), EncodeDone(9)})},
       {"pong", Seed(0, {EncodePong(10)})},
-      {"bad_type", Seed(0, {EncodePong(11), BadHeader(16, 0)})},
+      {"quiesce_resume", Seed(2, {EncodeOutput(1, Stream::kStdout, out), EncodeDone(13),
+                                  EncodeHello(14, {kVersion, "vessel-agent 0.1.0"}),
+                                  EncodeExited(1, {ExitHow::kExited, 0, false, false})})},
+      {"bad_type", Seed(0, {EncodePong(11), BadHeader(kLastMessageType + 1, 0)})},
       {"bad_size", Seed(4, {EncodeDone(12), BadHeader(3, kMaxPayload + 1)})},
       {"truncated", Seed(0, {EncodeHello({kVersion, "vessel-agent"}), Bytes{40, 0, 0, 0, 3}})},
   };
@@ -119,6 +122,10 @@ std::vector<std::pair<std::string, Bytes>> AgentSeeds() {
                              EncodeCredit(10, {Stream::kFile, 65536})})},
       {"write_file", Seed(8, {EncodeFileOp(11, Op(FileOpKind::kWriteFile, "/tmp/out.txt")),
                               EncodeFileData(11, Text("contents\n")), EncodeFileData(11, {})})},
+      {"quiesce_resume",
+       Seed(4, {EncodeQuiesce(14),
+                EncodeResume(15, {true, 1'700'000'000'123'456'789, Bytes(64, 0xa5)})})},
+      {"resume_parent", Seed(0, {EncodeQuiesce(16), EncodeResume(17, {false, 42, {}})})},
       {"bad_type", Seed(0, {EncodePing(12), BadHeader(0, 0)})},
       {"truncated", Seed(5, {EncodePing(13), Bytes{9, 0, 0, 0, 2, 0, 0}})},
   };

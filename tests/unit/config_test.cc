@@ -26,6 +26,7 @@ class FakeEngine final : public engine::Engine {
   std::string name() const override { return "fake"; }
   uint32_t max_vcpus() const override { return 2; }
   uint32_t max_memory_mib() const override { return 1024; }
+  std::string version() const override { return "fake 1"; }
   Result<std::unique_ptr<engine::Vm>> Start(const engine::VmSpec&) override {
     return Fail(Error::UnsupportedPlatform("the fake engine starts nothing"));
   }

@@ -1,11 +1,14 @@
 // The host's Connection against a hostile fake guest agent: the hello, routing frames by
-// request id, and failing every request when the channel breaks.
+// request id, failing every request when the channel breaks, and quiescing and resuming
+// the channel around a snapshot.
 #include "sandbox/connection.h"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <time.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -428,6 +431,410 @@ TEST_F(ConnectionTest, StdinCreditWaitEndsWithTheRequest) {
   ASSERT_TRUE(acquired.has_value());
   ASSERT_FALSE(acquired->has_value());
   EXPECT_EQ(acquired->error().kind(), ErrorKind::kLifecycle) << acquired->error().ToString();
+}
+
+// Quiesce and Resume, on a started connection. The test thread is the agent; the host's
+// blocking calls run on threads of their own, joined before anything is asserted.
+
+class ConnectionQuiesceTest : public ConnectionTest {
+ protected:
+  // Quiesces with the test thread answering as the agent.
+  void QuiesceConnection() {
+    std::optional<Result<void>> quiesced;
+    std::thread quiescer([&] { quiesced = connection_->Quiesce(Deadline::After(kAgentPatience)); });
+    uint32_t id = agent_.AcceptQuiesce();
+    quiescer.join();
+    EXPECT_NE(id, 0u);
+    ASSERT_TRUE(quiesced.has_value());
+    ASSERT_TRUE(quiesced->has_value()) << quiesced->error().ToString();
+  }
+};
+
+TEST_F(ConnectionQuiesceTest, SendsQuiesceAfterEarlierFramesAndWaitsForDone) {
+  auto mailbox = connection_->NewRequest();
+  ASSERT_TRUE(connection_->Send(proto::EncodePing(mailbox->id())));
+  std::optional<Result<void>> quiesced;
+  std::thread quiescer([&] { quiesced = connection_->Quiesce(Deadline::After(kAgentPatience)); });
+  auto ping = agent_.Receive(proto::MessageType::kPing);
+  auto quiesce = agent_.Receive(proto::MessageType::kQuiesce);
+  if (quiesce) {
+    // Frames of other requests are still routed until the Done.
+    agent_.Send(Stdout(mailbox->id(), "before the snapshot"));
+    agent_.Send(proto::EncodeDone(quiesce->header.request_id));
+  }
+  quiescer.join();
+  ASSERT_TRUE(ping.has_value());
+  ASSERT_TRUE(quiesce.has_value());
+  EXPECT_TRUE(quiesce->payload.empty());
+  EXPECT_NE(quiesce->header.request_id, mailbox->id());
+  ASSERT_TRUE(quiesced.has_value());
+  EXPECT_TRUE(quiesced->has_value()) << quiesced->error().ToString();
+  auto output = mailbox->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(output.has_value()) << output.error().ToString();
+  EXPECT_EQ(output->header.type, proto::MessageType::kOutput);
+}
+
+TEST_F(ConnectionQuiesceTest, HoldsOtherSendersUntilResumeReturns) {
+  QuiesceConnection();
+  std::atomic<bool> sent = false;
+  std::optional<Result<void>> send_result;
+  std::thread sender([&] {
+    send_result = connection_->Send(proto::EncodePing(77));
+    sent = true;
+  });
+  // Blocked, not failed: nothing reaches the agent.
+  auto early = agent_.Receive(200ms);
+  bool held_while_quiesced = !sent;
+
+  std::optional<Result<proto::Hello>> resumed;
+  std::thread resumer([&] {
+    resumed =
+        connection_->Resume(MakeResumeRequest(/*clone=*/false), Deadline::After(kAgentPatience));
+  });
+  // The Resume itself goes out while the senders are held.
+  auto resume = agent_.ReceiveResume();
+  bool held_until_hello = !sent;
+  if (resume) agent_.SendHelloFor(resume->first, "resumed agent");
+  resumer.join();
+  sender.join();
+
+  EXPECT_FALSE(early.has_value());
+  EXPECT_TRUE(held_while_quiesced);
+  EXPECT_TRUE(held_until_hello);
+  ASSERT_TRUE(resume.has_value());
+  EXPECT_FALSE(resume->second.clone);
+  EXPECT_EQ(resume->second.entropy.size(), 64u);
+  ASSERT_TRUE(resumed.has_value());
+  ASSERT_TRUE(resumed->has_value()) << resumed->error().ToString();
+  EXPECT_EQ((*resumed)->agent_version, "resumed agent");
+  ASSERT_TRUE(send_result.has_value());
+  EXPECT_TRUE(send_result->has_value()) << send_result->error().ToString();
+  auto ping = agent_.Receive(proto::MessageType::kPing);
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_EQ(ping->header.request_id, 77u);
+  // Requests go on as before.
+  auto mailbox = connection_->NewRequest();
+  agent_.Send(Stdout(mailbox->id(), "after"));
+  EXPECT_TRUE(mailbox->Next(Deadline::After(kAgentPatience)).has_value());
+}
+
+TEST_F(ConnectionQuiesceTest, ManySendersAreHeldAndAllReleased) {
+  QuiesceConnection();
+  constexpr int kSenders = 6;
+  std::atomic<int> done = 0;
+  std::atomic<int> failures = 0;
+  std::vector<std::thread> senders;
+  for (int i = 0; i < kSenders; ++i) {
+    senders.emplace_back([&, i] {
+      if (!connection_->Send(proto::EncodePing(static_cast<uint32_t>(100 + i)))) ++failures;
+      ++done;
+    });
+  }
+  std::this_thread::sleep_for(100ms);
+  int done_while_quiesced = done;
+  std::thread resumer([&] {
+    (void)connection_->Resume(MakeResumeRequest(false), Deadline::After(kAgentPatience));
+  });
+  uint32_t resume_id = agent_.AcceptResume();
+  resumer.join();
+  int pings = 0;
+  for (int i = 0; i < kSenders; ++i) pings += agent_.Receive(proto::MessageType::kPing) ? 1 : 0;
+  for (auto& sender : senders) sender.join();
+  EXPECT_NE(resume_id, 0u);
+  EXPECT_EQ(done_while_quiesced, 0);
+  EXPECT_EQ(failures, 0);
+  EXPECT_EQ(pings, kSenders);
+}
+
+TEST_F(ConnectionQuiesceTest, TimeoutLetsSendersGoAndALateDoneIsDropped) {
+  auto started = std::chrono::steady_clock::now();
+  auto quiesced = connection_->Quiesce(Deadline::After(100ms));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  ASSERT_FALSE(quiesced.has_value());
+  ExpectBackend(quiesced.error(), "timed out");
+  EXPECT_NE(quiesced.error().message().find("quiescing the guest agent"), std::string::npos);
+  EXPECT_GE(elapsed, 90ms);
+  EXPECT_LT(elapsed, 2s);
+  uint32_t id = agent_.ReceiveQuiesce();
+  EXPECT_NE(id, 0u);
+  agent_.Send(proto::EncodeDone(id));
+  ASSERT_TRUE(connection_->Send(proto::EncodePing(5)));
+  auto ping = agent_.Receive(proto::MessageType::kPing);
+  ASSERT_TRUE(ping.has_value());
+  EXPECT_FALSE(connection_->failure().has_value());
+  // Not paused any more, so a new Quiesce is allowed.
+  std::optional<Result<void>> again;
+  std::thread quiescer([&] { again = connection_->Quiesce(Deadline::After(kAgentPatience)); });
+  agent_.AcceptQuiesce();
+  quiescer.join();
+  ASSERT_TRUE(again.has_value());
+  EXPECT_TRUE(again->has_value()) << again->error().ToString();
+}
+
+TEST_F(ConnectionQuiesceTest, AnErrorAnswerFailsTheQuiesceAndLetsSendersGo) {
+  std::optional<Result<void>> quiesced;
+  std::thread quiescer([&] { quiesced = connection_->Quiesce(Deadline::After(kAgentPatience)); });
+  uint32_t id = agent_.ReceiveQuiesce();
+  agent_.Send(proto::EncodeError(id, {EPROTO, "", "malformed quiesce: 1 unexpected bytes"}));
+  quiescer.join();
+  EXPECT_NE(id, 0u);
+  ASSERT_TRUE(quiesced.has_value());
+  ASSERT_FALSE(quiesced->has_value());
+  ExpectBackend(quiesced->error(), "the guest agent failed: malformed quiesce");
+  ASSERT_TRUE(connection_->Send(proto::EncodePing(6)));
+  EXPECT_TRUE(agent_.Receive(proto::MessageType::kPing).has_value());
+}
+
+TEST_F(ConnectionQuiesceTest, ADoneWithAPayloadIsRejected) {
+  std::optional<Result<void>> quiesced;
+  std::thread quiescer([&] { quiesced = connection_->Quiesce(Deadline::After(kAgentPatience)); });
+  uint32_t id = agent_.ReceiveQuiesce();
+  agent_.Send(Join(HeaderBytes(1, static_cast<uint8_t>(proto::MessageType::kDone), id), Bytes{0}));
+  quiescer.join();
+  ASSERT_TRUE(quiesced.has_value());
+  ASSERT_FALSE(quiesced->has_value());
+  ExpectBackend(quiesced->error(), "malformed done");
+}
+
+TEST_F(ConnectionQuiesceTest, ASecondQuiesceIsALifecycleErrorAndSendsNothing) {
+  QuiesceConnection();
+  auto again = connection_->Quiesce(Deadline::After(kAgentPatience));
+  ASSERT_FALSE(again.has_value());
+  ASSERT_NE(again.error().lifecycle(), nullptr) << again.error().ToString();
+  EXPECT_NE(again.error().message().find("quiesced already"), std::string::npos);
+  EXPECT_FALSE(agent_.Receive(100ms).has_value());
+}
+
+TEST_F(ConnectionQuiesceTest, ShutdownFailsHeldSendersWithItsReason) {
+  QuiesceConnection();
+  std::optional<Result<void>> sent;
+  std::thread sender([&] { sent = connection_->Send(proto::EncodePing(8)); });
+  std::this_thread::sleep_for(50ms);
+  connection_->Shutdown(DestroyedError());
+  sender.join();
+  ASSERT_TRUE(sent.has_value());
+  ASSERT_FALSE(sent->has_value());
+  ASSERT_NE(sent->error().lifecycle(), nullptr) << sent->error().ToString();
+  EXPECT_TRUE(sent->error().lifecycle()->Is<LifecycleError::Destroyed>());
+  auto resumed = connection_->Resume(MakeResumeRequest(false), Deadline::After(kAgentPatience));
+  ASSERT_FALSE(resumed.has_value());
+  EXPECT_EQ(resumed.error().kind(), ErrorKind::kLifecycle) << resumed.error().ToString();
+}
+
+TEST_F(ConnectionQuiesceTest, ResumeWithoutQuiesceReturnsTheHello) {
+  std::optional<Result<proto::Hello>> resumed;
+  std::thread resumer([&] {
+    resumed = connection_->Resume(MakeResumeRequest(false), Deadline::After(kAgentPatience));
+  });
+  auto resume = agent_.ReceiveResume();
+  // An unsolicited hello (the channel reconnected) does not answer the Resume.
+  agent_.SendHello("reconnected");
+  if (resume) agent_.SendHelloFor(resume->first, "the answer");
+  resumer.join();
+  ASSERT_TRUE(resume.has_value());
+  ASSERT_TRUE(resumed.has_value());
+  ASSERT_TRUE(resumed->has_value()) << resumed->error().ToString();
+  EXPECT_EQ((*resumed)->agent_version, "the answer");
+  EXPECT_EQ((*resumed)->version, proto::kVersion);
+}
+
+TEST_F(ConnectionQuiesceTest, AnErrorAnswerFailsTheResumeAndLetsSendersGo) {
+  QuiesceConnection();
+  std::optional<Result<void>> sent;
+  std::thread sender([&] { sent = connection_->Send(proto::EncodePing(9)); });
+  std::optional<Result<proto::Hello>> resumed;
+  std::thread resumer([&] {
+    resumed = connection_->Resume(MakeResumeRequest(true), Deadline::After(kAgentPatience));
+  });
+  auto resume = agent_.ReceiveResume();
+  if (resume) {
+    agent_.Send(
+        proto::EncodeError(resume->first, {EPERM, "", "set the clock: Operation not permitted"}));
+  }
+  resumer.join();
+  sender.join();
+  ASSERT_TRUE(resume.has_value());
+  EXPECT_TRUE(resume->second.clone);
+  ASSERT_TRUE(resumed.has_value());
+  ASSERT_FALSE(resumed->has_value());
+  ExpectBackend(resumed->error(), "resuming the guest agent");
+  ExpectBackend(resumed->error(), "set the clock: Operation not permitted");
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_TRUE(sent->has_value()) << sent->error().ToString();
+  EXPECT_TRUE(agent_.Receive(proto::MessageType::kPing).has_value());
+}
+
+TEST_F(ConnectionQuiesceTest, ResumeTimesOutAndLetsSendersGo) {
+  QuiesceConnection();
+  auto resumed = connection_->Resume(MakeResumeRequest(false), Deadline::After(100ms));
+  ASSERT_FALSE(resumed.has_value());
+  ExpectBackend(resumed.error(), "timed out");
+  EXPECT_TRUE(agent_.ReceiveResume().has_value());
+  ASSERT_TRUE(connection_->Send(proto::EncodePing(10)));
+  EXPECT_TRUE(agent_.Receive(proto::MessageType::kPing).has_value());
+}
+
+TEST_F(ConnectionQuiesceTest, ResumeRefusesBadEntropyAndSendsNothing) {
+  QuiesceConnection();
+  for (const proto::ResumeRequest& request :
+       {proto::ResumeRequest{true, 1, Bytes(proto::kMinCloneEntropy - 1, 1)},
+        proto::ResumeRequest{true, 1, {}},
+        proto::ResumeRequest{false, 1, Bytes(proto::kMaxEntropy + 1, 1)}}) {
+    auto resumed = connection_->Resume(request, Deadline::After(kAgentPatience));
+    ASSERT_FALSE(resumed.has_value());
+    EXPECT_EQ(resumed.error().kind(), ErrorKind::kInvalidConfig) << resumed.error().ToString();
+  }
+  EXPECT_FALSE(agent_.Receive(100ms).has_value());
+}
+
+TEST_F(ConnectionStartTest, QuiesceAndResumeNeedAStartedConnection) {
+  auto quiesced = connection_->Quiesce(Deadline::After(kAgentPatience));
+  ASSERT_FALSE(quiesced.has_value());
+  EXPECT_EQ(quiesced.error().kind(), ErrorKind::kLifecycle) << quiesced.error().ToString();
+  auto resumed = connection_->Resume(MakeResumeRequest(false), Deadline::After(kAgentPatience));
+  ASSERT_FALSE(resumed.has_value());
+  EXPECT_EQ(resumed.error().kind(), ErrorKind::kLifecycle) << resumed.error().ToString();
+}
+
+// StartResumed: a clone's agent on a fresh connection.
+
+class ConnectionStartResumedTest : public AgentChannelTest {};
+
+TEST_F(ConnectionStartResumedTest, DropsWhatCameBeforeItsHelloThenRoutes) {
+  std::optional<std::pair<uint32_t, proto::ResumeRequest>> seen;
+  RunAgent([&](FakeAgent& agent) {
+    // Whatever the agent had for the host it was snapshotted with, whose ids may be the
+    // same as the new host's.
+    agent.Send(Stdout(1, "for the parent"));
+    agent.SendHello("reconnected");
+    agent.Send(proto::EncodeDone(2));
+    seen = agent.ReceiveResume();
+    if (!seen) return;
+    uint32_t id = seen->first;
+    agent.Send(ExitedWith(id + 1, 0));
+    agent.SendHelloFor(id + 5, "another id");
+    agent.SendHelloFor(id, "clone agent");
+    // Routing runs now: answer the host's next request.
+    auto ping = agent.Receive(proto::MessageType::kPing);
+    if (ping) agent.Send(Stdout(ping->header.request_id, "routed"));
+    agent.DrainUntilClose();
+  });
+  proto::ResumeRequest request = MakeResumeRequest(/*clone=*/true);
+  auto hello = connection_->StartResumed(request, Deadline::After(kAgentPatience));
+  ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
+  EXPECT_EQ(hello->agent_version, "clone agent");
+  auto mailbox = connection_->NewRequest();
+  ASSERT_TRUE(connection_->Send(proto::EncodePing(mailbox->id())));
+  auto frame = mailbox->Next(Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
+  auto output = proto::DecodeOutput(frame->payload);
+  ASSERT_TRUE(output.has_value());
+  EXPECT_EQ(ToText(output->data), "routed");
+  ASSERT_TRUE(seen.has_value());
+  EXPECT_TRUE(seen->second.clone);
+  EXPECT_EQ(seen->second.wall_clock_ns, request.wall_clock_ns);
+  EXPECT_EQ(seen->second.entropy, request.entropy);
+  // Its request id is taken: the next request gets another.
+  EXPECT_NE(mailbox->id(), seen->first);
+}
+
+TEST_F(ConnectionStartResumedTest, AnErrorAnswerFails) {
+  RunAgent([](FakeAgent& agent) {
+    auto resume = agent.ReceiveResume();
+    if (resume) {
+      agent.Send(proto::EncodeError(resume->first,
+                                    {EPERM, "", "reseed the RNG: Operation not permitted"}));
+    }
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->StartResumed(MakeResumeRequest(true), Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "resuming the guest agent");
+  ExpectBackend(hello.error(), "reseed the RNG");
+}
+
+TEST_F(ConnectionStartResumedTest, WrongProtocolVersion) {
+  RunAgent([](FakeAgent& agent) {
+    auto resume = agent.ReceiveResume();
+    if (resume) agent.Send(proto::EncodeHello(resume->first, {proto::kVersion + 1, "old"}));
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->StartResumed(MakeResumeRequest(true), Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), fmt::format("protocol version {}", proto::kVersion + 1));
+}
+
+TEST_F(ConnectionStartResumedTest, TimesOutAtTheDeadline) {
+  RunAgent([](FakeAgent& agent) { agent.DrainUntilClose(); });
+  auto started = std::chrono::steady_clock::now();
+  auto hello = connection_->StartResumed(MakeResumeRequest(true), Deadline::After(100ms));
+  auto elapsed = std::chrono::steady_clock::now() - started;
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "timed out");
+  EXPECT_GE(elapsed, 90ms);
+  EXPECT_LT(elapsed, 2s);
+}
+
+TEST_F(ConnectionStartResumedTest, ABrokenStreamBeforeTheHelloFails) {
+  RunAgent([](FakeAgent& agent) {
+    auto resume = agent.ReceiveResume();
+    agent.Send(HeaderBytes(0, proto::kLastMessageType + 1));
+    if (resume) agent.SendHelloFor(resume->first);
+    agent.DrainUntilClose();
+  });
+  auto hello = connection_->StartResumed(MakeResumeRequest(true), Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "unknown frame type");
+}
+
+TEST_F(ConnectionStartResumedTest, TheChannelClosing) {
+  RunAgent([](FakeAgent& agent) { (void)agent.ReceiveResume(); });
+  auto hello = connection_->StartResumed(MakeResumeRequest(true), Deadline::After(kAgentPatience));
+  JoinAgent();
+  ASSERT_FALSE(hello.has_value());
+  ExpectBackend(hello.error(), "channel closed");
+}
+
+TEST_F(ConnectionStartResumedTest, OnlyACloneWithEnoughEntropyIsSent) {
+  std::vector<proto::Frame> frames;
+  RunAgent([&](FakeAgent& agent) { frames = agent.DrainUntilClose(); });
+  for (const proto::ResumeRequest& request :
+       {MakeResumeRequest(/*clone=*/false),
+        proto::ResumeRequest{true, 1, Bytes(proto::kMinCloneEntropy - 1, 1)}}) {
+    auto hello = connection_->StartResumed(request, Deadline::After(kAgentPatience));
+    ASSERT_FALSE(hello.has_value());
+    EXPECT_EQ(hello.error().kind(), ErrorKind::kInvalidConfig) << hello.error().ToString();
+  }
+  JoinAgent();
+  EXPECT_TRUE(frames.empty());
+}
+
+TEST(MakeResumeRequestTest, CarriesTheWallClockAndFreshEntropy) {
+  auto now_ns = [] {
+    timespec now{};
+    clock_gettime(CLOCK_REALTIME, &now);
+    return static_cast<uint64_t>(now.tv_sec) * 1'000'000'000 + static_cast<uint64_t>(now.tv_nsec);
+  };
+  uint64_t before = now_ns();
+  proto::ResumeRequest clone = MakeResumeRequest(true);
+  proto::ResumeRequest parent = MakeResumeRequest(false);
+  uint64_t after = now_ns();
+  EXPECT_TRUE(clone.clone);
+  EXPECT_FALSE(parent.clone);
+  EXPECT_GE(clone.wall_clock_ns, before);
+  EXPECT_LE(parent.wall_clock_ns, after);
+  EXPECT_LE(clone.wall_clock_ns, parent.wall_clock_ns);
+  EXPECT_EQ(clone.entropy.size(), 64u);
+  EXPECT_EQ(parent.entropy.size(), 64u);
+  EXPECT_NE(clone.entropy, parent.entropy);
+  // It is what the wire format accepts.
+  Bytes frame = proto::EncodeResume(1, clone);
+  EXPECT_TRUE(proto::DecodeResume(std::span<const uint8_t>(frame).subspan(proto::kHeaderSize)));
 }
 
 }  // namespace

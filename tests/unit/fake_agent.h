@@ -75,6 +75,10 @@ class FakeAgent {
   void SendHello(std::string version = "fake-agent 1") {
     Send(proto::EncodeHello({proto::kVersion, std::move(version)}));
   }
+  // The Hello that answers a Resume.
+  void SendHelloFor(uint32_t resume_id, std::string version = "fake-agent 1") {
+    Send(proto::EncodeHello(resume_id, {proto::kVersion, std::move(version)}));
+  }
 
   // The next frame from the host; nullopt on EOF, timeout or a malformed stream. A
   // timeout keeps a partial frame for the next call.
@@ -114,6 +118,36 @@ class FakeAgent {
     if (!exec) return 0;
     Send(proto::EncodeStarted(exec->first, {pid}));
     return exec->first;
+  }
+
+  // The id of the host's next Quiesce, or 0 when the next frame is not one.
+  uint32_t ReceiveQuiesce() {
+    auto frame = Receive(proto::MessageType::kQuiesce);
+    if (!frame || !frame->payload.empty()) return 0;
+    return frame->header.request_id;
+  }
+  // Receives a Quiesce and completes it with Done; returns its id (0 when none came).
+  uint32_t AcceptQuiesce() {
+    uint32_t id = ReceiveQuiesce();
+    if (id != 0) Send(proto::EncodeDone(id));
+    return id;
+  }
+
+  // The host's next Resume and its id, or nullopt when the next frame is not one.
+  std::optional<std::pair<uint32_t, proto::ResumeRequest>> ReceiveResume(
+      std::chrono::milliseconds patience = kAgentPatience) {
+    auto frame = Receive(proto::MessageType::kResume, patience);
+    if (!frame) return std::nullopt;
+    auto request = proto::DecodeResume(frame->payload);
+    if (!request) return std::nullopt;
+    return std::pair{frame->header.request_id, std::move(*request)};
+  }
+  // Receives a Resume and answers it with Hello; returns its id (0 when none came).
+  uint32_t AcceptResume() {
+    auto resume = ReceiveResume();
+    if (!resume) return 0;
+    SendHelloFor(resume->first);
+    return resume->first;
   }
 
   // Every frame the host sends until it closes its end (or the patience runs out).

@@ -8,7 +8,7 @@
 namespace vessel::sandbox {
 namespace {
 
-enum class Expect { kAllowed, kInvalidState, kDestroyed };
+enum class Expect { kAllowed, kInvalidState, kDestroyed, kNotReady, kNotReadyForFork };
 
 struct Case {
   SandboxState state;
@@ -20,20 +20,28 @@ struct Case {
 constexpr Case kExpected[] = {
     {SandboxState::kBooting, Operation::kExecute, Expect::kInvalidState},
     {SandboxState::kBooting, Operation::kFiles, Expect::kInvalidState},
+    {SandboxState::kBooting, Operation::kSnapshot, Expect::kNotReady},
+    {SandboxState::kBooting, Operation::kFork, Expect::kNotReadyForFork},
     {SandboxState::kBooting, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Expect::kAllowed},
     {SandboxState::kReady, Operation::kFiles, Expect::kAllowed},
+    {SandboxState::kReady, Operation::kSnapshot, Expect::kAllowed},
+    {SandboxState::kReady, Operation::kFork, Expect::kAllowed},
     {SandboxState::kReady, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kFailed, Operation::kExecute, Expect::kInvalidState},
     {SandboxState::kFailed, Operation::kFiles, Expect::kInvalidState},
+    {SandboxState::kFailed, Operation::kSnapshot, Expect::kNotReady},
+    {SandboxState::kFailed, Operation::kFork, Expect::kNotReadyForFork},
     {SandboxState::kFailed, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kDestroyed, Operation::kExecute, Expect::kDestroyed},
     {SandboxState::kDestroyed, Operation::kFiles, Expect::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kSnapshot, Expect::kDestroyed},
+    {SandboxState::kDestroyed, Operation::kFork, Expect::kDestroyed},
     {SandboxState::kDestroyed, Operation::kDestroy, Expect::kDestroyed},
 };
 
 static_assert(std::size(kAllStates) == 4, "a new state needs rows in kExpected");
-static_assert(std::size(kAllOperations) == 3, "a new operation needs rows in kExpected");
+static_assert(std::size(kAllOperations) == 5, "a new operation needs rows in kExpected");
 
 const Case* FindCase(SandboxState state, Operation op) {
   const Case* found = nullptr;
@@ -71,6 +79,16 @@ TEST(LifecycleTest, EveryStateAndOperation) {
           EXPECT_FALSE(error->Retryable());
           break;
         }
+        case Expect::kNotReady:
+          ASSERT_TRUE(error.has_value());
+          EXPECT_TRUE(error->Is<LifecycleError::NotReady>()) << error->ToString();
+          EXPECT_FALSE(error->Retryable());
+          break;
+        case Expect::kNotReadyForFork:
+          ASSERT_TRUE(error.has_value());
+          EXPECT_TRUE(error->Is<LifecycleError::NotReadyForFork>()) << error->ToString();
+          EXPECT_FALSE(error->Retryable());
+          break;
         case Expect::kDestroyed: {
           ASSERT_TRUE(error.has_value());
           const auto* destroyed = error->As<LifecycleError::Destroyed>();
@@ -127,7 +145,9 @@ TEST(LifecycleTest, OperationNames) {
 TEST(LifecycleTest, EveryOperationIsListedOnce) {
   EXPECT_EQ(kAllOperations[0], Operation::kExecute);
   EXPECT_EQ(kAllOperations[1], Operation::kFiles);
-  EXPECT_EQ(kAllOperations[2], Operation::kDestroy);
+  EXPECT_EQ(kAllOperations[2], Operation::kSnapshot);
+  EXPECT_EQ(kAllOperations[3], Operation::kFork);
+  EXPECT_EQ(kAllOperations[4], Operation::kDestroy);
 }
 
 TEST(LifecycleTest, UnknownOperationFailsClosed) {

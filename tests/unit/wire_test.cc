@@ -125,6 +125,15 @@ TEST(WireRoundTrip, Hello) {
   EXPECT_EQ(decoded->agent_version, "vessel-agent 0.1.0");
 }
 
+TEST(WireRoundTrip, HelloAnsweringAResumeCarriesItsRequestId) {
+  Bytes frame = EncodeHello(0x0a0b0c0d, {kVersion, "agent"});
+  CheckedHeader(frame, MessageType::kHello, 0x0a0b0c0d);
+  auto decoded = DecodeHello(PayloadOf(frame));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->agent_version, "agent");
+  EXPECT_EQ(EncodeHello({kVersion, "agent"}), EncodeHello(0, {kVersion, "agent"}));
+}
+
 TEST(WireRoundTrip, HelloKeepsAForeignVersion) {
   auto decoded = DecodeHello(PayloadOf(EncodeHello({0xdeadbeef, ""})));
   ASSERT_TRUE(decoded.has_value());
@@ -387,6 +396,37 @@ TEST(WireRoundTrip, DoneIsEmpty) {
   EXPECT_TRUE(DecodeEmpty(PayloadOf(done), "done").has_value());
 }
 
+TEST(WireRoundTrip, QuiesceIsEmpty) {
+  Bytes quiesce = EncodeQuiesce(0x11223344);
+  EXPECT_EQ(quiesce.size(), kHeaderSize);
+  CheckedHeader(quiesce, MessageType::kQuiesce, 0x11223344);
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(quiesce), "quiesce").has_value());
+}
+
+TEST(WireRoundTrip, ResumeCloneAndParent) {
+  Bytes entropy;
+  for (size_t i = 0; i < kMaxEntropy; ++i) entropy.push_back(static_cast<uint8_t>(i * 7));
+  struct Case {
+    bool clone;
+    uint64_t wall_clock_ns;
+    size_t entropy_size;
+  };
+  for (const Case& c : {Case{false, 0, 0}, Case{false, UINT64_MAX, 1}, Case{false, 5, kMaxEntropy},
+                        Case{true, 1'700'000'000'000'000'000, kMinCloneEntropy}, Case{true, 1, 64},
+                        Case{true, UINT64_MAX, kMaxEntropy}}) {
+    ResumeRequest request{
+        c.clone, c.wall_clock_ns,
+        Bytes(entropy.begin(), entropy.begin() + static_cast<std::ptrdiff_t>(c.entropy_size))};
+    Bytes frame = EncodeResume(18, request);
+    CheckedHeader(frame, MessageType::kResume, 18);
+    auto decoded = DecodeResume(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->clone, c.clone);
+    EXPECT_EQ(decoded->wall_clock_ns, c.wall_clock_ns);
+    EXPECT_EQ(decoded->entropy, request.entropy);
+  }
+}
+
 TEST(WireFormat, HeaderLayoutIsLittleEndian) {
   Bytes frame = EncodePing(0x04030201);
   EXPECT_EQ(frame, (Bytes{0, 0, 0, 0, 6, 0, 0, 0, 1, 2, 3, 4}));
@@ -436,6 +476,17 @@ TEST(WireFormat, FileOpLayout) {
                                         0,    0,    1, 0}));                           // window
 }
 
+TEST(WireFormat, QuiesceAndResumeLayouts) {
+  EXPECT_EQ(EncodeQuiesce(3), (Bytes{0, 0, 0, 0, 16, 0, 0, 0, 3, 0, 0, 0}));
+  EXPECT_EQ(EncodeResume(4, {true, 0x0102030405060708ULL, Bytes{0xaa, 0xbb}}),
+            (Bytes{15, 0, 0, 0, 17,   0,   0, 0, 4, 0, 0, 0,  // header
+                   1,                                         // flags: clone
+                   8,  7, 6, 5, 4,    3,   2, 1,              // wall clock, ns
+                   2,  0, 0, 0, 0xaa, 0xbb}));                // entropy
+  EXPECT_EQ(EncodeHello(5, {3, ""}),
+            (Bytes{8, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0}));
+}
+
 TEST(WireFormat, FileInfoLayout) {
   FileInfo info{FileType::kDirectory, 0755, 0x0102030405060708ULL, -1, "x"};
   EXPECT_EQ(EncodeFileInfo(7, info),
@@ -465,7 +516,7 @@ TEST(WireHeader, RejectsOversizePayload) {
 }
 
 TEST(WireHeader, RejectsUnknownTypes) {
-  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 16, 17, 128, 255}) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 18, 19, 128, 255}) {
     ExpectMalformed(DecodeHeader(HeaderOf(Header(0, type))), "unknown frame type");
   }
 }
@@ -490,6 +541,7 @@ TEST(WireDecode, EveryDecoderRejectsAnEmptyPayload) {
   ExpectMalformed(DecodeCredit(empty), "malformed credit");
   ExpectMalformed(DecodeFileOp(empty), "malformed file operation");
   ExpectMalformed(DecodeFileInfo(empty), "malformed file info");
+  ExpectMalformed(DecodeResume(empty), "malformed resume");
   EXPECT_TRUE(DecodeEmpty(empty, "ping").has_value());
 }
 
@@ -536,6 +588,10 @@ TEST(WireDecode, TruncatedPayloadsAreRejected) {
                             [](auto p) { return DecodeFileInfo(p); });
   ExpectEveryPrefixRejected(EncodeFileInfo(1, {FileType::kDirectory, 0755, 0, 0, ""}),
                             [](auto p) { return DecodeFileInfo(p); });
+  ExpectEveryPrefixRejected(EncodeResume(1, {true, 99, Bytes(kMinCloneEntropy, 1)}),
+                            [](auto p) { return DecodeResume(p); });
+  ExpectEveryPrefixRejected(EncodeResume(1, {false, 99, {}}),
+                            [](auto p) { return DecodeResume(p); });
   // Output data runs to the end of the frame, so only a missing stream byte is detectable.
   ExpectMalformed(DecodeOutput({}), "truncated");
 }
@@ -565,6 +621,8 @@ TEST(WireDecode, TrailingBytesAreRejected) {
                              [](auto p) { return DecodeFileOp(p); });
   ExpectTrailingByteRejected(EncodeFileInfo(1, {FileType::kSymlink, 0777, 3, 4, "l"}),
                              [](auto p) { return DecodeFileInfo(p); });
+  ExpectTrailingByteRejected(EncodeResume(1, {true, 1, Bytes(kMaxEntropy, 2)}),
+                             [](auto p) { return DecodeResume(p); });
 }
 
 TEST(WireDecode, EmptyPayloadsRejectAnyByte) {
@@ -818,6 +876,39 @@ TEST(WireDecode, FileInfoRejectsNamesWithASlashOrNul) {
   }
 }
 
+TEST(WireDecode, ResumeRejectsUnknownFlags) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{2, 3, 0x80, 0xff}) {
+    PayloadBuilder b;
+    b.U8(flags).U64(1).Filler(kMinCloneEntropy);
+    ExpectMalformed(DecodeResume(b.bytes()), "malformed resume: unknown flags");
+  }
+}
+
+TEST(WireDecode, ResumeRejectsEntropyOverTheCap) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{0, kResumeClone}) {
+    PayloadBuilder b;
+    b.U8(flags).U64(1).Filler(kMaxEntropy + 1);
+    ExpectMalformed(DecodeResume(b.bytes()), "entropy of 513 bytes exceeds the cap of 512");
+  }
+  // A length that claims 4 GiB is rejected before anything is allocated.
+  PayloadBuilder huge;
+  huge.U8(kResumeClone).U64(1).U32(0xffffffff);
+  ExpectMalformed(DecodeResume(huge.bytes()), "exceeds the cap");
+  // A length within the cap that the payload does not hold.
+  PayloadBuilder short_entropy;
+  short_entropy.U8(kResumeClone).U64(1).U32(64).U8(1);
+  ExpectMalformed(DecodeResume(short_entropy.bytes()), "entropy of 64 bytes is truncated");
+}
+
+TEST(WireDecode, ResumeRejectsACloneWithTooLittleEntropy) {
+  for (uint32_t size : {0u, 1u, kMinCloneEntropy - 1}) {
+    ExpectMalformed(DecodeResume(PayloadOf(EncodeResume(1, {true, 1, Bytes(size, 3)}))),
+                    "a clone needs at least 32 bytes of entropy");
+    // The parent's own VM needs none.
+    EXPECT_TRUE(DecodeResume(PayloadOf(EncodeResume(1, {false, 1, Bytes(size, 3)}))));
+  }
+}
+
 TEST(WireDecode, FileInfoRejectsOversizeName) {
   FileInfo info{FileType::kRegular, 0644, 0, 0, std::string(kMaxPathSize + 1, 'n')};
   ExpectMalformed(DecodeFileInfo(PayloadOf(EncodeFileInfo(1, info))),
@@ -851,7 +942,11 @@ std::vector<Bytes> SampleFrames() {
           EncodeFileInfo(6, {FileType::kRegular, 0644, 4, 5, "f"}),
           EncodeFileData(6, data),
           EncodeFileData(6, {}),
-          EncodeDone(6)};
+          EncodeDone(6),
+          EncodeQuiesce(7),
+          EncodeDone(7),
+          EncodeResume(8, {true, 12345, Bytes(kMinCloneEntropy, 0x5a)}),
+          EncodeHello(8, {kVersion, "agent"})};
 }
 
 // Takes every complete frame out of `reader`, re-encoding each as header + payload.

@@ -2,11 +2,15 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <poll.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
+#include <mutex>
 #include <thread>
 
 #include "base/io.h"
@@ -25,6 +29,9 @@ constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 constexpr uint32_t kTcgCacheMib = 64;
 constexpr size_t kDiagnosticBytes = 2048;
 constexpr auto kQmpTimeout = std::chrono::seconds(5);
+// Saving or loading a VM: device state is small, but a copy of RAM may be large.
+constexpr auto kSaveTimeout = std::chrono::seconds(120);
+constexpr auto kPollInterval = std::chrono::milliseconds(2);
 
 // A value inside a QEMU option list, where a comma is written twice.
 std::string QemuOptionValue(const std::string& value) {
@@ -60,27 +67,171 @@ Result<SocketPair> MakeSocketPair() {
   return SocketPair{UniqueFd(fds[0]), UniqueFd(fds[1])};
 }
 
+// One running qemu-system-x86_64 and its QMP channel.
+struct QemuProcess {
+  Subprocess process;
+  UniqueFd exited;  // a pidfd: readable once the process has exited
+  QmpClient qmp{UniqueFd()};
+  bool negotiated = false;
+
+  // The QMP channel, negotiated on first use.
+  Result<QmpClient*> Qmp(Deadline deadline) {
+    if (!negotiated) {
+      if (auto r = qmp.Handshake(deadline); !r) return Fail(std::move(r).error());
+      negotiated = true;
+    }
+    return &qmp;
+  }
+  Result<nlohmann::json> Execute(const std::string& command, const nlohmann::json& arguments,
+                                 Deadline deadline) {
+    auto client = Qmp(deadline);
+    if (!client) return Fail(std::move(client).error());
+    return (*client)->Execute(command, arguments, deadline);
+  }
+};
+
+struct Launch {
+  std::string binary;
+  Accel accel = Accel::kTcg;
+  const VmSpec* spec = nullptr;
+  QemuWiring wiring;  // qmp_fd is filled in by StartQemu
+  std::vector<int> inherit_fds;
+  std::string output_path;
+};
+
+Result<QemuProcess> StartQemu(Launch launch) {
+  auto qmp = MakeSocketPair();
+  if (!qmp) return Fail(std::move(qmp).error());
+  launch.wiring.qmp_fd = qmp->vmm.get();
+  SpawnOptions spawn;
+  spawn.argv = QemuArgv(launch.binary, launch.accel, *launch.spec, launch.wiring);
+  spawn.inherit_fds = std::move(launch.inherit_fds);
+  spawn.inherit_fds.push_back(qmp->vmm.get());
+  spawn.output_path = launch.output_path;
+  auto process = Subprocess::Spawn(spawn);
+  if (!process) return Fail(std::move(process).error().Context("starting QEMU"));
+  QemuProcess started;
+  // Opened before anyone could reap the child, so it cannot name a recycled pid.
+  started.exited = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, process->pid(), 0)));
+  if (!started.exited) return Fail(Error::HostIo("pidfd_open", errno));
+  started.process = std::move(*process);
+  started.qmp = QmpClient(std::move(qmp->host));
+  return started;
+}
+
+Result<void> SetIgnoreShared(QemuProcess& qemu, bool on, Deadline deadline) {
+  nlohmann::json caps = {{"capabilities", {{{"capability", "x-ignore-shared"}, {"state", on}}}}};
+  if (auto r = qemu.Execute("migrate-set-capabilities", caps, deadline); !r) {
+    return Fail(std::move(r).error());
+  }
+  return {};
+}
+
+// Waits until the outgoing migration of `qemu` has completed.
+Result<void> WaitMigrationDone(QemuProcess& qemu, Deadline deadline) {
+  for (;;) {
+    auto info = qemu.Execute("query-migrate", {}, deadline);
+    if (!info) return Fail(std::move(info).error());
+    std::string status = info->value("status", "");
+    if (status == "completed") return {};
+    if (status == "failed" || status == "cancelled") {
+      return Fail(Error::Backend("saving the VM failed: " +
+                                 info->value("error-desc", std::string("no reason given"))));
+    }
+    if (deadline.Expired()) return Fail(Error::Backend("saving the VM: timed out"));
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+// Waits until `qemu` has loaded its incoming migration; it is then paused.
+Result<void> WaitIncomingDone(QemuProcess& qemu, Deadline deadline) {
+  for (;;) {
+    auto status = qemu.Execute("query-status", {}, deadline);
+    if (!status) return Fail(std::move(status).error().Context("loading the saved VM"));
+    std::string state = status->value("status", "");
+    if (state != "inmigrate") {
+      if (state == "paused" || state == "postmigrate" || state == "running") return {};
+      return Fail(Error::Backend("loading the saved VM: QEMU is " + state));
+    }
+    if (deadline.Expired()) return Fail(Error::Backend("loading the saved VM: timed out"));
+    std::this_thread::sleep_for(kPollInterval);
+  }
+}
+
+// Starts an incoming migration from `fd`, a descriptor the process inherited.
+Result<void> StartIncoming(QemuProcess& qemu, int fd, bool ignore_shared, Deadline deadline) {
+  if (ignore_shared) {
+    if (auto r = SetIgnoreShared(qemu, true, deadline); !r) return r;
+  }
+  if (auto r = qemu.Execute("migrate-incoming", {{"uri", fmt::format("fd:{}", fd)}}, deadline);
+      !r) {
+    return Fail(std::move(r).error());
+  }
+  return {};
+}
+
+// Migrates the paused `qemu` out through `fd`: with `ignore_shared`, RAM mapped shared
+// from a file is skipped and only device state is written.
+Result<void> MigrateOut(QemuProcess& qemu, int fd, bool ignore_shared, Deadline deadline) {
+  if (auto r = SetIgnoreShared(qemu, ignore_shared, deadline); !r) return r;
+  // The default bandwidth cap (32 MiB/s) is for live migration over a network.
+  if (auto r = qemu.Execute("migrate-set-parameters", {{"max-bandwidth", int64_t{1} << 40}},
+                            deadline);
+      !r) {
+    return Fail(std::move(r).error());
+  }
+  auto client = qemu.Qmp(deadline);
+  if (!client) return Fail(std::move(client).error());
+  if (auto r = (*client)->SendFd("vessel-migration", fd, deadline); !r) return r;
+  if (auto r = qemu.Execute("migrate", {{"uri", "fd:vessel-migration"}}, deadline); !r) {
+    return Fail(std::move(r).error());
+  }
+  return WaitMigrationDone(qemu, deadline);
+}
+
+Result<UniqueFd> CreateFile(const std::string& path, int flags) {
+  UniqueFd fd(::open(path.c_str(), flags | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!fd) return Fail(Error::HostIo("create " + path, errno));
+  return fd;
+}
+
 class QemuVm final : public Vm {
  public:
-  QemuVm(RuntimeDir dir, Subprocess process, UniqueFd agent, UniqueFd qmp)
+  QemuVm(const QemuEngine& engine, QemuOptions options, VmSpec spec, RuntimeDir dir,
+         SocketPair agent)
       : id_(dir.id()),
+        options_(std::move(options)),
+        accel_(engine.accel()),
+        spec_(std::move(spec)),
         dir_(std::move(dir)),
-        process_(std::move(process)),
         agent_(std::move(agent)),
-        qmp_(std::move(qmp)) {}
+        wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
   ~QemuVm() override { Destroy(); }
 
+  // Starts the VM's QEMU: a boot, or a restore from spec_.restore.
+  Result<void> Start() {
+    if (!spec_.restore) {
+      auto qemu = StartQemu(MakeLaunch(dir_.File(kMemoryFile), /*shared=*/true));
+      if (!qemu) return Fail(std::move(qemu).error());
+      qemu_ = std::move(*qemu);
+      memory_shared_ = true;
+    } else if (auto r = StartRestored(spec_.restore->memory, spec_.restore->state,
+                                      /*load=*/false, Deadline::After(kSaveTimeout));
+               !r) {
+      return r;
+    }
+    if (!wake_) return Fail(Error::HostIo("eventfd", errno));
+    watcher_ = std::thread([this] { WatchForExit(); });
+    return {};
+  }
+
   const std::string& id() const override { return id_; }
-  int agent_fd() const override { return agent_.get(); }
-  bool Running() override { return process_.Running(); }
+  int agent_fd() const override { return agent_.host.get(); }
+  const std::string& private_dir() const override { return dir_.path(); }
+  bool Running() override { return qemu_.process.Running(); }
 
   Result<std::string> RunState() override {
-    auto deadline = Deadline::After(kQmpTimeout);
-    if (!qmp_negotiated_) {
-      if (auto r = qmp_.Handshake(deadline); !r) return Fail(std::move(r).error());
-      qmp_negotiated_ = true;
-    }
-    auto status = qmp_.Execute("query-status", {}, deadline);
+    auto status = qemu_.Execute("query-status", {}, Deadline::After(kQmpTimeout));
     if (!status) return Fail(std::move(status).error());
     if (!status->is_object() || !(*status)["status"].is_string()) {
       return Fail(Error::Backend("QMP query-status: unexpected reply"));
@@ -99,18 +250,232 @@ class QemuVm final : public Vm {
   }
 
   void Destroy() override {
-    process_.Kill();
-    agent_.Reset();
+    {
+      std::lock_guard lock(watch_mutex_);
+      stopping_ = true;
+    }
+    Wake();
+    if (watcher_.joinable()) watcher_.join();
+    qemu_.process.Kill();
+    agent_.host.Reset();
+    agent_.vmm.Reset();
     dir_.Remove();
   }
 
+  Result<void> Pause() override {
+    if (auto r = qemu_.Execute("stop", {}, Deadline::After(kQmpTimeout)); !r) {
+      return Fail(std::move(r).error().Context("pausing the VM"));
+    }
+    return {};
+  }
+
+  Result<void> Resume() override {
+    auto deadline = Deadline::After(kSaveTimeout);
+    if (incoming_) {
+      if (auto r = LoadIncoming(deadline); !r) return r;
+      if (auto r = WaitIncomingDone(qemu_, deadline); !r) return Fail(WithDiagnostics(r.error()));
+      incoming_ = false;
+    }
+    if (auto r = qemu_.Execute("cont", {}, deadline); !r) {
+      return Fail(std::move(r).error().Context("resuming the VM"));
+    }
+    return {};
+  }
+
+  Result<void> Save(const std::string& dir) override {
+    auto deadline = Deadline::After(kSaveTimeout);
+    std::string memory = dir + "/" + kMemoryFile;
+    std::string state = dir + "/" + kStateFile;
+    if (memory_shared_) {
+      // This VM's RAM is its own file: save the device state, make the file the saved
+      // image, and go on as a private mapping of it, so nothing is copied.
+      if (::link(dir_.File(kMemoryFile).c_str(), memory.c_str()) == 0) {
+        auto r = SaveInPlace(state, deadline);
+        if (!r) {
+          ::unlink(memory.c_str());
+          ::unlink(state.c_str());
+        }
+        return r;
+      }
+      if (errno != EXDEV) return Fail(Error::HostIo("link the memory image into " + dir, errno));
+    }
+    auto r = SaveByCopy(memory, state, deadline);
+    if (!r) {
+      ::unlink(memory.c_str());
+      ::unlink(state.c_str());
+    }
+    return r;
+  }
+
  private:
+  static constexpr const char* kMemoryFile = "memory";
+  static constexpr const char* kStateFile = "state";
+
+  Launch MakeLaunch(const std::string& memory, bool shared) const {
+    Launch launch;
+    launch.binary = options_.binary;
+    launch.accel = accel_;
+    launch.spec = &spec_;
+    launch.wiring.name = "vessel-" + id_;
+    launch.wiring.console_chardev =
+        "file,append=on,path=" + QemuOptionValue(dir_.File("console.log"));
+    launch.wiring.agent_fd = agent_.vmm.get();
+    launch.wiring.kernel_cmdline = GuestKernelCmdline();
+    launch.wiring.memory_path = memory;
+    launch.wiring.memory_shared = shared;
+    launch.inherit_fds = {agent_.vmm.get()};
+    launch.output_path = dir_.File("vmm.log");
+    return launch;
+  }
+
+  // Makes `next` this VM's QEMU and returns the previous one.
+  QemuProcess Replace(QemuProcess next) {
+    std::lock_guard lock(watch_mutex_);
+    std::swap(qemu_, next);
+    Wake();
+    return next;
+  }
+
+  void Wake() {
+    uint64_t one = 1;
+    (void)!::write(wake_.get(), &one, sizeof(one));
+  }
+
+  // The host keeps the VMM end of the agent channel (for the next QEMU of this VM), so
+  // the channel does not end by itself when QEMU dies: this thread ends it, and readers
+  // see the end of the stream as they would without the kept end.
+  void WatchForExit() {
+    for (;;) {
+      int exited;
+      {
+        std::lock_guard lock(watch_mutex_);
+        if (stopping_) return;
+        exited = qemu_.exited.get();
+      }
+      pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {exited, POLLIN, 0}};
+      if (::poll(fds, exited >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) return;
+      if (fds[0].revents & POLLIN) {
+        uint64_t count;
+        (void)!::read(wake_.get(), &count, sizeof(count));
+        continue;
+      }
+      if (fds[1].revents & POLLIN) {
+        std::lock_guard lock(watch_mutex_);
+        // A QEMU replaced in the meantime was retired on purpose.
+        if (stopping_ || qemu_.exited.get() != exited) continue;
+        ::shutdown(agent_.vmm.get(), SHUT_RDWR);
+        return;
+      }
+    }
+  }
+
+  Error WithDiagnostics(const Error& error) const {
+    return Error::Backend(error.message() + "\n" + Diagnostics());
+  }
+
+  // Starts QEMU on a private mapping of `memory`, waiting for the machine's state from
+  // `state`. With `load`, loading starts at once; else Resume() starts it, so that a VM
+  // can be started ahead of time and wait, with its memory mapped, until it is needed.
+  Result<void> StartRestored(const std::string& memory, const std::string& state, bool load,
+                             Deadline deadline) {
+    UniqueFd state_fd(::open(state.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!state_fd) return Fail(Error::HostIo("open " + state, errno));
+    Launch launch = MakeLaunch(memory, /*shared=*/false);
+    launch.wiring.incoming = true;
+    launch.inherit_fds.push_back(state_fd.get());
+    auto qemu = StartQemu(std::move(launch));
+    if (!qemu) return Fail(std::move(qemu).error());
+    Replace(std::move(*qemu));
+    memory_shared_ = false;
+    incoming_ = true;
+    state_fd_ = std::move(state_fd);
+    if (load) return LoadIncoming(deadline);
+    return {};
+  }
+
+  // Starts loading the state QEMU waits for; the descriptor is QEMU's by inheritance.
+  Result<void> LoadIncoming(Deadline deadline) {
+    if (!state_fd_) return {};
+    auto r = StartIncoming(qemu_, state_fd_.get(), /*ignore_shared=*/true, deadline);
+    state_fd_.Reset();
+    if (!r) return Fail(WithDiagnostics(r.error()));
+    return {};
+  }
+
+  Result<void> SaveInPlace(const std::string& state, Deadline deadline) {
+    auto fd = CreateFile(state, O_WRONLY);
+    if (!fd) return Fail(std::move(fd).error());
+    if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
+    // The agent channel's VMM end is inherited again, so bytes in flight stay in the
+    // socket for the new process. The old one is stopped and reads nothing more.
+    QemuProcess old = Replace(QemuProcess{});
+    if (auto r = StartRestored(dir_.File(kMemoryFile), state, /*load=*/true, deadline); !r) {
+      Replace(std::move(old));
+      return r;
+    }
+    if (auto r = WaitIncomingDone(qemu_, deadline); !r) {
+      Replace(std::move(old)).process.Kill();
+      memory_shared_ = true;
+      incoming_ = false;
+      return Fail(WithDiagnostics(r.error()));
+    }
+    incoming_ = false;
+    old.process.Kill();
+    return {};
+  }
+
+  // Writes RAM to a new file through a second QEMU that maps it shared and takes this
+  // VM's whole state by migration, then saves that QEMU's device state. For VMs whose RAM
+  // is a private mapping, and for directories on another file system.
+  Result<void> SaveByCopy(const std::string& memory, const std::string& state,
+                          Deadline deadline) {
+    auto memory_fd = CreateFile(memory, O_RDWR);
+    if (!memory_fd) return Fail(std::move(memory_fd).error());
+    if (::ftruncate(memory_fd->get(), off_t{spec_.memory_mib} << 20) != 0) {
+      return Fail(Error::HostIo("size " + memory, errno));
+    }
+    auto channel = MakeSocketPair();
+    if (!channel) return Fail(std::move(channel).error());
+    Launch launch = MakeLaunch(memory, /*shared=*/true);
+    launch.wiring.name += "-save";
+    launch.wiring.console_chardev = "null";
+    launch.wiring.agent_fd = -1;
+    launch.wiring.incoming = true;
+    launch.inherit_fds = {channel->vmm.get()};
+    launch.output_path = dir_.File("vmm.log");
+    auto writer = StartQemu(std::move(launch));
+    if (!writer) return Fail(std::move(writer).error());
+    if (auto r = StartIncoming(*writer, channel->vmm.get(), /*ignore_shared=*/false, deadline);
+        !r) {
+      return Fail(WithDiagnostics(r.error()));
+    }
+    channel->vmm.Reset();
+    if (auto r = MigrateOut(qemu_, channel->host.get(), /*ignore_shared=*/false, deadline); !r) {
+      return Fail(WithDiagnostics(r.error()));
+    }
+    if (auto r = WaitIncomingDone(*writer, deadline); !r) return Fail(WithDiagnostics(r.error()));
+    auto fd = CreateFile(state, O_WRONLY);
+    if (!fd) return Fail(std::move(fd).error());
+    if (auto r = MigrateOut(*writer, fd->get(), /*ignore_shared=*/true, deadline); !r) {
+      return Fail(WithDiagnostics(r.error()));
+    }
+    return {};
+  }
+
   std::string id_;
+  QemuOptions options_;
+  Accel accel_;
+  VmSpec spec_;
   RuntimeDir dir_;
-  Subprocess process_;
-  UniqueFd agent_;
-  QmpClient qmp_;
-  bool qmp_negotiated_ = false;
+  SocketPair agent_;  // the VMM end is kept, to hand to the next QEMU of this VM
+  QemuProcess qemu_;  // replaced under watch_mutex_
+  UniqueFd wake_;     // an eventfd: qemu_ changed or the VM is being destroyed
+  std::mutex watch_mutex_;
+  bool stopping_ = false;
+  std::thread watcher_;
+  bool memory_shared_ = false;  // RAM is this VM's own file, mapped shared
+  bool incoming_ = false;       // a migration is loading; Resume() waits for it
+  UniqueFd state_fd_;           // the saved state QEMU waits for, until Resume() loads it
 };
 
 }  // namespace
@@ -163,7 +528,7 @@ std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const 
   std::vector<std::string> argv = {
       binary,
       "-name", wiring.name,
-      "-M", "microvm,acpi=off",
+      "-M", wiring.memory_path.empty() ? "microvm,acpi=off" : "microvm,acpi=off,memory-backend=mem0",
       "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
       "-smp", std::to_string(spec.vcpus),
       "-m", fmt::format("{}M", spec.memory_mib),
@@ -173,12 +538,20 @@ std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const 
       "-chardev", wiring.console_chardev + ",id=console",
       "-serial", "chardev:console",
       "-device", "virtio-serial-device,id=vser0",
-      "-chardev", fmt::format("socket,id=agent,fd={}", wiring.agent_fd),
+      "-chardev", wiring.agent_fd >= 0 ? fmt::format("socket,id=agent,fd={}", wiring.agent_fd)
+                                       : std::string("null,id=agent"),
       "-device", fmt::format("virtserialport,bus=vser0.0,chardev=agent,name={}", kAgentPortName),
       "-chardev", fmt::format("socket,id=qmp,fd={}", wiring.qmp_fd),
       "-mon", "chardev=qmp,mode=control",
   };
   // clang-format on
+  if (!wiring.memory_path.empty()) {
+    argv.insert(argv.end(),
+                {"-object", fmt::format("memory-backend-file,id=mem0,size={}M,mem-path={},share={}",
+                                        spec.memory_mib, QemuOptionValue(wiring.memory_path),
+                                        wiring.memory_shared ? "on" : "off")});
+  }
+  if (wiring.incoming) argv.insert(argv.end(), {"-incoming", "defer"});
   if (accel == Accel::kKvm) {
     argv.insert(argv.end(), {"-accel", "kvm", "-cpu", "host"});
   } else {
@@ -203,30 +576,30 @@ uint32_t QemuEngine::max_memory_mib() const {
   return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
 }
 
+std::string QemuEngine::version() const {
+  std::string binary = options_.binary;
+  static const std::string version = [&binary] {
+    std::string out;
+    if (FILE* pipe = ::popen((binary + " --version 2>/dev/null").c_str(), "r")) {
+      char line[256];
+      if (std::fgets(line, sizeof(line), pipe)) out = line;
+      ::pclose(pipe);
+    }
+    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+    return out.empty() ? std::string("unknown") : out;
+  }();
+  return version;
+}
+
 Result<std::unique_ptr<Vm>> QemuEngine::Start(const VmSpec& spec) {
   SweepStaleRuntimeDirs();
   auto dir = RuntimeDir::Create();
   if (!dir) return Fail(std::move(dir).error());
   auto agent = MakeSocketPair();
   if (!agent) return Fail(std::move(agent).error());
-  auto qmp = MakeSocketPair();
-  if (!qmp) return Fail(std::move(qmp).error());
-
-  QemuWiring wiring;
-  wiring.name = "vessel-" + dir->id();
-  wiring.console_chardev = "file,path=" + QemuOptionValue(dir->File("console.log"));
-  wiring.agent_fd = agent->vmm.get();
-  wiring.qmp_fd = qmp->vmm.get();
-  wiring.kernel_cmdline = GuestKernelCmdline();
-
-  SpawnOptions spawn;
-  spawn.argv = QemuArgv(options_.binary, accel_, spec, wiring);
-  spawn.inherit_fds = {agent->vmm.get(), qmp->vmm.get()};
-  spawn.output_path = dir->File("vmm.log");
-  auto process = Subprocess::Spawn(spawn);
-  if (!process) return Fail(std::move(process).error().Context("starting QEMU"));
-  return std::make_unique<QemuVm>(std::move(*dir), std::move(*process), std::move(agent->host),
-                                  std::move(qmp->host));
+  auto vm = std::make_unique<QemuVm>(*this, options_, spec, std::move(*dir), std::move(*agent));
+  if (auto r = vm->Start(); !r) return Fail(std::move(r).error());
+  return vm;
 }
 
 }  // namespace vessel::engine::qemu

@@ -32,9 +32,14 @@ std::string GuestKernelCmdline(bool quiet = true);
 struct QemuWiring {
   std::string name;             // -name
   std::string console_chardev;  // -chardev backend for the serial console, e.g. "file,path=..."
-  int agent_fd = -1;            // connected socket for the agent's virtio-serial port
-  int qmp_fd = -1;              // connected socket for QMP
+  int agent_fd = -1;  // connected socket for the agent's port; -1: a null device
+  int qmp_fd = -1;    // connected socket for QMP
   std::string kernel_cmdline;
+  // Guest RAM in this file (shared: writes go to the file; else a private copy-on-write
+  // mapping). Empty: anonymous memory.
+  std::string memory_path;
+  bool memory_shared = true;
+  bool incoming = false;  // wait for a migration stream (-incoming defer)
 };
 
 // The whole qemu-system-x86_64 command line for a VM.
@@ -48,6 +53,7 @@ class QemuEngine final : public Engine {
   [[nodiscard]] std::string name() const override;
   [[nodiscard]] uint32_t max_vcpus() const override;
   [[nodiscard]] uint32_t max_memory_mib() const override;
+  [[nodiscard]] std::string version() const override;
   [[nodiscard]] Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;
   [[nodiscard]] Accel accel() const { return accel_; }
 

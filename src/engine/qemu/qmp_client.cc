@@ -1,5 +1,9 @@
 #include "engine/qemu/qmp_client.h"
 
+#include <sys/socket.h>
+
+#include <cstring>
+
 #include "base/io.h"
 
 namespace vessel::engine::qemu {
@@ -44,6 +48,10 @@ Result<json> QmpClient::Execute(const std::string& command, const json& argument
       !r) {
     return Fail(std::move(r).error());
   }
+  return ReadReturn(command, deadline);
+}
+
+Result<json> QmpClient::ReadReturn(const std::string& command, Deadline deadline) {
   for (;;) {
     auto message = ReadMessage(deadline);
     if (!message) return message;
@@ -55,6 +63,32 @@ Result<json> QmpClient::Execute(const std::string& command, const json& argument
     }
     return Fail(Error::Backend("QMP " + command + ": unexpected reply"));
   }
+}
+
+Result<void> QmpClient::SendFd(const std::string& name, int fd, Deadline deadline) {
+  std::string text = json{{"execute", "getfd"}, {"arguments", {{"fdname", name}}}}.dump() + "\n";
+  // The descriptor rides on the first byte; the rest of the command follows as usual.
+  iovec iov{text.data(), 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
+  std::memcpy(CMSG_DATA(cmsg), &fd, sizeof(int));
+  ssize_t n;
+  do {
+    n = ::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
+  } while (n < 0 && errno == EINTR);
+  if (n != 1) return Fail(Error::HostIo("QMP getfd: sendmsg", n < 0 ? errno : EIO));
+  auto rest = std::span(reinterpret_cast<const uint8_t*>(text.data()) + 1, text.size() - 1);
+  if (auto r = WriteAll(fd_.get(), rest, deadline, "QMP"); !r) return Fail(std::move(r).error());
+  if (auto r = ReadReturn("getfd", deadline); !r) return Fail(std::move(r).error());
+  return {};
 }
 
 }  // namespace vessel::engine::qemu

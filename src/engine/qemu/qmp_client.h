@@ -23,9 +23,14 @@ class QmpClient {
   // carrying QEMU's description. Asynchronous events that arrive meanwhile are skipped.
   [[nodiscard]] Result<nlohmann::json> Execute(const std::string& command,
                                                const nlohmann::json& arguments, Deadline deadline);
+  // Passes `fd` to QEMU under `name` (QMP getfd, the descriptor travels as SCM_RIGHTS),
+  // for commands that take "fd:<name>".
+  [[nodiscard]] Result<void> SendFd(const std::string& name, int fd, Deadline deadline);
 
  private:
   Result<nlohmann::json> ReadMessage(Deadline deadline);
+  // Reads up to the reply of `command`, skipping events.
+  Result<nlohmann::json> ReadReturn(const std::string& command, Deadline deadline);
 
   UniqueFd fd_;
   std::string buffer_;

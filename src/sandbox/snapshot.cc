@@ -1,0 +1,195 @@
+// Snapshot, restore and fork of a sandbox.
+//
+// Saving: the agent's channel is quiesced at a frame boundary in both directions, the VM
+// paused and saved by the engine, then both resumed. Restoring: the engine starts a VM
+// from the saved files, and the agent is woken as a clone on a fresh channel: it reseeds
+// its RNG, sets its clock and forgets the requests of the host it had before.
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <thread>
+
+#include "base/io.h"
+#include "sandbox/config.h"
+#include "sandbox/sandbox_impl.h"
+#include "snapshot/snapshot.h"
+
+namespace vessel {
+namespace {
+
+// Quiescing and resuming the agent: it answers at once unless the VM is stuck.
+constexpr auto kChannelTimeout = std::chrono::seconds(10);
+constexpr uint32_t kMaxForks = 64;
+
+int64_t NowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+// Removes what a failed snapshot left in `dir`, but not `dir` itself.
+void RemoveSnapshotFiles(const std::string& dir) {
+  for (const char* name : {snapshot::kManifestFile, snapshot::kStateFile, snapshot::kMemoryFile}) {
+    ::unlink((dir + "/" + name).c_str());
+  }
+}
+
+}  // namespace
+
+Result<void> Sandbox::Impl::SaveTo(const std::string& dir) {
+  if (auto r = connection_->Quiesce(Deadline::After(kChannelTimeout)); !r) {
+    // The agent may still quiesce late: wake it either way.
+    (void)connection_->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout));
+    return End<void>(Fail(std::move(r).error().Context("quiescing the agent")));
+  }
+  Result<void> saved = vm_->Pause();
+  if (saved) saved = vm_->Save(dir);
+  // Whatever happened, the VM and its agent must run again.
+  auto resumed = vm_->Resume();
+  auto woken =
+      resumed ? connection_->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout))
+              : Result<protocol::Hello>(Fail(resumed.error()));
+  if (!woken) {
+    MarkFailed();
+    return Fail(Error::Backend("the sandbox could not be resumed after saving it: " +
+                               woken.error().message()));
+  }
+  return saved;
+}
+
+Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
+  std::lock_guard snapshot_lock(snapshot_mutex_);
+  auto connection = Begin(sandbox::Operation::kSnapshot);
+  if (!connection) return Fail(std::move(connection).error());
+  if (auto r = snapshot::PrepareDirectory(dir); !r) return r;
+  if (auto r = SaveTo(dir); !r) {
+    RemoveSnapshotFiles(dir);
+    return r;
+  }
+  snapshot::Manifest manifest;
+  manifest.engine = engine_name_;
+  manifest.engine_version = engine_->version();
+  manifest.vessel_version = VESSEL_VERSION;
+  manifest.vcpus = spec_.vcpus;
+  manifest.memory_mib = spec_.memory_mib;
+  manifest.name = spec_.name;
+  manifest.kernel_path = spec_.kernel;
+  manifest.initramfs_path = spec_.initramfs;
+  manifest.created_unix_ms = NowUnixMs();
+  auto kernel = snapshot::AssetSha256(spec_.kernel);
+  auto initramfs = snapshot::AssetSha256(spec_.initramfs);
+  Result<void> written = !kernel      ? Fail(kernel.error())
+                         : !initramfs ? Fail(initramfs.error())
+                                      : Result<void>{};
+  if (written) {
+    manifest.kernel_sha256 = *kernel;
+    manifest.initramfs_sha256 = *initramfs;
+    written = snapshot::WriteManifest(dir, std::move(manifest));
+  }
+  if (!written) RemoveSnapshotFiles(dir);
+  return written;
+}
+
+Result<std::unique_ptr<Sandbox>> Sandbox::Impl::StartSaved(std::shared_ptr<engine::Engine> engine,
+                                                           const engine::VmSpec& spec,
+                                                           Deadline deadline) {
+  auto vm = engine->Start(spec);
+  if (!vm) return Fail(std::move(vm).error());
+  return FinishSaved(std::move(engine), std::move(*vm), spec, deadline);
+}
+
+Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engine::Engine> engine,
+                                                            std::unique_ptr<engine::Vm> vm,
+                                                            const engine::VmSpec& spec,
+                                                            Deadline deadline) {
+  auto fail = [&](const Error& error) -> Result<std::unique_ptr<Sandbox>> {
+    std::string diagnostics = vm->Diagnostics();
+    vm->Destroy();
+    return Fail(Error::Backend(
+        fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics)));
+  };
+  if (auto r = vm->Resume(); !r) return fail(r.error());
+  auto connection = sandbox::Connection::Open(vm->agent_fd());
+  if (!connection) return fail(connection.error());
+  auto hello = (*connection)->StartResumed(sandbox::MakeResumeRequest(true), deadline);
+  if (!hello) return fail(hello.error());
+  engine::VmSpec running = spec;
+  running.restore.reset();
+  auto impl = std::make_unique<Impl>(std::move(engine), std::move(vm), std::move(*connection),
+                                     hello->agent_version, std::move(running));
+  return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
+}
+
+Result<Sandbox::Impl::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
+                                                       const RestoreOptions& options) {
+  if (options.timeout.count() <= 0) {
+    return Fail(Error::InvalidConfig("timeout", "must be positive"));
+  }
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  if (!manifest) return Fail(std::move(manifest).error());
+  auto engine = MakeEngine(options.engine);
+  if (!engine) return Fail(std::move(engine).error());
+  if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), manifest->kernel_path,
+                                         manifest->initramfs_path);
+      !r) {
+    return Fail(std::move(r).error());
+  }
+  SandboxConfig config;
+  config.vcpus = manifest->vcpus;
+  config.memory_mib = manifest->memory_mib;
+  config.kernel = manifest->kernel_path;
+  config.initramfs = manifest->initramfs_path;
+  config.name = options.name.empty() ? manifest->name : options.name;
+  auto spec = sandbox::ValidateConfig(config, **engine);
+  if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
+  spec->restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
+                                        dir + "/" + snapshot::kStateFile};
+  return SavedVm{std::move(*engine), std::move(*spec)};
+}
+
+Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const std::string& dir,
+                                                  const RestoreOptions& options) {
+  auto saved = Impl::OpenSaved(dir, options);
+  if (!saved) return Fail(std::move(saved).error());
+  return Impl::StartSaved(std::move(saved->engine), saved->spec, Deadline::After(options.timeout));
+}
+
+Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
+  if (n < 1 || n > kMaxForks) {
+    return Fail(Error::InvalidConfig("n", fmt::format("{} is outside 1..{}", n, kMaxForks)));
+  }
+  std::lock_guard snapshot_lock(snapshot_mutex_);
+  auto connection = Begin(sandbox::Operation::kFork);
+  if (!connection) return Fail(std::move(connection).error());
+  // The template lives in the parent's private directory just long enough for the
+  // children to map its memory and load its state; their mappings outlive the files.
+  std::string dir = vm_->private_dir() + fmt::format("/fork-{}", NowUnixMs());
+  if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() { (void)RemoveTree(path); }
+  } remove{dir};
+  if (auto r = SaveTo(dir); !r) return Fail(std::move(r).error());
+
+  engine::VmSpec spec = spec_;
+  spec.restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
+                                       dir + "/" + snapshot::kStateFile};
+  std::vector<Result<std::unique_ptr<Sandbox>>> children;
+  for (uint32_t i = 0; i < n; ++i) children.emplace_back(Fail(Error::Backend("not started")));
+  std::vector<std::thread> starters;
+  auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
+  for (uint32_t i = 0; i < n; ++i) {
+    starters.emplace_back([&, i] { children[i] = StartSaved(engine_, spec, deadline); });
+  }
+  for (auto& starter : starters) starter.join();
+  std::vector<std::unique_ptr<Sandbox>> forked;
+  for (auto& child : children) {
+    if (!child) return Fail(std::move(child).error().Context("forking"));  // the others die here
+    forked.push_back(std::move(*child));
+  }
+  return forked;
+}
+
+}  // namespace vessel

@@ -1,0 +1,700 @@
+#include "snapshot/snapshot.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <openssl/evp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <concepts>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+
+#include "base/io.h"
+#include "base/unique_fd.h"
+
+namespace vessel::snapshot {
+namespace {
+
+using nlohmann::json;
+
+constexpr uint64_t kMiB = 1024 * 1024;
+// Files are hashed this much at a time; holes are fed from a zero buffer of this size.
+constexpr size_t kHashChunk = 1024 * 1024;
+// Ours nests two levels. Serializing (to check the checksum) recurses, so deeper input
+// is refused before that.
+constexpr int kMaxManifestDepth = 8;
+// Assets are the kernel and initramfs of a few configurations; forget them all past this.
+constexpr size_t kMaxCachedAssets = 64;
+constexpr const char* kChecksumField = "manifest_sha256";
+constexpr const char* kSnapshotDirectory = "snapshot directory";
+
+// What holes hash as. Made on first use, not kept in the binary.
+std::span<const uint8_t, kHashChunk> ZeroChunk() {
+  static const auto* zeros = new std::array<uint8_t, kHashChunk>{};
+  return *zeros;
+}
+
+std::unexpected<Error> FormatError(std::string message) {
+  return Fail(Error::SnapshotFormat(std::move(message)));
+}
+
+std::string Hex(std::span<const uint8_t> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 0xf]);
+  }
+  return out;
+}
+
+bool IsSha256Hex(const std::string& s) {
+  return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+class Sha256 {
+ public:
+  static Result<Sha256> Start() {
+    Sha256 sha(EVP_MD_CTX_new());
+    if (!sha.context_) return Fail(Error::HostIo("SHA-256: allocating an OpenSSL context", ENOMEM));
+    if (EVP_DigestInit_ex(sha.context_.get(), EVP_sha256(), nullptr) != 1) {
+      return Fail(Error::HostIo("SHA-256: OpenSSL init failed", EIO));
+    }
+    return sha;
+  }
+
+  Result<void> Update(std::span<const uint8_t> data) {
+    if (EVP_DigestUpdate(context_.get(), data.data(), data.size()) != 1) {
+      return Fail(Error::HostIo("SHA-256: OpenSSL update failed", EIO));
+    }
+    return {};
+  }
+
+  Result<std::string> FinishHex() {
+    std::array<uint8_t, EVP_MAX_MD_SIZE> digest{};
+    unsigned int size = 0;
+    if (EVP_DigestFinal_ex(context_.get(), digest.data(), &size) != 1) {
+      return Fail(Error::HostIo("SHA-256: OpenSSL final failed", EIO));
+    }
+    return Hex(std::span(digest).first(size));
+  }
+
+ private:
+  struct ContextFree {
+    void operator()(EVP_MD_CTX* context) const { EVP_MD_CTX_free(context); }
+  };
+  explicit Sha256(EVP_MD_CTX* context) : context_(context) {}
+
+  std::unique_ptr<EVP_MD_CTX, ContextFree> context_;
+};
+
+Result<std::string> Sha256Hex(std::string_view text) {
+  auto sha = Sha256::Start();
+  if (!sha) return Fail(std::move(sha).error());
+  if (auto r = sha->Update({reinterpret_cast<const uint8_t*>(text.data()), text.size()}); !r) {
+    return Fail(std::move(r).error());
+  }
+  return sha->FinishHex();
+}
+
+// What makes a cached digest, or one computed while reading, still valid.
+struct FileIdentity {
+  dev_t device = 0;
+  ino_t inode = 0;
+  off_t size = 0;
+  timespec mtime{};
+  timespec ctime{};
+
+  static FileIdentity Of(const struct stat& st) {
+    return {st.st_dev, st.st_ino, st.st_size, st.st_mtim, st.st_ctim};
+  }
+  bool operator==(const FileIdentity& other) const {
+    auto same = [](const timespec& a, const timespec& b) {
+      return a.tv_sec == b.tv_sec && a.tv_nsec == b.tv_nsec;
+    };
+    return device == other.device && inode == other.inode && size == other.size &&
+           same(mtime, other.mtime) && same(ctime, other.ctime);
+  }
+};
+
+// An open regular file and what fstat said about it when opened.
+struct OpenFile {
+  UniqueFd fd;
+  struct stat st {};
+  [[nodiscard]] uint64_t size() const { return static_cast<uint64_t>(st.st_size); }
+};
+
+// O_NONBLOCK: opening a FIFO planted where a file should be must not hang.
+Result<OpenFile> OpenRegularFile(const std::string& path) {
+  OpenFile file;
+  file.fd.Reset(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!file.fd) return Fail(Error::HostIo("open " + path, errno));
+  if (::fstat(file.fd.get(), &file.st) != 0) return Fail(Error::HostIo("stat " + path, errno));
+  if (!S_ISREG(file.st.st_mode)) {
+    return Fail(Error::HostIo("open " + path + " (not a regular file)",
+                              S_ISDIR(file.st.st_mode) ? EISDIR : EINVAL));
+  }
+  return file;
+}
+
+// A file of the snapshot: missing or not a regular file is a format problem.
+Result<OpenFile> OpenSnapshotFile(const std::string& dir, const char* name) {
+  std::string path = dir + "/" + name;
+  auto file = OpenRegularFile(path);
+  if (file) return file;
+  int error = file.error().errno_value();
+  if (error == ENOENT || error == ENOTDIR) return FormatError(fmt::format("{}: missing", name));
+  if (error == EISDIR || error == EINVAL) {
+    return FormatError(fmt::format("{}: not a regular file", name));
+  }
+  return Fail(std::move(file).error());
+}
+
+// The part of a file at or after some offset that may hold data, as [data, hole); the
+// bytes before `data` are a hole and read as zeros.
+struct Extent {
+  uint64_t data;
+  uint64_t hole;
+};
+
+Result<Extent> NextExtent(int fd, uint64_t offset, uint64_t size, const std::string& path) {
+  off_t data = ::lseek(fd, static_cast<off_t>(offset), SEEK_DATA);
+  if (data < 0) {
+    if (errno == ENXIO) return Extent{size, size};  // only a hole is left
+    // A file system that cannot tell: everything is data.
+    if (errno == EINVAL || errno == EOPNOTSUPP) return Extent{offset, size};
+    return Fail(Error::HostIo("seek in " + path, errno));
+  }
+  uint64_t begin = std::min(static_cast<uint64_t>(data), size);
+  off_t hole = ::lseek(fd, data, SEEK_HOLE);
+  if (hole < 0) return Fail(Error::HostIo("seek in " + path, errno));
+  uint64_t end = std::min(static_cast<uint64_t>(hole), size);
+  // A hole punched between the two seeks: read on, so the loop always advances.
+  if (end <= begin && begin < size) end = size;
+  return Extent{begin, std::max(end, begin)};
+}
+
+// Hashes the first `size` bytes of `fd`, skipping the reads of holes: a RAM image is
+// mostly holes, and its digest is the same as for the same bytes written densely.
+Result<std::string> HashFile(int fd, uint64_t size, const std::string& path) {
+  auto sha = Sha256::Start();
+  if (!sha) return Fail(std::move(sha).error());
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  auto buffer = std::make_unique_for_overwrite<uint8_t[]>(kHashChunk);
+  uint64_t offset = 0;
+  while (offset < size) {
+    auto extent = NextExtent(fd, offset, size, path);
+    if (!extent) return Fail(std::move(extent).error());
+    for (uint64_t zeros = extent->data - offset; zeros > 0;) {
+      size_t n = static_cast<size_t>(std::min<uint64_t>(zeros, kHashChunk));
+      auto hashed = sha->Update(ZeroChunk().first(n));
+      if (!hashed) return Fail(std::move(hashed).error());
+      zeros -= n;
+    }
+    for (offset = extent->data; offset < extent->hole;) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(extent->hole - offset, kHashChunk));
+      ssize_t n = ::pread(fd, buffer.get(), want, static_cast<off_t>(offset));
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        return Fail(Error::HostIo("read " + path, errno));
+      }
+      if (n == 0) return Fail(Error::HostIo("read " + path + " (shrank while being hashed)", EIO));
+      auto got = static_cast<size_t>(n);
+      if (auto r = sha->Update({buffer.get(), got}); !r) return Fail(std::move(r).error());
+      offset += got;
+    }
+  }
+  return sha->FinishHex();
+}
+
+// HashFile, failing when the file changed meanwhile: the digest might then describe
+// no version of it.
+Result<std::string> HashUnchangedFile(const OpenFile& file, const std::string& path) {
+  auto digest = HashFile(file.fd.get(), file.size(), path);
+  if (!digest) return digest;
+  struct stat after {};
+  if (::fstat(file.fd.get(), &after) != 0) return Fail(Error::HostIo("stat " + path, errno));
+  if (!(FileIdentity::Of(after) == FileIdentity::Of(file.st))) {
+    return Fail(Error::HostIo("hash " + path + " (changed while being hashed)", EAGAIN));
+  }
+  return digest;
+}
+
+class AssetDigests {
+ public:
+  std::optional<std::string> Find(const std::string& path, const FileIdentity& identity) {
+    std::lock_guard lock(mutex_);
+    auto it = entries_.find(path);
+    if (it == entries_.end() || !(it->second.identity == identity)) return std::nullopt;
+    return it->second.sha256;
+  }
+  void Remember(const std::string& path, const FileIdentity& identity, std::string sha256) {
+    std::lock_guard lock(mutex_);
+    if (entries_.size() >= kMaxCachedAssets && !entries_.contains(path)) entries_.clear();
+    entries_[path] = {identity, std::move(sha256)};
+  }
+
+ private:
+  struct Entry {
+    FileIdentity identity;
+    std::string sha256;
+  };
+  std::mutex mutex_;
+  std::unordered_map<std::string, Entry> entries_;
+};
+
+AssetDigests& TheAssetDigests() {
+  // Never destroyed: threads may still hash while the process exits.
+  static auto* digests = new AssetDigests;
+  return *digests;
+}
+
+// Manifest <-> JSON.
+
+json ToJson(const FileDigest& digest) {
+  return json{{"size", digest.size}, {"sha256", digest.sha256}};
+}
+
+json ToJson(const Manifest& m) {
+  return json{
+      {"format_version", m.format_version},
+      {"engine", m.engine},
+      {"engine_version", m.engine_version},
+      {"vessel_version", m.vessel_version},
+      {"vcpus", m.vcpus},
+      {"memory_mib", m.memory_mib},
+      {"name", m.name},
+      {"kernel_path", m.kernel_path},
+      {"kernel_sha256", m.kernel_sha256},
+      {"initramfs_path", m.initramfs_path},
+      {"initramfs_sha256", m.initramfs_sha256},
+      {"created_unix_ms", m.created_unix_ms},
+      {"state", ToJson(m.state)},
+      {"memory", ToJson(m.memory)},
+  };
+}
+
+std::unexpected<Error> FieldError(std::string_view field, std::string_view problem) {
+  return FormatError(fmt::format("{}: field {} {}", kManifestFile, field, problem));
+}
+
+// Reads typed fields of one JSON object of the manifest. The first problem sticks: later
+// reads do nothing, and error() reports it. `prefix` ("state.") names the object in
+// messages.
+class FieldReader {
+ public:
+  FieldReader(const json& object, std::string prefix)
+      : object_(object), prefix_(std::move(prefix)) {}
+
+  void Read(const char* key, std::string& out) {
+    if (const json* value = Find(key, &json::is_string, "missing or not a string")) {
+      out = value->get<std::string>();
+    }
+  }
+
+  template <std::integral T>
+  void Read(const char* key, T& out) {
+    const json* value = Find(key, &json::is_number, "missing or not a number");
+    if (!value) return;
+    if (!value->is_number_integer()) return Problem(key, "is not an integer");
+    bool in_range = value->is_number_unsigned() ? std::in_range<T>(value->get<uint64_t>())
+                                                : std::in_range<T>(value->get<int64_t>());
+    if (!in_range) return Problem(key, fmt::format("is {}, out of range", value->dump()));
+    out = value->get<T>();
+  }
+
+  void Read(const char* key, FileDigest& out) {
+    const json* value = Find(key, &json::is_object, "missing or not an object");
+    if (!value) return;
+    FieldReader inner(*value, prefix_ + key + ".");
+    inner.Read("size", out.size);
+    inner.Read("sha256", out.sha256);
+    error_ = std::move(inner.error_);
+  }
+
+  [[nodiscard]] const std::optional<Error>& error() const { return error_; }
+
+ private:
+  // The value when no earlier field failed and this one exists with the right type.
+  const json* Find(const char* key, bool (json::*has_type)() const noexcept,
+                   std::string_view problem) {
+    if (error_) return nullptr;
+    auto it = object_.find(key);
+    if (it == object_.end() || !((*it).*has_type)()) {
+      Problem(key, problem);
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  void Problem(const char* key, std::string_view problem) {
+    error_ = FieldError(prefix_ + key, problem).error();
+  }
+
+  const json& object_;
+  std::string prefix_;
+  std::optional<Error> error_;
+};
+
+Result<Manifest> FromJson(const json& object) {
+  FieldReader reader(object, "");
+  Manifest m;
+  reader.Read("format_version", m.format_version);
+  reader.Read("engine", m.engine);
+  reader.Read("engine_version", m.engine_version);
+  reader.Read("vessel_version", m.vessel_version);
+  reader.Read("vcpus", m.vcpus);
+  reader.Read("memory_mib", m.memory_mib);
+  reader.Read("name", m.name);
+  reader.Read("kernel_path", m.kernel_path);
+  reader.Read("kernel_sha256", m.kernel_sha256);
+  reader.Read("initramfs_path", m.initramfs_path);
+  reader.Read("initramfs_sha256", m.initramfs_sha256);
+  reader.Read("created_unix_ms", m.created_unix_ms);
+  reader.Read("state", m.state);
+  reader.Read("memory", m.memory);
+  if (reader.error()) return Fail(*reader.error());
+  return m;
+}
+
+// The checks on values, shared by the reader and the writer. format_version is checked
+// by the reader alone.
+Result<void> CheckValues(const Manifest& m) {
+  if (m.engine.empty()) return FieldError("engine", "is empty");
+  if (m.vcpus < 1 || m.vcpus > kMaxVcpus) {
+    return FieldError("vcpus", fmt::format("is {}, outside 1..{}", m.vcpus, kMaxVcpus));
+  }
+  if (m.memory_mib == 0) return FieldError("memory_mib", "is 0");
+  for (auto [field, value] :
+       {std::pair{"kernel_sha256", &m.kernel_sha256},
+        std::pair{"initramfs_sha256", &m.initramfs_sha256},
+        std::pair{"state.sha256", &m.state.sha256}, std::pair{"memory.sha256", &m.memory.sha256}}) {
+    if (!IsSha256Hex(*value)) return FieldError(field, "is not 64 lowercase hex digits");
+  }
+  if (m.memory.size != m.memory_mib * kMiB) {
+    return FieldError("memory.size", fmt::format("is {}, but memory_mib {} means {} bytes",
+                                                 m.memory.size, m.memory_mib, m.memory_mib * kMiB));
+  }
+  return {};
+}
+
+// Reading.
+
+Result<std::string> ReadManifestText(const std::string& dir) {
+  auto file = OpenSnapshotFile(dir, kManifestFile);
+  if (!file) return Fail(std::move(file).error());
+  auto too_large = [](uint64_t size) {
+    return FormatError(fmt::format("{}: {} bytes, larger than the {}-byte cap", kManifestFile, size,
+                                   kMaxManifestSize));
+  };
+  if (file->size() > kMaxManifestSize) return too_large(file->size());
+  std::string path = dir + "/" + kManifestFile;
+  // One byte more than the cap, to notice a file that grew since fstat.
+  std::string text(kMaxManifestSize + 1, '\0');
+  size_t filled = 0;
+  while (filled < text.size()) {
+    ssize_t n = ::pread(file->fd.get(), text.data() + filled, text.size() - filled,
+                        static_cast<off_t>(filled));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Fail(Error::HostIo("read " + path, errno));
+    }
+    if (n == 0) break;
+    filled += static_cast<size_t>(n);
+  }
+  if (filled > kMaxManifestSize) return too_large(filled);
+  if (filled == 0) return FormatError(fmt::format("{}: empty", kManifestFile));
+  text.resize(filled);
+  return text;
+}
+
+Result<json> ParseManifest(const std::string& text) {
+  bool too_deep = false;
+  auto limit_depth = [&too_deep](int depth, json::parse_event_t event, json&) {
+    if (event != json::parse_event_t::object_start && event != json::parse_event_t::array_start) {
+      return true;
+    }
+    if (depth < kMaxManifestDepth) return true;
+    too_deep = true;
+    return false;  // not built: keeps a hostile file from costing memory
+  };
+  json object;
+  try {
+    object = json::parse(text, limit_depth);
+  } catch (const json::parse_error& e) {
+    if (e.byte > text.size()) {  // e.byte counts from 1
+      return FormatError(fmt::format("{}: truncated (the JSON ends early, after {} bytes)",
+                                     kManifestFile, text.size()));
+    }
+    return FormatError(fmt::format("{}: not valid JSON (error at byte {} of {})", kManifestFile,
+                                   e.byte, text.size()));
+  } catch (const json::exception& e) {
+    // Valid syntax the parser still refuses, such as a number too large for a double.
+    return FormatError(fmt::format("{}: not valid JSON ({})", kManifestFile, e.what()));
+  }
+  if (too_deep) {
+    return FormatError(
+        fmt::format("{}: nested deeper than {} levels", kManifestFile, kMaxManifestDepth));
+  }
+  if (!object.is_object()) return FormatError(fmt::format("{}: not a JSON object", kManifestFile));
+  return object;
+}
+
+// The format version comes before the checksum: a later format may compute the checksum
+// differently, and "unknown format version" is what a user needs to read then.
+Result<void> CheckFormatVersion(const json& object) {
+  FieldReader reader(object, "");
+  uint64_t version = 0;
+  reader.Read("format_version", version);
+  if (reader.error()) return Fail(*reader.error());
+  if (version != kFormatVersion) {
+    return FormatError(fmt::format("{}: unknown format version {} (this Vessel reads {})",
+                                   kManifestFile, version, kFormatVersion));
+  }
+  return {};
+}
+
+// The checksum covers the canonical serialization of everything else: dump() of the
+// object without manifest_sha256, whose keys are sorted.
+Result<void> CheckManifestChecksum(const json& object) {
+  auto it = object.find(kChecksumField);
+  if (it == object.end() || !it->is_string() || !IsSha256Hex(it->get<std::string>())) {
+    return FieldError(kChecksumField, "missing or not 64 lowercase hex digits");
+  }
+  json body = object;
+  body.erase(kChecksumField);
+  auto actual = Sha256Hex(body.dump());
+  if (!actual) return Fail(std::move(actual).error());
+  const auto& recorded = it->get_ref<const std::string&>();
+  if (*actual != recorded) {
+    return FormatError(fmt::format("{}: checksum mismatch (the content hashes to {}, {} is {})",
+                                   kManifestFile, *actual, kChecksumField, recorded));
+  }
+  return {};
+}
+
+Result<void> CheckDataFile(const std::string& dir, const char* name, const FileDigest& expected,
+                           bool check_digest) {
+  auto file = OpenSnapshotFile(dir, name);
+  if (!file) return Fail(std::move(file).error());
+  if (file->size() != expected.size) {
+    return FormatError(
+        fmt::format("{}: size {}, manifest says {}", name, file->size(), expected.size));
+  }
+  if (!check_digest) return {};
+  auto digest = HashUnchangedFile(*file, dir + "/" + name);
+  if (!digest) return Fail(std::move(digest).error());
+  if (*digest != expected.sha256) {
+    return FormatError(fmt::format("{}: checksum mismatch (SHA-256 {}, manifest says {})", name,
+                                   *digest, expected.sha256));
+  }
+  return {};
+}
+
+// Writing.
+
+// Makes one data file of a snapshot private and durable, and returns its digest.
+Result<FileDigest> SealDataFile(const std::string& dir, const char* name) {
+  std::string path = dir + "/" + name;
+  auto file = OpenSnapshotFile(dir, name);
+  if (!file) return Fail(std::move(file).error());
+  if (::fchmod(file->fd.get(), 0600) != 0) return Fail(Error::HostIo("chmod " + path, errno));
+  // The chmod changed ctime, which HashUnchangedFile compares.
+  if (::fstat(file->fd.get(), &file->st) != 0) return Fail(Error::HostIo("stat " + path, errno));
+  auto digest = HashUnchangedFile(*file, path);
+  if (!digest) return Fail(std::move(digest).error());
+  if (::fsync(file->fd.get()) != 0) return Fail(Error::HostIo("fsync " + path, errno));
+  return FileDigest{file->size(), std::move(*digest)};
+}
+
+Result<void> SyncDirectory(const std::string& dir) {
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  if (!fd) return Fail(Error::HostIo("open " + dir, errno));
+  if (::fsync(fd.get()) != 0) return Fail(Error::HostIo("fsync " + dir, errno));
+  return {};
+}
+
+Result<void> WriteAndSync(const std::string& path, std::string_view text) {
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600));
+  if (!fd) return Fail(Error::HostIo("create " + path, errno));
+  // The umask may have taken more than it should; 0600 is part of the format.
+  if (::fchmod(fd.get(), 0600) != 0) return Fail(Error::HostIo("chmod " + path, errno));
+  if (auto r = WriteAll(fd.get(), {reinterpret_cast<const uint8_t*>(text.data()), text.size()},
+                        Deadline::Never(), path.c_str());
+      !r) {
+    return r;
+  }
+  if (::fsync(fd.get()) != 0) return Fail(Error::HostIo("fsync " + path, errno));
+  return {};
+}
+
+// Replaces `path` with `text` all at once: readers see the old file or the new one.
+Result<void> WriteFileAtomically(const std::string& path, std::string_view text) {
+  std::string temporary = path + ".tmp";
+  auto written = WriteAndSync(temporary, text);
+  if (written && ::rename(temporary.c_str(), path.c_str()) != 0) {
+    written = Fail(Error::HostIo("rename " + temporary, errno));
+  }
+  if (!written) ::unlink(temporary.c_str());
+  return written;
+}
+
+struct DirClose {
+  void operator()(DIR* dir) const { ::closedir(dir); }
+};
+
+Result<bool> IsEmptyDirectory(int dir_fd, const std::string& dir) {
+  // fdopendir takes over the descriptor it is given.
+  int listing_fd = ::fcntl(dir_fd, F_DUPFD_CLOEXEC, 0);
+  if (listing_fd < 0) return Fail(Error::HostIo("dup " + dir, errno));
+  std::unique_ptr<DIR, DirClose> listing(::fdopendir(listing_fd));
+  if (!listing) {
+    int error = errno;
+    ::close(listing_fd);
+    return Fail(Error::HostIo("list " + dir, error));
+  }
+  errno = 0;
+  while (dirent* entry = ::readdir(listing.get())) {
+    std::string_view name = entry->d_name;
+    if (name != "." && name != "..") return false;
+  }
+  if (errno != 0) return Fail(Error::HostIo("list " + dir, errno));
+  return true;
+}
+
+Result<void> CheckAsset(const char* what, const std::string& path, const std::string& recorded,
+                        const std::string& recorded_path) {
+  auto digest = AssetSha256(path);
+  if (!digest) return Fail(std::move(digest).error().Context(fmt::format("checking the {}", what)));
+  if (*digest != recorded) {
+    return FormatError(fmt::format(
+        "{} {} changed since the snapshot (digest {}, the snapshot was taken with {} of digest {})",
+        what, path, *digest, recorded_path, recorded));
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::string> FileSha256(const std::string& path) {
+  auto file = OpenRegularFile(path);
+  if (!file) return Fail(std::move(file).error());
+  return HashUnchangedFile(*file, path);
+}
+
+Result<std::string> AssetSha256(const std::string& path) {
+  auto file = OpenRegularFile(path);
+  if (!file) return Fail(std::move(file).error());
+  auto identity = FileIdentity::Of(file->st);
+  if (auto cached = TheAssetDigests().Find(path, identity)) return *cached;
+  auto digest = HashUnchangedFile(*file, path);
+  if (digest) TheAssetDigests().Remember(path, identity, *digest);
+  return digest;
+}
+
+Result<void> PrepareDirectory(const std::string& dir) {
+  auto invalid = [&dir](std::string_view problem) {
+    return Fail(Error::InvalidConfig(kSnapshotDirectory, fmt::format("{} {}", dir, problem)));
+  };
+  if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+    if (errno == ENOENT) return invalid("cannot be created: its parent does not exist");
+    return Fail(Error::HostIo("create snapshot directory " + dir, errno));
+  }
+  // Everything below works on this descriptor, so the checks and the chmod apply to the
+  // same directory even if the path is swapped meanwhile.
+  UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+  if (!fd) {
+    if (errno == ENOTDIR || errno == ELOOP) {
+      struct stat st {};
+      bool link = ::lstat(dir.c_str(), &st) == 0 && S_ISLNK(st.st_mode);
+      return invalid(link ? "is a symbolic link" : "is not a directory");
+    }
+    return Fail(Error::HostIo("open snapshot directory " + dir, errno));
+  }
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) return Fail(Error::HostIo("stat " + dir, errno));
+  if (st.st_uid != ::geteuid()) return invalid("belongs to another user");
+
+  auto empty = IsEmptyDirectory(fd.get(), dir);
+  if (!empty) return Fail(std::move(empty).error());
+  if (!*empty) return invalid("is not empty");
+
+  if (::fchmod(fd.get(), 0700) != 0) return Fail(Error::HostIo("chmod " + dir, errno));
+  return {};
+}
+
+Result<void> WriteManifest(const std::string& dir, Manifest manifest) {
+  for (auto [name, digest] :
+       {std::pair{kStateFile, &manifest.state}, std::pair{kMemoryFile, &manifest.memory}}) {
+    auto sealed = SealDataFile(dir, name);
+    if (!sealed) return Fail(std::move(sealed).error().Context("writing a snapshot manifest"));
+    *digest = std::move(*sealed);
+  }
+  if (auto valid = CheckValues(manifest); !valid) {
+    return Fail(std::move(valid).error().Context("refusing to write a snapshot manifest"));
+  }
+  json object = ToJson(manifest);
+  std::string canonical;
+  try {
+    canonical = object.dump();
+  } catch (const json::type_error&) {
+    return Fail(Error::InvalidConfig(
+        "manifest", "a text field (engine, versions, name, asset paths) is not valid UTF-8"));
+  }
+  auto checksum = Sha256Hex(canonical);
+  if (!checksum) return Fail(std::move(checksum).error());
+  object[kChecksumField] = *checksum;
+  if (auto r = WriteFileAtomically(dir + "/" + kManifestFile, object.dump(2) + "\n"); !r) return r;
+  return SyncDirectory(dir);
+}
+
+Result<Manifest> Open(const std::string& dir, Depth depth) {
+  auto text = ReadManifestText(dir);
+  if (!text) return Fail(std::move(text).error());
+  auto object = ParseManifest(*text);
+  if (!object) return Fail(std::move(object).error());
+  if (auto r = CheckFormatVersion(*object); !r) return Fail(std::move(r).error());
+  if (auto r = CheckManifestChecksum(*object); !r) return Fail(std::move(r).error());
+  auto manifest = FromJson(*object);
+  if (!manifest) return manifest;
+  if (auto r = CheckValues(*manifest); !r) return Fail(std::move(r).error());
+  if (auto r = CheckDataFile(dir, kStateFile, manifest->state, /*check_digest=*/true); !r) {
+    return Fail(std::move(r).error());
+  }
+  if (auto r = CheckDataFile(dir, kMemoryFile, manifest->memory,
+                             /*check_digest=*/depth == Depth::kFull);
+      !r) {
+    return Fail(std::move(r).error());
+  }
+  return manifest;
+}
+
+Result<void> CheckCompatible(const Manifest& manifest, const std::string& engine_name,
+                             const std::string& kernel_path, const std::string& initramfs_path) {
+  if (manifest.engine != engine_name) {
+    return FormatError(
+        fmt::format("snapshot was taken by engine {}, this is {}", manifest.engine, engine_name));
+  }
+  if (auto r = CheckAsset("kernel", kernel_path, manifest.kernel_sha256, manifest.kernel_path);
+      !r) {
+    return r;
+  }
+  return CheckAsset("initramfs", initramfs_path, manifest.initramfs_sha256,
+                    manifest.initramfs_path);
+}
+
+}  // namespace vessel::snapshot

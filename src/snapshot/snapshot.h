@@ -1,0 +1,97 @@
+// The on-disk snapshot format: a directory holding manifest.json, the engine's device
+// state and the guest's RAM image. docs/snapshot-format.md specifies it; this module is
+// the only code that reads or writes a manifest.
+//
+// Every function here is thread safe. None of them locks a snapshot directory: the
+// caller makes sure nobody writes a directory that is being written or read.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "vessel/error.h"
+
+namespace vessel::snapshot {
+
+inline constexpr uint32_t kFormatVersion = 1;
+inline constexpr const char* kManifestFile = "manifest.json";
+inline constexpr const char* kStateFile = "state";
+inline constexpr const char* kMemoryFile = "memory";
+
+// A manifest is a few hundred bytes; a larger file is not one, and is not parsed.
+inline constexpr size_t kMaxManifestSize = 1024 * 1024;
+inline constexpr uint32_t kMaxVcpus = 64;
+
+struct FileDigest {
+  uint64_t size = 0;
+  std::string sha256;  // lowercase hex
+};
+
+struct Manifest {
+  uint32_t format_version = kFormatVersion;
+  std::string engine;          // engine name, e.g. "qemu-tcg"; a restore needs the same
+  std::string engine_version;  // e.g. "QEMU emulator version 7.2.22"
+  std::string vessel_version;  // e.g. "0.1.0"
+  // The sandbox config the snapshot was taken with.
+  uint32_t vcpus = 0;
+  uint32_t memory_mib = 0;
+  std::string name;
+  std::string kernel_path;
+  std::string kernel_sha256;
+  std::string initramfs_path;
+  std::string initramfs_sha256;
+  int64_t created_unix_ms = 0;
+  FileDigest state;
+  FileDigest memory;
+};
+
+// SHA-256 of a whole regular file, lowercase hex. Holes of sparse files are hashed as the
+// zeros they read as, without reading them. kHostIo when the file cannot be read, is not
+// a regular file, or changes while being hashed.
+[[nodiscard]] Result<std::string> FileSha256(const std::string& path);
+
+// FileSha256, memoised per path while the file keeps its device, inode, size, mtime and
+// ctime: the guest kernel and initramfs are hashed on every snapshot and restore. A file
+// rewritten in place with the same size within one timestamp tick goes unnoticed.
+[[nodiscard]] Result<std::string> AssetSha256(const std::string& path);
+
+// Makes `dir` a fresh snapshot directory of mode 0700: creates it (its parent must
+// exist), or takes an existing empty directory of the caller's own and chmods it.
+// kInvalidConfig with subject "snapshot directory" when the parent is missing, or `dir`
+// is not empty, is not a directory, is a symbolic link or belongs to another user.
+[[nodiscard]] Result<void> PrepareDirectory(const std::string& dir);
+
+// Seals a snapshot whose `state` and `memory` files the engine has written into `dir`:
+// chmods both 0600, fsyncs them, records their sizes and SHA-256 in `manifest` (the
+// caller's values for those are ignored), then writes dir/manifest.json (mode 0600) via
+// a temporary file that is fsynced and renamed, and fsyncs `dir`. So a manifest on disk
+// always describes data that is on disk.
+//
+// `manifest` must pass the checks Open() makes (kSnapshotFormat otherwise, nothing is
+// written), except that format_version is written as given. A text field that is not
+// valid UTF-8 is kInvalidConfig. Hashing reads all of `memory`: seconds for GiBs of RAM.
+[[nodiscard]] Result<void> WriteManifest(const std::string& dir, Manifest manifest);
+
+enum class Depth {
+  kRestore,  // everything but the memory file's SHA-256: fast enough for every restore
+  kFull,     // also the memory file's SHA-256 (`vessel snapshot verify`)
+};
+
+// Reads and checks the snapshot in `dir`; never modifies it. Any problem with the
+// snapshot itself (a missing, truncated, corrupt or foreign file) is kSnapshotFormat
+// with a message that starts with the file's name within `dir`:
+// "manifest.json: checksum mismatch ...", "state: size 1234, manifest says 5678",
+// "memory: missing". Callers add `dir` as context. kHostIo when a file exists but
+// cannot be read.
+[[nodiscard]] Result<Manifest> Open(const std::string& dir, Depth depth);
+
+// Whether a VM restored from `manifest` may run on this engine with these guest assets:
+// the engine's name must be the one that took the snapshot, and the kernel and initramfs
+// (at whatever path they are now) must have the digests recorded in the manifest.
+// kSnapshotFormat when not; errors hashing an asset are passed on with context.
+[[nodiscard]] Result<void> CheckCompatible(const Manifest& manifest, const std::string& engine_name,
+                                           const std::string& kernel_path,
+                                           const std::string& initramfs_path);
+
+}  // namespace vessel::snapshot

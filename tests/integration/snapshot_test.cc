@@ -1,0 +1,468 @@
+// Snapshot, restore and fork of real VMs.
+#include <fmt/format.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "snapshot/snapshot.h"
+#include "vm_test_env.h"
+
+namespace vessel {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+// A fresh directory for snapshots, removed with the test.
+class SnapshotDirs {
+ public:
+  SnapshotDirs() {
+    char pattern[] = "/tmp/vessel-snapshot-test-XXXXXX";
+    root_ = ::mkdtemp(pattern);
+  }
+  ~SnapshotDirs() {
+    std::error_code ec;
+    fs::remove_all(root_, ec);
+  }
+  std::string Path(const std::string& name) const { return root_ + "/" + name; }
+
+ private:
+  std::string root_;
+};
+
+std::string Sh(Sandbox& sandbox, const std::string& script) {
+  auto result = sandbox.Execute(Command::Shell(script));
+  EXPECT_TRUE(result.has_value()) << result.error().ToString();
+  if (!result) return {};
+  EXPECT_TRUE(result->ok()) << script << "\nstderr: " << result->stderr_data;
+  return result->stdout_data;
+}
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::unique_ptr<Sandbox> MustRestore(const std::string& dir, const RestoreOptions& options = {}) {
+  auto restored = Sandbox::Restore(dir, options);
+  EXPECT_TRUE(restored.has_value()) << restored.error().ToString();
+  return restored ? std::move(*restored) : nullptr;
+}
+
+// A counter that a detached background process bumps every 50 ms, and its pid.
+constexpr const char* kStartCounter =
+    "setsid sh -c 'echo $$ > /tmp/counter.pid; i=0; while true; do i=$((i+1)); "
+    "echo $i > /tmp/counter; sleep 0.05; done' > /dev/null 2>&1 < /dev/null & "
+    "while [ ! -s /tmp/counter ]; do sleep 0.01; done";
+
+int Counter(Sandbox& sandbox) { return std::stoi(Trimmed(Sh(sandbox, "cat /tmp/counter"))); }
+
+TEST(SnapshotTest, RoundTripKeepsFilesAndARunningBackgroundProcess) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  ASSERT_TRUE(parent->WriteFile("/tmp/before", "saved content\n"));
+  Sh(*parent, kStartCounter);
+  std::string pid = Trimmed(Sh(*parent, "cat /tmp/counter.pid"));
+
+  std::string dir = dirs.Path("snap");
+  ASSERT_TRUE(parent->Snapshot(dir)) << "snapshot";
+  int at_snapshot = Counter(*parent);
+  struct stat st{};
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0700u);
+
+  // The parent goes on as if nothing happened, and diverges from the snapshot.
+  EXPECT_EQ(parent->state(), SandboxState::kReady);
+  ASSERT_TRUE(parent->WriteFile("/tmp/after", "only in the parent\n"));
+  EXPECT_EQ(Trimmed(Sh(*parent, "kill -0 " + pid + " && echo alive")), "alive");
+
+  auto restored = MustRestore(dir);
+  ASSERT_TRUE(restored);
+  EXPECT_EQ(restored->state(), SandboxState::kReady);
+  EXPECT_NE(restored->id(), parent->id());
+  auto before = restored->ReadFile("/tmp/before");
+  ASSERT_TRUE(before) << before.error().ToString();
+  EXPECT_EQ(*before, "saved content\n");
+  auto after = restored->Exists("/tmp/after");
+  ASSERT_TRUE(after);
+  EXPECT_FALSE(*after) << "a file written after the snapshot leaked into it";
+  // The background process is the same process, still counting from where it was.
+  EXPECT_EQ(Trimmed(Sh(*restored, "kill -0 " + pid + " && echo alive")), "alive");
+  int first = Counter(*restored);
+  EXPECT_GE(first, at_snapshot - 20);
+  std::this_thread::sleep_for(300ms);
+  EXPECT_GT(Counter(*restored), first);
+}
+
+TEST(SnapshotTest, OneSnapshotRestoresIntoFourIndependentSandboxes) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  ASSERT_TRUE(parent->WriteFile("/tmp/base", "base\n"));
+  std::string dir = dirs.Path("snap");
+  ASSERT_TRUE(parent->Snapshot(dir));
+  ASSERT_TRUE(parent->Destroy());
+
+  std::vector<std::unique_ptr<Sandbox>> restored;
+  for (int i = 0; i < 4; ++i) {
+    restored.push_back(MustRestore(dir, {.name = fmt::format("copy-{}", i)}));
+    ASSERT_TRUE(restored.back());
+  }
+  for (size_t i = 0; i < 4; ++i) {
+    ASSERT_TRUE(restored[i]->WriteFile(fmt::format("/tmp/mine-{}", i), "x"));
+  }
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_EQ(*restored[i]->ReadFile("/tmp/base"), "base\n");
+    for (size_t j = 0; j < 4; ++j) {
+      auto exists = restored[i]->Exists(fmt::format("/tmp/mine-{}", j));
+      ASSERT_TRUE(exists);
+      EXPECT_EQ(*exists, i == j) << "sandbox " << i << " sees the file of " << j;
+    }
+  }
+  // A restore reads the snapshot and never writes it.
+  auto verified = snapshot::Open(dir, snapshot::Depth::kFull);
+  EXPECT_TRUE(verified) << verified.error().ToString();
+}
+
+TEST(SnapshotTest, EightForksDivergeAndAreNotTwins) {
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  ASSERT_TRUE(parent->WriteFile("/tmp/base", "base\n"));
+  auto children = parent->Fork(8);
+  ASSERT_TRUE(children) << children.error().ToString();
+  ASSERT_EQ(children->size(), 8u);
+
+  std::set<std::string> ids{parent->id()}, samples, uuids;
+  for (size_t i = 0; i < children->size(); ++i) {
+    Sandbox& child = *(*children)[i];
+    EXPECT_EQ(child.state(), SandboxState::kReady);
+    ids.insert(child.id());
+    ASSERT_TRUE(child.WriteFile("/tmp/who", std::to_string(i)));
+    samples.insert(Sh(child, "head -c 16 /dev/urandom | od -An -tx1"));
+    uuids.insert(Sh(child, "cat /proc/sys/kernel/random/uuid"));
+  }
+  EXPECT_EQ(ids.size(), 9u);
+  EXPECT_EQ(samples.size(), 8u) << "two forks produced the same /dev/urandom bytes";
+  EXPECT_EQ(uuids.size(), 8u) << "two forks produced the same uuid";
+  for (size_t i = 0; i < children->size(); ++i) {
+    Sandbox& child = *(*children)[i];
+    EXPECT_EQ(*child.ReadFile("/tmp/who"), std::to_string(i));
+    EXPECT_EQ(*child.ReadFile("/tmp/base"), "base\n");
+  }
+  auto parent_who = parent->Exists("/tmp/who");
+  ASSERT_TRUE(parent_who);
+  EXPECT_FALSE(*parent_who);
+}
+
+TEST(SnapshotTest, RestoredClockIsTheHostsAndRngIsReseeded) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  std::string dir = dirs.Path("snap");
+  ASSERT_TRUE(parent->Snapshot(dir));
+  std::string parent_sample = Sh(*parent, "head -c 16 /dev/urandom | od -An -tx1");
+  // Without the clock set on restore, the copies would be this far behind the host.
+  std::this_thread::sleep_for(3s);
+  for (int i = 0; i < 2; ++i) {
+    auto restored = MustRestore(dir);
+    ASSERT_TRUE(restored);
+    auto host_before = std::chrono::system_clock::now();
+    long guest = std::stol(Trimmed(Sh(*restored, "date +%s")));
+    auto host_after = std::chrono::system_clock::now();
+    long low = std::chrono::duration_cast<std::chrono::seconds>(host_before.time_since_epoch())
+                   .count();
+    long high =
+        std::chrono::duration_cast<std::chrono::seconds>(host_after.time_since_epoch()).count();
+    // `date +%s` has whole seconds: within 1 s of the host means low-1 .. high+1.
+    EXPECT_GE(guest, low - 1);
+    EXPECT_LE(guest, high + 1);
+    EXPECT_NE(Sh(*restored, "head -c 16 /dev/urandom | od -An -tx1"), parent_sample);
+  }
+}
+
+TEST(SnapshotTest, DestroyingTheParentLeavesForksRunning) {
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  auto children = parent->Fork(2);
+  ASSERT_TRUE(children) << children.error().ToString();
+  ASSERT_TRUE(parent->Destroy());
+  for (auto& child : *children) {
+    EXPECT_EQ(Trimmed(Sh(*child, "echo still here")), "still here");
+  }
+}
+
+TEST(SnapshotTest, AForkCanBeSnapshottedAndForkedAgain) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  auto first = parent->Fork(1);
+  ASSERT_TRUE(first) << first.error().ToString();
+  Sandbox& child = *(*first)[0];
+  ASSERT_TRUE(child.WriteFile("/tmp/generation", "2"));
+  std::string dir = dirs.Path("second");
+  ASSERT_TRUE(child.Snapshot(dir));
+  auto restored = MustRestore(dir);
+  ASSERT_TRUE(restored);
+  EXPECT_EQ(*restored->ReadFile("/tmp/generation"), "2");
+  auto grandchildren = restored->Fork(2);
+  ASSERT_TRUE(grandchildren) << grandchildren.error().ToString();
+  for (auto& grandchild : *grandchildren) {
+    EXPECT_EQ(*grandchild->ReadFile("/tmp/generation"), "2");
+  }
+  // The parent's second snapshot, after its first, is of a VM that already runs on a
+  // saved image.
+  ASSERT_TRUE(parent->Snapshot(dirs.Path("parent-1")));
+  ASSERT_TRUE(parent->WriteFile("/tmp/generation", "parent"));
+  ASSERT_TRUE(parent->Snapshot(dirs.Path("parent-2")));
+  auto again = MustRestore(dirs.Path("parent-2"));
+  ASSERT_TRUE(again);
+  EXPECT_EQ(*again->ReadFile("/tmp/generation"), "parent");
+}
+
+TEST(SnapshotTest, AStreamingCommandSurvivesTheSnapshotInTheParentOnly) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  auto process = parent->Start(
+      Command::Shell("for i in $(seq 1 20); do echo $i; sleep 0.05; done; echo done > /tmp/ran"));
+  ASSERT_TRUE(process) << process.error().ToString();
+  std::this_thread::sleep_for(200ms);
+  std::string dir = dirs.Path("snap");
+  ASSERT_TRUE(parent->Snapshot(dir));
+  auto result = (*process)->Wait();
+  ASSERT_TRUE(result) << result.error().ToString();
+  EXPECT_TRUE(result->ok());
+  std::string expected;
+  for (int i = 1; i <= 20; ++i) expected += std::to_string(i) + "\n";
+  EXPECT_EQ(result->stdout_data, expected);
+
+  // In the copy nobody waits for that command: it was killed there.
+  auto restored = MustRestore(dir);
+  ASSERT_TRUE(restored);
+  std::this_thread::sleep_for(1500ms);
+  auto ran = restored->Exists("/tmp/ran");
+  ASSERT_TRUE(ran);
+  EXPECT_FALSE(*ran);
+  EXPECT_EQ(Trimmed(Sh(*restored, "echo works")), "works");
+}
+
+TEST(SnapshotTest, CommandsDuringASnapshotWaitAndSucceed) {
+  SnapshotDirs dirs;
+  auto parent = testing::MustCreate();
+  ASSERT_TRUE(parent);
+  std::atomic<bool> stop = false;
+  std::atomic<int> ran = 0;
+  std::thread runner([&] {
+    while (!stop) {
+      auto result = parent->Execute(Command::Argv({"true"}));
+      EXPECT_TRUE(result.has_value()) << result.error().ToString();
+      if (result) ++ran;
+    }
+  });
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(parent->Snapshot(dirs.Path(fmt::format("snap-{}", i))));
+  }
+  stop = true;
+  runner.join();
+  EXPECT_GT(ran.load(), 0);
+}
+
+TEST(SnapshotTest, SnapshotAndForkOutsideReadyGiveLifecycleErrors) {
+  SnapshotDirs dirs;
+  auto sandbox = testing::MustCreate();
+  ASSERT_TRUE(sandbox);
+  // Kill the VM behind the sandbox's back: it fails.
+  for (int pid : testing::LiveVmmProcesses()) ::kill(pid, SIGKILL);
+  auto broken = sandbox->Execute(Command::Argv({"true"}));
+  ASSERT_FALSE(broken);
+  ASSERT_EQ(sandbox->state(), SandboxState::kFailed);
+  auto snap = sandbox->Snapshot(dirs.Path("failed"));
+  ASSERT_FALSE(snap);
+  ASSERT_NE(snap.error().lifecycle(), nullptr) << snap.error().ToString();
+  EXPECT_TRUE(snap.error().lifecycle()->Is<LifecycleError::NotReady>());
+  EXPECT_FALSE(fs::exists(dirs.Path("failed")));
+  auto fork = sandbox->Fork(1);
+  ASSERT_FALSE(fork);
+  ASSERT_NE(fork.error().lifecycle(), nullptr) << fork.error().ToString();
+  EXPECT_TRUE(fork.error().lifecycle()->Is<LifecycleError::NotReadyForFork>());
+
+  ASSERT_TRUE(sandbox->Destroy());
+  snap = sandbox->Snapshot(dirs.Path("destroyed"));
+  ASSERT_FALSE(snap);
+  ASSERT_NE(snap.error().lifecycle(), nullptr);
+  EXPECT_TRUE(snap.error().lifecycle()->Is<LifecycleError::Destroyed>());
+  fork = sandbox->Fork(1);
+  ASSERT_FALSE(fork);
+  ASSERT_NE(fork.error().lifecycle(), nullptr);
+  EXPECT_TRUE(fork.error().lifecycle()->Is<LifecycleError::Destroyed>());
+}
+
+TEST(SnapshotTest, BadArgumentsAreClearErrors) {
+  SnapshotDirs dirs;
+  auto sandbox = testing::MustCreate();
+  ASSERT_TRUE(sandbox);
+  auto zero = sandbox->Fork(0);
+  ASSERT_FALSE(zero);
+  EXPECT_EQ(zero.error().kind(), ErrorKind::kInvalidConfig);
+  auto many = sandbox->Fork(65);
+  ASSERT_FALSE(many);
+  EXPECT_EQ(many.error().kind(), ErrorKind::kInvalidConfig);
+  // A directory that holds something already.
+  std::string full = dirs.Path("full");
+  fs::create_directories(full);
+  std::ofstream(full + "/file") << "x";
+  auto snap = sandbox->Snapshot(full);
+  ASSERT_FALSE(snap);
+  EXPECT_EQ(snap.error().kind(), ErrorKind::kInvalidConfig) << snap.error().ToString();
+  EXPECT_TRUE(fs::exists(full + "/file"));
+  // A parent that does not exist.
+  snap = sandbox->Snapshot(dirs.Path("no/such/parent"));
+  ASSERT_FALSE(snap);
+  // Restoring what is not a snapshot.
+  for (const std::string& dir : {dirs.Path("missing"), full, std::string()}) {
+    auto restored = Sandbox::Restore(dir);
+    ASSERT_FALSE(restored) << dir;
+    EXPECT_EQ(restored.error().kind(), ErrorKind::kSnapshotFormat) << restored.error().ToString();
+  }
+  // The sandbox is none the worse.
+  EXPECT_EQ(Trimmed(Sh(*sandbox, "echo ok")), "ok");
+}
+
+// Every way a snapshot on disk can be damaged is refused with SnapshotFormat naming the
+// problem, and nothing is left running.
+class CorruptSnapshotTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dirs_ = new SnapshotDirs;
+    auto sandbox = testing::MustCreate();
+    ASSERT_TRUE(sandbox);
+    ASSERT_TRUE(sandbox->Snapshot(dirs_->Path("good")));
+  }
+  static void TearDownTestSuite() {
+    delete dirs_;
+    dirs_ = nullptr;
+  }
+
+  // A copy of the good snapshot to damage.
+  std::string Copy(const std::string& name) {
+    std::string dir = dirs_->Path(name);
+    EXPECT_EQ(std::system(fmt::format("cp -a --sparse=always {} {}", dirs_->Path("good"), dir)
+                              .c_str()),
+              0);
+    return dir;
+  }
+
+  static void FlipByte(const std::string& path, off_t offset) {
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekg(offset);
+    char c = 0;
+    file.get(c);
+    file.seekp(offset);
+    file.put(static_cast<char>(c ^ 0x01));
+  }
+
+  static void ExpectRefused(const std::string& dir, const std::string& needle) {
+    auto restored = Sandbox::Restore(dir);
+    ASSERT_FALSE(restored) << "restored a damaged snapshot: " << needle;
+    EXPECT_EQ(restored.error().kind(), ErrorKind::kSnapshotFormat) << restored.error().ToString();
+    EXPECT_NE(restored.error().message().find(needle), std::string::npos)
+        << "expected '" << needle << "' in: " << restored.error().message();
+  }
+
+  static void Rewrite(const std::string& dir, const std::function<void(snapshot::Manifest&)>& edit) {
+    auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+    ASSERT_TRUE(manifest) << manifest.error().ToString();
+    edit(*manifest);
+    ASSERT_TRUE(snapshot::WriteManifest(dir, *manifest));
+  }
+
+  static SnapshotDirs* dirs_;
+};
+SnapshotDirs* CorruptSnapshotTest::dirs_ = nullptr;
+
+TEST_F(CorruptSnapshotTest, TheGoodOneRestoresAndVerifies) {
+  auto verified = snapshot::Open(dirs_->Path("good"), snapshot::Depth::kFull);
+  EXPECT_TRUE(verified) << verified.error().ToString();
+  EXPECT_TRUE(MustRestore(Copy("good-copy")));
+}
+
+TEST_F(CorruptSnapshotTest, TruncatedState) {
+  std::string dir = Copy("truncated-state");
+  fs::resize_file(dir + "/state", fs::file_size(dir + "/state") / 2);
+  ExpectRefused(dir, "state");
+}
+
+TEST_F(CorruptSnapshotTest, TruncatedMemory) {
+  std::string dir = Copy("truncated-memory");
+  fs::resize_file(dir + "/memory", fs::file_size(dir + "/memory") - 4096);
+  ExpectRefused(dir, "memory");
+}
+
+TEST_F(CorruptSnapshotTest, MissingMemory) {
+  std::string dir = Copy("missing-memory");
+  fs::remove(dir + "/memory");
+  ExpectRefused(dir, "memory");
+}
+
+TEST_F(CorruptSnapshotTest, FlippedByteInTheManifest) {
+  std::string dir = Copy("flipped-manifest");
+  std::string text;
+  std::getline(std::ifstream(dir + "/manifest.json"), text, '\0');
+  FlipByte(dir + "/manifest.json", static_cast<off_t>(text.find("\"vcpus\"") + 9));
+  ExpectRefused(dir, "manifest");
+}
+
+TEST_F(CorruptSnapshotTest, FlippedByteInTheState) {
+  std::string dir = Copy("flipped-state");
+  FlipByte(dir + "/state", static_cast<off_t>(fs::file_size(dir + "/state") / 2));
+  ExpectRefused(dir, "state");
+}
+
+TEST_F(CorruptSnapshotTest, FlippedByteInTheMemoryFailsVerify) {
+  std::string dir = Copy("flipped-memory");
+  FlipByte(dir + "/memory", 4096 * 17 + 5);
+  auto verified = snapshot::Open(dir, snapshot::Depth::kFull);
+  ASSERT_FALSE(verified);
+  EXPECT_EQ(verified.error().kind(), ErrorKind::kSnapshotFormat);
+  EXPECT_NE(verified.error().message().find("memory"), std::string::npos)
+      << verified.error().message();
+}
+
+TEST_F(CorruptSnapshotTest, UnknownFormatVersion) {
+  std::string dir = Copy("future-version");
+  Rewrite(dir, [](snapshot::Manifest& m) { m.format_version = 99; });
+  ExpectRefused(dir, "version 99");
+}
+
+TEST_F(CorruptSnapshotTest, AnotherEnginesState) {
+  std::string dir = Copy("other-engine");
+  Rewrite(dir, [](snapshot::Manifest& m) { m.engine = "vessel-vmm"; });
+  ExpectRefused(dir, "vessel-vmm");
+}
+
+TEST_F(CorruptSnapshotTest, AKernelThatChangedSinceTheSnapshot) {
+  std::string dir = Copy("changed-kernel");
+  std::string kernel = dir + "-vmlinux";
+  Rewrite(dir, [&](snapshot::Manifest& m) {
+    fs::copy_file(m.kernel_path, kernel);
+    m.kernel_path = kernel;
+  });
+  std::ofstream(kernel, std::ios::app) << "changed";
+  ExpectRefused(dir, "kernel");
+}
+
+TEST_F(CorruptSnapshotTest, EmptyManifest) {
+  std::string dir = Copy("empty-manifest");
+  fs::resize_file(dir + "/manifest.json", 0);
+  ExpectRefused(dir, "manifest");
+}
+
+}  // namespace
+}  // namespace vessel
