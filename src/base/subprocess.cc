@@ -72,6 +72,10 @@ class Spawner {
   std::thread::id thread_id_;
 };
 
+// What a child that failed before exec reports on its status pipe, with errno.
+constexpr int kStageOutput = 1;
+constexpr int kStageExec = 2;
+
 // Between fork and exec only async-signal-safe calls are made; everything the child
 // needs is prepared before the fork.
 Result<pid_t> ForkExec(const SpawnOptions& options) {
@@ -101,26 +105,29 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
     int null = open("/dev/null", O_RDONLY);
     int out = open(output, output_flags, 0600);
     if (null < 0 || out < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0) {
-      int e = errno;
-      (void)!write(status_pipe[1], &e, sizeof(e));
+      int failure[2] = {kStageOutput, errno};
+      (void)!write(status_pipe[1], failure, sizeof(failure));
       _exit(127);
     }
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     for (int fd : options.inherit_fds) fcntl(fd, F_SETFD, 0);
     execvp(argv[0], argv.data());
-    int e = errno;
-    (void)!write(status_pipe[1], &e, sizeof(e));
+    int failure[2] = {kStageExec, errno};
+    (void)!write(status_pipe[1], failure, sizeof(failure));
     _exit(127);
   }
   close(status_pipe[1]);
-  int child_errno = 0;
+  int failure[2] = {};
   ssize_t n;
-  do n = read(status_pipe[0], &child_errno, sizeof(child_errno));
+  do n = read(status_pipe[0], failure, sizeof(failure));
   while (n < 0 && errno == EINTR);
   close(status_pipe[0]);
-  if (n == sizeof(child_errno)) {
+  if (n == sizeof(failure)) {
     waitpid(pid, nullptr, 0);
-    return Fail(Error::HostIo("exec " + options.argv[0], child_errno));
+    if (failure[0] == kStageOutput) {
+      return Fail(Error::HostIo("open the child's output " + std::string(output), failure[1]));
+    }
+    return Fail(Error::HostIo("exec " + options.argv[0], failure[1]));
   }
   return pid;
 }

@@ -60,8 +60,12 @@ Result<RuntimeDir> RuntimeDir::Create() {
     dir.path_.clear();
   }
   if (dir.path_.empty()) return Fail(Error::HostIo("create a VM directory in " + root, EEXIST));
-  dir.lock_ = UniqueFd(::open(dir.File(kLockFile).c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
-  if (!dir.lock_ || ::flock(dir.lock_.get(), LOCK_EX | LOCK_NB) != 0) {
+  // The lock file appears under its name already locked: a sweep in another thread or
+  // process that found it unlocked would take the directory for an orphan.
+  std::string pending = dir.File(std::string(kLockFile) + ".new");
+  dir.lock_ = UniqueFd(::open(pending.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+  if (!dir.lock_ || ::flock(dir.lock_.get(), LOCK_EX | LOCK_NB) != 0 ||
+      ::rename(pending.c_str(), dir.File(kLockFile).c_str()) != 0) {
     int e = errno;
     dir.Remove();
     return Fail(Error::HostIo("lock the VM directory", e));

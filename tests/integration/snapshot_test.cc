@@ -63,6 +63,20 @@ constexpr const char* kStartCounter =
 
 int Counter(Sandbox& sandbox) { return std::stoi(Trimmed(Sh(sandbox, "cat /tmp/counter"))); }
 
+long UnixSeconds(std::chrono::system_clock::time_point t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+// The guest's wall clock is within 1 s of the host's. `date +%s` has whole seconds, so
+// the guest's reading must fall in [host before - 1, host after + 1].
+void ExpectClockIsTheHosts(Sandbox& sandbox) {
+  auto before = std::chrono::system_clock::now();
+  long guest = std::stol(Trimmed(Sh(sandbox, "date +%s")));
+  auto after = std::chrono::system_clock::now();
+  EXPECT_GE(guest, UnixSeconds(before) - 1);
+  EXPECT_LE(guest, UnixSeconds(after) + 1);
+}
+
 TEST(SnapshotTest, RoundTripKeepsFilesAndARunningBackgroundProcess) {
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
@@ -146,6 +160,7 @@ TEST(SnapshotTest, EightForksDivergeAndAreNotTwins) {
     ids.insert(child.id());
     ASSERT_TRUE(child.WriteFile("/tmp/who", std::to_string(i)));
     samples.insert(Sh(child, "head -c 16 /dev/urandom | od -An -tx1"));
+    ExpectClockIsTheHosts(child);
     uuids.insert(Sh(child, "cat /proc/sys/kernel/random/uuid"));
   }
   EXPECT_EQ(ids.size(), 9u);
@@ -173,16 +188,7 @@ TEST(SnapshotTest, RestoredClockIsTheHostsAndRngIsReseeded) {
   for (int i = 0; i < 2; ++i) {
     auto restored = MustRestore(dir);
     ASSERT_TRUE(restored);
-    auto host_before = std::chrono::system_clock::now();
-    long guest = std::stol(Trimmed(Sh(*restored, "date +%s")));
-    auto host_after = std::chrono::system_clock::now();
-    long low = std::chrono::duration_cast<std::chrono::seconds>(host_before.time_since_epoch())
-                   .count();
-    long high =
-        std::chrono::duration_cast<std::chrono::seconds>(host_after.time_since_epoch()).count();
-    // `date +%s` has whole seconds: within 1 s of the host means low-1 .. high+1.
-    EXPECT_GE(guest, low - 1);
-    EXPECT_LE(guest, high + 1);
+    ExpectClockIsTheHosts(*restored);
     EXPECT_NE(Sh(*restored, "head -c 16 /dev/urandom | od -An -tx1"), parent_sample);
   }
 }
