@@ -2,11 +2,13 @@
 
 #include <fmt/format.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 
 #include "base/io.h"
 #include "cli/cli.h"
+#include "cli/supervisor_protocol.h"
 #include "sandbox/sandbox_impl.h"
 
 namespace vessel::cli {
@@ -43,6 +45,26 @@ Error ClientViolation(std::string message) {
   return Error::Backend("the client broke the protocol: " + std::move(message));
 }
 
+std::span<const uint8_t> AsBytes(const std::string& text) {
+  return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
+}
+
+// Saves the sandbox to `dir` for a client. A directory the snapshot created goes again
+// when it fails, so nothing is left behind.
+Result<void> SnapshotFor(Sandbox& sandbox, const std::string& dir) {
+  struct stat st {};
+  bool existed = ::lstat(dir.c_str(), &st) == 0;
+  Log("saving a snapshot to " + dir);
+  auto saved = sandbox.Snapshot(dir);
+  if (saved) {
+    Log("saved a snapshot to " + dir);
+  } else {
+    Log(fmt::format("saving a snapshot to {} failed: {}", dir, saved.error().ToString()));
+    if (!existed) ::rmdir(dir.c_str());
+  }
+  return saved;
+}
+
 }  // namespace
 
 ClientSession::ClientSession(Sandbox& sandbox, UniqueFd client)
@@ -77,14 +99,32 @@ void ClientSession::Run() {
 Result<void> ClientSession::Serve() {
   proto::FrameReader reader;
   std::vector<uint8_t> buf(kReadChunk);
+  // The client's first bytes, until there are enough to tell agent frames from a control
+  // request.
+  std::vector<uint8_t> first;
+  bool speaks_frames = false;
   for (;;) {
     auto n = ReadSome(fd_.get(), buf, Deadline::Never(), "reading from a client");
     if (!n) return Fail(std::move(n).error());
     if (*n == 0) {
-      if (reader.buffered()) return Fail(ClientViolation("the connection closed mid-frame"));
+      if (reader.buffered() || !first.empty()) {
+        return Fail(ClientViolation("the connection closed mid-frame"));
+      }
       return {};
     }
-    reader.Feed({buf.data(), *n});
+    std::span<const uint8_t> received(buf.data(), *n);
+    if (!speaks_frames) {
+      first.insert(first.end(), received.begin(), received.end());
+      if (first.size() < kControlRequestSniffSize) continue;
+      if (StartsControlRequest(std::span(first).first<kControlRequestSniffSize>())) {
+        return ServeControlRequest(std::string(first.begin(), first.end()));
+      }
+      speaks_frames = true;
+      reader.Feed(first);
+      first.clear();
+    } else {
+      reader.Feed(received);
+    }
     for (;;) {
       auto frame = reader.Next();
       if (!frame) return Fail(ClientViolation(frame.error().message()));
@@ -92,6 +132,28 @@ Result<void> ClientSession::Serve() {
       if (auto handled = OnFrame(**frame); !handled) return handled;
     }
   }
+}
+
+Result<void> ClientSession::ServeControlRequest(std::string received) {
+  std::vector<uint8_t> buf(kReadChunk);
+  while (received.find('\n') == std::string::npos && received.size() <= kMaxControlRequestSize) {
+    auto n = ReadSome(fd_.get(), buf, Deadline::Never(), "reading from a client");
+    if (!n) return Fail(std::move(n).error());
+    if (*n == 0) return Fail(ClientViolation("the connection closed inside a control request"));
+    received.append(reinterpret_cast<const char*>(buf.data()), *n);
+  }
+  auto request = ParseControlRequest(received);
+  if (!request) {
+    (void)ToClient(AsBytes(EncodeControlReply(Fail(request.error()))));
+    return Fail(ClientViolation(request.error().message()));
+  }
+  Result<void> outcome;
+  switch (request->op) {
+    case ControlRequest::Op::kSnapshot: outcome = SnapshotFor(sandbox_, request->dir); break;
+  }
+  // The client may have given up meanwhile; the snapshot stands either way.
+  (void)ToClient(AsBytes(EncodeControlReply(outcome)));
+  return {};
 }
 
 Result<void> ClientSession::OnFrame(const proto::Frame& frame) {

@@ -10,6 +10,10 @@
 // relayed, and only requests and their follow-ups are accepted. A client that breaks the
 // protocol is disconnected. A client that goes away, however, has every request it left
 // running killed (Signal 9), so nothing it started outlives it.
+//
+// A client may instead send one control request (supervisor_protocol.h), which the
+// supervisor carries out itself, such as a snapshot; agent requests of other clients wait
+// meanwhile where they must.
 #pragma once
 
 #include <atomic>
@@ -57,6 +61,9 @@ class ClientSession {
 
   void Run();
   [[nodiscard]] Result<void> Serve();
+  // Reads the rest of a control request that began with `received`, carries it out and
+  // answers it; the session then ends.
+  [[nodiscard]] Result<void> ServeControlRequest(std::string received);
   [[nodiscard]] Result<void> OnFrame(const protocol::Frame& frame);
   [[nodiscard]] Result<void> BeginRequest(const protocol::Frame& frame);
   // Forwards the agent's frames for `relay` to the client until the request ends.

@@ -36,21 +36,14 @@ struct RemoteSandbox {
 Result<RemoteSandbox> Connect(const std::string& id_or_name) {
   auto record = Resolve(id_or_name);
   if (!record) return Fail(std::move(record).error());
-  const std::string& id = record->id;
-  if (record->failed) {
-    return Fail(Error::Backend(fmt::format(
-        "sandbox {} has failed (its VM stopped); remove it with vessel rm {}", id, id)));
-  }
-  auto fd = ConnectControl(ControlSocketPath(id));
-  if (!fd) {
-    return Fail(Error::Backend(fmt::format(
-        "sandbox {} is not running (its supervisor is gone); remove it with vessel rm {}", id,
-        id)));
-  }
+  auto fd = ConnectToRunning(*record);
+  if (!fd) return Fail(std::move(fd).error());
   auto connection = sandbox::Connection::Open(fd->get());
   if (!connection) return Fail(std::move(connection).error());
   auto hello = (*connection)->Start(Deadline::After(kGreetingTimeout));
-  if (!hello) return Fail(std::move(hello).error().Context("connecting to sandbox " + id));
+  if (!hello) {
+    return Fail(std::move(hello).error().Context("connecting to sandbox " + record->id));
+  }
   return RemoteSandbox{std::move(*record), std::move(*connection)};
 }
 

@@ -1,4 +1,5 @@
-// `vessel create`, `ls` and `rm`: sandboxes that outlive the command that made them.
+// `vessel create`, `ls` and `rm`: sandboxes that outlive the command that made them; and
+// what `restore` and `fork` share with `create`.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <linux/close_range.h>
@@ -17,12 +18,11 @@
 
 #include "cli/cli.h"
 #include "cli/state.h"
+#include "cli/supervisor_protocol.h"
 
 namespace vessel::cli {
 namespace {
 
-// The longest answer a supervisor gives `create`: an error with the VM's diagnostics.
-constexpr size_t kMaxReadyMessage = 1024 * 1024;
 // How long `rm` lets a supervisor shut down cleanly before it kills it.
 constexpr auto kStopTimeout = std::chrono::seconds(10);
 constexpr auto kKillTimeout = std::chrono::seconds(5);
@@ -39,7 +39,7 @@ int64_t NowSeconds() {
 std::string ReadReport(int fd) {
   std::string report;
   char buf[4096];
-  while (report.size() < kMaxReadyMessage) {
+  while (report.size() < kMaxReportSize) {
     ssize_t n = ::read(fd, buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
@@ -123,6 +123,73 @@ bool WaitUntilStopped(const std::string& id, std::chrono::milliseconds timeout) 
 
 }  // namespace
 
+Result<void> PrepareToSupervise() {
+  if (auto fits = CheckSocketPath(ControlSocketPath(kIdForLengthCheck)); !fits) return fits;
+  // The supervisor runs in /, where a relative runtime directory would be another one.
+  if (const char* dir = std::getenv("VESSEL_RUNTIME_DIR"); dir && *dir && *dir != '/') {
+    std::error_code ec;
+    ::setenv("VESSEL_RUNTIME_DIR", std::filesystem::absolute(dir, ec).c_str(), 1);
+  }
+  return {};
+}
+
+Result<void> CheckNameIsFree(const std::string& name) {
+  for (const auto& id : ListSandboxIds()) {
+    auto record = ReadRecord(id);
+    if (record && record->name == name) {
+      return Fail(Error::InvalidConfig(
+          "name", fmt::format("a sandbox named {} exists already ({}); remove it first with "
+                              "vessel rm {}",
+                              name, id, name)));
+    }
+  }
+  return {};
+}
+
+Result<std::string> StartSandbox(const Args& supervise_args) {
+  int report_pipe[2];
+  if (::pipe2(report_pipe, O_CLOEXEC) != 0) return Fail(Error::HostIo("pipe", errno));
+  UniqueFd report_read(report_pipe[0]);
+  UniqueFd report_write(report_pipe[1]);
+  auto pid = StartSupervisor(supervise_args, report_write.get());
+  if (!pid) return Fail(std::move(pid).error());
+  report_write.Reset();
+  std::string report = ReadReport(report_read.get());
+  if (!report.empty()) {
+    auto id = ParseReport(report);
+    if (id) return id;
+    // One that reported an error exits by itself; one that made no sense is stopped.
+    if (!report.starts_with("error ")) ::kill(*pid, SIGTERM);
+    ::waitpid(*pid, nullptr, 0);
+    return id;
+  }
+  int status = 0;
+  ::waitpid(*pid, &status, 0);
+  return Fail(Error::Backend(fmt::format(
+      "the sandbox's supervisor exited before the VM was ready (wait status {})", status)));
+}
+
+Result<void> StopAndRemove(const SandboxRecord& record) {
+  const std::string& id = record.id;
+  if (SupervisorAlive(id)) {
+    // The lock is held, so the pid in state.json is the live supervisor's, not a reused one.
+    if (record.pid <= 1) {
+      return Fail(Error::Backend(
+          fmt::format("sandbox {} is running but its state names no supervisor pid", id)));
+    }
+    ::kill(record.pid, SIGTERM);
+    if (!WaitUntilStopped(id, kStopTimeout)) {
+      ::kill(record.pid, SIGKILL);
+      if (!WaitUntilStopped(id, kKillTimeout)) {
+        return Fail(Error::Backend(
+            fmt::format("sandbox {}: its supervisor (pid {}) does not stop", id, record.pid)));
+      }
+    }
+  }
+  RemoveSandboxState(id);
+  return {};
+}
+
 int Create(const Args& args) {
   std::vector<std::string> supervise_args;
   std::string name;
@@ -148,44 +215,13 @@ int Create(const Args& args) {
     supervise_args.push_back(is_path ? std::filesystem::absolute(v, ec).string() : v);
   }
   if (!name.empty()) {
-    for (const auto& id : ListSandboxIds()) {
-      auto record = ReadRecord(id);
-      if (record && record->name == name) {
-        return Failure(
-            fmt::format("a sandbox named {} exists already ({}); remove it first with "
-                        "vessel rm {}",
-                        name, id, name));
-      }
-    }
+    if (auto free = CheckNameIsFree(name); !free) return Failure(free.error());
   }
-  if (auto fits = CheckSocketPath(ControlSocketPath(kIdForLengthCheck)); !fits) {
-    return Failure(fits.error());
-  }
-  // The supervisor runs in /, where a relative runtime directory would be another one.
-  if (const char* dir = std::getenv("VESSEL_RUNTIME_DIR"); dir && *dir && *dir != '/') {
-    std::error_code ec;
-    ::setenv("VESSEL_RUNTIME_DIR", std::filesystem::absolute(dir, ec).c_str(), 1);
-  }
-
-  int report[2];
-  if (::pipe2(report, O_CLOEXEC) != 0) return Failure(Error::HostIo("pipe", errno));
-  UniqueFd report_read(report[0]);
-  UniqueFd report_write(report[1]);
-  auto pid = StartSupervisor(supervise_args, report_write.get());
-  if (!pid) return Failure(pid.error());
-  report_write.Reset();
-  std::string answer = ReadReport(report_read.get());
-  if (answer.starts_with("ready ")) {
-    std::string id = answer.substr(6);
-    while (!id.empty() && id.back() == '\n') id.pop_back();
-    fmt::print("{}\n", id);
-    return 0;
-  }
-  int status = 0;
-  ::waitpid(*pid, &status, 0);
-  if (answer.starts_with("error ")) return Failure(answer.substr(6));
-  return Failure(fmt::format(
-      "the sandbox's supervisor exited before the VM was ready (wait status {})", status));
+  if (auto prepared = PrepareToSupervise(); !prepared) return Failure(prepared.error());
+  auto id = StartSandbox(supervise_args);
+  if (!id) return Failure(id.error());
+  fmt::print("{}\n", *id);
+  return 0;
 }
 
 int List(const Args& args) {
@@ -208,7 +244,9 @@ int List(const Args& args) {
                      {"memory_mib", l.record.memory_mib},
                      {"vcpus", l.record.vcpus},
                      {"age_seconds", l.age_seconds},
-                     {"pid", l.record.pid}});
+                     {"pid", l.record.pid},
+                     {"restored_from", l.record.restored_from},
+                     {"forked_from", l.record.forked_from}});
     }
     fmt::print("{}\n", out.dump(2));
     return 0;
@@ -244,26 +282,11 @@ int Remove(const Args& args) {
       status = Failure(record.error());
       continue;
     }
-    const std::string& id = record->id;
-    if (SupervisorAlive(id)) {
-      // The lock is held, so the pid in state.json is the live supervisor's, not a reused one.
-      if (record->pid <= 1) {
-        status =
-            Failure(fmt::format("sandbox {} is running but its state names no supervisor pid", id));
-        continue;
-      }
-      ::kill(record->pid, SIGTERM);
-      if (!WaitUntilStopped(id, kStopTimeout)) {
-        ::kill(record->pid, SIGKILL);
-        if (!WaitUntilStopped(id, kKillTimeout)) {
-          status = Failure(
-              fmt::format("sandbox {}: its supervisor (pid {}) does not stop", id, record->pid));
-          continue;
-        }
-      }
+    if (auto removed = StopAndRemove(*record); !removed) {
+      status = Failure(removed.error());
+      continue;
     }
-    RemoveSandboxState(id);
-    fmt::print("{}\n", id);
+    fmt::print("{}\n", record->id);
   }
   return status;
 }

@@ -2,6 +2,7 @@
 //
 //   vessel run [options] -- CMD [ARG...]   boot a microVM, run CMD in it, destroy it
 //   vessel create / exec / cp / ls / rm     sandboxes that outlive the command
+//   vessel snapshot / restore / fork        save, restore and copy those sandboxes
 //   vessel doctor                          what this host can run, and what is missing
 //
 // Exit status of `run` and `exec`: the command's own exit code; 128+N when a signal N
@@ -48,6 +49,18 @@ constexpr const char* kUsage = R"(usage:
   vessel ls [--json]     list sandboxes: id, name, state (running, failed, dead),
                          engine, memory, age
   vessel rm ID...        stop sandboxes and remove what is left of them
+  vessel snapshot ID DIR save sandbox ID (memory, processes, files) to the new or empty
+                         directory DIR; ID goes on running. Prints DIR
+  vessel snapshot verify DIR
+                         check every checksum of the snapshot in DIR, memory included;
+                         prints "ok" and what it holds. Exit status 0 when it is intact,
+                         1 when it is damaged or no snapshot, 125 when it cannot check
+  vessel restore DIR     start a sandbox that keeps running from the snapshot in DIR,
+                         as create does; prints its id
+      --name NAME        a name to use instead of the id
+  vessel fork ID         copy sandbox ID as it is now into new sandboxes, independent of
+                         it and of each other; prints their ids, one per line
+      -n N               how many (1 to 64, default 1)
   vessel doctor          check what this host can run
 
 exit status of run and exec: the command's; 128+N if signal N ended it; 124 on
@@ -163,6 +176,15 @@ int Doctor() {
          std::to_string(major) + "." + std::to_string(minor) +
              (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
     ok &= supported;
+    // Snapshots rely on QEMU's experimental x-ignore-shared migration capability
+    // (present since 4.0) and on memory-backend-file; Vessel is tested with 7.2.
+    bool tested = (major == 7 && minor == 2);
+    bool present = major >= 5;
+    line(present, "snapshots",
+         !present ? "QEMU too old for x-ignore-shared snapshots"
+         : tested ? "x-ignore-shared with QEMU 7.2 (the tested version)"
+                  : "x-ignore-shared is experimental and only tested with QEMU 7.2: "
+                    "check `vessel snapshot` before relying on it");
   }
   std::string dir = DefaultAssetDir();
   for (const char* asset : {"vmlinux", "initramfs.cpio"}) {
@@ -196,6 +218,9 @@ int main(int argc, char** argv) {
   if (command == "cp") return cli::Copy(args);
   if (command == "ls") return cli::List(args);
   if (command == "rm") return cli::Remove(args);
+  if (command == "snapshot") return cli::Snapshot(args);
+  if (command == "restore") return cli::Restore(args);
+  if (command == "fork") return cli::Fork(args);
   if (command == "doctor") return cli::Doctor();
   if (command == "__supervise") return cli::Supervise(args);
   return cli::UsageError("unknown command " + command);

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "base/io.h"
@@ -22,6 +23,8 @@ namespace {
 
 constexpr const char* kStateFile = "state.json";
 constexpr const char* kLockFile = "supervisor.lock";
+// Starts with '.', so that no id or name is ever taken for one.
+constexpr const char* kForkDirPrefix = ".fork-";
 // state.json is a few hundred bytes; anything much larger is not ours.
 constexpr size_t kMaxStateFileSize = 64 * 1024;
 
@@ -57,6 +60,8 @@ Result<void> WriteRecord(const SandboxRecord& record) {
       {"vcpus", record.vcpus},
       {"created", record.created},
       {"state", record.failed ? "failed" : "running"},
+      {"restored_from", record.restored_from},
+      {"forked_from", record.forked_from},
   };
   std::string path = StateDir(record.id) + "/" + kStateFile;
   std::string temporary = path + ".tmp";
@@ -101,6 +106,13 @@ Result<SandboxRecord> ReadRecord(const std::string& id) {
   if (!number_field("vcpus", record.vcpus)) return bad("vcpus");
   if (!number_field("created", record.created)) return bad("created");
   record.failed = state == "failed";
+  // Absent from the state of sandboxes made before restore and fork existed.
+  if (json.contains("restored_from") && !text_field("restored_from", record.restored_from)) {
+    return bad("restored_from");
+  }
+  if (json.contains("forked_from") && !text_field("forked_from", record.forked_from)) {
+    return bad("forked_from");
+  }
   return record;
 }
 
@@ -209,9 +221,77 @@ Result<UniqueFd> ConnectControl(const std::string& path) {
   return fd;
 }
 
+Result<UniqueFd> ConnectToRunning(const SandboxRecord& record) {
+  const std::string& id = record.id;
+  if (record.failed) {
+    return Fail(Error::Backend(fmt::format(
+        "sandbox {} has failed (its VM stopped); remove it with vessel rm {}", id, id)));
+  }
+  auto fd = ConnectControl(ControlSocketPath(id));
+  if (!fd) {
+    return Fail(Error::Backend(fmt::format(
+        "sandbox {} is not running (its supervisor is gone); remove it with vessel rm {}", id,
+        id)));
+  }
+  return fd;
+}
+
+Result<ForkDir> ForkDir::Create() {
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    std::error_code ec;
+    std::filesystem::create_directories(SandboxesDir(), ec);
+    std::string path = SandboxesDir() + "/" + kForkDirPrefix + "XXXXXX";
+    if (!::mkdtemp(path.data())) {
+      // `rm` of the last sandbox removes sandboxes/ itself: retry if it just did.
+      if (errno == ENOENT) continue;
+      return Fail(Error::HostIo("create a directory in " + SandboxesDir(), errno));
+    }
+    UniqueFd lock(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!lock || ::flock(lock.get(), LOCK_EX) != 0) {
+      int error = errno;
+      ::rmdir(path.c_str());
+      return Fail(Error::HostIo("lock " + path, error));
+    }
+    // A sweep may have taken the directory for a dead fork's between mkdtemp and flock.
+    struct stat by_path {};
+    struct stat by_fd {};
+    if (::stat(path.c_str(), &by_path) == 0 && ::fstat(lock.get(), &by_fd) == 0 &&
+        by_path.st_dev == by_fd.st_dev && by_path.st_ino == by_fd.st_ino) {
+      return ForkDir(std::move(path), std::move(lock));
+    }
+  }
+  return Fail(Error::HostIo("create a fork directory in " + SandboxesDir(), EAGAIN));
+}
+
+ForkDir::~ForkDir() {
+  if (path_.empty()) return;
+  (void)RemoveTree(path_);
+  ::rmdir(SandboxesDir().c_str());
+}
+
+namespace {
+
+// Removes the fork directories whose owner is gone: nobody holds their lock.
+void SweepStaleForkDirs() {
+  DIR* dir = ::opendir(SandboxesDir().c_str());
+  if (!dir) return;
+  while (dirent* entry = ::readdir(dir)) {
+    std::string name = entry->d_name;
+    if (!name.starts_with(kForkDirPrefix)) continue;
+    std::string path = SandboxesDir() + "/" + name;
+    UniqueFd lock(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (!lock || ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;
+    (void)RemoveTree(path);
+  }
+  ::closedir(dir);
+}
+
+}  // namespace
+
 void RemoveSandboxState(const std::string& id) {
   if (IsSafeComponent(id)) (void)RemoveTree(StateDir(id));
   engine::SweepStaleRuntimeDirs();
+  SweepStaleForkDirs();
   // Fails while other sandboxes exist, as it should.
   ::rmdir(SandboxesDir().c_str());
 }

@@ -8,10 +8,14 @@
 //                    no zombie to fool us)
 //   control.sock     the supervisor's control socket (the agent protocol, proxied)
 //   supervisor.log   the supervisor's stderr
+//
+// Beside them, <RuntimeRoot()>/sandboxes/.fork-XXXXXX/ are the snapshots `fork` starts
+// its children from: hidden from `ls`, and gone once the children run.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -36,6 +40,9 @@ struct SandboxRecord {
   uint32_t vcpus = 0;
   int64_t created = 0;  // seconds since the epoch
   bool failed = false;  // the supervisor saw the VM die
+  // Where a sandbox that was not booted came from; empty for one that `create` made.
+  std::string restored_from;  // `restore`: the snapshot directory
+  std::string forked_from;    // `fork`: the parent's id
 };
 
 // Writes state.json atomically (a temporary file renamed over it).
@@ -59,9 +66,31 @@ bool SupervisorAlive(const std::string& id);
 [[nodiscard]] Result<void> CheckSocketPath(const std::string& path);
 [[nodiscard]] Result<UniqueFd> ListenControl(const std::string& path);
 [[nodiscard]] Result<UniqueFd> ConnectControl(const std::string& path);
+// Connects to the control socket of a sandbox that runs. kBackend saying how to clean up
+// when it failed or its supervisor is gone.
+[[nodiscard]] Result<UniqueFd> ConnectToRunning(const SandboxRecord& record);
 
-// Removes the sandbox's directory, the runtime directories of VMs whose owner died, and
-// the sandboxes/ directory itself once it is empty.
+// A private directory (mode 0700) for the snapshot a fork starts its children from,
+// locked by this process while it lives. Removed by the destructor; one whose owner died
+// is removed by the next RemoveSandboxState().
+class ForkDir {
+ public:
+  [[nodiscard]] static Result<ForkDir> Create();
+  ForkDir(ForkDir&& other) noexcept
+      : path_(std::exchange(other.path_, {})), lock_(std::move(other.lock_)) {}
+  ForkDir& operator=(ForkDir&&) = delete;
+  ~ForkDir();
+
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  ForkDir(std::string path, UniqueFd lock) : path_(std::move(path)), lock_(std::move(lock)) {}
+  std::string path_;
+  UniqueFd lock_;  // the directory itself, flock()ed
+};
+
+// Removes the sandbox's directory, the runtime directories of VMs and the fork
+// directories whose owner died, and the sandboxes/ directory itself once it is empty.
 void RemoveSandboxState(const std::string& id);
 
 }  // namespace vessel::cli

@@ -1,9 +1,11 @@
-// `vessel __supervise`: the background process that owns one sandbox made by `create`.
+// `vessel __supervise`: the background process that owns one sandbox made by `create`,
+// `restore` or `fork`.
 //
-// It boots the VM, publishes the sandbox's state directory, reports "ready <id>" (or
-// "error <message>") on the pipe `create` waits on, then serves the control socket until
-// SIGTERM. The VMM is its child and dies with it (PR_SET_PDEATHSIG), so a supervisor
-// killed outright leaves no VM running: `ls` shows it dead, `rm` removes what is left.
+// It boots the VM (or restores it from a snapshot), publishes the sandbox's state
+// directory, reports "ready <id>" (or the error) on the pipe the command waits on, then
+// serves the control socket until SIGTERM. The VMM is its child and dies with it
+// (PR_SET_PDEATHSIG), so a supervisor killed outright leaves no VM running: `ls` shows
+// it dead, `rm` removes what is left.
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -20,6 +22,8 @@
 #include "cli/cli.h"
 #include "cli/control_proxy.h"
 #include "cli/state.h"
+#include "cli/supervisor_protocol.h"
+#include "snapshot/snapshot.h"
 #include "vessel/sandbox.h"
 
 namespace vessel::cli {
@@ -31,6 +35,8 @@ constexpr int kHealthCheckMs = 500;
 struct SuperviseOptions {
   int ready_fd = -1;
   SandboxConfig config;
+  std::string restore_dir;  // set: restore the snapshot in it instead of booting
+  std::string forked_from;
 };
 
 Result<SuperviseOptions> ParseSuperviseArgs(const Args& args) {
@@ -50,6 +56,10 @@ Result<SuperviseOptions> ParseSuperviseArgs(const Args& args) {
       options.config.kernel = value;
     } else if (flag == "--initramfs") {
       options.config.initramfs = value;
+    } else if (flag == "--restore") {
+      options.restore_dir = value;
+    } else if (flag == "--forked-from") {
+      options.forked_from = value;
     } else {
       return Fail(Error::InvalidConfig(flag, "unknown option"));
     }
@@ -103,11 +113,33 @@ Result<void> RedirectOutputTo(const std::string& path) {
   return {};
 }
 
-// Tells `create` how the boot went. False when it is no longer there to hear it.
+// Tells the command that started us how the boot went. False when it is no longer there
+// to hear it.
 bool Report(UniqueFd& ready, std::string_view message) {
   bool heard = WriteAllTo(ready.get(), message);
   ready.Reset();
   return heard;
+}
+
+int ReportFailure(UniqueFd& ready, const Error& error) {
+  Report(ready, ErrorReport(error));
+  return 1;
+}
+
+// Boots the sandbox, or restores it; a restored machine's size is the snapshot's, and goes
+// into `options` for the record.
+Result<std::unique_ptr<Sandbox>> BootOrRestore(SuperviseOptions& options) {
+  if (options.restore_dir.empty()) return Sandbox::Create(options.config);
+  const std::string& dir = options.restore_dir;
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  if (!manifest) return Fail(std::move(manifest).error().Context("restoring " + dir));
+  options.config.vcpus = manifest->vcpus;
+  options.config.memory_mib = manifest->memory_mib;
+  // The CLI's names are unique: without one of its own, a restored sandbox has none,
+  // not the saved one's.
+  auto restored = Sandbox::Restore(dir, {.name = options.config.name});
+  if (!restored) return Fail(std::move(restored).error().Context("restoring " + dir));
+  return restored;
 }
 
 }  // namespace
@@ -127,33 +159,20 @@ int Supervise(const Args& args) {
   pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   UniqueFd signals(::signalfd(-1, &stop_signals, SFD_CLOEXEC));
-  if (!signals) {
-    Report(ready, "error " + Error::HostIo("signalfd", errno).ToString());
-    return 1;
-  }
+  if (!signals) return ReportFailure(ready, Error::HostIo("signalfd", errno));
 
-  auto created = Sandbox::Create(options->config);
-  if (!created) {
-    Report(ready, "error " + created.error().ToString());
-    return 1;
-  }
-  std::unique_ptr<Sandbox> sandbox = std::move(*created);
+  auto started = BootOrRestore(*options);
+  if (!started) return ReportFailure(ready, started.error());
+  std::unique_ptr<Sandbox> sandbox = std::move(*started);
   const std::string id = sandbox->id();
 
   auto state_dir = OwnedStateDir::Create(id);
-  if (!state_dir) {
-    Report(ready, "error " + state_dir.error().ToString());
-    return 1;
-  }
+  if (!state_dir) return ReportFailure(ready, state_dir.error());
   if (auto redirected = RedirectOutputTo(SupervisorLogPath(id)); !redirected) {
-    Report(ready, "error " + redirected.error().ToString());
-    return 1;
+    return ReportFailure(ready, redirected.error());
   }
   auto listener = ListenControl(ControlSocketPath(id));
-  if (!listener) {
-    Report(ready, "error " + listener.error().ToString());
-    return 1;
-  }
+  if (!listener) return ReportFailure(ready, listener.error());
   SandboxRecord record{
       .id = id,
       .name = options->config.name,
@@ -164,17 +183,17 @@ int Supervise(const Args& args) {
       .created = std::chrono::duration_cast<std::chrono::seconds>(
                      std::chrono::system_clock::now().time_since_epoch())
                      .count(),
+      .restored_from = options->forked_from.empty() ? options->restore_dir : "",
+      .forked_from = options->forked_from,
   };
-  if (auto written = WriteRecord(record); !written) {
-    Report(ready, "error " + written.error().ToString());
-    return 1;
-  }
-  Log(fmt::format("sandbox {} is up ({}, {})", id, sandbox->engine_name(),
-                  sandbox->agent_version()));
-  // Nobody waits for this sandbox any more (create was interrupted): nobody would know
-  // its id either, so it is not kept.
-  if (!Report(ready, "ready " + id + "\n")) {
-    Log("create went away before the sandbox was ready; shutting down");
+  if (auto written = WriteRecord(record); !written) return ReportFailure(ready, written.error());
+  Log(fmt::format("sandbox {} is up ({}, {}){}", id, sandbox->engine_name(),
+                  sandbox->agent_version(),
+                  options->restore_dir.empty() ? "" : ", restored from " + options->restore_dir));
+  // Nobody waits for this sandbox any more (the command was interrupted): nobody would
+  // know its id either, so it is not kept.
+  if (!Report(ready, ReadyReport(id))) {
+    Log("the command went away before the sandbox was ready; shutting down");
     return 0;
   }
 

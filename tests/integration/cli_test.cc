@@ -13,6 +13,7 @@
 #include <future>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -393,6 +394,20 @@ class RawControlClient {
   }
   bool connected() const { return fd_ >= 0; }
   void Send(const std::vector<uint8_t>& bytes) { (void)!write(fd_, bytes.data(), bytes.size()); }
+  void Send(const std::string& text) { (void)!write(fd_, text.data(), text.size()); }
+  // Everything the supervisor sends after what Next() returned, until it closes the
+  // connection; nullopt when it has not closed it within 10 s.
+  std::optional<std::string> ReadToEnd() {
+    std::string text;
+    for (;;) {
+      pollfd p{fd_, POLLIN, 0};
+      if (poll(&p, 1, 10'000) <= 0) return std::nullopt;
+      char buf[4096];
+      ssize_t n = read(fd_, buf, sizeof(buf));
+      if (n <= 0) return text;
+      text.append(buf, static_cast<size_t>(n));
+    }
+  }
   // The next frame, or nullopt when the supervisor closed the connection (or 10 s passed).
   std::optional<protocol::Frame> Next() {
     for (;;) {
@@ -446,6 +461,45 @@ TEST_F(CliSandboxTest, TheControlSocketGreetsAnswersPingsAndDropsClientsThatBrea
     EXPECT_FALSE(client.Next().has_value());
   }
   // The supervisor serves everyone else as before.
+  auto r = RunCli({"exec", id_, "--", "echo", "still here"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, "still here\n");
+}
+
+TEST_F(CliSandboxTest, TheControlSocketAnswersABadControlRequestWithAnErrorAndHangsUp) {
+  struct Case {
+    std::string request;
+    std::string complaint;
+  };
+  auto line = [](const std::string& json) { return json + "\n"; };
+  std::vector<Case> cases = {
+      {line(R"({"op":"snapshot","dir":"relative/dir"})"), "not an absolute path"},
+      {line(R"({"op":"reboot"})"), "unknown op"},
+      {line(R"({"op":"snapshot","dir":"/tmp/vessel-cli-test-never-made","mode":"0777"})"),
+       "unknown field"},
+      {line(R"({"op":"snapshot","dir":"/tmp/vessel-cli-test-never-made"})") + "more",
+       "one request per connection"},
+      {line(R"({"op":[[[[[[[[1]]]]]]]],"dir":"/tmp/vessel-cli-test-never-made"})"),
+       "not a JSON object"},
+      {"{" + std::string(20000, ' '), "longer than"},
+  };
+  for (const auto& c : cases) {
+    RawControlClient client(id_);
+    ASSERT_TRUE(client.connected());
+    auto hello = client.Next();
+    ASSERT_TRUE(hello.has_value());
+    EXPECT_EQ(hello->header.type, protocol::MessageType::kHello);
+    client.Send(c.request);
+    auto answer = client.ReadToEnd();
+    ASSERT_TRUE(answer.has_value()) << c.request << ": the supervisor did not hang up";
+    const std::string& reply = *answer;
+    auto json = nlohmann::json::parse(reply, nullptr, false);
+    ASSERT_TRUE(json.is_object()) << c.request << " -> " << reply;
+    EXPECT_EQ(json.value("ok", true), false) << reply;
+    EXPECT_EQ(json["error"].value("kind", ""), "invalid config") << reply;
+    EXPECT_NE(json["error"].value("message", "").find(c.complaint), std::string::npos) << reply;
+  }
+  EXPECT_FALSE(std::filesystem::exists("/tmp/vessel-cli-test-never-made"));
   auto r = RunCli({"exec", id_, "--", "echo", "still here"});
   EXPECT_EQ(r.status, 0) << r.err;
   EXPECT_EQ(r.out, "still here\n");
@@ -522,6 +576,263 @@ TEST(CliTest, RmOfAnUnknownSandboxExits125) {
   r = RunCli({"exec", "no-such-sandbox", "--", "true"});
   EXPECT_EQ(r.status, 125);
   EXPECT_EQ(RunCli({"cp", "a", "b"}).status, 125);
+}
+
+// Snapshots, restores and forks of sandboxes made by `vessel create`.
+
+// A directory for a snapshot that does not exist yet; removed with this object.
+class SnapshotDir {
+ public:
+  explicit SnapshotDir(const std::string& name)
+      : path_(std::filesystem::temp_directory_path() /
+              ("vessel-cli-test-" + std::to_string(getpid()) + "-" + name)) {}
+  ~SnapshotDir() { std::filesystem::remove_all(path_); }
+  const std::string& path() const { return path_; }
+  std::string File(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+// `vessel create ARGS...`; the new id, or "" with a failure recorded.
+std::string CreateSandbox(std::vector<std::string> args) {
+  args.insert(args.begin(), "create");
+  auto r = RunCli(args);
+  EXPECT_EQ(r.status, 0) << r.err;
+  return r.status == 0 ? Trimmed(r.out) : "";
+}
+
+std::vector<std::string> Lines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+void FlipByte(const std::string& path, std::streamoff offset) {
+  std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+  file.seekg(offset);
+  char c = 0;
+  file.read(&c, 1);
+  c = static_cast<char>(c ^ 0x01);
+  file.seekp(offset);
+  file.write(&c, 1);
+}
+
+// The CLI's hidden fork directories (.fork-*) that are still there.
+std::vector<std::string> ForkDirsLeft() {
+  std::vector<std::string> left;
+  std::error_code ec;
+  for (const auto& entry :
+       std::filesystem::directory_iterator(testing::TestRuntimeRoot() + "/sandboxes", ec)) {
+    std::string name = entry.path().filename();
+    if (name.starts_with(".fork-")) left.push_back(name);
+  }
+  return left;
+}
+
+std::string Cat(const std::string& id, const std::string& path) {
+  auto r = RunCli({"exec", id, "--", "cat", path});
+  return r.status == 0 ? r.out : "exit " + std::to_string(r.status) + ": " + r.err;
+}
+
+TEST(CliSnapshotTest, ASnapshotRestoresIntoANewSandboxWithTheSameFiles) {
+  std::string original = CreateSandbox({"--memory", "128", "--name", "snap-original"});
+  ASSERT_FALSE(original.empty());
+  auto r = RunCli({"exec", original, "--", "sh", "-c", "echo saved > /root/marker"});
+  ASSERT_EQ(r.status, 0) << r.err;
+
+  // A command that runs meanwhile waits out the snapshot and loses nothing.
+  auto counting = std::async(std::launch::async, [&] {
+    return RunCli(
+        {"exec", original, "--", "sh", "-c", "for i in $(seq 1 20); do echo $i; sleep 0.1; done"});
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  SnapshotDir dir("snap");
+  r = RunCli({"snapshot", "snap-original", dir.path()});
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out, dir.path() + "\n");
+  for (const char* file : {"manifest.json", "state", "memory"}) {
+    EXPECT_TRUE(std::filesystem::exists(dir.File(file))) << file;
+  }
+  auto counted = counting.get();
+  EXPECT_EQ(counted.status, 0) << counted.err;
+  EXPECT_EQ(Lines(counted.out).size(), 20u) << counted.out;
+
+  r = RunCli({"restore", dir.path(), "--name", "snap-restored"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string restored = Trimmed(r.out);
+  EXPECT_NE(restored, original);
+  EXPECT_EQ(Cat("snap-restored", "/root/marker"), "saved\n");
+  auto listed = ListedSandbox(restored);
+  ASSERT_TRUE(listed.has_value());
+  EXPECT_EQ(listed->value("name", ""), "snap-restored");
+  EXPECT_EQ(listed->value("state", ""), "running");
+  EXPECT_EQ(listed->value("memory_mib", 0), 128);
+  EXPECT_EQ(listed->value("vcpus", 0), 1);
+  EXPECT_EQ(listed->value("restored_from", ""), dir.path());
+
+  // The two go their own ways.
+  r = RunCli({"exec", restored, "--", "sh", "-c", "echo changed > /root/marker"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(Cat(original, "/root/marker"), "saved\n");
+  EXPECT_EQ(Cat(restored, "/root/marker"), "changed\n");
+
+  r = RunCli({"rm", original, restored});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(ListedSandbox(original).has_value());
+  EXPECT_FALSE(ListedSandbox(restored).has_value());
+  // The snapshot is the user's: it stays, and still restores.
+  EXPECT_TRUE(std::filesystem::exists(dir.File("memory")));
+}
+
+TEST(CliSnapshotTest, ForkMakesIndependentCopiesAndLeavesNothingBehind) {
+  std::string parent = CreateSandbox({"--memory", "128"});
+  ASSERT_FALSE(parent.empty());
+  auto r = RunCli({"exec", parent, "--", "sh", "-c", "echo parent > /root/inherited"});
+  ASSERT_EQ(r.status, 0) << r.err;
+
+  r = RunCli({"fork", parent, "-n", "2"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  auto children = Lines(r.out);
+  ASSERT_EQ(children.size(), 2u) << r.out;
+  EXPECT_NE(children[0], children[1]);
+  for (const auto& child : children) {
+    EXPECT_NE(child, parent);
+    EXPECT_EQ(Cat(child, "/root/inherited"), "parent\n");
+    auto listed = ListedSandbox(child);
+    ASSERT_TRUE(listed.has_value()) << child;
+    EXPECT_EQ(listed->value("state", ""), "running");
+    EXPECT_EQ(listed->value("forked_from", ""), parent);
+    EXPECT_EQ(listed->value("memory_mib", 0), 128);
+    r = RunCli({"exec", child, "--", "sh", "-c", "echo " + child + " > /root/mine"});
+    EXPECT_EQ(r.status, 0) << r.err;
+  }
+  EXPECT_EQ(Cat(children[0], "/root/mine"), children[0] + "\n");
+  EXPECT_EQ(Cat(children[1], "/root/mine"), children[1] + "\n");
+  EXPECT_NE(RunCli({"exec", parent, "--", "test", "-e", "/root/mine"}).status, 0);
+  // The template snapshot is gone already: the children run from their own mappings.
+  EXPECT_TRUE(ForkDirsLeft().empty());
+
+  // Removing the parent leaves the children running.
+  r = RunCli({"rm", parent});
+  EXPECT_EQ(r.status, 0) << r.err;
+  for (const auto& child : children) {
+    EXPECT_EQ(Cat(child, "/root/inherited"), "parent\n");
+  }
+  r = RunCli({"rm", children[0], children[1]});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(testing::TestRuntimeRoot() + "/sandboxes/" + children[0]));
+  EXPECT_FALSE(std::filesystem::exists(testing::TestRuntimeRoot() + "/sandboxes/" + children[1]));
+  EXPECT_TRUE(
+      Eventually([] { return testing::LiveVmmProcesses().empty(); }, std::chrono::seconds(5)));
+}
+
+TEST(CliSnapshotTest, VerifyFindsDamageThatRestoreRefuses) {
+  std::string id = CreateSandbox({"--memory", "128"});
+  ASSERT_FALSE(id.empty());
+  SnapshotDir good("verify-good");
+  auto r = RunCli({"snapshot", id, good.path()});
+  ASSERT_EQ(r.status, 0) << r.err;
+  ASSERT_EQ(RunCli({"rm", id}).status, 0);
+
+  r = RunCli({"snapshot", "verify", good.path()});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("ok", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("128 MiB"), std::string::npos) << r.out;
+
+  // A byte changed inside the memory image: only the full check reads all of it.
+  SnapshotDir flipped("verify-flipped");
+  std::filesystem::copy(good.path(), flipped.path());
+  FlipByte(flipped.File("memory"), 64 * 1024 * 1024 + 12345);
+  r = RunCli({"snapshot", "verify", flipped.path()});
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("memory: checksum mismatch"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(flipped.path()), std::string::npos) << r.err;
+  EXPECT_EQ(Lines(r.err).size(), 1u) << r.err;
+
+  // Damage that a restore checks for: a state file one byte off, a memory file cut short.
+  SnapshotDir damaged("verify-damaged");
+  std::filesystem::copy(good.path(), damaged.path());
+  FlipByte(damaged.File("state"), 100);
+  auto before = RunCli({"ls", "--json"}).out;
+  r = RunCli({"restore", damaged.path()});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_EQ(r.out, "");
+  EXPECT_NE(r.err.find("snapshot format"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("state: checksum mismatch"), std::string::npos) << r.err;
+  EXPECT_EQ(RunCli({"snapshot", "verify", damaged.path()}).status, 1);
+
+  std::filesystem::copy_file(good.File("state"), damaged.File("state"),
+                             std::filesystem::copy_options::overwrite_existing);
+  std::filesystem::resize_file(damaged.File("memory"), 1024 * 1024);
+  r = RunCli({"restore", damaged.path(), "--name", "never"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("memory: size"), std::string::npos) << r.err;
+  EXPECT_EQ(RunCli({"ls", "--json"}).out, before) << "a failed restore leaves nothing behind";
+
+  r = RunCli({"snapshot", "verify", "/no/such/snapshot"});
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.err.find("manifest.json"), std::string::npos) << r.err;
+  EXPECT_EQ(RunCli({"snapshot", "verify"}).status, 125);
+}
+
+TEST(CliSnapshotTest, BadRequestsFailWithOneLineAndLeaveNothingBehind) {
+  auto one_line_failure = [](const CliResult& r, const std::string& mentions) {
+    EXPECT_EQ(r.status, 125);
+    EXPECT_EQ(r.out, "");
+    EXPECT_EQ(Lines(r.err).size(), 1u) << r.err;
+    EXPECT_NE(r.err.find(mentions), std::string::npos) << r.err;
+  };
+  one_line_failure(RunCli({"snapshot", "no-such-sandbox", "/tmp/never"}), "no-such-sandbox");
+  one_line_failure(RunCli({"fork", "no-such-sandbox"}), "no-such-sandbox");
+  one_line_failure(RunCli({"restore", "/no/such/snapshot"}), "manifest.json: missing");
+  EXPECT_EQ(RunCli({"fork"}).status, 125);
+  EXPECT_EQ(RunCli({"restore"}).status, 125);
+  EXPECT_EQ(RunCli({"snapshot", "only-one-argument"}).status, 125);
+
+  std::string id = CreateSandbox({"--memory", "128", "--name", "snap-errors"});
+  ASSERT_FALSE(id.empty());
+  for (std::string n : {"0", "65", "abc", "-1", ""}) {
+    one_line_failure(RunCli({"fork", id, "-n", n}), "-n");
+  }
+  one_line_failure(RunCli({"restore", "/no/such/snapshot", "--name", "snap-errors"}),
+                   "exists already");
+
+  // Directories a snapshot cannot go to.
+  SnapshotDir full("full");
+  std::filesystem::create_directory(full.path());
+  std::ofstream(full.File("something")) << "mine";
+  one_line_failure(RunCli({"snapshot", id, full.path()}), "is not empty");
+  EXPECT_EQ(ReadWholeFile(full.File("something")), "mine");
+  SnapshotDir orphan("orphan");
+  one_line_failure(RunCli({"snapshot", id, orphan.File("deeper")}), "parent does not exist");
+  EXPECT_FALSE(std::filesystem::exists(orphan.path()));
+
+  // A sandbox whose supervisor is gone cannot be saved or copied.
+  auto listed = ListedSandbox(id);
+  ASSERT_TRUE(listed.has_value());
+  kill(listed->value("pid", 0), SIGKILL);
+  ASSERT_TRUE(Eventually(
+      [&] {
+        auto e = ListedSandbox(id);
+        return e && e->value("state", "") == "dead";
+      },
+      std::chrono::seconds(10)));
+  SnapshotDir never("never");
+  one_line_failure(RunCli({"snapshot", "snap-errors", never.path()}), "not running");
+  one_line_failure(RunCli({"fork", "snap-errors", "-n", "2"}), "not running");
+  EXPECT_FALSE(std::filesystem::exists(never.path()));
+  EXPECT_TRUE(ForkDirsLeft().empty());
+
+  // A fork directory whose owner died is swept by the next rm.
+  std::string stale = testing::TestRuntimeRoot() + "/sandboxes/.fork-stale1";
+  std::filesystem::create_directory(stale);
+  std::ofstream(stale + "/memory") << "leftover";
+  EXPECT_EQ(RunCli({"rm", "snap-errors"}).status, 0);
+  EXPECT_FALSE(std::filesystem::exists(stale));
+  EXPECT_FALSE(ListedSandbox(id).has_value());
 }
 
 }  // namespace
