@@ -3,7 +3,7 @@
 #   make test   set everything up and run the whole test suite
 # Both are idempotent: packages, the guest kernel and the build are reused when present.
 
-.PHONY: all setup build run test test-asan fuzz bench clean
+.PHONY: all setup build run test test-asan test-tsan fuzz bench clean
 
 all: build
 
@@ -20,6 +20,7 @@ run: build
 # The sanitizer and fuzz runs go first so that the closing lines are the whole suite's.
 test: build
 	$(MAKE) --no-print-directory test-asan
+	$(MAKE) --no-print-directory test-tsan
 	$(MAKE) --no-print-directory fuzz
 	ctest --preset default
 
@@ -28,6 +29,14 @@ test-asan: setup
 	cmake --preset asan >/dev/null
 	cmake --build --preset asan
 	ctest --preset asan
+
+# The pools' unit tests (worker threads, waiters, handles released from other threads)
+# under ThreadSanitizer, against the fake engine; any report fails the run.
+test-tsan: setup
+	cmake --preset tsan >/dev/null
+	cmake --build --preset tsan
+	TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
+	  ./build-tsan/tests/vessel_unit_tests --gtest_filter='*Pool*'
 
 # The wire decoders under libFuzzer (clang), each for FUZZ_SECONDS (default 30); fails on
 # any crash, sanitizer report or broken invariant.
@@ -38,4 +47,4 @@ bench: build
 	./bench/run
 
 clean:
-	rm -rf build build-asan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz
