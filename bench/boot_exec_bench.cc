@@ -37,7 +37,6 @@
 namespace vessel::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
 constexpr const char* kUsage = R"(usage: vessel_bench [--iterations N] [--exec-iterations N]
   --iterations N       boots of each kind (default 5)
@@ -53,10 +52,6 @@ constexpr auto kBootTimeout = std::chrono::seconds(30);
 constexpr int kExecWarmup = 10;
 // Enough of the console to hold the log up to PID 1 and to explain a failure.
 constexpr size_t kConsoleKeep = 256 * 1024;
-
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 // ---------------------------------------------------------------------------------------
 // Plain QEMU

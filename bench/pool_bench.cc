@@ -24,13 +24,8 @@
 namespace vessel::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 
 constexpr auto kRefillPatience = std::chrono::seconds(60);
-
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 struct Options {
   int cycles = 100;   // warm acquisitions (p99 needs 100)
@@ -155,11 +150,6 @@ Result<void> RunAll(const Options& options) {
   fmt::print("RestorePool stats: {} hits, {} misses, {} processes started\n", restore_stats.hits,
              restore_stats.misses, restore_stats.created);
   return {};
-}
-
-bool ParseInt(std::string_view text, int& out) {
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size() && out > 0;
 }
 
 }  // namespace

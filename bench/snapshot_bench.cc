@@ -21,11 +21,6 @@
 namespace vessel::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 struct Options {
   int rounds = 5;
@@ -179,11 +174,6 @@ Result<void> RunAll(const Options& options) {
                static_cast<double>(forked_kib) / static_cast<double>(cold_kib));
   }
   return {};
-}
-
-bool ParseInt(std::string_view text, int& out) {
-  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
-  return ec == std::errc() && end == text.data() + text.size() && out > 0;
 }
 
 }  // namespace

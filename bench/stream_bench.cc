@@ -15,11 +15,6 @@
 namespace vessel::bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double MsSince(Clock::time_point start) {
-  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
-}
 
 struct Options {
   int exec_iterations = 200;
