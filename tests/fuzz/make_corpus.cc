@@ -1,18 +1,26 @@
 // Writes the seed corpora of the fuzz targets with the real encoders, so the seeds follow
 // the wire format when it changes. Usage: make_corpus DIR (DIR is tests/fuzz/corpus).
 //
-// A seed is one split byte (see frame_fuzzer.h) and a stream of frames: a typical
-// conversation, so the fuzzer starts from well-formed frames of every type.
+// A wire-format seed is one split byte (see frame_fuzzer.h) and a stream of frames: a
+// typical conversation, so the fuzzer starts from well-formed frames of every type. A
+// virtio seed is a guest RAM image laid out as virtio_fuzz_layout.h says: well-formed
+// chains and packets, and the classic bad ones.
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
+#include <array>
 #include <initializer_list>
+#include <span>
 #include <string>
 #include <vector>
 
+#include "engine/kvm/devices/virtio/queue.h"
+#include "engine/kvm/devices/vsock/vsock_packet.h"
 #include "protocol/wire.h"
+#include "virtio_fuzz_layout.h"
 
 namespace vessel::protocol {
 namespace {
@@ -131,6 +139,195 @@ std::vector<std::pair<std::string, Bytes>> AgentSeeds() {
   };
 }
 
+// A guest RAM image as the virtio targets take it: a config block, then RAM from
+// kImageAddr on.
+class GuestImage {
+ public:
+  explicit GuestImage(size_t config_bytes) : config_(config_bytes, 0) {}
+
+  void Config(size_t at, uint8_t value) { config_[at] = value; }
+  template <typename T>
+  void Put(uint64_t addr, T value) {
+    PutBytes(addr, {reinterpret_cast<const uint8_t*>(&value), sizeof(T)});
+  }
+  void PutBytes(uint64_t addr, std::span<const uint8_t> bytes) {
+    size_t at = static_cast<size_t>(addr - vmm::fuzz::kImageAddr);
+    if (ram_.size() < at + bytes.size()) ram_.resize(at + bytes.size());
+    std::copy(bytes.begin(), bytes.end(), ram_.begin() + static_cast<std::ptrdiff_t>(at));
+  }
+  void Desc(uint64_t table, uint16_t index, uint64_t addr, uint32_t len, uint16_t flags,
+            uint16_t next) {
+    uint64_t at = table + 16 * uint64_t{index};
+    Put(at, addr);
+    Put(at + 8, len);
+    Put(at + 12, flags);
+    Put(at + 14, next);
+  }
+  // Makes `heads` available in the ring at `avail`.
+  void Avail(uint64_t avail, std::initializer_list<uint16_t> heads) {
+    uint16_t i = 0;
+    for (uint16_t head : heads) Put(avail + 4 + 2 * uint64_t{i++}, head);
+    Put(avail + 2, i);
+  }
+  Bytes Seed() const {
+    Bytes out = config_;
+    out.insert(out.end(), ram_.begin(), ram_.end());
+    return out;
+  }
+
+ private:
+  Bytes config_;
+  Bytes ram_;
+};
+
+std::vector<std::pair<std::string, Bytes>> QueueSeeds() {
+  using namespace vmm::fuzz;
+  using vmm::virtio::kDescNext;
+  using vmm::virtio::kDescWrite;
+  std::vector<std::pair<std::string, Bytes>> seeds;
+  {
+    GuestImage g(kQueueConfigBytes);
+    g.Config(0, 4);  // 16 entries
+    g.Desc(kQueueDescAddr, 0, kQueueDataAddr, 64, kDescNext, 1);
+    g.Desc(kQueueDescAddr, 1, kQueueDataAddr + 64, 128, kDescWrite, 0);
+    g.Desc(kQueueDescAddr, 2, kQueueDataAddr + 256, 4096, kDescWrite, 0);
+    g.Avail(kQueueAvailAddr, {0, 2});
+    g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);  // RAM reaches past the used ring
+    seeds.emplace_back("two_chains", g.Seed());
+  }
+  {
+    GuestImage g(kQueueConfigBytes);
+    g.Config(0, 3);
+    g.Desc(kQueueDescAddr, 0, kQueueDataAddr, 16, kDescNext, 1);
+    g.Desc(kQueueDescAddr, 1, kQueueDataAddr, 16, kDescNext, 0);  // loop
+    g.Desc(kQueueDescAddr, 2, kQueueDataAddr, 16, kDescNext, 9);  // next out of range
+    g.Desc(kQueueDescAddr, 3, 0xc0000000, 16, 0, 0);              // MMIO hole
+    g.Desc(kQueueDescAddr, 4, kQueueDataAddr, 0xffffffff, 0, 0);  // huge
+    g.Desc(kQueueDescAddr, 5, kQueueDataAddr, 0, kDescWrite, 0);  // empty
+    g.Avail(kQueueAvailAddr, {0, 2, 3, 4, 5, 1});
+    g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);
+    seeds.emplace_back("bad_chains", g.Seed());
+  }
+  {
+    GuestImage g(kQueueConfigBytes);
+    g.Config(0, 2);
+    g.Config(2, 2);  // hold two chains back
+    g.Config(3, 3);  // republish three times
+    for (uint16_t i = 0; i < 4; ++i) g.Desc(kQueueDescAddr, i, kQueueDataAddr + 32 * i, 32, 0, 0);
+    g.Avail(kQueueAvailAddr, {0, 1, 2, 3});
+    g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);
+    seeds.emplace_back("full_ring_replayed", g.Seed());
+  }
+  {
+    GuestImage g(kQueueConfigBytes);
+    g.Config(0, 4);
+    g.Config(1, 1);  // explicit addresses
+    for (size_t i = 0; i < 4; ++i) g.Config(4 + i, static_cast<uint8_t>(kQueueDescAddr >> (8 * i)));
+    for (size_t i = 0; i < 4; ++i) g.Config(8 + i, static_cast<uint8_t>(kQueueAvailAddr >> (8 * i)));
+    for (size_t i = 0; i < 4; ++i) g.Config(12 + i, static_cast<uint8_t>(kQueueUsedAddr >> (8 * i)));
+    g.Desc(kQueueDescAddr, 0, kQueueDataAddr, 8, 0, 0);
+    g.Avail(kQueueAvailAddr, {0});
+    g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);
+    seeds.emplace_back("explicit_addresses", g.Seed());
+  }
+  {
+    GuestImage g(kQueueConfigBytes);
+    g.Config(0, 4);
+    g.Put<uint16_t>(kQueueAvailAddr + 2, 40);  // runs ahead of a 16-entry queue
+    g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);
+    seeds.emplace_back("avail_runs_ahead", g.Seed());
+  }
+  return seeds;
+}
+
+std::vector<std::pair<std::string, Bytes>> VsockSeeds() {
+  using namespace vmm::fuzz;
+  using vmm::virtio::kDescNext;
+  using vmm::virtio::kDescWrite;
+  namespace vs = vmm::vsock;
+  auto header = [](vs::Op op, uint32_t len, uint32_t dst_port = kVsockListeningPort) {
+    return vs::EncodeHeader({.src_cid = kVsockGuestCid,
+                             .dst_cid = vs::kHostCid,
+                             .src_port = 40000,
+                             .dst_port = dst_port,
+                             .len = len,
+                             .type = vs::kTypeStream,
+                             .op = static_cast<uint16_t>(op),
+                             .flags = 0,
+                             .buf_alloc = 65536,
+                             .fwd_cnt = 0});
+  };
+  // Receive buffers for the device's answers.
+  auto post_rx = [](GuestImage& g) {
+    for (uint16_t i = 0; i < 8; ++i) {
+      g.Desc(kVsockRxDesc, i, kVsockDataAddr + 0x4000 + 0x200 * uint64_t{i}, 0x200, kDescWrite, 0);
+    }
+    g.Avail(kVsockRxAvail, {0, 1, 2, 3, 4, 5, 6, 7});
+    g.Put<uint8_t>(kVsockDataAddr + 0x6000, 0);
+  };
+  // Packets, each as a header buffer and (when it has one) a payload buffer.
+  auto put_packets = [](GuestImage& g,
+                        std::initializer_list<std::pair<std::array<uint8_t, 44>, std::string>> pkts) {
+    uint16_t desc = 0;
+    uint64_t data = kVsockDataAddr;
+    std::vector<uint16_t> heads;
+    for (const auto& [hdr, payload] : pkts) {
+      heads.push_back(desc);
+      g.PutBytes(data, hdr);
+      bool more = !payload.empty();
+      g.Desc(kVsockTxDesc, desc, data, 44, more ? kDescNext : 0, static_cast<uint16_t>(desc + 1));
+      data += 64;
+      ++desc;
+      if (more) {
+        g.PutBytes(data, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
+        g.Desc(kVsockTxDesc, desc, data, static_cast<uint32_t>(payload.size()), 0, 0);
+        data += (payload.size() + 63) & ~size_t{63};
+        ++desc;
+      }
+    }
+    uint16_t i = 0;
+    for (uint16_t head : heads) g.Put(kVsockTxAvail + 4 + 2 * uint64_t{i++}, head);
+    g.Put(kVsockTxAvail + 2, i);
+  };
+  std::vector<std::pair<std::string, Bytes>> seeds;
+  {
+    GuestImage g(kVsockConfigBytes);
+    post_rx(g);
+    put_packets(g, {{header(vs::Op::kRequest, 0), ""},
+                    {header(vs::Op::kRw, 5), "hello"},
+                    {header(vs::Op::kCreditRequest, 0), ""},
+                    {header(vs::Op::kCreditUpdate, 0), ""},
+                    {header(vs::Op::kShutdown, 0), ""},
+                    {header(vs::Op::kRst, 0), ""}});
+    seeds.emplace_back("connect_send_close", g.Seed());
+  }
+  {
+    GuestImage g(kVsockConfigBytes);
+    post_rx(g);
+    put_packets(g, {{header(vs::Op::kRequest, 0, 9999), ""},  // nobody listens
+                    {header(vs::Op::kRw, 3, 5), "abc"},       // no such connection
+                    {header(vs::Op::kResponse, 0, 6), ""},
+                    {header(static_cast<vs::Op>(42), 0), ""},
+                    {header(vs::Op::kRw, 9), "short"}});      // len disagrees
+    seeds.emplace_back("refusals", g.Seed());
+  }
+  {
+    // A header split over three buffers.
+    GuestImage g(kVsockConfigBytes);
+    post_rx(g);
+    auto hdr = header(vs::Op::kRequest, 0);
+    g.PutBytes(kVsockDataAddr, std::span<const uint8_t>(hdr).subspan(0, 10));
+    g.PutBytes(kVsockDataAddr + 64, std::span<const uint8_t>(hdr).subspan(10, 30));
+    g.PutBytes(kVsockDataAddr + 128, std::span<const uint8_t>(hdr).subspan(40));
+    g.Desc(kVsockTxDesc, 0, kVsockDataAddr, 10, kDescNext, 1);
+    g.Desc(kVsockTxDesc, 1, kVsockDataAddr + 64, 30, kDescNext, 2);
+    g.Desc(kVsockTxDesc, 2, kVsockDataAddr + 128, 4, 0, 0);
+    g.Avail(kVsockTxAvail, {0});
+    seeds.emplace_back("split_header", g.Seed());
+  }
+  return seeds;
+}
+
 bool WriteAll(const std::filesystem::path& dir,
               const std::vector<std::pair<std::string, Bytes>>& seeds) {
   std::error_code ec;
@@ -161,6 +358,8 @@ int main(int argc, char** argv) {
   }
   std::filesystem::path dir = argv[1];
   bool ok = vessel::protocol::WriteAll(dir / "fuzz_host_frames", vessel::protocol::HostSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_agent_frames", vessel::protocol::AgentSeeds());
+            vessel::protocol::WriteAll(dir / "fuzz_agent_frames", vessel::protocol::AgentSeeds()) &&
+            vessel::protocol::WriteAll(dir / "fuzz_virtio_queue", vessel::protocol::QueueSeeds()) &&
+            vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds());
   return ok ? 0 : 1;
 }

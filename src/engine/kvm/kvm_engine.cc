@@ -1,0 +1,422 @@
+#include "engine/kvm/kvm_engine.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "base/io.h"
+#include "base/subprocess.h"
+#include "engine/host.h"
+#include "engine/runtime_dir.h"
+
+namespace vessel::engine::kvm {
+namespace {
+
+// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
+constexpr uint32_t kGuestMaxVcpus = 8;
+constexpr uint32_t kMaxMemoryMib = 16 * 1024;
+constexpr size_t kDiagnosticBytes = 2048;
+// Control requests are answered at once unless the VMM is stuck; configure loads the
+// kernel and initramfs.
+constexpr auto kControlTimeout = std::chrono::seconds(10);
+// Destroy asks the VMM to shut down, and kills it when it takes longer than this.
+constexpr auto kShutdownTimeout = std::chrono::milliseconds(500);
+// A channel that ends because the VMM exits ends moments before the process does.
+constexpr auto kExitGrace = std::chrono::milliseconds(500);
+constexpr auto kRetryInterval = std::chrono::milliseconds(10);
+// A guest answers a vsock connection request at once, with an accept or a reset; but one
+// that arrives while the guest's driver is still starting can be dropped unanswered, so
+// an attempt that hears nothing for this long is given up and made again.
+constexpr auto kConnectAnswerTimeout = std::chrono::seconds(1);
+// "OK <port>\n" is short; anything longer is not an answer.
+constexpr size_t kMaxVsockAnswer = 64;
+
+uint64_t HostMemoryMib() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemTotal:") return kib / 1024;
+    meminfo.ignore(64, '\n');
+  }
+  return 0;
+}
+
+bool IsExecutable(const std::string& path) {
+  return !path.empty() && std::filesystem::is_regular_file(path) &&
+         ::access(path.c_str(), X_OK) == 0;
+}
+
+Error SnapshotsUnsupported() {
+  return Error::UnsupportedPlatform(
+      "snapshots are not supported by the kvm engine yet; use engine qemu");
+}
+
+Error VsockNotConnected(std::string_view why) {
+  return Error::Lifecycle({LifecycleError::VsockNotConnected{}}).Context(why);
+}
+
+// A connected unix stream socket to `path`, or nullopt when nobody listens there (yet).
+Result<std::optional<UniqueFd>> ConnectUnix(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof(addr.sun_path)) {
+    return Fail(Error::InvalidConfig("runtime directory", path + " is too long for a socket"));
+  }
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd) return Fail(Error::HostIo("socket", errno));
+  if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    if (errno == ENOENT || errno == ECONNREFUSED) return std::optional<UniqueFd>();
+    return Fail(Error::HostIo("connect " + path, errno));
+  }
+  return std::optional<UniqueFd>(std::move(fd));
+}
+
+// One CONNECT through the hybrid vsock socket: the stream, or nullopt when the VMM
+// refused (nobody listens on the port) or the deadline passed first.
+Result<std::optional<UniqueFd>> TryConnectVsock(const std::string& uds, uint32_t port,
+                                                Deadline deadline) {
+  auto fd = ConnectUnix(uds);
+  if (!fd || !*fd) return fd;
+  std::string request = fmt::format("CONNECT {}\n", port);
+  auto sent =
+      WriteAll((*fd)->get(), {reinterpret_cast<const uint8_t*>(request.data()), request.size()},
+               deadline, "vsock CONNECT");
+  if (!sent) return std::optional<UniqueFd>();
+  // Byte by byte: what follows the newline is the agent's, and must stay in the socket.
+  std::string answer;
+  for (;;) {
+    uint8_t byte = 0;
+    auto n = ReadSome((*fd)->get(), {&byte, 1}, deadline, "vsock CONNECT");
+    if (!n || *n == 0) return std::optional<UniqueFd>();
+    if (byte == '\n') break;
+    answer += static_cast<char>(byte);
+    if (answer.size() > kMaxVsockAnswer) {
+      return Fail(Error::Backend("vessel-vmm answered vsock CONNECT with an overlong line"));
+    }
+  }
+  if (answer.rfind("OK ", 0) != 0) {
+    return Fail(
+        Error::Backend(fmt::format("vessel-vmm answered vsock CONNECT with \"{}\"", answer)));
+  }
+  return fd;
+}
+
+class KvmVm final : public Vm {
+ public:
+  KvmVm(std::string vmm, VmSpec spec, RuntimeDir dir)
+      : id_(dir.id()), vmm_(std::move(vmm)), spec_(std::move(spec)), dir_(std::move(dir)) {}
+  ~KvmVm() override { Destroy(); }
+
+  // Starts the VMM, configures it and runs the vCPUs.
+  Result<void> Start() {
+    int fds[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+      return Fail(Error::HostIo("socketpair", errno));
+    }
+    UniqueFd ours(fds[0]);
+    UniqueFd theirs(fds[1]);
+    SpawnOptions spawn;
+    spawn.argv = {vmm_, "--control-fd", std::to_string(theirs.get())};
+    spawn.inherit_fds = {theirs.get()};
+    spawn.output_path = dir_.File("vmm.log");
+    auto process = Subprocess::Spawn(spawn);
+    if (!process) return Fail(std::move(process).error().Context("starting vessel-vmm"));
+    // Opened before anyone could reap the child, so it cannot name a recycled pid.
+    exited_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, process->pid(), 0)));
+    if (!exited_) return Fail(Error::HostIo("pidfd_open", errno));
+    process_ = std::move(*process);
+    control_ = std::make_unique<ControlClient>(std::move(ours));
+    theirs.Reset();
+
+    auto deadline = Deadline::After(kControlTimeout);
+    auto hello = Call({{"op", "hello"}, {"version", kControlVersion}}, deadline);
+    if (!hello) return Fail(std::move(hello).error());
+    if (hello->value("version", 0) != kControlVersion) {
+      return Fail(WithDiagnostics(
+          Error::Backend(fmt::format("vessel-vmm speaks control protocol {}, the host {}",
+                                     hello->value("version", 0), kControlVersion))));
+    }
+    KvmPaths paths{dir_.File("console.log"), dir_.File("vsock.sock"), dir_.File("agent.sock")};
+    if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_.channel), paths), deadline);
+        !r) {
+      return Fail(std::move(r).error());
+    }
+    if (spec_.channel == AgentChannel::kVirtioSerial) {
+      // The VMM listens once configured; connected before the guest runs, the port is
+      // open from the agent's first look at it.
+      auto agent = ConnectUnix(paths.agent_port);
+      if (!agent) return Fail(std::move(agent).error());
+      if (!*agent) {
+        return Fail(
+            WithDiagnostics(Error::Backend("vessel-vmm does not listen on the agent port")));
+      }
+      agent_ = std::move(**agent);
+    }
+    if (auto r = Call({{"op", "start"}}, deadline); !r) return Fail(std::move(r).error());
+    return {};
+  }
+
+  const std::string& id() const override { return id_; }
+  int agent_fd() const override { return agent_.get(); }
+  const std::string& private_dir() const override { return dir_.path(); }
+  bool Running() override { return !Exited(std::chrono::milliseconds(0)); }
+
+  Result<void> ConnectAgent(Deadline deadline) override {
+    if (spec_.channel == AgentChannel::kVirtioSerial) return {};
+    auto stream = ConnectVsock(dir_.File("vsock.sock"), kAgentVsockPort, deadline,
+                               [this] { return Running(); });
+    if (!stream) {
+      if (stream.error().kind() == ErrorKind::kLifecycle) return Fail(std::move(stream).error());
+      return Fail(WithDiagnostics(stream.error()));
+    }
+    agent_ = std::move(*stream);
+    return {};
+  }
+
+  bool AgentChannelLost() override {
+    if (spec_.channel != AgentChannel::kVsock || Exited(kExitGrace)) return false;
+    auto state = RunState();
+    return state && (*state == "running" || *state == "paused");
+  }
+
+  Result<std::string> RunState() override {
+    auto reply = Call({{"op", "status"}}, Deadline::After(kControlTimeout));
+    if (!reply) return Fail(std::move(reply).error());
+    auto state = reply->find("state");
+    if (state == reply->end() || !state->is_string()) {
+      return Fail(Error::Backend("vessel-vmm status: the reply has no state"));
+    }
+    return state->get<std::string>();
+  }
+
+  std::string Diagnostics() const override {
+    std::string out;
+    std::string vmm = ReadFileTail(dir_.File("vmm.log"), kDiagnosticBytes);
+    if (!vmm.empty()) out += "vessel-vmm said: " + vmm;
+    std::string console = ReadFileTail(dir_.File("console.log"), kDiagnosticBytes);
+    if (!console.empty())
+      out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
+    return out.empty() ? "no output from vessel-vmm or the guest console" : out;
+  }
+
+  void Destroy() override {
+    std::lock_guard lock(destroy_mutex_);
+    if (control_ && Running()) {
+      // An orderly exit first, so the VMM can say why it went in its log.
+      if (Call({{"op", "shutdown"}}, Deadline::After(kShutdownTimeout))) {
+        (void)Exited(kShutdownTimeout);
+      }
+    }
+    process_.Kill();
+    if (control_) control_->Close();
+    agent_.Reset();
+    exited_.Reset();
+    dir_.Remove();
+  }
+
+  Result<void> Pause() override {
+    if (auto r = Call({{"op", "pause"}}, Deadline::After(kControlTimeout)); !r) {
+      return Fail(std::move(r).error().Context("pausing the VM"));
+    }
+    return {};
+  }
+
+  Result<void> Resume() override {
+    if (auto r = Call({{"op", "resume"}}, Deadline::After(kControlTimeout)); !r) {
+      return Fail(std::move(r).error().Context("resuming the VM"));
+    }
+    return {};
+  }
+
+  Result<void> Save(const std::string&) override { return Fail(SnapshotsUnsupported()); }
+
+ private:
+  Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline) {
+    if (!control_) return Fail(Error::Backend("vessel-vmm is not running"));
+    auto reply = control_->Call(request, deadline);
+    if (!reply) {
+      return Fail(WithDiagnostics(
+          std::move(reply).error().Context(request.value("op", std::string("request")))));
+    }
+    return reply;
+  }
+
+  // Waits up to `timeout` for the VMM to exit; true once it has (or never started).
+  bool Exited(std::chrono::milliseconds timeout) const {
+    if (!exited_) return true;
+    pollfd p{exited_.get(), POLLIN, 0};
+    int n = ::poll(&p, 1, static_cast<int>(timeout.count()));
+    return n > 0 && (p.revents & POLLIN);
+  }
+
+  Error WithDiagnostics(const Error& error) const {
+    return Error::Backend(error.message() + "\n" + Diagnostics());
+  }
+
+  std::string id_;
+  std::string vmm_;
+  VmSpec spec_;
+  RuntimeDir dir_;
+  Subprocess process_;
+  // A pidfd, readable once the VMM exited. The VMM holds the other end of every channel,
+  // so its death ends them by itself: no watcher thread is needed.
+  UniqueFd exited_;
+  std::unique_ptr<ControlClient> control_;
+  UniqueFd agent_;
+  std::mutex destroy_mutex_;
+};
+
+}  // namespace
+
+std::string FindVmm() {
+  if (const char* env = std::getenv("VESSEL_VMM"); env && *env) {
+    return IsExecutable(env) ? std::string(env) : std::string();
+  }
+  std::error_code ec;
+  auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    std::string beside = (self.parent_path() / "vessel-vmm").string();
+    if (IsExecutable(beside)) return beside;
+  }
+  std::string built = VESSEL_BUILD_VMM;
+  return IsExecutable(built) ? built : std::string();
+}
+
+std::string KvmGuestCmdline(AgentChannel channel, bool quiet) {
+  // Under KVM the guest has kvm-clock: no TSC calibration workarounds are needed.
+  std::string cmdline =
+      fmt::format("console=ttyS0{} mitigations=off reboot=t panic=-1", quiet ? " quiet" : "");
+  if (channel == AgentChannel::kVsock) {
+    cmdline += fmt::format(" vessel.channel=vsock:{}", kAgentVsockPort);
+  }
+  return cmdline;
+}
+
+nlohmann::json ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
+                                const KvmPaths& paths) {
+  return {
+      {"op", "configure"},
+      {"vcpus", spec.vcpus},
+      {"memory_mib", spec.memory_mib},
+      {"kernel", std::filesystem::absolute(spec.kernel).string()},
+      {"initramfs", std::filesystem::absolute(spec.initramfs).string()},
+      {"cmdline", cmdline},
+      {"console_log", paths.console_log},
+      {"vsock", {{"cid", kGuestCid}, {"uds", paths.vsock_uds}}},
+      {"agent_port", paths.agent_port},
+  };
+}
+
+Result<nlohmann::json> ControlClient::Call(const nlohmann::json& request, Deadline deadline) {
+  std::lock_guard lock(mutex_);
+  if (!fd_) return Fail(Error::Backend("the control socket is closed"));
+  std::string message = request.dump();
+  if (message.size() > kMaxControlMessage) {
+    return Fail(Error::InvalidConfig("control request", "exceeds 64 KiB"));
+  }
+  if (::send(fd_.get(), message.data(), message.size(), MSG_NOSIGNAL) < 0) {
+    return Fail(Error::Backend(fmt::format("vessel-vmm control socket: {}", std::strerror(errno))));
+  }
+  std::string buffer(kMaxControlMessage + 1, '\0');
+  ssize_t n;
+  for (;;) {
+    pollfd p{fd_.get(), POLLIN, 0};
+    int ready = ::poll(&p, 1, deadline.PollTimeoutMs());
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready == 0) return Fail(Error::Backend("vessel-vmm did not answer: timed out"));
+    n = ::recv(fd_.get(), buffer.data(), buffer.size(), MSG_TRUNC);
+    if (n < 0 && errno == EINTR) continue;
+    break;
+  }
+  if (n < 0) {
+    return Fail(Error::Backend(fmt::format("vessel-vmm control socket: {}", std::strerror(errno))));
+  }
+  if (n == 0) return Fail(Error::Backend("vessel-vmm closed its control socket"));
+  if (static_cast<size_t>(n) > kMaxControlMessage) {
+    return Fail(Error::Backend("vessel-vmm sent an oversized control reply"));
+  }
+  buffer.resize(static_cast<size_t>(n));
+  auto reply = nlohmann::json::parse(buffer, nullptr, /*allow_exceptions=*/false);
+  if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean()) {
+    return Fail(Error::Backend("vessel-vmm sent a malformed control reply"));
+  }
+  if (!reply["ok"].get<bool>()) {
+    auto error = reply.find("error");
+    return Fail(Error::Backend("vessel-vmm: " + (error != reply.end() && error->is_string()
+                                                     ? error->get<std::string>()
+                                                     : "failed")));
+  }
+  return reply;
+}
+
+void ControlClient::Close() {
+  std::lock_guard lock(mutex_);
+  fd_.Reset();
+}
+
+Result<UniqueFd> ConnectVsock(const std::string& uds, uint32_t port, Deadline deadline,
+                              const std::function<bool()>& vmm_running) {
+  for (;;) {
+    if (!vmm_running()) {
+      return Fail(Error::Backend("vessel-vmm exited before the guest agent accepted on vsock"));
+    }
+    auto stream = TryConnectVsock(uds, port, deadline.Min(Deadline::After(kConnectAnswerTimeout)));
+    if (!stream) return Fail(std::move(stream).error());
+    if (*stream) return std::move(**stream);
+    if (deadline.Expired()) {
+      return Fail(
+          VsockNotConnected(fmt::format("nothing accepted on guest vsock port {} in time", port)));
+    }
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(
+        kRetryInterval, std::chrono::milliseconds(deadline.PollTimeoutMs())));
+  }
+}
+
+KvmEngine::KvmEngine(KvmOptions options) : options_(std::move(options)) {}
+
+uint32_t KvmEngine::max_vcpus() const {
+  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kGuestMaxVcpus);
+}
+
+uint32_t KvmEngine::max_memory_mib() const {
+  uint64_t host = HostMemoryMib();
+  return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
+}
+
+Result<void> KvmEngine::CanSave() const { return Fail(SnapshotsUnsupported()); }
+
+std::string KvmEngine::version() const { return "vessel-vmm " VESSEL_VERSION; }
+
+Result<std::unique_ptr<Vm>> KvmEngine::Start(const VmSpec& spec) {
+  if (auto why = KvmUnusableReason()) {
+    return Fail(Error::UnsupportedPlatform("the kvm engine cannot run here: " + *why));
+  }
+  if (spec.restore) return Fail(SnapshotsUnsupported());
+  std::string vmm = options_.vmm.empty() ? FindVmm() : options_.vmm;
+  if (!IsExecutable(vmm)) {
+    return Fail(Error::UnsupportedPlatform(
+        "vessel-vmm not found: set $VESSEL_VMM or install it beside the vessel binary"));
+  }
+  SweepStaleRuntimeDirs();
+  auto dir = RuntimeDir::Create();
+  if (!dir) return Fail(std::move(dir).error());
+  auto vm = std::make_unique<KvmVm>(std::move(vmm), spec, std::move(*dir));
+  if (auto r = vm->Start(); !r) return Fail(std::move(r).error());
+  return vm;
+}
+
+}  // namespace vessel::engine::kvm

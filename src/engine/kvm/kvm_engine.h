@@ -1,0 +1,92 @@
+// The kvm engine: one vessel-vmm process per VM, Vessel's own VMM on the KVM API,
+// driven over its control socket (docs/vmm-protocol.md).
+//
+// The agent's channel is vsock (hybrid, as Firecracker does it: the VMM listens on a
+// unix socket and the host asks it for a guest port with "CONNECT <port>") or the
+// virtio-console port org.vessel.agent, whose host end is a unix socket the VMM listens
+// on. Snapshots are not supported yet.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "engine/engine.h"
+
+namespace vessel::engine::kvm {
+
+// The control protocol version this host speaks.
+inline constexpr int kControlVersion = 1;
+// Longest control message either side sends.
+inline constexpr size_t kMaxControlMessage = 64 * 1024;
+// The guest's vsock context id.
+inline constexpr uint32_t kGuestCid = 3;
+
+// The vessel-vmm binary: $VESSEL_VMM, else vessel-vmm beside the running executable,
+// else the one this build made. Empty when none of them is an executable file.
+std::string FindVmm();
+
+// The guest kernel command line; with a vsock channel it tells the agent to listen there.
+std::string KvmGuestCmdline(AgentChannel channel, bool quiet = true);
+
+// Where the VMM puts the ends of a VM's channels (all inside the VM's runtime directory).
+struct KvmPaths {
+  std::string console_log;
+  std::string vsock_uds;   // hybrid vsock: the host connects here
+  std::string agent_port;  // the virtio-console agent port's host end
+};
+
+// The "configure" request for `spec`.
+nlohmann::json ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
+                                const KvmPaths& paths);
+
+// Requests and replies over the VMM's control socket (AF_UNIX, SOCK_SEQPACKET): one
+// JSON object per message. Thread safe: calls are serialised.
+class ControlClient {
+ public:
+  explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
+
+  // Sends `request` and returns the reply, which has "ok": true. An error reply, a
+  // malformed or oversized one, a closed socket or the deadline passing is kBackend.
+  [[nodiscard]] Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline);
+  void Close();
+
+ private:
+  std::mutex mutex_;
+  UniqueFd fd_;
+};
+
+// Connects to guest vsock port `port` through the VMM's hybrid vsock socket `uds`:
+// writes "CONNECT <port>\n" and reads "OK <host port>\n"; the socket then carries the
+// stream. The VMM closes the socket when nothing listens on the port yet (the guest is
+// still booting), so this tries again every few milliseconds until `deadline`. Errors:
+// VsockNotConnected at the deadline; kBackend when `vmm_running` says the VMM is gone,
+// or the VMM's answer is malformed.
+[[nodiscard]] Result<UniqueFd> ConnectVsock(const std::string& uds, uint32_t port,
+                                            Deadline deadline,
+                                            const std::function<bool()>& vmm_running);
+
+struct KvmOptions {
+  std::string vmm;  // empty: FindVmm()
+};
+
+class KvmEngine final : public Engine {
+ public:
+  explicit KvmEngine(KvmOptions options = {});
+
+  [[nodiscard]] std::string name() const override { return "kvm"; }
+  [[nodiscard]] bool SupportsVsock() const override { return true; }
+  [[nodiscard]] Result<void> CanSave() const override;
+  [[nodiscard]] uint32_t max_vcpus() const override;
+  [[nodiscard]] uint32_t max_memory_mib() const override;
+  [[nodiscard]] std::string version() const override;
+  // kUnsupportedPlatform when /dev/kvm is not usable or vessel-vmm is not found.
+  [[nodiscard]] Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;
+
+ private:
+  KvmOptions options_;
+};
+
+}  // namespace vessel::engine::kvm

@@ -1,0 +1,77 @@
+// Guest RAM as seen by the VMM: one memfd mapped once, placed in guest-physical space
+// below the 32-bit MMIO hole and, for larger guests, above 4 GiB.
+//
+// Every address the guest hands the VMM (a descriptor, a buffer, a ring) goes through
+// Slice(), which answers only for ranges that lie wholly inside one RAM region: an address
+// in the hole, past the end, or a range that wraps yields nothing, never a pointer.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <type_traits>
+#include <vector>
+
+#include "base/unique_fd.h"
+#include "vessel/error.h"
+
+namespace vessel::vmm {
+
+// Guest-physical layout. RAM runs from 0 up to the hole; what does not fit goes above 4 GiB.
+inline constexpr uint64_t kMmioHoleStart = 0xC000'0000;  // 3 GiB
+inline constexpr uint64_t kMmioHoleEnd = 0x1'0000'0000;  // 4 GiB
+
+class GuestMemory {
+ public:
+  struct Region {
+    uint64_t guest_addr;
+    uint64_t size;
+    uint64_t offset;  // into the memfd and the host mapping
+  };
+
+  GuestMemory(GuestMemory&& other) noexcept;
+  GuestMemory& operator=(GuestMemory&& other) noexcept;
+  GuestMemory(const GuestMemory&) = delete;
+  GuestMemory& operator=(const GuestMemory&) = delete;
+  ~GuestMemory();
+
+  // `size` bytes (a multiple of 4 KiB, > 0) in a memfd, mapped shared, THP advised.
+  [[nodiscard]] static Result<GuestMemory> Create(uint64_t size);
+
+  [[nodiscard]] uint64_t size() const { return size_; }
+  [[nodiscard]] int fd() const { return fd_.get(); }
+  [[nodiscard]] uint8_t* host_base() const { return base_; }
+  [[nodiscard]] const std::vector<Region>& regions() const { return regions_; }
+
+  // Host view of [guest_addr, guest_addr + len), or nothing when any byte of it is not RAM
+  // of a single region (or the sum overflows). len 0 is a valid, empty slice of RAM.
+  [[nodiscard]] std::optional<std::span<uint8_t>> Slice(uint64_t guest_addr, uint64_t len) const;
+
+  // Copies to or from guest RAM; false when the range is not RAM.
+  [[nodiscard]] bool Read(uint64_t guest_addr, std::span<uint8_t> out) const;
+  [[nodiscard]] bool Write(uint64_t guest_addr, std::span<const uint8_t> in) const;
+
+  template <typename T>
+  [[nodiscard]] std::optional<T> ReadObj(uint64_t guest_addr) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T value;
+    if (!Read(guest_addr, {reinterpret_cast<uint8_t*>(&value), sizeof(T)})) return std::nullopt;
+    return value;
+  }
+  template <typename T>
+  [[nodiscard]] bool WriteObj(uint64_t guest_addr, const T& value) const {
+    static_assert(std::is_trivially_copyable_v<T>);
+    return Write(guest_addr, {reinterpret_cast<const uint8_t*>(&value), sizeof(T)});
+  }
+
+ private:
+  GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size);
+
+  UniqueFd fd_;
+  uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+  std::vector<Region> regions_;
+};
+
+}  // namespace vessel::vmm
