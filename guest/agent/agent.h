@@ -19,8 +19,8 @@ namespace vessel::agent {
 
 class Agent {
  public:
-  // `port` is the open, non-blocking virtio-serial port to the host.
-  explicit Agent(UniqueFd port) : port_(std::move(port)) {}
+  // `port` is the channel to the host: the virtio-serial port or a vsock listener.
+  explicit Agent(Port port) : port_(std::move(port)) {}
 
   // Says hello and serves the host forever. Also reaps every orphan, as PID 1 must.
   [[noreturn]] void Run();

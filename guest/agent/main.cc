@@ -1,10 +1,13 @@
 // vessel-agent: PID 1 of a Vessel guest.
 //
-// Mounts the basic filesystems, opens the dedicated virtio-serial port (never the
+// Mounts the basic filesystems, opens the dedicated channel to the host (never the
 // console) and hands it to the Agent (agent.h), which serves the host's commands and file
-// operations and, as PID 1 must, reaps every orphan.
+// operations and, as PID 1 must, reaps every orphan. The channel is a vsock port when the
+// kernel command line says vessel.channel=vsock:<port>, else the virtio-serial port
+// named org.vessel.agent.
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/vm_sockets.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -14,8 +17,10 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -69,7 +74,8 @@ void LoopbackUp() {
 std::string ReadSmallFile(const std::string& path) {
   UniqueFd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd) return {};
-  char buf[256];
+  // The kernel command line is at most 2048 bytes on x86.
+  char buf[4096];
   ssize_t n = read(fd.get(), buf, sizeof(buf));
   if (n <= 0) return {};
   std::string s(buf, static_cast<size_t>(n));
@@ -94,15 +100,41 @@ std::string FindPort() {
   return found;
 }
 
-}  // namespace
-}  // namespace vessel::agent
+// The vsock port from vessel.channel=vsock:<port> on the kernel command line.
+std::optional<uint32_t> VsockPortFromCmdline() {
+  std::string cmdline = ReadSmallFile("/proc/cmdline");
+  constexpr std::string_view kKey = "vessel.channel=vsock:";
+  size_t at = 0;
+  while ((at = cmdline.find(kKey, at)) != std::string::npos) {
+    if (at == 0 || cmdline[at - 1] == ' ') break;
+    at += kKey.size();
+  }
+  if (at == std::string::npos) return std::nullopt;
+  const char* begin = cmdline.data() + at + kKey.size();
+  const char* end = cmdline.data() + cmdline.size();
+  uint32_t port = 0;
+  auto [stop, ec] = std::from_chars(begin, end, port);
+  if (ec != std::errc() || (stop != end && *stop != ' ')) return std::nullopt;
+  return port;
+}
 
-int main() {
-  using namespace vessel::agent;
-  vessel::agent::MountBasics();
-  LoopbackUp();
-  setenv("PATH", kDefaultPath, 1);
+// A non-blocking vsock socket listening on `port` for the host.
+vessel::UniqueFd ListenVsock(uint32_t port) {
+  vessel::UniqueFd fd(socket(AF_VSOCK, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd) return fd;
+  sockaddr_vm addr{};
+  addr.svm_family = AF_VSOCK;
+  addr.svm_cid = VMADDR_CID_ANY;
+  addr.svm_port = port;
+  if (bind(fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(fd.get(), 1) != 0) {
+    return vessel::UniqueFd();
+  }
+  return fd;
+}
 
+// The virtio-serial port, which may take a moment to appear.
+vessel::UniqueFd OpenSerialPort() {
   std::string port;
   auto give_up = Clock::now() + kPortWait;
   while ((port = FindPort()).empty() && Clock::now() < give_up) {
@@ -114,8 +146,26 @@ int main() {
   if (!channel) {
     Log("no virtio port named {}: {}", kPortName,
         port.empty() ? "not found" : std::strerror(errno));
-    reboot(RB_AUTOBOOT);  // with reboot=t and QEMU's -no-reboot, the VM ends
-    return 1;
   }
-  Agent(std::move(channel)).Run();
+  return channel;
+}
+
+}  // namespace
+}  // namespace vessel::agent
+
+int main() {
+  using namespace vessel::agent;
+  vessel::agent::MountBasics();
+  LoopbackUp();
+  setenv("PATH", kDefaultPath, 1);
+
+  if (auto vsock_port = VsockPortFromCmdline()) {
+    vessel::UniqueFd listener = ListenVsock(*vsock_port);
+    if (listener) Agent(Port::Listening(std::move(listener))).Run();
+    Log("cannot listen on vsock port {}: {}", *vsock_port, std::strerror(errno));
+  } else if (vessel::UniqueFd channel = OpenSerialPort()) {
+    Agent(Port::Serial(std::move(channel))).Run();
+  }
+  reboot(RB_AUTOBOOT);  // with reboot=t the VM ends
+  return 1;
 }

@@ -1,5 +1,6 @@
 #include "port.h"
 
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -24,7 +25,7 @@ bool IsUnsolicitedHello(const std::vector<uint8_t>& frame) {
 }  // namespace
 
 pollfd Port::PollEvents() const {
-  if (!connected_) return {-1, 0, 0};
+  if (!connected_) return {listener_ ? listener_.get() : -1, POLLIN, 0};
   return {fd_.get(), static_cast<short>(POLLIN | (queue_.empty() ? 0 : POLLOUT)), 0};
 }
 
@@ -81,7 +82,7 @@ void Port::OnPoll(short revents, const FrameHandler& handle) {
   if (revents & POLLIN) {
     ReadFrames(handle);
   } else if (revents & (POLLHUP | POLLERR)) {
-    connected_ = false;
+    Disconnect();
     return;
   }
   if (revents & POLLOUT) Flush();
@@ -94,7 +95,7 @@ void Port::Flush() {
     if (n < 0) {
       if (errno == EINTR) continue;
       // The virtio console also says EAGAIN while the host is away; poll tells which.
-      if (errno != EAGAIN) connected_ = false;
+      if (errno != EAGAIN) Disconnect();
       return;
     }
     front_written_ += static_cast<size_t>(n);
@@ -106,10 +107,21 @@ void Port::Flush() {
   }
 }
 
+void Port::Disconnect() {
+  connected_ = false;
+  if (listener_) fd_.Reset();
+}
+
 bool Port::Reconnected() {
   if (connected_) return false;
-  pollfd p{fd_.get(), POLLIN, 0};
-  if (poll(&p, 1, 0) < 0 || (p.revents & POLLHUP)) return false;
+  if (listener_) {
+    UniqueFd host(accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!host) return false;
+    fd_ = std::move(host);
+  } else {
+    pollfd p{fd_.get(), POLLIN, 0};
+    if (poll(&p, 1, 0) < 0 || (p.revents & POLLHUP)) return false;
+  }
   connected_ = true;
   reader_ = {};
   queued_bytes_ += front_written_;
@@ -123,13 +135,14 @@ void Port::ReadFrames(const FrameHandler& handle) {
   while (connected_ && total < kReadBudget) {
     ssize_t n = read(fd_.get(), buf, sizeof(buf));
     if (n == 0) {
-      // The virtio console reads 0 while the host is disconnected and nothing is queued.
-      connected_ = false;
+      // The virtio console reads 0 while the host is disconnected and nothing is queued;
+      // a socket, when the host closed it.
+      Disconnect();
       return;
     }
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno != EAGAIN) connected_ = false;
+      if (errno != EAGAIN) Disconnect();
       return;
     }
     total += static_cast<size_t>(n);

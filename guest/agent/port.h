@@ -1,4 +1,8 @@
-// The agent's end of the virtio-serial port: frames in, a queue of frames out.
+// The agent's end of its channel to the host: frames in, a queue of frames out.
+//
+// The channel is a virtio-serial port, which stays open while the host comes and goes,
+// or a listening vsock socket, each of whose connections is one host: when it drops, the
+// next one is accepted. Either way the host is away for a while, then back.
 //
 // Nothing here blocks. Frames to send are queued and written as the port takes them, so a
 // host that is slow to read, or away, never stalls the event loop. Producers of bulk data
@@ -26,10 +30,14 @@ namespace vessel::agent {
 
 class Port {
  public:
-  explicit Port(UniqueFd fd) : fd_(std::move(fd)) {}
+  // The open, non-blocking virtio-serial port.
+  static Port Serial(UniqueFd port) { return Port(std::move(port), UniqueFd()); }
+  // A listening, non-blocking socket; the host is away until it connects.
+  static Port Listening(UniqueFd listener) { return Port(UniqueFd(), std::move(listener)); }
 
-  // What to poll: fd -1 while disconnected, because the port then reports POLLHUP whatever
-  // is asked and would spin the loop; Reconnected() checks it on a slow tick instead.
+  // What to poll. While disconnected: the listener; a serial port gives fd -1, because it
+  // then reports POLLHUP whatever is asked and would spin the loop, so Reconnected()
+  // checks it on a slow tick instead.
   [[nodiscard]] pollfd PollEvents() const;
   [[nodiscard]] bool connected() const { return connected_; }
 
@@ -58,15 +66,21 @@ class Port {
   void OnPoll(short revents, const FrameHandler& handle);
   // Writes as much of the queue as the port takes now.
   void Flush();
-  // While disconnected: true once the host is back. The frame being received is dropped
-  // and the frame being sent starts over: both were cut by the disconnect.
+  // While disconnected: true once the host is back (a listener accepted its next
+  // connection). The frame being received is dropped and the frame being sent starts
+  // over: both were cut by the disconnect.
   [[nodiscard]] bool Reconnected();
 
  private:
+  Port(UniqueFd fd, UniqueFd listener)
+      : fd_(std::move(fd)), listener_(std::move(listener)), connected_(!listener_) {}
   void ReadFrames(const FrameHandler& handle);
+  // The host went away. A connection from a listener is closed: the next host gets its own.
+  void Disconnect();
 
   UniqueFd fd_;
-  bool connected_ = true;
+  UniqueFd listener_;  // set for a vsock channel
+  bool connected_;
   protocol::FrameReader reader_;
   std::deque<std::vector<uint8_t>> queue_;
   size_t queued_bytes_ = 0;   // not yet written, over the whole queue

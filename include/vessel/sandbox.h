@@ -22,9 +22,18 @@
 
 namespace vessel {
 
+// Which VMM runs a sandbox.
 enum class EngineKind {
-  kAuto,  // the QEMU engine with KVM where /dev/kvm is usable, else with TCG
-  kQemu,
+  kAuto,  // kKvm where /dev/kvm is usable, else kQemu
+  kQemu,  // qemu-system-x86_64 -M microvm: KVM where /dev/kvm is usable, else TCG
+  kKvm,   // vessel-vmm, Vessel's own VMM on the KVM API; needs a usable /dev/kvm
+};
+
+// The transport of the command channel between the host and the guest agent.
+enum class Channel {
+  kAuto,          // vsock on the kvm engine, virtio-serial on QEMU
+  kVirtioSerial,  // a named virtio-console port; every engine has it
+  kVsock,         // virtio-vsock, port 1024; the kvm engine only
 };
 
 struct SandboxConfig {
@@ -36,7 +45,10 @@ struct SandboxConfig {
   std::string initramfs;
   // From process start until the guest agent says hello.
   std::chrono::milliseconds boot_timeout{30'000};
+  // kKvm where /dev/kvm is not usable: kUnsupportedPlatform saying why.
   EngineKind engine = EngineKind::kAuto;
+  // kVsock on an engine without it: LifecycleError::VsockUnavailable.
+  Channel channel = Channel::kAuto;
   std::string name;  // free text for logs and listings
 };
 
@@ -46,7 +58,8 @@ struct RestoreOptions {
   std::string name;  // empty: the saved sandbox's name
   // From process start until the restored agent answers.
   std::chrono::milliseconds timeout{30'000};
-  EngineKind engine = EngineKind::kAuto;  // must resolve to the engine that saved it
+  // kAuto: the engine recorded in the snapshot. Anything else must be that engine.
+  EngineKind engine = EngineKind::kAuto;
 };
 
 // What to run. Argv runs a program (looked up in the guest's PATH when it has no '/');
@@ -148,9 +161,18 @@ using ChunkSource = std::function<Result<size_t>(std::span<uint8_t>)>;
 class Sandbox {
  public:
   // Boots a VM and waits for its agent. Errors: kInvalidConfig naming the field;
-  // kUnsupportedPlatform when the engine cannot run here; kBackend when the VM does not
-  // come up before boot_timeout (the message carries the VMM's output and the console
-  // tail). Nothing is left behind on failure.
+  // kUnsupportedPlatform when the engine cannot run here; VsockUnavailable for a vsock
+  // channel on an engine without one; kBackend when the VM does not come up before
+  // boot_timeout (the message carries the VMM's output and the console tail), except
+  // that a vsock channel the guest never accepted while its VMM still runs is
+  // VsockNotConnected, with the same diagnostics in the message. Nothing is left behind
+  // on failure.
+  //
+  // A vsock channel can drop while the VM goes on (the guest reset its vsock device).
+  // The call that notices returns VsockNotConnected and the sandbox stays kReady; every
+  // later call first tries, for up to a second, to connect again, and returns
+  // VsockNotConnected while it cannot. Commands that ran over the dropped channel go on
+  // in the guest, but their Process handles fail (kBackend: the channel closed).
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(const SandboxConfig& config);
 
   // Destroys the VM.
@@ -198,7 +220,8 @@ class Sandbox {
   // is not copied where it can be avoided: the snapshot's memory image is mapped
   // copy-on-write by this sandbox and every sandbox restored from it, so it must not be
   // modified while they run. Valid in kReady. Otherwise: NotReady (Destroyed after
-  // Destroy()). kInvalidConfig for an unusable `dir`; kBackend when the engine fails,
+  // Destroy()). kInvalidConfig for an unusable `dir`; kUnsupportedPlatform on the kvm
+  // engine, which cannot save a VM yet (nor fork one); kBackend when the engine fails,
   // and the sandbox then fails too unless it could be resumed.
   [[nodiscard]] Result<void> Snapshot(const std::string& dir);
 
@@ -226,7 +249,7 @@ class Sandbox {
 
   [[nodiscard]] SandboxState state() const;
   [[nodiscard]] const std::string& id() const;
-  // The engine that runs this sandbox: "qemu-kvm" or "qemu-tcg".
+  // The engine that runs this sandbox: "qemu-kvm", "qemu-tcg" or "kvm".
   [[nodiscard]] const std::string& engine_name() const;
   // The agent's self-description from its hello, e.g. "vessel-agent 0.1.0".
   [[nodiscard]] const std::string& agent_version() const;

@@ -39,6 +39,9 @@ std::optional<T> ParseNumber(const std::string& text) {
   return value;
 }
 
+// The engine named by --engine: qemu, kvm or auto.
+std::optional<EngineKind> ParseEngine(const std::string& text);
+
 // Applies one of the options `run` and `exec` share (--timeout, --env, --cwd,
 // --output-cap). nullopt when `flag` is none of them; else 0, or the exit status of the
 // usage error it printed.

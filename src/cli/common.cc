@@ -10,6 +10,13 @@
 
 namespace vessel::cli {
 
+std::optional<EngineKind> ParseEngine(const std::string& text) {
+  if (text == "auto") return EngineKind::kAuto;
+  if (text == "qemu") return EngineKind::kQemu;
+  if (text == "kvm") return EngineKind::kKvm;
+  return std::nullopt;
+}
+
 void PrintError(std::string_view message) { fmt::print(stderr, "vessel: {}\n", message); }
 
 int Failure(std::string_view message) {

@@ -205,6 +205,8 @@ int Create(const Args& args) {
     } else if (a == "--name") {
       if (auto valid = ValidateName(v); !valid) return Failure(valid.error());
       name = v;
+    } else if (a == "--engine") {
+      if (!ParseEngine(v)) return UsageError("--engine wants qemu, kvm or auto, not " + v);
     } else if (a != "--kernel" && a != "--initramfs") {
       return UsageError("unknown option " + a);
     }

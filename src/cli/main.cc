@@ -19,6 +19,8 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "engine/host.h"
+#include "engine/kvm/kvm_engine.h"
 #include "engine/qemu/qemu_engine.h"
 #include "engine/runtime_dir.h"
 #include "vessel/sandbox.h"
@@ -36,8 +38,11 @@ constexpr const char* kUsage = R"(usage:
       --output-cap BYTES keep at most this much of each output stream (default 16 MiB)
       --kernel PATH      guest kernel (default: the built one)
       --initramfs PATH   guest initramfs (default: the built one)
+      --engine ENGINE    qemu, kvm (vessel-vmm, needs /dev/kvm) or auto (default:
+                         kvm where /dev/kvm is usable, else qemu)
   vessel create [options]             boot a sandbox that keeps running; prints its id
-      --memory MIB, --vcpus N, --kernel PATH, --initramfs PATH   as for run
+      --memory MIB, --vcpus N, --kernel PATH, --initramfs PATH, --engine ENGINE
+                         as for run
       --name NAME        a name to use instead of the id
   vessel exec [options] ID -- COMMAND [ARG...]
                          run COMMAND in sandbox ID (an id or a name), streaming its
@@ -58,6 +63,7 @@ constexpr const char* kUsage = R"(usage:
   vessel restore DIR     start a sandbox that keeps running from the snapshot in DIR,
                          as create does; prints its id
       --name NAME        a name to use instead of the id
+      --engine ENGINE    must be the engine that saved it (default auto: that one)
   vessel fork ID         copy sandbox ID as it is now into new sandboxes, independent of
                          it and of each other; prints their ids, one per line
       -n N               how many (1 to 64, default 1)
@@ -101,6 +107,10 @@ int Run(const std::vector<std::string>& args) {
       config.kernel = v;
     } else if (a == "--initramfs") {
       config.initramfs = v;
+    } else if (a == "--engine") {
+      auto engine = ParseEngine(v);
+      if (!engine) return UsageError("--engine wants qemu, kvm or auto, not " + v);
+      config.engine = *engine;
     } else {
       return UsageError("unknown option " + a);
     }
@@ -155,10 +165,17 @@ int Doctor() {
   auto line = [](bool good, const std::string& what, const std::string& detail) {
     std::cout << (good ? "ok      " : "MISSING ") << what << ": " << detail << "\n";
   };
-  bool kvm = qemu::KvmUsable();
+  auto kvm_unusable = engine::KvmUnusableReason();
+  std::string vmm = engine::kvm::FindVmm();
+  bool kvm_engine = !kvm_unusable && !vmm.empty();
+  std::cout << "engine  " << (kvm_engine ? "kvm" : "qemu") << " by default (--engine auto)\n";
+  line(kvm_engine, "engine kvm",
+       kvm_unusable  ? "cannot run: " + *kvm_unusable
+       : vmm.empty() ? "cannot run: vessel-vmm not found (set $VESSEL_VMM)"
+                     : "vessel-vmm at " + vmm);
   std::cout << "engine  qemu with "
-            << (kvm ? "KVM (/dev/kvm is usable)"
-                    : "TCG (no usable /dev/kvm: software emulation, slower)")
+            << (!kvm_unusable ? "KVM (/dev/kvm is usable)"
+                              : "TCG (no usable /dev/kvm: software emulation, slower)")
             << "\n";
 
   std::string version = CommandOutput("qemu-system-x86_64 --version 2>/dev/null");
@@ -167,15 +184,15 @@ int Doctor() {
     std::sscanf(version.c_str() + at, "version %d.%d", &major, &minor);
   }
   if (major == 0) {
-    line(false, "QEMU", "qemu-system-x86_64 not found (scripts/bootstrap installs it)");
-    ok = false;
+    line(kvm_engine, "QEMU", "qemu-system-x86_64 not found (scripts/bootstrap installs it)");
+    ok &= kvm_engine;
   } else {
     // The microvm machine with virtio-mmio devices on the command line needs 5.0 or later.
     bool supported = major >= 5;
     line(supported, "QEMU",
          std::to_string(major) + "." + std::to_string(minor) +
              (supported ? " (microvm supported)" : " (too old: 5.0 or later needed)"));
-    ok &= supported;
+    ok &= supported || kvm_engine;
     // Snapshots rely on QEMU's experimental x-ignore-shared migration capability
     // (present since 4.0) and on memory-backend-file; Vessel is tested with 7.2.
     bool tested = (major == 7 && minor == 2);

@@ -88,12 +88,18 @@ int Snapshot(const Args& args) {
 int Restore(const Args& args) {
   std::string dir_arg;
   std::string name;
+  std::string engine;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "--name") {
       if (i + 1 >= args.size()) return UsageError(a + " needs a value");
       name = args[++i];
       if (auto valid = ValidateName(name); !valid) return Failure(valid.error());
+    } else if (a == "--engine") {
+      if (i + 1 >= args.size()) return UsageError(a + " needs a value");
+      engine = args[++i];
+      if (!ParseEngine(engine))
+        return UsageError("--engine wants qemu, kvm or auto, not " + engine);
     } else if (a.starts_with("-")) {
       return UsageError("unknown option " + a);
     } else if (dir_arg.empty()) {
@@ -110,6 +116,7 @@ int Restore(const Args& args) {
     if (auto free = CheckNameIsFree(name); !free) return Failure(free.error());
     supervise_args.insert(supervise_args.end(), {"--name", name});
   }
+  if (!engine.empty()) supervise_args.insert(supervise_args.end(), {"--engine", engine});
   if (auto prepared = PrepareToSupervise(); !prepared) return Failure(prepared.error());
   auto id = StartSandbox(supervise_args);
   if (!id) return Failure(id.error());

@@ -56,6 +56,10 @@ Result<SuperviseOptions> ParseSuperviseArgs(const Args& args) {
       options.config.kernel = value;
     } else if (flag == "--initramfs") {
       options.config.initramfs = value;
+    } else if (flag == "--engine") {
+      auto engine = ParseEngine(value);
+      if (!engine) return Fail(Error::InvalidConfig(flag, "wants qemu, kvm or auto"));
+      options.config.engine = *engine;
     } else if (flag == "--restore") {
       options.restore_dir = value;
     } else if (flag == "--forked-from") {
@@ -137,7 +141,8 @@ Result<std::unique_ptr<Sandbox>> BootOrRestore(SuperviseOptions& options) {
   options.config.memory_mib = manifest->memory_mib;
   // The CLI's names are unique: without one of its own, a restored sandbox has none,
   // not the saved one's.
-  auto restored = Sandbox::Restore(dir, {.name = options.config.name});
+  auto restored =
+      Sandbox::Restore(dir, {.name = options.config.name, .engine = options.config.engine});
   if (!restored) return Fail(std::move(restored).error().Context("restoring " + dir));
   return restored;
 }

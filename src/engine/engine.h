@@ -1,8 +1,9 @@
 // The engine interface: what the sandbox layer needs from a VMM, and nothing more.
 //
 // An engine starts a VM process with the guest kernel and initramfs, hands back a
-// connected byte stream to the guest agent's port, and tears everything down on
-// destroy. What flows over that stream (the protocol) is not the engine's business.
+// connected byte stream to the guest agent (a virtio-serial port or a vsock
+// connection), and tears everything down on destroy. What flows over that stream (the
+// protocol) is not the engine's business.
 #pragma once
 
 #include <chrono>
@@ -11,10 +12,18 @@
 #include <optional>
 #include <string>
 
+#include "base/deadline.h"
 #include "base/unique_fd.h"
 #include "vessel/error.h"
 
 namespace vessel::engine {
+
+// How the guest agent reaches the host. The agent reads which one from the kernel
+// command line (vessel.channel=vsock:<port>); without it, the virtio-serial port.
+enum class AgentChannel { kVirtioSerial, kVsock };
+
+// The vsock port the guest agent listens on.
+inline constexpr uint32_t kAgentVsockPort = 1024;
 
 struct VmSpec {
   std::string kernel;     // uncompressed ELF vmlinux with a PVH entry
@@ -22,6 +31,7 @@ struct VmSpec {
   uint32_t vcpus = 1;
   uint32_t memory_mib = 256;
   std::string name;  // for logs and process listings; may be empty
+  AgentChannel channel = AgentChannel::kVirtioSerial;
 
   // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
   // private copy-on-write mapping of `memory`, which is never written, and the machine's
@@ -39,8 +49,19 @@ class Vm {
   virtual ~Vm() = default;  // destroys the VM if still running
 
   [[nodiscard]] virtual const std::string& id() const = 0;
-  // The host end of the agent's channel. Reads return 0 once the VM process is gone.
+  // Connects the host end of the agent's channel. A virtio-serial port exists from the
+  // start; a vsock stream only once the guest agent listens, so this waits for it until
+  // `deadline`. Errors: VsockNotConnected when the guest did not accept before the
+  // deadline while the VMM runs; kBackend when the VMM exited. Call again after
+  // AgentChannelLost() to connect anew.
+  [[nodiscard]] virtual Result<void> ConnectAgent(Deadline /*deadline*/) { return {}; }
+  // The host end of the agent's channel, valid after ConnectAgent() succeeded (and
+  // replaced by the next one). Reads return 0 once the VM process is gone.
   [[nodiscard]] virtual int agent_fd() const = 0;
+  // After the agent's channel ended: true when the VM goes on without it, so that the
+  // channel may be connected again (the guest reset its vsock device); false when the
+  // VM is gone or failing. May wait briefly for a VMM on its way out.
+  [[nodiscard]] virtual bool AgentChannelLost() { return false; }
   // A directory private to this VM, removed with it (also when its owner dies).
   [[nodiscard]] virtual const std::string& private_dir() const = 0;
   // True while the VMM process runs.
@@ -67,8 +88,13 @@ class Vm {
 class Engine {
  public:
   virtual ~Engine() = default;
-  // "qemu-tcg", "qemu-kvm", ...
+  // "qemu-tcg", "qemu-kvm", "kvm"
   [[nodiscard]] virtual std::string name() const = 0;
+  // Whether VMs of this engine can be saved (Vm::Save): kUnsupportedPlatform saying why
+  // not.
+  [[nodiscard]] virtual Result<void> CanSave() const { return {}; }
+  // Whether VMs of this engine can carry the agent's channel over vsock.
+  [[nodiscard]] virtual bool SupportsVsock() const { return false; }
   [[nodiscard]] virtual uint32_t max_vcpus() const = 0;
   [[nodiscard]] virtual uint32_t max_memory_mib() const = 0;
   // The VMM's own version, recorded in snapshots: "QEMU emulator version 7.2.22 ...".

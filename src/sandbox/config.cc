@@ -5,6 +5,8 @@
 #include <cstdlib>
 
 #include "base/io.h"
+#include "engine/host.h"
+#include "engine/kvm/kvm_engine.h"
 
 namespace vessel {
 
@@ -14,6 +16,53 @@ std::string DefaultAssetDir() {
 }
 
 namespace sandbox {
+
+EngineHost EngineHost::Probe() {
+  return EngineHost{engine::KvmUnusableReason(), !engine::kvm::FindVmm().empty()};
+}
+
+Result<EngineKind> ChooseEngine(EngineKind requested, const EngineHost& host) {
+  switch (requested) {
+    case EngineKind::kAuto:
+      return !host.kvm_unusable && host.vmm_installed ? EngineKind::kKvm : EngineKind::kQemu;
+    case EngineKind::kQemu: return EngineKind::kQemu;
+    case EngineKind::kKvm:
+      if (host.kvm_unusable) {
+        return Fail(Error::UnsupportedPlatform(
+            "engine kvm needs a usable /dev/kvm: " + *host.kvm_unusable + "; use engine qemu"));
+      }
+      if (!host.vmm_installed) {
+        return Fail(Error::UnsupportedPlatform(
+            "engine kvm needs vessel-vmm: set $VESSEL_VMM or install it beside vessel"));
+      }
+      return EngineKind::kKvm;
+  }
+  return Fail(Error::InvalidConfig("engine", "unknown engine"));
+}
+
+EngineKind EngineOfSnapshot(const std::string& engine_name) {
+  if (engine_name == "kvm") return EngineKind::kKvm;
+  if (engine_name.starts_with("qemu")) return EngineKind::kQemu;
+  return EngineKind::kAuto;
+}
+
+Result<engine::AgentChannel> ChooseChannel(Channel requested, const engine::Engine& engine) {
+  switch (requested) {
+    case Channel::kAuto:
+      return engine.SupportsVsock() ? engine::AgentChannel::kVsock
+                                    : engine::AgentChannel::kVirtioSerial;
+    case Channel::kVirtioSerial: return engine::AgentChannel::kVirtioSerial;
+    case Channel::kVsock:
+      if (!engine.SupportsVsock()) {
+        return Fail(Error::Lifecycle({LifecycleError::VsockUnavailable{}})
+                        .Context(fmt::format("engine {} carries the agent channel over "
+                                             "virtio-serial only; engine kvm has vsock",
+                                             engine.name())));
+      }
+      return engine::AgentChannel::kVsock;
+  }
+  return Fail(Error::InvalidConfig("channel", "unknown channel"));
+}
 
 Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine::Engine& engine) {
   if (config.vcpus < 1 || config.vcpus > engine.max_vcpus()) {
@@ -38,6 +87,9 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
   if (!IsReadableFile(spec.initramfs)) {
     return Fail(Error::InvalidConfig("initramfs", spec.initramfs + " is not a readable file"));
   }
+  auto channel = ChooseChannel(config.channel, engine);
+  if (!channel) return Fail(std::move(channel).error());
+  spec.channel = *channel;
   spec.vcpus = config.vcpus;
   spec.memory_mib = config.memory_mib;
   spec.name = config.name;

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include "engine/kvm/kvm_engine.h"
 #include "engine/qemu/qemu_engine.h"
 #include "sandbox/config.h"
 #include "sandbox/files.h"
@@ -9,22 +10,26 @@
 #include "sandbox/sandbox_impl.h"
 
 namespace vessel {
-namespace {
-
-}  // namespace
 
 Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
-  switch (kind) {
-    case EngineKind::kAuto:
-    case EngineKind::kQemu: return std::make_unique<engine::qemu::QemuEngine>();
-  }
-  return Fail(Error::InvalidConfig("engine", "unknown engine"));
+  auto chosen = sandbox::ChooseEngine(kind, sandbox::EngineHost::Probe());
+  if (!chosen) return Fail(std::move(chosen).error());
+  if (*chosen == EngineKind::kKvm) return std::make_unique<engine::kvm::KvmEngine>();
+  return std::make_unique<engine::qemu::QemuEngine>();
 }
 
 namespace {
 
+// How long an operation waits for a lost vsock channel to come back before it returns
+// VsockNotConnected.
+constexpr auto kReconnectTimeout = std::chrono::seconds(1);
+
 Error DestroyedError() {
   return Error::Lifecycle({LifecycleError::Destroyed{"the sandbox was destroyed"}});
+}
+
+Error ChannelLostError(std::string_view why) {
+  return Error::Lifecycle({LifecycleError::VsockNotConnected{}}).Context(why);
 }
 
 }  // namespace
@@ -33,17 +38,24 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
                                                        std::unique_ptr<engine::Engine> engine) {
   auto spec = sandbox::ValidateConfig(config, *engine);
   if (!spec) return Fail(std::move(spec).error());
+  auto deadline = Deadline::After(config.boot_timeout);
   auto vm = engine->Start(*spec);
   if (!vm) return Fail(std::move(vm).error());
-  auto connection = sandbox::Connection::Open((*vm)->agent_fd());
-  if (!connection) return Fail(std::move(connection).error());
-  auto hello = (*connection)->Start(Deadline::After(config.boot_timeout));
-  if (!hello) {
+  auto fail = [&](const Error& error) -> Result<std::unique_ptr<Sandbox>> {
     std::string diagnostics = (*vm)->Diagnostics();
     (*vm)->Destroy();
+    if (error.kind() == ErrorKind::kLifecycle) {
+      // Kept as it is (VsockNotConnected: the guest never accepted), with the output.
+      return Fail(Error(error).Context(fmt::format("the VM did not come up\n{}\n", diagnostics)));
+    }
     return Fail(Error::Backend(
-        fmt::format("the VM did not come up ({})\n{}", hello.error().message(), diagnostics)));
-  }
+        fmt::format("the VM did not come up ({})\n{}", error.message(), diagnostics)));
+  };
+  if (auto r = (*vm)->ConnectAgent(deadline); !r) return fail(r.error());
+  auto connection = sandbox::Connection::Open((*vm)->agent_fd());
+  if (!connection) return fail(connection.error());
+  auto hello = (*connection)->Start(deadline);
+  if (!hello) return fail(hello.error());
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), std::move(*connection),
                                      hello->agent_version, std::move(*spec));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
@@ -62,26 +74,87 @@ Sandbox::Impl::Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engi
 
 Sandbox::Impl::~Impl() { (void)Destroy(); }
 
+void Sandbox::Impl::NoteChannelFailure() const {
+  if (state_ != SandboxState::kReady) return;
+  if (channel_lost_) {
+    // A guest that reboots resets its devices first: the VMM may exit after the channel
+    // was taken for merely lost.
+    if (!vm_->Running()) state_ = SandboxState::kFailed;
+    return;
+  }
+  if (!connection_->failure()) return;
+  // A channel that broke while nobody was using it still means a failed VM, unless the
+  // VM goes on without it.
+  if (vm_->AgentChannelLost()) {
+    channel_lost_ = true;
+  } else {
+    state_ = SandboxState::kFailed;
+  }
+}
+
 SandboxState Sandbox::Impl::state() const {
   std::lock_guard lock(mutex_);
-  // A channel that broke while nobody was using it still means a failed VM.
-  if (state_ == SandboxState::kReady && connection_->failure()) state_ = SandboxState::kFailed;
+  NoteChannelFailure();
   return state_;
 }
 
+std::shared_ptr<sandbox::Connection> Sandbox::Impl::CurrentConnection() const {
+  std::lock_guard lock(mutex_);
+  return connection_;
+}
+
 Result<std::shared_ptr<sandbox::Connection>> Sandbox::Impl::Begin(sandbox::Operation op) {
-  (void)state();
+  {
+    std::lock_guard lock(mutex_);
+    NoteChannelFailure();
+    if (auto error = sandbox::Check(state_, op)) return Fail(Error::Lifecycle(std::move(*error)));
+    if (!channel_lost_ || op == sandbox::Operation::kDestroy) return connection_;
+  }
+  if (auto r = Reconnect(); !r) return Fail(std::move(r).error());
   std::lock_guard lock(mutex_);
   if (auto error = sandbox::Check(state_, op)) return Fail(Error::Lifecycle(std::move(*error)));
   return connection_;
 }
 
+Result<void> Sandbox::Impl::Reconnect() {
+  std::lock_guard reconnect_lock(reconnect_mutex_);
+  {
+    std::lock_guard lock(mutex_);
+    if (!channel_lost_ || state_ != SandboxState::kReady) return {};
+  }
+  auto deadline = Deadline::After(kReconnectTimeout);
+  if (auto r = vm_->ConnectAgent(deadline); !r) {
+    if (r.error().kind() == ErrorKind::kLifecycle) return r;
+    MarkFailed();
+    return Fail(
+        Error::Backend("the agent's channel was lost and the VM exited: " + r.error().message()));
+  }
+  auto connection = sandbox::Connection::Open(vm_->agent_fd());
+  if (!connection) return Fail(std::move(connection).error());
+  auto hello = (*connection)->Start(deadline);
+  if (!hello) {
+    (*connection)->Shutdown(hello.error());
+    return Fail(ChannelLostError("reconnecting to the guest agent: " + hello.error().message()));
+  }
+  std::lock_guard lock(mutex_);
+  if (state_ != SandboxState::kReady) {
+    (*connection)->Shutdown(DestroyedError());
+    return {};
+  }
+  connection_ = std::move(*connection);
+  channel_lost_ = false;
+  return {};
+}
+
 template <typename T>
-Result<T> Sandbox::Impl::End(Result<T> result) {
-  if (result || result.error().kind() != ErrorKind::kBackend || !connection_->failure())
-    return result;
+Result<T> Sandbox::Impl::End(const std::shared_ptr<sandbox::Connection>& used, Result<T> result) {
+  if (result || result.error().kind() != ErrorKind::kBackend || !used->failure()) return result;
   std::lock_guard lock(mutex_);
   if (state_ == SandboxState::kDestroyed) return Fail(DestroyedError());
+  if (used == connection_) NoteChannelFailure();
+  if (state_ == SandboxState::kReady && (channel_lost_ || used != connection_)) {
+    return Fail(ChannelLostError(result.error().message()));
+  }
   state_ = SandboxState::kFailed;
   std::string why = result.error().message();
   if (!vm_->Running()) why += "; the VM exited\n" + vm_->Diagnostics();
@@ -89,15 +162,18 @@ Result<T> Sandbox::Impl::End(Result<T> result) {
 }
 
 Result<void> Sandbox::Impl::Destroy() {
+  std::shared_ptr<sandbox::Connection> connection;
   {
     std::lock_guard lock(mutex_);
     if (auto error = sandbox::Check(state_, sandbox::Operation::kDestroy)) {
       return Fail(Error::Lifecycle(std::move(*error)));
     }
     state_ = SandboxState::kDestroyed;
+    connection = connection_;
   }
   // Every waiter, here or in a Process handle, wakes up with Destroyed.
-  connection_->Shutdown(DestroyedError());
+  connection->Shutdown(DestroyedError());
+  std::lock_guard reconnect_lock(reconnect_mutex_);
   vm_->Destroy();
   return {};
 }
@@ -120,15 +196,16 @@ Result<std::unique_ptr<Process>> Sandbox::Start(const Command& command,
                                                 const ExecOptions& options) {
   auto connection = impl_->Begin(sandbox::Operation::kExecute);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::StartProcess(*connection, command, options, /*close_stdin=*/false));
+  return impl_->End(*connection,
+                    sandbox::StartProcess(*connection, command, options, /*close_stdin=*/false));
 }
 
 Result<ExecResult> Sandbox::Execute(const Command& command, const ExecOptions& options) {
   auto connection = impl_->Begin(sandbox::Operation::kExecute);
   if (!connection) return Fail(std::move(connection).error());
   auto process = sandbox::StartProcess(*connection, command, options, /*close_stdin=*/true);
-  if (!process) return impl_->End<ExecResult>(Fail(std::move(process).error()));
-  return impl_->End((*process)->Wait());
+  if (!process) return impl_->End<ExecResult>(*connection, Fail(std::move(process).error()));
+  return impl_->End(*connection, (*process)->Wait());
 }
 
 Result<std::string> Sandbox::ReadFile(const std::string& path) {
@@ -157,26 +234,26 @@ Result<void> Sandbox::WriteFile(const std::string& path, std::string_view data, 
 Result<FileInfo> Sandbox::ReadFileStream(const std::string& path, const ChunkSink& sink) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::ReadFileChunks(**connection, path, sink));
+  return impl_->End(*connection, sandbox::ReadFileChunks(**connection, path, sink));
 }
 
 Result<void> Sandbox::WriteFileStream(const std::string& path, const ChunkSource& source,
                                       uint32_t mode) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::WriteFileChunks(**connection, path, source, mode));
+  return impl_->End(*connection, sandbox::WriteFileChunks(**connection, path, source, mode));
 }
 
 Result<std::vector<FileInfo>> Sandbox::ListDir(const std::string& path) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::ListDirectory(**connection, path));
+  return impl_->End(*connection, sandbox::ListDirectory(**connection, path));
 }
 
 Result<FileInfo> Sandbox::Stat(const std::string& path) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::StatFile(**connection, path));
+  return impl_->End(*connection, sandbox::StatFile(**connection, path));
 }
 
 Result<bool> Sandbox::Exists(const std::string& path) {
@@ -189,19 +266,19 @@ Result<bool> Sandbox::Exists(const std::string& path) {
 Result<void> Sandbox::MakeDir(const std::string& path, bool parents, uint32_t mode) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::MakeDirectory(**connection, path, parents, mode));
+  return impl_->End(*connection, sandbox::MakeDirectory(**connection, path, parents, mode));
 }
 
 Result<void> Sandbox::Remove(const std::string& path, bool recursive) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::RemovePath(**connection, path, recursive));
+  return impl_->End(*connection, sandbox::RemovePath(**connection, path, recursive));
 }
 
 Result<void> Sandbox::Rename(const std::string& from, const std::string& to) {
   auto connection = impl_->Begin(sandbox::Operation::kFiles);
   if (!connection) return Fail(std::move(connection).error());
-  return impl_->End(sandbox::RenamePath(**connection, from, to));
+  return impl_->End(*connection, sandbox::RenamePath(**connection, from, to));
 }
 
 Result<void> Sandbox::Snapshot(const std::string& dir) { return impl_->Snapshot(dir); }

@@ -12,7 +12,7 @@
 
 namespace vessel {
 
-// The engine a config asks for.
+// The engine a config asks for (see ChooseEngine in sandbox/config.h).
 [[nodiscard]] Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind);
 
 class Sandbox::Impl {
@@ -49,11 +49,16 @@ class Sandbox::Impl {
   ~Impl();
 
   // Checks `op` against the lifecycle table; on success returns the connection to use.
+  // When the agent's channel was lost while the VM goes on (see AgentChannelLost() in
+  // engine.h), first connects it again, for up to kReconnectTimeout: VsockNotConnected
+  // when that fails while the VM runs.
   [[nodiscard]] Result<std::shared_ptr<sandbox::Connection>> Begin(sandbox::Operation op);
-  // Passes a result through; a kBackend failure with a broken connection moves the
-  // sandbox to kFailed (or reports Destroyed when Destroy() broke it).
+  // Passes through a result of an operation on `used`; a kBackend failure with a broken
+  // connection moves the sandbox to kFailed (or reports Destroyed when Destroy() broke
+  // it), except that a channel lost while the VM goes on is VsockNotConnected and leaves
+  // the sandbox ready.
   template <typename T>
-  Result<T> End(Result<T> result);
+  Result<T> End(const std::shared_ptr<sandbox::Connection>& used, Result<T> result);
 
   Result<void> Destroy();
   SandboxState state() const;
@@ -72,10 +77,20 @@ class Sandbox::Impl {
  private:
   // Marks the sandbox failed after an error it cannot recover from.
   void MarkFailed();
+  // The connection in use now.
+  std::shared_ptr<sandbox::Connection> CurrentConnection() const;
+  // With mutex_ held: when the connection broke while the sandbox was ready, decides
+  // whether the VM failed or only its channel was lost.
+  void NoteChannelFailure() const;
+  // Connects the lost channel again and starts a new connection on it.
+  [[nodiscard]] Result<void> Reconnect();
 
-  std::mutex snapshot_mutex_;  // one snapshot or fork at a time
-  mutable std::mutex mutex_;   // guards state_
+  std::mutex snapshot_mutex_;   // one snapshot or fork at a time
+  std::mutex reconnect_mutex_;  // one reconnection at a time; Destroy() waits for it
+  mutable std::mutex mutex_;    // guards state_, channel_lost_ and connection_
   mutable SandboxState state_ = SandboxState::kReady;
+  // The channel ended while the VM goes on; the next operation reconnects first.
+  mutable bool channel_lost_ = false;
   std::shared_ptr<engine::Engine> engine_;
   std::unique_ptr<engine::Vm> vm_;
   std::shared_ptr<sandbox::Connection> connection_;

@@ -39,18 +39,19 @@ void RemoveSnapshotFiles(const std::string& dir) {
 }  // namespace
 
 Result<void> Sandbox::Impl::SaveTo(const std::string& dir) {
-  if (auto r = connection_->Quiesce(Deadline::After(kChannelTimeout)); !r) {
+  auto connection = CurrentConnection();
+  if (auto r = connection->Quiesce(Deadline::After(kChannelTimeout)); !r) {
     // The agent may still quiesce late: wake it either way.
-    (void)connection_->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout));
-    return End<void>(Fail(std::move(r).error().Context("quiescing the agent")));
+    (void)connection->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout));
+    return End<void>(connection, Fail(std::move(r).error().Context("quiescing the agent")));
   }
   Result<void> saved = vm_->Pause();
   if (saved) saved = vm_->Save(dir);
   // Whatever happened, the VM and its agent must run again.
   auto resumed = vm_->Resume();
-  auto woken =
-      resumed ? connection_->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout))
-              : Result<protocol::Hello>(Fail(resumed.error()));
+  auto woken = resumed ? connection->Resume(sandbox::MakeResumeRequest(false),
+                                            Deadline::After(kChannelTimeout))
+                       : Result<protocol::Hello>(Fail(resumed.error()));
   if (!woken) {
     MarkFailed();
     return Fail(Error::Backend("the sandbox could not be resumed after saving it: " +
@@ -63,6 +64,7 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   std::lock_guard snapshot_lock(snapshot_mutex_);
   auto connection = Begin(sandbox::Operation::kSnapshot);
   if (!connection) return Fail(std::move(connection).error());
+  if (auto r = engine_->CanSave(); !r) return r;
   if (auto r = snapshot::PrepareDirectory(dir); !r) return r;
   if (auto r = SaveTo(dir); !r) {
     RemoveSnapshotFiles(dir);
@@ -129,7 +131,9 @@ Result<Sandbox::Impl::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   }
   auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
   if (!manifest) return Fail(std::move(manifest).error());
-  auto engine = MakeEngine(options.engine);
+  auto engine =
+      MakeEngine(options.engine == EngineKind::kAuto ? sandbox::EngineOfSnapshot(manifest->engine)
+                                                     : options.engine);
   if (!engine) return Fail(std::move(engine).error());
   if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), manifest->kernel_path,
                                          manifest->initramfs_path);
@@ -163,6 +167,7 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   std::lock_guard snapshot_lock(snapshot_mutex_);
   auto connection = Begin(sandbox::Operation::kFork);
   if (!connection) return Fail(std::move(connection).error());
+  if (auto r = engine_->CanSave(); !r) return Fail(std::move(r).error());
   // The template lives in the parent's private directory just long enough for the
   // children to map its memory and load its state; their mappings outlive the files.
   std::string dir = vm_->private_dir() + fmt::format("/fork-{}", NowUnixMs());

@@ -32,6 +32,10 @@ struct CliResult {
 
 // Runs the CLI with `input` on its stdin and collects what it prints.
 CliResult RunCli(std::vector<std::string> args, const std::string& input = {}) {
+  // Sandboxes run on the engine under test.
+  if (!args.empty() && (args[0] == "run" || args[0] == "create")) {
+    args.insert(args.begin() + 1, {"--engine", testing::TestEngineName()});
+  }
   args.insert(args.begin(), VESSEL_CLI);
   // A CLI that exits without reading its input must not take the test down with it.
   signal(SIGPIPE, SIG_IGN);
@@ -88,6 +92,10 @@ CliResult RunCli(std::vector<std::string> args, const std::string& input = {}) {
 
 // Starts the CLI in the background, its output discarded; returns its pid.
 pid_t StartCli(std::vector<std::string> args) {
+  // Sandboxes run on the engine under test.
+  if (!args.empty() && (args[0] == "run" || args[0] == "create")) {
+    args.insert(args.begin() + 1, {"--engine", testing::TestEngineName()});
+  }
   args.insert(args.begin(), VESSEL_CLI);
   pid_t pid = fork();
   if (pid == 0) {
@@ -174,7 +182,8 @@ TEST(CliTest, KillingTheHostProcessLeavesNoVmBehind) {
     int null = open("/dev/null", O_WRONLY);
     dup2(null, 1);
     dup2(null, 2);
-    execl(VESSEL_CLI, VESSEL_CLI, "run", "--", "sleep", "1000", static_cast<char*>(nullptr));
+    execl(VESSEL_CLI, VESSEL_CLI, "run", "--engine", testing::TestEngineName(), "--", "sleep",
+          "1000", static_cast<char*>(nullptr));
     _exit(126);
   }
   ASSERT_GT(pid, 0);
@@ -189,7 +198,7 @@ TEST(CliTest, KillingTheHostProcessLeavesNoVmBehind) {
   kill(pid, SIGKILL);
   waitpid(pid, nullptr, 0);
 
-  // QEMU dies with its owner.
+  // The VMM dies with its owner.
   until = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (!testing::LiveVmmProcesses().empty() && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -208,6 +217,22 @@ TEST(CliTest, DoctorReportsTheEngineAndAssets) {
   EXPECT_NE(r.out.find("QEMU"), std::string::npos);
   EXPECT_NE(r.out.find("vmlinux"), std::string::npos);
   EXPECT_NE(r.out.find(r.out.find("KVM") != std::string::npos ? "KVM" : "TCG"), std::string::npos);
+  // Whether the kvm engine can run, and why not.
+  EXPECT_NE(r.out.find("engine kvm: "), std::string::npos) << r.out;
+  if (testing::TestEngine() == EngineKind::kKvm) {
+    EXPECT_NE(r.out.find("ok      engine kvm: vessel-vmm at /"), std::string::npos) << r.out;
+  }
+}
+
+TEST(CliTest, AnUnknownEngineIsAUsageError) {
+  auto r = RunCli({"run", "--engine", "bochs", "--", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("--engine wants qemu, kvm or auto, not bochs"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("usage"), std::string::npos) << r.err;
+  r = RunCli({"create", "--engine", "xen"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("not xen"), std::string::npos) << r.err;
+  EXPECT_TRUE(testing::RuntimeLeftovers().empty());
 }
 
 // Sandboxes made by `vessel create` outlive the command. One sandbox, created once, serves
@@ -637,6 +662,7 @@ std::string Cat(const std::string& id, const std::string& path) {
 }
 
 TEST(CliSnapshotTest, ASnapshotRestoresIntoANewSandboxWithTheSameFiles) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   std::string original = CreateSandbox({"--memory", "128", "--name", "snap-original"});
   ASSERT_FALSE(original.empty());
   auto r = RunCli({"exec", original, "--", "sh", "-c", "echo saved > /root/marker"});
@@ -687,6 +713,7 @@ TEST(CliSnapshotTest, ASnapshotRestoresIntoANewSandboxWithTheSameFiles) {
 }
 
 TEST(CliSnapshotTest, ForkMakesIndependentCopiesAndLeavesNothingBehind) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   std::string parent = CreateSandbox({"--memory", "128"});
   ASSERT_FALSE(parent.empty());
   auto r = RunCli({"exec", parent, "--", "sh", "-c", "echo parent > /root/inherited"});
@@ -729,6 +756,7 @@ TEST(CliSnapshotTest, ForkMakesIndependentCopiesAndLeavesNothingBehind) {
 }
 
 TEST(CliSnapshotTest, VerifyFindsDamageThatRestoreRefuses) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   std::string id = CreateSandbox({"--memory", "128"});
   ASSERT_FALSE(id.empty());
   SnapshotDir good("verify-good");
@@ -779,6 +807,7 @@ TEST(CliSnapshotTest, VerifyFindsDamageThatRestoreRefuses) {
 }
 
 TEST(CliSnapshotTest, BadRequestsFailWithOneLineAndLeaveNothingBehind) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   auto one_line_failure = [](const CliResult& r, const std::string& mentions) {
     EXPECT_EQ(r.status, 125);
     EXPECT_EQ(r.out, "");

@@ -17,6 +17,7 @@ using engine::qemu::QemuEngine;
 using engine::qemu::QmpClient;
 
 TEST(QmpTest, TalksToARealQemu) {
+  VESSEL_REQUIRE_QEMU();
   int fds[2];
   ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
   UniqueFd ours(fds[0]), theirs(fds[1]);
@@ -64,6 +65,7 @@ TEST(QmpTest, TalksToARealQemu) {
 }
 
 TEST(QemuEngineTest, StartsAVmThatRunsAndDestroysIt) {
+  VESSEL_REQUIRE_QEMU();
   QemuEngine engine;
   EXPECT_EQ(engine.name(), engine::qemu::KvmUsable() ? "qemu-kvm" : "qemu-tcg");
   engine::VmSpec spec;

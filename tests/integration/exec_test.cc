@@ -26,7 +26,7 @@ std::string Sha256Hex(std::string_view data) {
 class ExecTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    SandboxConfig config;
+    SandboxConfig config = testing::TestConfig();
     config.vcpus = 2;
     sandbox_ = MustCreate(config).release();
   }

@@ -48,7 +48,7 @@ class Sha256 {
 class FilesTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    SandboxConfig config;
+    SandboxConfig config = testing::TestConfig();
     config.memory_mib = 768;  // /tmp is a tmpfs: the 256 MiB round trip lives in guest RAM
     sandbox_ = testing::MustCreate(config).release();
   }

@@ -9,12 +9,54 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <optional>
 
+#include "sandbox/config.h"
 #include "vm_test_env.h"
 
 namespace vessel::testing {
 namespace {
 std::string* runtime_root = nullptr;
+EngineKind test_engine = EngineKind::kQemu;
+std::chrono::milliseconds boot_timeout = SandboxConfig{}.boot_timeout;
+
+bool ContainsToken(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
+
+std::string ReadProcFile(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+// $VESSEL_TEST_ENGINE resolved on this host, or an error message.
+std::optional<EngineKind> EngineFromEnvironment(std::string& error) {
+  const char* env = std::getenv("VESSEL_TEST_ENGINE");
+  std::string name = env && *env ? env : "auto";
+  EngineKind requested;
+  if (name == "auto") {
+    requested = EngineKind::kAuto;
+  } else if (name == "qemu") {
+    requested = EngineKind::kQemu;
+  } else if (name == "kvm") {
+    requested = EngineKind::kKvm;
+  } else {
+    error = "VESSEL_TEST_ENGINE must be qemu, kvm or auto, not " + name;
+    return std::nullopt;
+  }
+  auto chosen = sandbox::ChooseEngine(requested, sandbox::EngineHost::Probe());
+  if (!chosen) {
+    error = "VESSEL_TEST_ENGINE=" + name + ": " + chosen.error().ToString();
+    return std::nullopt;
+  }
+  return *chosen;
+}
+}  // namespace
+
+EngineKind TestEngine() { return test_engine; }
+const char* TestEngineName() { return test_engine == EngineKind::kKvm ? "kvm" : "qemu"; }
+SandboxConfig TestConfig() {
+  return SandboxConfig{.boot_timeout = boot_timeout, .engine = test_engine};
 }
 
 const std::string& TestRuntimeRoot() { return *runtime_root; }
@@ -24,13 +66,17 @@ std::vector<int> LiveVmmProcesses() {
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {
     std::string name = entry.path().filename();
     if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    std::ifstream in(entry.path() / "cmdline", std::ios::binary);
-    std::string cmdline((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (cmdline.find("qemu-system") != std::string::npos &&
-        cmdline.find(TestRuntimeRoot()) != std::string::npos) {
-      // A zombie still shows its cmdline as empty; any match here is a live process.
-      pids.push_back(std::stoi(name));
+    // A zombie shows an empty cmdline and environment; any match here is a live process.
+    std::string cmdline = ReadProcFile(entry.path() / "cmdline");
+    bool ours = false;
+    if (ContainsToken(cmdline, "qemu-system")) {
+      ours = ContainsToken(cmdline, TestRuntimeRoot());
+    } else if (ContainsToken(cmdline, "vessel-vmm")) {
+      // vessel-vmm's command line names no path: it inherits this run's runtime root.
+      std::string environ = ReadProcFile(entry.path() / "environ");
+      ours = ContainsToken(environ, std::string("VESSEL_RUNTIME_DIR=") + TestRuntimeRoot() + '\0');
     }
+    if (ours) pids.push_back(std::stoi(name));
   }
   return pids;
 }
@@ -45,7 +91,9 @@ std::vector<std::string> RuntimeLeftovers() {
 }
 
 std::unique_ptr<Sandbox> MustCreate(const SandboxConfig& config) {
-  auto sandbox = Sandbox::Create(config);
+  SandboxConfig on_test_engine = config;
+  if (on_test_engine.engine == EngineKind::kAuto) on_test_engine.engine = test_engine;
+  auto sandbox = Sandbox::Create(on_test_engine);
   if (!sandbox) {
     ADD_FAILURE() << "Sandbox::Create: " << sandbox.error().ToString();
     return nullptr;
@@ -57,6 +105,17 @@ std::unique_ptr<Sandbox> MustCreate(const SandboxConfig& config) {
 
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
+  std::string error;
+  auto engine = vessel::testing::EngineFromEnvironment(error);
+  if (!engine) {
+    std::cerr << error << "\n";
+    return 2;
+  }
+  vessel::testing::test_engine = *engine;
+  if (const char* seconds = std::getenv("VESSEL_TEST_BOOT_TIMEOUT"); seconds && *seconds) {
+    vessel::testing::boot_timeout = std::chrono::seconds(std::atoi(seconds));
+  }
+  std::cout << "integration tests on engine " << vessel::testing::TestEngineName() << "\n";
   char root_template[] = "/tmp/vessel-it-XXXXXX";
   if (!mkdtemp(root_template)) {
     perror("mkdtemp");
@@ -70,7 +129,7 @@ int main(int argc, char** argv) {
   auto pids = vessel::testing::LiveVmmProcesses();
   auto left = vessel::testing::RuntimeLeftovers();
   for (int pid : pids) {
-    std::cerr << "LEAK: QEMU process " << pid << " still running\n";
+    std::cerr << "LEAK: VMM process " << pid << " still running\n";
     kill(pid, SIGKILL);
   }
   for (const auto& name : left) std::cerr << "LEAK: runtime entry " << name << " left behind\n";

@@ -78,6 +78,7 @@ void ExpectClockIsTheHosts(Sandbox& sandbox) {
 }
 
 TEST(SnapshotTest, RoundTripKeepsFilesAndARunningBackgroundProcess) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -116,6 +117,7 @@ TEST(SnapshotTest, RoundTripKeepsFilesAndARunningBackgroundProcess) {
 }
 
 TEST(SnapshotTest, OneSnapshotRestoresIntoFourIndependentSandboxes) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -146,6 +148,7 @@ TEST(SnapshotTest, OneSnapshotRestoresIntoFourIndependentSandboxes) {
 }
 
 TEST(SnapshotTest, EightForksDivergeAndAreNotTwins) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
   ASSERT_TRUE(parent->WriteFile("/tmp/base", "base\n"));
@@ -177,6 +180,7 @@ TEST(SnapshotTest, EightForksDivergeAndAreNotTwins) {
 }
 
 TEST(SnapshotTest, RestoredClockIsTheHostsAndRngIsReseeded) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -194,6 +198,7 @@ TEST(SnapshotTest, RestoredClockIsTheHostsAndRngIsReseeded) {
 }
 
 TEST(SnapshotTest, DestroyingTheParentLeavesForksRunning) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
   auto children = parent->Fork(2);
@@ -205,6 +210,7 @@ TEST(SnapshotTest, DestroyingTheParentLeavesForksRunning) {
 }
 
 TEST(SnapshotTest, AForkCanBeSnapshottedAndForkedAgain) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -233,6 +239,7 @@ TEST(SnapshotTest, AForkCanBeSnapshottedAndForkedAgain) {
 }
 
 TEST(SnapshotTest, AStreamingCommandSurvivesTheSnapshotInTheParentOnly) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -260,6 +267,7 @@ TEST(SnapshotTest, AStreamingCommandSurvivesTheSnapshotInTheParentOnly) {
 }
 
 TEST(SnapshotTest, CommandsDuringASnapshotWaitAndSucceed) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -281,6 +289,7 @@ TEST(SnapshotTest, CommandsDuringASnapshotWaitAndSucceed) {
 }
 
 TEST(SnapshotTest, SnapshotAndForkOutsideReadyGiveLifecycleErrors) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto sandbox = testing::MustCreate();
   ASSERT_TRUE(sandbox);
@@ -311,6 +320,7 @@ TEST(SnapshotTest, SnapshotAndForkOutsideReadyGiveLifecycleErrors) {
 }
 
 TEST(SnapshotTest, BadArgumentsAreClearErrors) {
+  VESSEL_REQUIRE_SNAPSHOTS();
   SnapshotDirs dirs;
   auto sandbox = testing::MustCreate();
   ASSERT_TRUE(sandbox);
@@ -347,6 +357,7 @@ class CorruptSnapshotTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dirs_ = new SnapshotDirs;
+    if (testing::TestEngine() == EngineKind::kKvm) return;
     auto sandbox = testing::MustCreate();
     ASSERT_TRUE(sandbox);
     ASSERT_TRUE(sandbox->Snapshot(dirs_->Path("good")));
@@ -355,6 +366,7 @@ class CorruptSnapshotTest : public ::testing::Test {
     delete dirs_;
     dirs_ = nullptr;
   }
+  void SetUp() override { VESSEL_REQUIRE_SNAPSHOTS(); }
 
   // A copy of the good snapshot to damage.
   std::string Copy(const std::string& name) {

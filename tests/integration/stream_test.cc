@@ -16,7 +16,7 @@ using Kind = ProcessEvent::Kind;
 class StreamTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    SandboxConfig config;
+    SandboxConfig config = testing::TestConfig();
     config.vcpus = 2;
     sandbox_ = testing::MustCreate(config).release();
   }

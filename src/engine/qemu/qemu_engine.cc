@@ -15,6 +15,7 @@
 
 #include "base/io.h"
 #include "base/subprocess.h"
+#include "engine/host.h"
 #include "engine/qemu/qmp_client.h"
 #include "engine/runtime_dir.h"
 
@@ -480,31 +481,6 @@ class QemuVm final : public Vm {
 
 }  // namespace
 
-namespace {
-// The value of the first /proc/cpuinfo line whose key is `key`, or empty.
-std::string CpuinfoValue(std::string_view key) {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    auto colon = line.find(':');
-    if (colon == std::string::npos) continue;
-    std::string_view name(line.data(), colon);
-    while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
-    if (name == key) return line.substr(colon + 1) + " ";
-  }
-  return {};
-}
-}  // namespace
-
-bool KvmUsable() {
-  UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
-  if (!fd) return false;
-  // Some hosts expose a /dev/kvm without hardware virtualisation (paravirtual KVM such
-  // as PVM) on which QEMU's KVM guests do not boot: require VMX or SVM as well.
-  std::string flags = CpuinfoValue("flags");
-  return flags.find(" vmx ") != std::string::npos || flags.find(" svm ") != std::string::npos;
-}
-
 uint64_t HostTscKhz() {
   // Read once: the rate does not change, and every VM start needs it.
   static const uint64_t khz = [] {
@@ -592,6 +568,10 @@ std::string QemuEngine::version() const {
 }
 
 Result<std::unique_ptr<Vm>> QemuEngine::Start(const VmSpec& spec) {
+  // Vessel does not drive vhost-vsock: QEMU's agent channel is the virtio-serial port.
+  if (spec.channel != AgentChannel::kVirtioSerial) {
+    return Fail(Error::Lifecycle({LifecycleError::VsockUnavailable{}}));
+  }
   SweepStaleRuntimeDirs();
   auto dir = RuntimeDir::Create();
   if (!dir) return Fail(std::move(dir).error());

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/host.h"
 
 namespace vessel::engine::qemu {
 
@@ -17,8 +18,9 @@ struct QemuOptions {
   std::optional<Accel> accel;  // unset: KVM when usable, else TCG
 };
 
-// True when /dev/kvm can be opened for reading and writing and the CPU has VMX or SVM.
-bool KvmUsable();
+// QEMU uses KVM where it is usable, like the kvm engine.
+using engine::KvmUsable;
+
 // The host TSC rate in kHz, for the guest's tsc_early_khz: TSC calibration under TCG is
 // unreliable and a guest that fails it can hang at boot. 0 when unknown.
 uint64_t HostTscKhz();

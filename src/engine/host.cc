@@ -1,0 +1,42 @@
+#include "engine/host.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+
+#include "base/unique_fd.h"
+
+namespace vessel::engine {
+
+std::string CpuinfoValue(std::string_view key) {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::string line;
+  while (std::getline(cpuinfo, line)) {
+    auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    std::string_view name(line.data(), colon);
+    while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
+    if (name == key) return line.substr(colon + 1) + " ";
+  }
+  return {};
+}
+
+std::optional<std::string> KvmUnusableReason() {
+  UniqueFd fd(::open("/dev/kvm", O_RDWR | O_CLOEXEC));
+  if (!fd) return fmt::format("/dev/kvm cannot be opened: {}", std::strerror(errno));
+  // Some hosts expose a /dev/kvm without hardware virtualisation (paravirtual KVM such
+  // as PVM) on which full-system guests do not boot: require VMX or SVM as well.
+  std::string flags = CpuinfoValue("flags");
+  if (flags.find(" vmx ") == std::string::npos && flags.find(" svm ") == std::string::npos) {
+    return std::string(
+        "the CPU has no VMX or SVM flag (a /dev/kvm without hardware "
+        "virtualisation cannot run full-system guests)");
+  }
+  return std::nullopt;
+}
+
+}  // namespace vessel::engine

@@ -1,0 +1,258 @@
+// Choosing engines and channels, and what only the kvm engine (vessel-vmm) does: vsock,
+// a guest that panics or resets its vsock device, snapshots it refuses.
+//
+// EngineSelectionTest runs on every host; KvmEngineTest needs the kvm engine under test
+// (VESSEL_TEST_ENGINE=kvm, or auto on a host with /dev/kvm) and skips otherwise.
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "engine/host.h"
+#include "vm_test_env.h"
+
+namespace vessel {
+namespace {
+
+using testing::LiveVmmProcesses;
+using testing::MustCreate;
+using testing::RuntimeLeftovers;
+
+void ExpectNothingLeft() {
+  EXPECT_TRUE(LiveVmmProcesses().empty());
+  EXPECT_TRUE(RuntimeLeftovers().empty());
+}
+
+std::string Trimmed(std::string s) {
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+std::string Sh(Sandbox& sandbox, const std::string& script) {
+  auto result = sandbox.Execute(Command::Shell(script));
+  EXPECT_TRUE(result.has_value()) << result.error().ToString();
+  if (!result) return {};
+  EXPECT_TRUE(result->ok()) << script << "\nstderr: " << result->stderr_data;
+  return Trimmed(result->stdout_data);
+}
+
+bool IsVsockNotConnected(const Error& error) {
+  return error.lifecycle() && error.lifecycle()->Is<LifecycleError::VsockNotConnected>();
+}
+
+TEST(EngineSelectionTest, AskingForKvmWithoutKvmIsUnsupportedPlatform) {
+  if (engine::KvmUsable()) GTEST_SKIP() << "this host has a usable /dev/kvm";
+  SandboxConfig config{.engine = EngineKind::kKvm};
+  auto sandbox = Sandbox::Create(config);
+  ASSERT_FALSE(sandbox.has_value());
+  EXPECT_EQ(sandbox.error().kind(), ErrorKind::kUnsupportedPlatform) << sandbox.error().ToString();
+  EXPECT_NE(sandbox.error().message().find("/dev/kvm"), std::string::npos)
+      << sandbox.error().message();
+  ExpectNothingLeft();
+}
+
+TEST(EngineSelectionTest, VsockOnTheQemuEngineIsVsockUnavailable) {
+  SandboxConfig config{.engine = EngineKind::kQemu, .channel = Channel::kVsock};
+  auto sandbox = Sandbox::Create(config);
+  ASSERT_FALSE(sandbox.has_value());
+  ASSERT_EQ(sandbox.error().kind(), ErrorKind::kLifecycle) << sandbox.error().ToString();
+  EXPECT_TRUE(sandbox.error().lifecycle()->Is<LifecycleError::VsockUnavailable>());
+  EXPECT_FALSE(sandbox.error().lifecycle()->Retryable());
+  EXPECT_NE(sandbox.error().message().find("engine kvm has vsock"), std::string::npos)
+      << sandbox.error().message();
+  ExpectNothingLeft();
+}
+
+TEST(EngineSelectionTest, TheDefaultsPickTheEngineUnderTestAndItsChannel) {
+  auto sandbox = MustCreate(SandboxConfig{});
+  ASSERT_NE(sandbox, nullptr);
+  bool kvm = testing::TestEngine() == EngineKind::kKvm;
+  if (kvm) {
+    EXPECT_EQ(sandbox->engine_name(), "kvm");
+  } else {
+    EXPECT_EQ(sandbox->engine_name().rfind("qemu-", 0), 0u) << sandbox->engine_name();
+  }
+  // The agent learns its channel from the kernel command line: vsock on kvm only.
+  std::string cmdline = Sh(*sandbox, "cat /proc/cmdline");
+  EXPECT_EQ(cmdline.find("vessel.channel=vsock:1024") != std::string::npos, kvm) << cmdline;
+}
+
+class KvmEngineTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (testing::TestEngine() != EngineKind::kKvm) {
+      GTEST_SKIP() << "needs the kvm engine: VESSEL_TEST_ENGINE=kvm on a host with /dev/kvm "
+                      "(tests/nested/kvm-suite runs it in a nested VM)";
+    }
+  }
+  void TearDown() override {
+    if (!IsSkipped()) ExpectNothingLeft();
+  }
+};
+
+TEST_F(KvmEngineTest, BootsAndExecutesOverVsock) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  EXPECT_EQ(sandbox->engine_name(), "kvm");
+  EXPECT_EQ(sandbox->agent_version().rfind("vessel-agent", 0), 0u);
+  EXPECT_EQ(Sh(*sandbox, "echo hello from vessel-vmm"), "hello from vessel-vmm");
+  EXPECT_NE(Sh(*sandbox, "cat /proc/cmdline").find("vessel.channel=vsock:1024"), std::string::npos);
+  // Guest memory is what was asked for (give or take the kernel's own reservations).
+  uint64_t kib = std::stoull(Sh(*sandbox, "awk '/MemTotal/ {print $2}' /proc/meminfo"));
+  EXPECT_GT(kib, 200u * 1024);
+  EXPECT_LE(kib, 256u * 1024);
+}
+
+TEST_F(KvmEngineTest, TheVirtioSerialChannelWorksToo) {
+  SandboxConfig config = testing::TestConfig();
+  config.channel = Channel::kVirtioSerial;
+  auto sandbox = MustCreate(config);
+  ASSERT_NE(sandbox, nullptr);
+  EXPECT_EQ(Sh(*sandbox, "echo over the console port"), "over the console port");
+  EXPECT_EQ(Sh(*sandbox, "cat /proc/cmdline").find("vessel.channel"), std::string::npos);
+  auto data = std::string(256 * 1024, 'x');
+  ASSERT_TRUE(sandbox->WriteFile("/tmp/big", data));
+  auto back = sandbox->ReadFile("/tmp/big");
+  ASSERT_TRUE(back.has_value()) << back.error().ToString();
+  EXPECT_EQ(*back, data);
+}
+
+TEST_F(KvmEngineTest, TwoVcpusShowTwoCpus) {
+  SandboxConfig config = testing::TestConfig();
+  config.vcpus = 2;
+  auto sandbox = Sandbox::Create(config);
+  if (!sandbox && sandbox.error().kind() == ErrorKind::kInvalidConfig) {
+    GTEST_SKIP() << "this host has one CPU: " << sandbox.error().ToString();
+  }
+  ASSERT_TRUE(sandbox.has_value()) << sandbox.error().ToString();
+  EXPECT_EQ(Sh(**sandbox, "nproc"), "2");
+  EXPECT_EQ(Sh(**sandbox, "grep -c ^processor /proc/cpuinfo"), "2");
+}
+
+TEST_F(KvmEngineTest, AGuestThatPanicsEndsTheVmAndTheSandboxFails) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  auto crash = sandbox->Execute(Command::Shell("echo c > /proc/sysrq-trigger; sleep 100"));
+  ASSERT_FALSE(crash.has_value());
+  EXPECT_EQ(crash.error().kind(), ErrorKind::kBackend) << crash.error().ToString();
+  // The diagnostics say what happened: the VMM's log and the console's panic.
+  EXPECT_NE(crash.error().message().find("the VM exited"), std::string::npos)
+      << crash.error().message();
+  EXPECT_NE(crash.error().message().find("sysrq"), std::string::npos) << crash.error().message();
+  EXPECT_EQ(sandbox->state(), SandboxState::kFailed);
+  EXPECT_TRUE(LiveVmmProcesses().empty()) << "vessel-vmm outlived its guest";
+  EXPECT_TRUE(sandbox->Destroy().has_value());
+}
+
+TEST_F(KvmEngineTest, AGuestThatPowersOffEndsTheVm) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  auto off = sandbox->Execute(Command::Shell("reboot -f; sleep 100"));
+  ASSERT_FALSE(off.has_value());
+  // The guest resets its vsock device on the way down, moments before the VMM exits:
+  // the call may see the channel drop first (VsockNotConnected) or the VM gone (kBackend).
+  EXPECT_TRUE(off.error().kind() == ErrorKind::kBackend || IsVsockNotConnected(off.error()))
+      << off.error().ToString();
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!LiveVmmProcesses().empty() && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  EXPECT_TRUE(LiveVmmProcesses().empty()) << "vessel-vmm outlived its guest";
+  EXPECT_EQ(sandbox->state(), SandboxState::kFailed);
+  auto next = sandbox->Execute(Command::Argv({"true"}));
+  ASSERT_FALSE(next.has_value());
+  EXPECT_TRUE(next.error().lifecycle() &&
+              next.error().lifecycle()->Is<LifecycleError::InvalidState>())
+      << next.error().ToString();
+  EXPECT_TRUE(sandbox->Destroy().has_value());
+}
+
+TEST_F(KvmEngineTest, DestroyShutsTheVmmDownAndRemovesEverything) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  EXPECT_EQ(LiveVmmProcesses().size(), 1u);
+  EXPECT_EQ(RuntimeLeftovers().size(), 1u);
+  ASSERT_TRUE(sandbox->Destroy().has_value());
+  EXPECT_EQ(sandbox->state(), SandboxState::kDestroyed);
+}
+
+TEST_F(KvmEngineTest, BadConfigsAreRefused) {
+  SandboxConfig config = testing::TestConfig();
+  config.vcpus = 9;
+  auto too_many = Sandbox::Create(config);
+  ASSERT_FALSE(too_many.has_value());
+  EXPECT_EQ(too_many.error().subject(), "vcpus") << too_many.error().ToString();
+
+  config = testing::TestConfig();
+  config.memory_mib = 32 * 1024;
+  auto too_big = Sandbox::Create(config);
+  ASSERT_FALSE(too_big.has_value());
+  EXPECT_EQ(too_big.error().subject(), "memory_mib") << too_big.error().ToString();
+
+  std::string bogus = testing::TestRuntimeRoot() + "-kvm-bogus-kernel";
+  std::ofstream(bogus) << "not a kernel";
+  config = testing::TestConfig();
+  config.kernel = bogus;
+  auto not_elf = Sandbox::Create(config);
+  std::filesystem::remove(bogus);
+  ASSERT_FALSE(not_elf.has_value());
+  EXPECT_EQ(not_elf.error().kind(), ErrorKind::kBackend) << not_elf.error().ToString();
+  EXPECT_NE(not_elf.error().message().find("vessel-vmm"), std::string::npos)
+      << not_elf.error().message();
+}
+
+TEST_F(KvmEngineTest, SnapshotsAndForksAreUnsupportedAndLeaveTheSandboxReady) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  std::string dir = testing::TestRuntimeRoot() + "-kvm-snapshot";
+  auto saved = sandbox->Snapshot(dir);
+  std::filesystem::remove_all(dir);
+  ASSERT_FALSE(saved.has_value());
+  EXPECT_EQ(saved.error().kind(), ErrorKind::kUnsupportedPlatform) << saved.error().ToString();
+  EXPECT_NE(saved.error().message().find("use engine qemu"), std::string::npos);
+  auto forked = sandbox->Fork(1);
+  ASSERT_FALSE(forked.has_value());
+  EXPECT_EQ(forked.error().kind(), ErrorKind::kUnsupportedPlatform) << forked.error().ToString();
+  EXPECT_EQ(sandbox->state(), SandboxState::kReady);
+  EXPECT_EQ(Sh(*sandbox, "echo still here"), "still here");
+}
+
+// The guest resets its vsock device: the channel drops while the VM goes on. Calls say
+// VsockNotConnected (retryable) and the sandbox stays ready; once the device is back,
+// the next call connects again.
+TEST_F(KvmEngineTest, UnbindingTheVsockDriverIsVsockNotConnectedUntilItIsBack) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  // The driver is vmw_vsock_virtio_transport; found by its bound device, not by name.
+  std::string driver = Sh(*sandbox,
+                          "dirname $(ls -d /sys/bus/virtio/drivers/*/virtio* | "
+                          "grep vsock)");
+  std::string device = Sh(*sandbox, "basename $(ls -d " + driver + "/virtio*)");
+  ASSERT_EQ(device.rfind("virtio", 0), 0u) << driver << " " << device;
+  Sh(*sandbox, "(sleep 0.3; echo " + device + " > " + driver + "/unbind; sleep 6; echo " + device +
+                   " > " + driver + "/bind) </dev/null >/dev/null 2>&1 &");
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+
+  auto down = sandbox->Execute(Command::Argv({"true"}));
+  ASSERT_FALSE(down.has_value()) << "a command ran while the vsock device was unbound";
+  EXPECT_TRUE(IsVsockNotConnected(down.error())) << down.error().ToString();
+  EXPECT_TRUE(down.error().lifecycle() && down.error().lifecycle()->Retryable());
+  EXPECT_EQ(sandbox->state(), SandboxState::kReady);
+  auto files = sandbox->Exists("/tmp");
+  ASSERT_FALSE(files.has_value());
+  EXPECT_TRUE(IsVsockNotConnected(files.error())) << files.error().ToString();
+
+  // Rebound after ~6 s: a later call reconnects by itself.
+  Result<ExecResult> up = Fail(Error::Backend("not tried"));
+  auto until = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (std::chrono::steady_clock::now() < until) {
+    up = sandbox->Execute(Command::Shell("echo back"));
+    if (up || !IsVsockNotConnected(up.error())) break;
+  }
+  ASSERT_TRUE(up.has_value()) << up.error().ToString();
+  EXPECT_EQ(Trimmed(up->stdout_data), "back");
+  EXPECT_EQ(sandbox->state(), SandboxState::kReady);
+}
+
+}  // namespace
+}  // namespace vessel

@@ -1,0 +1,178 @@
+// Choosing the engine and the agent channel, and what the kvm engine asks vessel-vmm
+// for: all without KVM.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "engine/kvm/kvm_engine.h"
+#include "engine/qemu/qemu_engine.h"
+#include "sandbox/config.h"
+
+namespace vessel::sandbox {
+namespace {
+
+using engine::AgentChannel;
+
+const EngineHost kKvmHost{std::nullopt, true};
+const EngineHost kNoKvmHost{std::string("/dev/kvm cannot be opened: No such file or directory"),
+                            true};
+const EngineHost kNoVmmHost{std::nullopt, false};
+
+TEST(EngineChoiceTest, AutoPicksKvmWhereItCanRun) {
+  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kKvmHost), EngineKind::kKvm);
+  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kNoKvmHost), EngineKind::kQemu);
+  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kNoVmmHost), EngineKind::kQemu);
+}
+
+TEST(EngineChoiceTest, QemuRunsEverywhere) {
+  for (const auto& host : {kKvmHost, kNoKvmHost, kNoVmmHost}) {
+    EXPECT_EQ(ChooseEngine(EngineKind::kQemu, host), EngineKind::kQemu);
+  }
+}
+
+TEST(EngineChoiceTest, KvmWhereItCannotRunIsUnsupportedPlatformSayingWhy) {
+  EXPECT_EQ(ChooseEngine(EngineKind::kKvm, kKvmHost), EngineKind::kKvm);
+  auto no_kvm = ChooseEngine(EngineKind::kKvm, kNoKvmHost);
+  ASSERT_FALSE(no_kvm.has_value());
+  EXPECT_EQ(no_kvm.error().kind(), ErrorKind::kUnsupportedPlatform);
+  EXPECT_NE(no_kvm.error().message().find("/dev/kvm cannot be opened"), std::string::npos)
+      << no_kvm.error().message();
+  EXPECT_NE(no_kvm.error().message().find("use engine qemu"), std::string::npos);
+  auto no_vmm = ChooseEngine(EngineKind::kKvm, kNoVmmHost);
+  ASSERT_FALSE(no_vmm.has_value());
+  EXPECT_EQ(no_vmm.error().kind(), ErrorKind::kUnsupportedPlatform);
+  EXPECT_NE(no_vmm.error().message().find("VESSEL_VMM"), std::string::npos);
+}
+
+TEST(EngineChoiceTest, RestoringPicksTheEngineThatSaved) {
+  EXPECT_EQ(EngineOfSnapshot("kvm"), EngineKind::kKvm);
+  EXPECT_EQ(EngineOfSnapshot("qemu-tcg"), EngineKind::kQemu);
+  EXPECT_EQ(EngineOfSnapshot("qemu-kvm"), EngineKind::kQemu);
+  EXPECT_EQ(EngineOfSnapshot("bochs"), EngineKind::kAuto);
+}
+
+TEST(EngineChoiceTest, ChannelsFollowTheEngine) {
+  engine::qemu::QemuEngine qemu;
+  engine::kvm::KvmEngine kvm;
+  EXPECT_EQ(ChooseChannel(Channel::kAuto, qemu), AgentChannel::kVirtioSerial);
+  EXPECT_EQ(ChooseChannel(Channel::kAuto, kvm), AgentChannel::kVsock);
+  EXPECT_EQ(ChooseChannel(Channel::kVirtioSerial, qemu), AgentChannel::kVirtioSerial);
+  EXPECT_EQ(ChooseChannel(Channel::kVirtioSerial, kvm), AgentChannel::kVirtioSerial);
+  EXPECT_EQ(ChooseChannel(Channel::kVsock, kvm), AgentChannel::kVsock);
+  auto unavailable = ChooseChannel(Channel::kVsock, qemu);
+  ASSERT_FALSE(unavailable.has_value());
+  ASSERT_EQ(unavailable.error().kind(), ErrorKind::kLifecycle);
+  EXPECT_TRUE(unavailable.error().lifecycle()->Is<LifecycleError::VsockUnavailable>());
+  EXPECT_FALSE(unavailable.error().lifecycle()->Retryable());
+}
+
+class ValidateChannelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/vessel-channel-test-XXXXXX";
+    ASSERT_NE(::mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    config_.kernel = dir_ + "/vmlinux";
+    config_.initramfs = dir_ + "/initramfs.cpio";
+    std::ofstream(config_.kernel) << "kernel";
+    std::ofstream(config_.initramfs) << "initramfs";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string dir_;
+  SandboxConfig config_;
+};
+
+TEST_F(ValidateChannelTest, TheSpecCarriesTheChosenChannel) {
+  engine::kvm::KvmEngine kvm;
+  auto spec = ValidateConfig(config_, kvm);
+  ASSERT_TRUE(spec.has_value()) << spec.error().ToString();
+  EXPECT_EQ(spec->channel, AgentChannel::kVsock);
+  config_.channel = Channel::kVirtioSerial;
+  spec = ValidateConfig(config_, kvm);
+  ASSERT_TRUE(spec.has_value()) << spec.error().ToString();
+  EXPECT_EQ(spec->channel, AgentChannel::kVirtioSerial);
+
+  engine::qemu::QemuEngine qemu;
+  config_.channel = Channel::kVsock;
+  auto refused = ValidateConfig(config_, qemu);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_TRUE(refused.error().lifecycle() &&
+              refused.error().lifecycle()->Is<LifecycleError::VsockUnavailable>());
+}
+
+TEST(KvmEngineUnitTest, TheGuestCmdlineNamesTheVsockChannelOnlyForVsock) {
+  std::string vsock = engine::kvm::KvmGuestCmdline(AgentChannel::kVsock);
+  EXPECT_NE(vsock.find("vessel.channel=vsock:1024"), std::string::npos) << vsock;
+  EXPECT_NE(vsock.find("console=ttyS0"), std::string::npos);
+  EXPECT_NE(vsock.find("reboot=t panic=-1"), std::string::npos);
+  EXPECT_NE(vsock.find(" quiet"), std::string::npos);
+  std::string serial = engine::kvm::KvmGuestCmdline(AgentChannel::kVirtioSerial, false);
+  EXPECT_EQ(serial.find("vessel.channel"), std::string::npos) << serial;
+  EXPECT_EQ(serial.find("quiet"), std::string::npos) << serial;
+}
+
+TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
+  engine::VmSpec spec;
+  spec.kernel = "/assets/vmlinux";
+  spec.initramfs = "/assets/initramfs.cpio";
+  spec.vcpus = 2;
+  spec.memory_mib = 512;
+  engine::kvm::KvmPaths paths{"/run/vm-1/console.log", "/run/vm-1/vsock.sock",
+                              "/run/vm-1/agent.sock"};
+  auto request = engine::kvm::ConfigureRequest(spec, "console=ttyS0", paths);
+  EXPECT_EQ(request["op"], "configure");
+  EXPECT_EQ(request["vcpus"], 2);
+  EXPECT_EQ(request["memory_mib"], 512);
+  EXPECT_EQ(request["kernel"], "/assets/vmlinux");
+  EXPECT_EQ(request["initramfs"], "/assets/initramfs.cpio");
+  EXPECT_EQ(request["cmdline"], "console=ttyS0");
+  EXPECT_EQ(request["console_log"], "/run/vm-1/console.log");
+  EXPECT_EQ(request["vsock"]["cid"], 3);
+  EXPECT_EQ(request["vsock"]["uds"], "/run/vm-1/vsock.sock");
+  EXPECT_EQ(request["agent_port"], "/run/vm-1/agent.sock");
+  EXPECT_LE(request.dump().size(), engine::kvm::kMaxControlMessage);
+}
+
+TEST(KvmEngineUnitTest, VesselVmmIsFoundThroughTheEnvironmentFirst) {
+  const char* saved = std::getenv("VESSEL_VMM");
+  std::string saved_value = saved ? saved : "";
+  char pattern[] = "/tmp/vessel-vmm-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  std::string fake = std::string(pattern) + "/my-vmm";
+  std::ofstream(fake) << "#!/bin/sh\n";
+  ::chmod(fake.c_str(), 0755);
+  ::setenv("VESSEL_VMM", fake.c_str(), 1);
+  EXPECT_EQ(engine::kvm::FindVmm(), fake);
+  // A $VESSEL_VMM that is not executable is not silently replaced by another binary.
+  ::chmod(fake.c_str(), 0644);
+  EXPECT_EQ(engine::kvm::FindVmm(), "");
+  if (saved) {
+    ::setenv("VESSEL_VMM", saved_value.c_str(), 1);
+  } else {
+    ::unsetenv("VESSEL_VMM");
+  }
+  std::filesystem::remove_all(pattern);
+}
+
+TEST(KvmEngineUnitTest, WithoutKvmStartIsUnsupportedPlatform) {
+  if (engine::KvmUsable()) GTEST_SKIP() << "this host has a usable /dev/kvm";
+  engine::kvm::KvmEngine kvm;
+  EXPECT_EQ(kvm.name(), "kvm");
+  EXPECT_TRUE(kvm.SupportsVsock());
+  EXPECT_EQ(kvm.max_vcpus() >= 1 && kvm.max_vcpus() <= 8, true);
+  auto vm = kvm.Start(engine::VmSpec{});
+  ASSERT_FALSE(vm.has_value());
+  EXPECT_EQ(vm.error().kind(), ErrorKind::kUnsupportedPlatform);
+  EXPECT_NE(vm.error().message().find("/dev/kvm"), std::string::npos) << vm.error().message();
+  auto save = kvm.CanSave();
+  ASSERT_FALSE(save.has_value());
+  EXPECT_EQ(save.error().kind(), ErrorKind::kUnsupportedPlatform);
+}
+
+}  // namespace
+}  // namespace vessel::sandbox
