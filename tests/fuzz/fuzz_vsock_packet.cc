@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,8 +61,10 @@ struct World {
     auto memory = GuestMemory::Create(kGuestRamBytes);
     auto loop = EventLoop::Create();
     if (!memory || !loop) std::abort();
-    char dir[] = "/tmp/vessel-fuzz-vsock-XXXXXX";
+    static char dir[] = "/tmp/vessel-fuzz-vsock-XXXXXX";
     if (!mkdtemp(dir)) std::abort();
+    // libFuzzer ends with exit(): take the sockets and their directory along.
+    std::atexit([] { std::filesystem::remove_all(dir); });
     auto* w = new World{std::move(*memory), std::move(*loop), std::string(dir) + "/v.sock", {}, {}};
     std::string service = w->uds + "_" + std::to_string(kVsockListeningPort);
     w->listener = UniqueFd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
