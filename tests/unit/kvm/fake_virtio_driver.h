@@ -4,18 +4,23 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <optional>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "engine/kvm/devices/virtio/mmio_transport.h"
 #include "engine/kvm/devices/virtio/queue.h"
 #include "engine/kvm/vmm/device.h"
+#include "engine/kvm/vmm/event_loop.h"
 #include "engine/kvm/vmm/guest_memory.h"
 
 namespace vessel::vmm::virtio::testing {
@@ -194,5 +199,70 @@ inline void DriverOk(MmioTransport& t) {
   FakeDriverQueue::Write32(
       t, mmio::kStatus, kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk | kStatusDriverOk);
 }
+
+// A device behind an MMIO transport, its event loop running on a thread, and a driver's
+// queues for it, in a fresh directory for the device's sockets. A test fixture calls
+// SetUpHost, makes its device on loop_ and hands it to Attach.
+class VirtioDeviceTest : public ::testing::Test {
+ protected:
+  // Creates dir_ (named after `name` and the test), `memory_size` bytes of guest memory
+  // and the event loop.
+  void SetUpHost(const std::string& name, uint64_t memory_size) {
+    dir_ = std::filesystem::temp_directory_path() /
+           ("vessel-" + name + "-test-" + std::to_string(getpid()) + "-" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    auto mem = GuestMemory::Create(memory_size);
+    ASSERT_TRUE(mem);
+    memory_.emplace(std::move(*mem));
+    auto loop = EventLoop::Create();
+    ASSERT_TRUE(loop);
+    loop_ = std::move(*loop);
+  }
+
+  // Puts `device` behind the transport, lays out `num_queues` driver queues of
+  // `queue_size` entries and starts the loop.
+  void Attach(Result<std::unique_ptr<VirtioDevice>> device, size_t num_queues,
+              uint16_t queue_size) {
+    ASSERT_TRUE(device) << device.error().ToString();
+    interrupt_ = std::make_shared<CountingInterrupt>();
+    transport_ = std::make_unique<MmioTransport>(*memory_, std::move(*device), interrupt_);
+    for (size_t i = 0; i < num_queues; ++i) {
+      queues_.emplace_back(*memory_, 0x10000 + i * kRingBytes, queue_size);
+    }
+    loop_thread_ = std::thread([this] { loop_->Run(); });
+  }
+
+  void TearDown() override {
+    if (loop_thread_.joinable()) {
+      loop_->Stop();
+      loop_thread_.join();
+    }
+    transport_.reset();
+    if (!dir_.empty()) std::filesystem::remove_all(dir_);
+  }
+
+  // Initialises the device with `features` acked and every queue configured, up to
+  // DRIVER_OK.
+  void StartDriver(uint64_t features) {
+    ASSERT_TRUE(NegotiateFeatures(*transport_, features) & kStatusFeaturesOk);
+    for (uint32_t i = 0; i < queues_.size(); ++i) queues_[i].ConfigureMmio(*transport_, i);
+    DriverOk(*transport_);
+    ASSERT_TRUE(transport_->status() & kStatusDriverOk);
+  }
+
+  void Notify(size_t queue) {
+    FakeDriverQueue::Write32(*transport_, mmio::kQueueNotify, static_cast<uint32_t>(queue));
+  }
+
+  std::filesystem::path dir_;
+  std::optional<GuestMemory> memory_;
+  std::unique_ptr<EventLoop> loop_;
+  std::thread loop_thread_;
+  std::shared_ptr<CountingInterrupt> interrupt_;
+  std::unique_ptr<MmioTransport> transport_;
+  std::vector<FakeDriverQueue> queues_;
+  GuestAllocator alloc_{0x100000};
+};
 
 }  // namespace vessel::vmm::virtio::testing

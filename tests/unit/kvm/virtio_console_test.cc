@@ -52,49 +52,17 @@ std::string ReadSome(int fd, size_t max, int timeout_ms = 5000) {
 }
 
 // A guest driver for the console, played through the queues, and a host peer.
-class VirtioConsoleTest : public ::testing::Test {
+class VirtioConsoleTest : public virtio::testing::VirtioDeviceTest {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("vessel-console-test-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
+    ASSERT_NO_FATAL_FAILURE(SetUpHost("console", 4 << 20));
     path_ = (dir_ / "agent.sock").string();
-    auto mem = GuestMemory::Create(4 << 20);
-    ASSERT_TRUE(mem);
-    memory_.emplace(std::move(*mem));
-    auto loop = EventLoop::Create();
-    ASSERT_TRUE(loop);
-    loop_ = std::move(*loop);
-    auto device = MakeVirtioConsole(*loop_, path_, "org.vessel.agent");
-    ASSERT_TRUE(device) << device.error().ToString();
-    interrupt_ = std::make_shared<CountingInterrupt>();
-    transport_ = std::make_unique<MmioTransport>(*memory_, std::move(*device), interrupt_);
-    for (uint16_t i = 0; i < console::kNumQueues; ++i) {
-      queues_.emplace_back(*memory_, 0x10000 + i * virtio::testing::kRingBytes, kQueueSize);
-    }
-    loop_thread_ = std::thread([this] { loop_->Run(); });
-  }
-
-  void TearDown() override {
-    loop_->Stop();
-    loop_thread_.join();
-    transport_.reset();
-    std::filesystem::remove_all(dir_);
+    Attach(MakeVirtioConsole(*loop_, path_, "org.vessel.agent"), console::kNumQueues, kQueueSize);
   }
 
   void Boot() {
-    ASSERT_TRUE(virtio::testing::NegotiateFeatures(
-                    *transport_, virtio::kFeatureVersion1 | console::kFeatureMultiport) &
-                virtio::kStatusFeaturesOk);
-    for (uint32_t i = 0; i < console::kNumQueues; ++i) queues_[i].ConfigureMmio(*transport_, i);
-    virtio::testing::DriverOk(*transport_);
-    ASSERT_TRUE(transport_->status() & virtio::kStatusDriverOk);
+    ASSERT_NO_FATAL_FAILURE(StartDriver(virtio::kFeatureVersion1 | console::kFeatureMultiport));
     for (int i = 0; i < 16; ++i) PostControlBuffer();
-  }
-
-  void Notify(size_t queue) {
-    FakeDriverQueue::Write32(*transport_, virtio::mmio::kQueueNotify, static_cast<uint32_t>(queue));
   }
 
   void PostControlBuffer() {
@@ -189,15 +157,7 @@ class VirtioConsoleTest : public ::testing::Test {
     Notify(queue);
   }
 
-  std::filesystem::path dir_;
   std::string path_;
-  std::optional<GuestMemory> memory_;
-  std::unique_ptr<EventLoop> loop_;
-  std::thread loop_thread_;
-  std::shared_ptr<CountingInterrupt> interrupt_;
-  std::unique_ptr<MmioTransport> transport_;
-  std::vector<FakeDriverQueue> queues_;
-  GuestAllocator alloc_{0x100000};
   std::map<uint16_t, uint64_t> control_bufs_;
   std::map<uint16_t, uint64_t> rx_bufs_;
 };

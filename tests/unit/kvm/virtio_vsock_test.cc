@@ -77,48 +77,17 @@ std::string ReadExactly(int fd, size_t n) {
   return out;
 }
 
-class VirtioVsockTest : public ::testing::Test {
+class VirtioVsockTest : public virtio::testing::VirtioDeviceTest {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() /
-           ("vessel-vsock-test-" + std::to_string(getpid()) + "-" +
-            ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::create_directories(dir_);
+    ASSERT_NO_FATAL_FAILURE(SetUpHost("vsock", 16 << 20));
     uds_ = (dir_ / "v.sock").string();
-    auto mem = GuestMemory::Create(16 << 20);
-    ASSERT_TRUE(mem);
-    memory_.emplace(std::move(*mem));
-    auto loop = EventLoop::Create();
-    ASSERT_TRUE(loop);
-    loop_ = std::move(*loop);
-    auto device = MakeVirtioVsock(*loop_, kGuestCid, uds_);
-    ASSERT_TRUE(device) << device.error().ToString();
-    interrupt_ = std::make_shared<CountingInterrupt>();
-    transport_ = std::make_unique<MmioTransport>(*memory_, std::move(*device), interrupt_);
-    for (uint16_t i = 0; i < vsock::kNumQueues; ++i) {
-      queues_.emplace_back(*memory_, 0x10000 + i * virtio::testing::kRingBytes, kQueueSize);
-    }
-    loop_thread_ = std::thread([this] { loop_->Run(); });
-  }
-
-  void TearDown() override {
-    loop_->Stop();
-    loop_thread_.join();
-    transport_.reset();
-    std::filesystem::remove_all(dir_);
+    Attach(MakeVirtioVsock(*loop_, kGuestCid, uds_), vsock::kNumQueues, kQueueSize);
   }
 
   void Boot(int rx_buffers = 32) {
-    ASSERT_TRUE(virtio::testing::NegotiateFeatures(*transport_, virtio::kFeatureVersion1) &
-                virtio::kStatusFeaturesOk);
-    for (uint32_t i = 0; i < vsock::kNumQueues; ++i) queues_[i].ConfigureMmio(*transport_, i);
-    virtio::testing::DriverOk(*transport_);
-    ASSERT_TRUE(transport_->status() & virtio::kStatusDriverOk);
+    ASSERT_NO_FATAL_FAILURE(StartDriver(virtio::kFeatureVersion1));
     PostRx(rx_buffers);
-  }
-
-  void Notify(size_t queue) {
-    FakeDriverQueue::Write32(*transport_, virtio::mmio::kQueueNotify, static_cast<uint32_t>(queue));
   }
 
   void PostRx(int count) {
@@ -221,15 +190,7 @@ class VirtioVsockTest : public ::testing::Test {
     return h;
   }
 
-  std::filesystem::path dir_;
   std::string uds_;
-  std::optional<GuestMemory> memory_;
-  std::unique_ptr<EventLoop> loop_;
-  std::thread loop_thread_;
-  std::shared_ptr<CountingInterrupt> interrupt_;
-  std::unique_ptr<MmioTransport> transport_;
-  std::vector<FakeDriverQueue> queues_;
-  GuestAllocator alloc_{0x100000};
   std::map<uint16_t, uint64_t> rx_bufs_;
   uint32_t guest_buf_alloc_ = 262144;
   uint32_t guest_fwd_cnt_ = 0;

@@ -14,6 +14,7 @@
 #include <optional>
 #include <vector>
 
+#include "engine/kvm/devices/virtio/device_queues.h"
 #include "engine/kvm/devices/virtio/host_socket.h"
 
 namespace vessel::vmm {
@@ -105,9 +106,8 @@ class VirtioConsole final : public virtio::VirtioDevice {
     if (queues.size() != console::kNumQueues) {
       return Fail(Error::Backend("virtio-console activated with the wrong number of queues"));
     }
-    std::copy(queues.begin(), queues.end(), queues_.begin());
+    queues_.Attach(queues, signal);
     multiport_ = (acked & console::kFeatureMultiport) != 0;
-    signal_ = &signal;
     active_ = true;
     return {};
   }
@@ -126,7 +126,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
       case console::kPort1Tx: PumpGuestToHost(); break;
       default: break;
     }
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   void Reset() override {
@@ -134,8 +134,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
     // The driver's reset before it first sets the device up ends no host session.
     if (!active_) return;
     active_ = false;
-    signal_ = nullptr;
-    queues_.fill(nullptr);
+    queues_.Detach();
     tx_inflight_.reset();
     control_out_.clear();
     guest_open_ = false;
@@ -146,42 +145,20 @@ class VirtioConsole final : public virtio::VirtioDevice {
 
  private:
   bool Usable(size_t index) const {
-    Queue* q = queues_[index];
-    return active_ && q && q->active() && !q->broken() &&
-           (multiport_ || index < console::kControlRx);
+    return active_ && queues_.Usable(index) && (multiport_ || index < console::kControlRx);
   }
 
   // Pops the next chain of `index`; a corrupt ring asks the driver for a reset.
   std::optional<DescriptorChain> PopFrom(size_t index) {
     if (!Usable(index)) return std::nullopt;
-    auto chain = queues_[index]->Pop();
-    if (!chain) {
-      std::fprintf(stderr, "vessel-vmm: virtio-console queue %zu: %s\n", index,
-                   chain.error().message().c_str());
-      signal_->NeedsReset();
-      return std::nullopt;
-    }
-    return *chain;
-  }
-
-  void Push(size_t index, uint16_t head, uint32_t written) {
-    if (auto pushed = queues_[index]->PushUsed(head, written); !pushed) signal_->NeedsReset();
-  }
-
-  void SignalUsed() {
-    if (!signal_) return;
-    bool used = false;
-    for (Queue* q : queues_) {
-      if (q && q->active() && q->TakeUsedSinceSignal()) used = true;
-    }
-    if (used) signal_->UsedBuffers();
+    return queues_.Pop(index);
   }
 
   void DiscardPort0Output() {
     for (size_t i = 0; i < kChainsPerTurn; ++i) {
       auto chain = PopFrom(console::kPort0Tx);
       if (!chain) return;
-      Push(console::kPort0Tx, chain->head, 0);
+      queues_.Push(console::kPort0Tx, chain->head, 0);
     }
   }
 
@@ -201,7 +178,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
       if (chain->writable_bytes >= msg.size()) {
         written = static_cast<uint32_t>(virtio::CopyToBuffers(chain->writable, 0, msg));
       }
-      Push(console::kControlRx, chain->head, written);
+      queues_.Push(console::kControlRx, chain->head, written);
       control_out_.pop_front();
     }
   }
@@ -212,7 +189,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
       if (!chain) return;
       std::array<uint8_t, console::kControlSize> raw{};
       size_t n = virtio::CopyFromBuffers(chain->readable, 0, raw);
-      Push(console::kControlTx, chain->head, 0);
+      queues_.Push(console::kControlTx, chain->head, 0);
       if (n < raw.size()) continue;
       uint32_t id;
       uint16_t event;
@@ -261,16 +238,16 @@ class VirtioConsole final : public virtio::VirtioDevice {
         break;
       }
       if (chain->writable_bytes == 0) {
-        Push(console::kPort1Rx, chain->head, 0);
+        queues_.Push(console::kPort1Rx, chain->head, 0);
         continue;
       }
       auto iov = Iovecs(chain->writable, 0);
       ssize_t n = readv(conn_.get(), iov.data(), static_cast<int>(iov.size()));
       if (n > 0) {
-        Push(console::kPort1Rx, chain->head, static_cast<uint32_t>(n));
+        queues_.Push(console::kPort1Rx, chain->head, static_cast<uint32_t>(n));
         continue;
       }
-      queues_[console::kPort1Rx]->Unpop();
+      queues_.at(console::kPort1Rx)->Unpop();
       if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
       CloseConnection();
       break;
@@ -286,7 +263,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
         auto chain = PopFrom(console::kPort1Tx);
         if (!chain) break;
         if (!conn_) {
-          Push(console::kPort1Tx, chain->head, 0);
+          queues_.Push(console::kPort1Tx, chain->head, 0);
           continue;
         }
         tx_inflight_ = std::move(*chain);
@@ -310,7 +287,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
         tx_offset_ += static_cast<uint64_t>(n);
       }
       if (tx_inflight_) {
-        Push(console::kPort1Tx, tx_inflight_->head, 0);
+        queues_.Push(console::kPort1Tx, tx_inflight_->head, 0);
         tx_inflight_.reset();
       }
     }
@@ -341,7 +318,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
     loop_.Remove(listener_.get());
     if (active_ && multiport_) SendControl(console::kAgentPortId, console::kPortOpen, 1);
     UpdateWatch();
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   void OnConnection(int fd, uint32_t events) {
@@ -352,7 +329,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
     // Hung up with nothing more we can read now: what the host sent last and the guest
     // has no room for belongs to a session that is over.
     if (conn_ && (events & (EPOLLHUP | EPOLLERR))) CloseConnection();
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   void CloseConnection() {
@@ -360,7 +337,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
     conn_.Reset();
     watched_ = 0;
     if (tx_inflight_) {
-      Push(console::kPort1Tx, tx_inflight_->head, 0);
+      queues_.Push(console::kPort1Tx, tx_inflight_->head, 0);
       tx_inflight_.reset();
     }
     if (active_ && multiport_) SendControl(console::kAgentPortId, console::kPortOpen, 0);
@@ -378,8 +355,7 @@ class VirtioConsole final : public virtio::VirtioDevice {
   std::mutex mutex_;
   bool active_ = false;
   bool multiport_ = false;
-  std::array<Queue*, console::kNumQueues> queues_{};
-  virtio::DriverSignal* signal_ = nullptr;
+  virtio::DeviceQueues queues_{"virtio-console"};
   std::deque<std::vector<uint8_t>> control_out_;
   bool guest_open_ = false;
   bool rx_starved_ = false;

@@ -7,7 +7,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <array>
 #include <cerrno>
 #include <charconv>
 #include <cstdio>
@@ -19,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/kvm/devices/virtio/device_queues.h"
 #include "engine/kvm/devices/virtio/host_socket.h"
 #include "engine/kvm/devices/vsock/vsock_packet.h"
 
@@ -151,8 +151,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
     if (queues.size() != vsock::kNumQueues) {
       return Fail(Error::Backend("virtio-vsock activated with the wrong number of queues"));
     }
-    std::copy(queues.begin(), queues.end(), queues_.begin());
-    signal_ = &signal;
+    queues_.Attach(queues, signal);
     active_ = true;
     return {};
   }
@@ -168,7 +167,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
     } else if (index == vsock::kTxQueue) {
       ProcessTx();
     }
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   void Reset() override {
@@ -177,8 +176,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
     // connections made before the guest booted wait for it.
     if (!active_) return;
     active_ = false;
-    signal_ = nullptr;
-    queues_.fill(nullptr);
+    queues_.Detach();
     pending_rx_.clear();
     rx_starved_ = false;
     tx_stalled_ = false;
@@ -186,34 +184,11 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
  private:
-  bool Usable(size_t index) const {
-    Queue* q = queues_[index];
-    return active_ && q && q->active() && !q->broken();
-  }
+  bool Usable(size_t index) const { return active_ && queues_.Usable(index); }
 
   std::optional<DescriptorChain> PopFrom(size_t index) {
     if (!Usable(index)) return std::nullopt;
-    auto chain = queues_[index]->Pop();
-    if (!chain) {
-      std::fprintf(stderr, "vessel-vmm: virtio-vsock queue %zu: %s\n", index,
-                   chain.error().message().c_str());
-      signal_->NeedsReset();
-      return std::nullopt;
-    }
-    return *chain;
-  }
-
-  void Push(size_t index, uint16_t head, uint32_t written) {
-    if (auto pushed = queues_[index]->PushUsed(head, written); !pushed) signal_->NeedsReset();
-  }
-
-  void SignalUsed() {
-    if (!signal_) return;
-    bool used = false;
-    for (Queue* q : queues_) {
-      if (q && q->active() && q->TakeUsedSinceSignal()) used = true;
-    }
-    if (used) signal_->UsedBuffers();
+    return queues_.Pop(index);
   }
 
   // ---- Guest to device ----
@@ -230,7 +205,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
       if (auto packet = vsock::ParseTxPacket(*chain); packet) {
         HandleGuestPacket(packet->header, *chain);
       }
-      Push(vsock::kTxQueue, chain->head, 0);
+      queues_.Push(vsock::kTxQueue, chain->head, 0);
     }
     FlushRx();
   }
@@ -360,7 +335,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
         return;
       }
       auto written = vsock::WriteRxPacket(*chain, pending_rx_.front(), {});
-      Push(vsock::kRxQueue, chain->head, written.value_or(0));
+      queues_.Push(vsock::kRxQueue, chain->head, written.value_or(0));
       if (written) pending_rx_.pop_front();
     }
   }
@@ -386,7 +361,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
         break;
       }
       if (chain->writable_bytes <= vsock::kHeaderSize) {
-        Push(vsock::kRxQueue, chain->head, 0);
+        queues_.Push(vsock::kRxQueue, chain->head, 0);
         continue;
       }
       size_t room =
@@ -394,14 +369,14 @@ class VirtioVsock final : public virtio::VirtioDevice {
       auto iov = Iovecs(chain->writable, vsock::kHeaderSize, std::min<size_t>(room, credit));
       ssize_t n = readv(c->fd.get(), iov.data(), static_cast<int>(iov.size()));
       if (n <= 0) {
-        queues_[vsock::kRxQueue]->Unpop();
+        queues_.at(vsock::kRxQueue)->Unpop();
         if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
         return HostClosed(c);
       }
       PacketHeader h = HeaderFor(c, Op::kRw);
       h.len = static_cast<uint32_t>(n);
       virtio::CopyToBuffers(chain->writable, 0, vsock::EncodeHeader(h));
-      Push(vsock::kRxQueue, chain->head, static_cast<uint32_t>(vsock::kHeaderSize) + h.len);
+      queues_.Push(vsock::kRxQueue, chain->head, static_cast<uint32_t>(vsock::kHeaderSize) + h.len);
       c->tx_cnt += h.len;
       c->fwd_cnt_sent = c->fwd_cnt;
     }
@@ -527,7 +502,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
         if (events & (EPOLLHUP | EPOLLERR)) HostClosed(c);
         break;
     }
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   // Reads the CONNECT line a byte at a time, so no byte meant for the guest is taken. A
@@ -552,7 +527,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
     QueuePacket(HeaderFor(c, Op::kRequest));
     FlushRx();
     UpdateWatch(c);
-    SignalUsed();
+    queues_.SignalUsed();
   }
 
   uint32_t AllocateLocalPort() {
@@ -627,8 +602,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
 
   std::mutex mutex_;
   bool active_ = false;
-  std::array<Queue*, vsock::kNumQueues> queues_{};
-  virtio::DriverSignal* signal_ = nullptr;
+  virtio::DeviceQueues queues_{"virtio-vsock"};
   std::deque<PacketHeader> pending_rx_;
   bool rx_starved_ = false;
   bool tx_stalled_ = false;
