@@ -100,4 +100,15 @@ int SweepStaleRuntimeDirs() {
   return removed;
 }
 
+std::string RuntimeDir::Diagnostics(const std::string& vmm) const {
+  constexpr size_t kTailBytes = 2048;
+  std::string out;
+  std::string log = ReadFileTail(File("vmm.log"), kTailBytes);
+  if (!log.empty()) out += vmm + " said: " + log;
+  std::string console = ReadFileTail(File("console.log"), kTailBytes);
+  if (!console.empty())
+    out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
+  return out.empty() ? "no output from " + vmm + " or the guest console" : out;
+}
+
 }  // namespace vessel::engine

@@ -39,6 +39,9 @@ class RuntimeDir {
   [[nodiscard]] const std::string& id() const { return id_; }
   [[nodiscard]] const std::string& path() const { return path_; }
   [[nodiscard]] std::string File(const std::string& name) const { return path_ + "/" + name; }
+  // Why the VM might have failed, for error messages: the tails of the VMM's own log
+  // (vmm.log, introduced as "<vmm> said") and of the guest console (console.log).
+  [[nodiscard]] std::string Diagnostics(const std::string& vmm) const;
   void Remove();
 
  private:

@@ -27,10 +27,9 @@ namespace {
 // The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
 constexpr uint32_t kGuestMaxVcpus = 8;
 constexpr uint32_t kMaxMemoryMib = 16 * 1024;
-constexpr size_t kDiagnosticBytes = 2048;
 // Control requests are answered at once unless the VMM is stuck; configure loads the
-// kernel and initramfs.
-constexpr auto kControlTimeout = std::chrono::seconds(10);
+// kernel and initramfs, which takes seconds on a loaded host running nested.
+constexpr auto kControlTimeout = std::chrono::seconds(30);
 // Destroy asks the VMM to shut down, and kills it when it takes longer than this.
 constexpr auto kShutdownTimeout = std::chrono::milliseconds(500);
 // A channel that ends because the VMM exits ends moments before the process does.
@@ -203,15 +202,7 @@ class KvmVm final : public Vm {
     return state->get<std::string>();
   }
 
-  std::string Diagnostics() const override {
-    std::string out;
-    std::string vmm = ReadFileTail(dir_.File("vmm.log"), kDiagnosticBytes);
-    if (!vmm.empty()) out += "vessel-vmm said: " + vmm;
-    std::string console = ReadFileTail(dir_.File("console.log"), kDiagnosticBytes);
-    if (!console.empty())
-      out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
-    return out.empty() ? "no output from vessel-vmm or the guest console" : out;
-  }
+  std::string Diagnostics() const override { return dir_.Diagnostics("vessel-vmm"); }
 
   void Destroy() override {
     std::lock_guard lock(destroy_mutex_);

@@ -28,7 +28,6 @@ constexpr uint32_t kGuestMaxVcpus = 8;
 constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 // TCG's translation cache reserves 1 GiB by default; a microVM needs far less.
 constexpr uint32_t kTcgCacheMib = 64;
-constexpr size_t kDiagnosticBytes = 2048;
 constexpr auto kQmpTimeout = std::chrono::seconds(5);
 // Saving or loading a VM: device state is small, but a copy of RAM may be large.
 constexpr auto kSaveTimeout = std::chrono::seconds(120);
@@ -240,15 +239,7 @@ class QemuVm final : public Vm {
     return (*status)["status"].get<std::string>();
   }
 
-  std::string Diagnostics() const override {
-    std::string out;
-    std::string vmm = ReadFileTail(dir_.File("vmm.log"), kDiagnosticBytes);
-    if (!vmm.empty()) out += "QEMU said: " + vmm;
-    std::string console = ReadFileTail(dir_.File("console.log"), kDiagnosticBytes);
-    if (!console.empty())
-      out += (out.empty() ? "" : "\n") + std::string("guest console tail:\n") + console;
-    return out.empty() ? "no output from QEMU or the guest console" : out;
-  }
+  std::string Diagnostics() const override { return dir_.Diagnostics("QEMU"); }
 
   void Destroy() override {
     {
