@@ -55,10 +55,12 @@ std::unique_ptr<Sandbox> MustRestore(const std::string& dir, const RestoreOption
   return restored ? std::move(*restored) : nullptr;
 }
 
-// A counter that a detached background process bumps every 50 ms, and its pid.
+// A counter that a detached background process bumps every 50 ms, and its pid. Each value
+// is renamed into place, so a reader never sees the file truncated and not yet written.
 constexpr const char* kStartCounter =
     "setsid sh -c 'echo $$ > /tmp/counter.pid; i=0; while true; do i=$((i+1)); "
-    "echo $i > /tmp/counter; sleep 0.05; done' > /dev/null 2>&1 < /dev/null & "
+    "echo $i > /tmp/counter.new; mv /tmp/counter.new /tmp/counter; sleep 0.05; done' "
+    "> /dev/null 2>&1 < /dev/null & "
     "while [ ! -s /tmp/counter ]; do sleep 0.01; done";
 
 int Counter(Sandbox& sandbox) { return std::stoi(Trimmed(Sh(sandbox, "cat /tmp/counter"))); }
