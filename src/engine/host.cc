@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <string>
 
 #include "base/unique_fd.h"
 
@@ -37,6 +38,17 @@ std::optional<std::string> KvmUnusableReason() {
         "virtualisation cannot run full-system guests)");
   }
   return std::nullopt;
+}
+
+uint64_t HostMemoryMib() {
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t kib = 0;
+  while (meminfo >> key >> kib) {
+    if (key == "MemTotal:") return kib / 1024;
+    meminfo.ignore(64, '\n');
+  }
+  return 0;
 }
 
 }  // namespace vessel::engine

@@ -13,11 +13,7 @@ namespace {
 using testing::LiveVmmProcesses;
 using testing::MustCreate;
 using testing::RuntimeLeftovers;
-
-void ExpectNothingLeft() {
-  EXPECT_TRUE(LiveVmmProcesses().empty());
-  EXPECT_TRUE(RuntimeLeftovers().empty());
-}
+using testing::ExpectNothingLeft;
 
 void ExpectInvalidConfig(const SandboxConfig& config, const std::string& field) {
   auto sandbox = Sandbox::Create(config);

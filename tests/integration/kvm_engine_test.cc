@@ -17,11 +17,7 @@ namespace {
 using testing::LiveVmmProcesses;
 using testing::MustCreate;
 using testing::RuntimeLeftovers;
-
-void ExpectNothingLeft() {
-  EXPECT_TRUE(LiveVmmProcesses().empty());
-  EXPECT_TRUE(RuntimeLeftovers().empty());
-}
+using testing::ExpectNothingLeft;
 
 std::string Trimmed(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();

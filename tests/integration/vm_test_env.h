@@ -32,6 +32,12 @@ std::vector<int> LiveVmmProcesses();
 // Entries left in TestRuntimeRoot().
 std::vector<std::string> RuntimeLeftovers();
 
+// No VMM process and no runtime file of this test binary is left.
+inline void ExpectNothingLeft() {
+  EXPECT_TRUE(LiveVmmProcesses().empty());
+  EXPECT_TRUE(RuntimeLeftovers().empty());
+}
+
 // Creates a sandbox or fails the current test with the error. A config that leaves the
 // engine on kAuto gets the engine under test.
 std::unique_ptr<Sandbox> MustCreate(const SandboxConfig& config = TestConfig());

@@ -42,17 +42,6 @@ constexpr auto kConnectAnswerTimeout = std::chrono::seconds(1);
 // "OK <port>\n" is short; anything longer is not an answer.
 constexpr size_t kMaxVsockAnswer = 64;
 
-uint64_t HostMemoryMib() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  uint64_t kib = 0;
-  while (meminfo >> key >> kib) {
-    if (key == "MemTotal:") return kib / 1024;
-    meminfo.ignore(64, '\n');
-  }
-  return 0;
-}
-
 bool IsExecutable(const std::string& path) {
   return !path.empty() && std::filesystem::is_regular_file(path) &&
          ::access(path.c_str(), X_OK) == 0;

@@ -43,17 +43,6 @@ std::string QemuOptionValue(const std::string& value) {
   return escaped;
 }
 
-uint64_t HostMemoryMib() {
-  std::ifstream meminfo("/proc/meminfo");
-  std::string key;
-  uint64_t kib = 0;
-  while (meminfo >> key >> kib) {
-    if (key == "MemTotal:") return kib / 1024;
-    meminfo.ignore(64, '\n');
-  }
-  return 0;
-}
-
 struct SocketPair {
   UniqueFd host;
   UniqueFd vmm;
