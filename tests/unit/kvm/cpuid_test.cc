@@ -51,7 +51,7 @@ std::optional<kvm_cpuid_entry2> Find(const std::vector<kvm_cpuid_entry2>& entrie
 TEST(Cpuid, EachVcpuCarriesItsApicId) {
   auto supported = Supported();
   for (uint32_t i = 0; i < 4; ++i) {
-    auto entries = CpuidForVcpu(supported, i, 4);
+    auto entries = CpuidForVcpu(supported, i, 4, false);
     EXPECT_EQ(entries.size(), supported.size());
     EXPECT_EQ(Find(entries, 0x1)->ebx >> 24, i);
     EXPECT_EQ(Find(entries, 0xb, 0)->edx, i);
@@ -62,7 +62,7 @@ TEST(Cpuid, EachVcpuCarriesItsApicId) {
 }
 
 TEST(Cpuid, FourVcpusAreFourCoresOfOneSocket) {
-  auto entries = CpuidForVcpu(Supported(), 0, 4);
+  auto entries = CpuidForVcpu(Supported(), 0, 4, false);
   auto leaf1 = *Find(entries, 0x1);
   EXPECT_EQ((leaf1.ebx >> 16) & 0xff, 4u);  // logical processors per package
   EXPECT_EQ(leaf1.ebx & 0xffff, 0x0800u);   // CLFLUSH size and brand kept
@@ -98,7 +98,7 @@ TEST(Cpuid, FourVcpusAreFourCoresOfOneSocket) {
 }
 
 TEST(Cpuid, OneVcpuIsOneCoreWithoutHtt) {
-  auto entries = CpuidForVcpu(Supported(), 0, 1);
+  auto entries = CpuidForVcpu(Supported(), 0, 1, false);
   auto leaf1 = *Find(entries, 0x1);
   EXPECT_EQ((leaf1.ebx >> 16) & 0xff, 1u);
   EXPECT_EQ(leaf1.edx & (1u << 28), 0u);
@@ -110,16 +110,32 @@ TEST(Cpuid, OneVcpuIsOneCoreWithoutHtt) {
 }
 
 TEST(Cpuid, ThreeVcpusNeedTwoApicIdBits) {
-  auto entries = CpuidForVcpu(Supported(), 2, 3);
+  auto entries = CpuidForVcpu(Supported(), 2, 3, false);
   EXPECT_EQ(Find(entries, 0xb, 1)->eax, 2u);
   EXPECT_EQ(Find(entries, 0xb, 1)->ebx, 3u);
 }
 
 TEST(Cpuid, LeavesOtherEntriesAlone) {
-  auto entries = CpuidForVcpu(Supported(), 1, 2);
+  auto entries = CpuidForVcpu(Supported(), 1, 2, false);
   auto leaf0 = *Find(entries, 0x0);
   EXPECT_EQ(leaf0.ebx, 0x756e6547u);
   EXPECT_EQ(leaf0.eax, 0x1fu);
+}
+
+TEST(Cpuid, TscDeadlineTimerIsAnnouncedOnlyWhenKvmEmulatesIt) {
+  constexpr uint32_t kTscDeadline = 1u << 24;
+  // As older kernels' KVM_GET_SUPPORTED_CPUID reports leaf 1: without the bit.
+  auto supported = Supported();
+  for (auto& e : supported) {
+    if (e.function == 0x1) e.ecx &= ~kTscDeadline;
+  }
+  auto without = CpuidForVcpu(supported, 0, 1, false);
+  EXPECT_EQ(Find(without, 0x1)->ecx & kTscDeadline, 0u);
+  auto with = CpuidForVcpu(supported, 0, 1, true);
+  auto leaf1 = *Find(with, 0x1);
+  EXPECT_NE(leaf1.ecx & kTscDeadline, 0u);
+  // Only that bit is added.
+  EXPECT_EQ(leaf1.ecx & ~kTscDeadline, Find(without, 0x1)->ecx);
 }
 
 }  // namespace

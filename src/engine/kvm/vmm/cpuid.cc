@@ -13,6 +13,7 @@ constexpr uint32_t kLeafExtFeatures = 0x80000001;
 constexpr uint32_t kLeafAddressSizes = 0x80000008;
 constexpr uint32_t kLeafAmdTopology = 0x8000001e;
 
+constexpr uint32_t kEcxTscDeadline = 1u << 24;
 constexpr uint32_t kEcxHypervisor = 1u << 31;
 constexpr uint32_t kEdxHtt = 1u << 28;
 constexpr uint32_t kExtEcxCmpLegacy = 1u << 1;
@@ -30,7 +31,8 @@ void SetBits(uint32_t& reg, int shift, int width, uint32_t value) {
 }  // namespace
 
 std::vector<kvm_cpuid_entry2> CpuidForVcpu(std::span<const kvm_cpuid_entry2> supported,
-                                           uint32_t index, uint32_t count) {
+                                           uint32_t index, uint32_t count,
+                                           bool tsc_deadline_timer) {
   const uint32_t apic_id = index;
   const uint32_t core_bits = CoreIdBits(count);
   std::vector<kvm_cpuid_entry2> out(supported.begin(), supported.end());
@@ -40,6 +42,7 @@ std::vector<kvm_cpuid_entry2> CpuidForVcpu(std::span<const kvm_cpuid_entry2> sup
         SetBits(e.ebx, 24, 8, apic_id);
         SetBits(e.ebx, 16, 8, count);  // logical processors per package
         e.ecx |= kEcxHypervisor;
+        if (tsc_deadline_timer) e.ecx |= kEcxTscDeadline;
         if (count > 1) {
           e.edx |= kEdxHtt;
         } else {

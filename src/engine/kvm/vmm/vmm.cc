@@ -299,6 +299,8 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
   }
   std::vector<kvm_cpuid_entry2> supported(table->entries,
                                           table->entries + std::min(table->nent, kMaxCpuidEntries));
+  const bool tsc_deadline_timer = Ioctl(kvm_.get(), KVM_CHECK_EXTENSION,
+                                        KVM_CAP_TSC_DEADLINE_TIMER) > 0;
 
   for (uint32_t i = 0; i < config.vcpus; ++i) {
     auto vcpu = std::make_unique<Vcpu>();
@@ -311,7 +313,8 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
     vcpu->run = static_cast<kvm_run*>(run);
     vcpu->run_size = static_cast<size_t>(run_size);
 
-    std::vector<kvm_cpuid_entry2> entries = CpuidForVcpu(supported, i, config.vcpus);
+    std::vector<kvm_cpuid_entry2> entries =
+        CpuidForVcpu(supported, i, config.vcpus, tsc_deadline_timer);
     auto set = std::make_unique<CpuidTable>();
     set->nent = static_cast<uint32_t>(std::min<size_t>(entries.size(), kMaxCpuidEntries));
     std::copy_n(entries.begin(), set->nent, set->entries);
