@@ -22,15 +22,12 @@
 #include <string>
 #include <vector>
 
+#include "invariant.h"
 #include "protocol/wire.h"
 
 namespace vessel::protocol::fuzz {
 
-inline void Check(bool ok, const char* invariant) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant broken: %s\n", invariant);
-  std::abort();
-}
+using vessel::fuzz::Check;
 
 // The bytes a frame arrived as: DecodeHeader only accepts zero reserved bytes, so the
 // header is fully determined by the decoded fields.

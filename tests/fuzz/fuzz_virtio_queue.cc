@@ -18,16 +18,13 @@
 
 #include "engine/kvm/devices/virtio/queue.h"
 #include "engine/kvm/vmm/guest_memory.h"
+#include "invariant.h"
 #include "virtio_fuzz_layout.h"
 
 namespace vessel::vmm::fuzz {
 namespace {
 
-void Check(bool ok, const char* invariant) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant broken: %s\n", invariant);
-  std::abort();
-}
+using vessel::fuzz::Check;
 
 uint32_t U32(const uint8_t* p) {
   uint32_t v;

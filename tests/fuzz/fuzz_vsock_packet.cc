@@ -26,16 +26,13 @@
 #include "engine/kvm/devices/vsock/vsock_packet.h"
 #include "engine/kvm/vmm/event_loop.h"
 #include "engine/kvm/vmm/guest_memory.h"
+#include "invariant.h"
 #include "virtio_fuzz_layout.h"
 
 namespace vessel::vmm::fuzz {
 namespace {
 
-void Check(bool ok, const char* invariant) {
-  if (ok) return;
-  std::fprintf(stderr, "invariant broken: %s\n", invariant);
-  std::abort();
-}
+using vessel::fuzz::Check;
 
 class NullSignal : public virtio::DriverSignal {
  public:
