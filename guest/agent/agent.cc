@@ -90,7 +90,8 @@ void Agent::Turn() {
     Source source;
     uint32_t id;
   };
-  std::vector<pollfd> fds{{sigchld_.get(), POLLIN, 0}, port_.PollEvents()};
+  std::vector<pollfd> fds{
+      {sigchld_.get(), POLLIN, 0}, port_.PollEvents(), {dump_requests_.get(), POLLIN, 0}};
   std::vector<Slot> slots;
   auto add = [&](pollfd pfd, Source source, uint32_t id) {
     if (pfd.fd < 0) return;
@@ -109,8 +110,9 @@ void Agent::Turn() {
   }
 
   if (fds[0].revents & POLLIN) Reap();
+  if (fds[2].revents & POLLIN) OnDumpRequest();
   for (size_t i = 0; i < slots.size(); ++i) {
-    if (fds[i + 2].revents == 0) continue;
+    if (fds[i + 3].revents == 0) continue;
     auto [source, id] = slots[i];
     if (source == Source::kFile) {
       auto it = reads_.find(id);
@@ -134,6 +136,31 @@ void Agent::Turn() {
     OnReconnect();
   }
   port_.Flush();
+}
+
+// Reads what the console has; logs the state for each complete request line. Anything else
+// typed there is dropped, a bounded line at a time.
+void Agent::OnDumpRequest() {
+  char buf[256];
+  ssize_t n = read(dump_requests_.get(), buf, sizeof(buf));
+  if (n <= 0) {
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) dump_requests_.Reset();
+    return;
+  }
+  for (char c : std::string_view(buf, static_cast<size_t>(n))) {
+    if (c != '\n') {
+      if (dump_line_.size() < kDumpRequest.size()) dump_line_.push_back(c);
+      continue;
+    }
+    if (dump_line_ == kDumpRequest) {
+      Log("state dump: {} command(s), {} file read(s), {} file write(s); {}", processes_.size(),
+          reads_.size(), writes_.size(), port_.Describe());
+      for (const auto& [id, process] : processes_) {
+        for (const std::string& line : process.Describe()) Log("request {} {}", id, line);
+      }
+    }
+    dump_line_.clear();
+  }
 }
 
 int Agent::NextTimeoutMs() const {

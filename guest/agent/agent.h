@@ -8,6 +8,7 @@
 #include <map>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "base/unique_fd.h"
 #include "files.h"
@@ -17,10 +18,17 @@
 
 namespace vessel::agent {
 
+// What the host writes on the guest's serial line to ask for the dump (the kvm engine's
+// vessel-vmm does on SIGUSR2).
+inline constexpr std::string_view kDumpRequest = "vessel-agent-dump";
+
 class Agent {
  public:
   // `port` is the channel to the host: the virtio-serial port or a vsock listener.
-  explicit Agent(Port port) : port_(std::move(port)) {}
+  // `dump_requests` (may be invalid) is the console's input: a line kDumpRequest there
+  // makes the agent log its state, a line per command stream.
+  Agent(Port port, UniqueFd dump_requests)
+      : port_(std::move(port)), dump_requests_(std::move(dump_requests)) {}
 
   // Says hello and serves the host forever. Also reaps every orphan, as PID 1 must.
   [[noreturn]] void Run();
@@ -32,6 +40,7 @@ class Agent {
   void FinishExited();
   void CheckDeadlines();
   void OnReconnect();
+  void OnDumpRequest();
 
   void Handle(const protocol::Frame& frame);
   void OnExec(uint32_t id, std::span<const uint8_t> payload);
@@ -54,6 +63,8 @@ class Agent {
   [[nodiscard]] size_t OpenTransfers() const;
 
   Port port_;
+  UniqueFd dump_requests_;
+  std::string dump_line_;
   UniqueFd sigchld_;
   std::map<uint32_t, Process> processes_;
   // Transfers are neither copied nor moved: the maps construct them in place.

@@ -14,6 +14,7 @@
 #include <sys/reboot.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -150,6 +151,19 @@ vessel::UniqueFd OpenSerialPort() {
   return channel;
 }
 
+// The serial console's input, for the host's dump requests (Agent's kDumpRequest), read a
+// line at a time and not echoed; invalid where the console has no input.
+vessel::UniqueFd OpenDumpRequests() {
+  vessel::UniqueFd fd(open("/dev/ttyS0", O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC));
+  termios mode{};
+  if (fd && tcgetattr(fd.get(), &mode) == 0) {
+    mode.c_lflag |= ICANON;
+    mode.c_lflag &= ~static_cast<tcflag_t>(ECHO | ECHONL);
+    tcsetattr(fd.get(), TCSANOW, &mode);
+  }
+  return fd;
+}
+
 }  // namespace
 }  // namespace vessel::agent
 
@@ -161,10 +175,10 @@ int main() {
 
   if (auto vsock_port = VsockPortFromCmdline()) {
     vessel::UniqueFd listener = ListenVsock(*vsock_port);
-    if (listener) Agent(Port::Listening(std::move(listener))).Run();
+    if (listener) Agent(Port::Listening(std::move(listener)), OpenDumpRequests()).Run();
     Log("cannot listen on vsock port {}: {}", *vsock_port, std::strerror(errno));
   } else if (vessel::UniqueFd channel = OpenSerialPort()) {
-    Agent(Port::Serial(std::move(channel))).Run();
+    Agent(Port::Serial(std::move(channel)), OpenDumpRequests()).Run();
   }
   reboot(RB_AUTOBOOT);  // with reboot=t the VM ends
   return 1;

@@ -1,5 +1,6 @@
 #include "port.h"
 
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -52,6 +53,13 @@ void Port::SendHello(std::vector<uint8_t> hello) {
   }
   queued_bytes_ += hello.size();
   queue_.insert(queue_.begin() + (front_written_ > 0 ? 1 : 0), std::move(hello));
+}
+
+std::string Port::Describe() const {
+  return fmt::format("port: {} queued_frames={} queued_bytes={} front_written={} held={}{}{}",
+                     connected_ ? "connected" : "away", queue_.size(), queued_bytes_,
+                     front_written_, held_.size(), quiesced_ ? " quiesced" : "",
+                     HasRoom() ? "" : " no-room");
 }
 
 bool Port::HasRoom() const { return connected_ && !quiesced_ && queued_bytes_ < kMaxQueuedBytes; }

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <string>
 #include <vector>
 
 #include "base/unique_fd.h"
@@ -59,6 +60,8 @@ class Port {
   // partly written to the old host. Also valid when not quiesced.
   void Resume(std::vector<uint8_t> reply, bool forget_host);
   [[nodiscard]] bool quiesced() const { return quiesced_; }
+  // One line for a state dump.
+  [[nodiscard]] std::string Describe() const;
 
   using FrameHandler = std::function<void(const protocol::Frame&)>;
   // Acts on what poll() reported for PollEvents(): reads the frames that arrived and hands

@@ -310,6 +310,19 @@ std::optional<Clock::time_point> Process::PendingDeadline() const {
   return deadline_;
 }
 
+std::vector<std::string> Process::Describe() const {
+  auto output = [](const char* name, const OutputPipe& p) {
+    return fmt::format("{}: {} credit={} forwarded={}{}", name, p.fd ? "open" : "closed",
+                       p.credit, p.forwarded, p.truncated ? " truncated" : "");
+  };
+  return {fmt::format("pid {} {}", pid_,
+                      exit_status_ ? fmt::format("exited (status {:#x})", *exit_status_)
+                                   : "running"),
+          output("stdout", stdout_), output("stderr", stderr_),
+          fmt::format("stdin: {} pending={}{}", stdin_ ? "open" : "closed",
+                      stdin_pending_.size(), stdin_eof_ ? " eof" : "")};
+}
+
 void Process::CheckDeadline(Clock::time_point now) {
   auto deadline = PendingDeadline();
   if (deadline && now >= *deadline) {

@@ -82,6 +82,9 @@ class Process {
   [[nodiscard]] std::optional<Clock::time_point> PendingDeadline() const;
   void CheckDeadline(Clock::time_point now);
 
+  // A line per stream (stdout, stderr, stdin) for a state dump.
+  [[nodiscard]] std::vector<std::string> Describe() const;
+
  private:
   struct OutputPipe {
     UniqueFd fd;

@@ -59,6 +59,7 @@ class FakeDevice : public VirtioDevice {
     log_.notified.push_back(index);
     log_.signal->UsedBuffers();
   }
+  std::string DescribeState() override { return "  fake\n"; }
   void Reset() override {
     ++log_.resets;
     log_.queues.clear();

@@ -61,8 +61,37 @@ TEST_F(SerialTest, TransmitterIsAlwaysEmpty) {
   EXPECT_EQ(In(kLsr) & 0x60, 0x60);
   Print("x");
   EXPECT_EQ(In(kLsr) & 0x60, 0x60);
-  EXPECT_EQ(In(kLsr) & 0x01, 0);  // no data ready: nothing is ever received
+  EXPECT_EQ(In(kLsr) & 0x01, 0);  // no data ready: nothing was received
   EXPECT_EQ(In(kThr), 0);
+}
+
+TEST_F(SerialTest, ReceivedBytesAreReadInOrderWithDataReadyAndTheirInterrupt) {
+  serial_->Receive("ab");
+  EXPECT_EQ(irq_->count, 0);  // receive interrupts not enabled yet
+  EXPECT_EQ(In(kIir), 0x01);
+  Out(kIer, 0x01);
+  EXPECT_EQ(irq_->count, 1);  // enabling them with data waiting raises one
+  EXPECT_EQ(In(kIir), 0x04);
+  EXPECT_EQ(In(kLsr) & 0x01, 0x01);
+  EXPECT_EQ(In(kThr), 'a');
+  EXPECT_EQ(In(kThr), 'b');
+  EXPECT_EQ(In(kLsr) & 0x01, 0);
+  EXPECT_EQ(In(kIir), 0x01);  // reading the data cleared it
+  serial_->Receive("c");
+  EXPECT_EQ(irq_->count, 2);
+  EXPECT_EQ(In(kThr), 'c');
+  EXPECT_EQ(Log(), "");  // input is not echoed into the log
+}
+
+TEST_F(SerialTest, ReceiveLineIsBounded) {
+  serial_->Receive(std::string(kMaxSerialReceiveBytes + 100, 'x'));
+  serial_->Receive("more");
+  size_t n = 0;
+  while (In(kLsr) & 0x01) {
+    EXPECT_EQ(In(kThr), 'x');
+    ++n;
+  }
+  EXPECT_EQ(n, kMaxSerialReceiveBytes);
 }
 
 TEST_F(SerialTest, DivisorLatchAndScratch) {

@@ -1,5 +1,7 @@
 #include "engine/kvm/devices/vsock/virtio_vsock.h"
 
+#include <fmt/format.h>
+#include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -25,6 +27,7 @@ using virtio::testing::GuestAllocator;
 using virtio::testing::UsedElem;
 using vsock::Op;
 using vsock::PacketHeader;
+using ::testing::HasSubstr;
 
 constexpr uint64_t kGuestCid = 3;
 constexpr uint16_t kQueueSize = 256;
@@ -224,6 +227,20 @@ TEST_F(VirtioVsockTest, HostConnectsAndBytesFlowBothWays) {
   Send(OnConn(Op::kRw), "pong");
   EXPECT_EQ(ReadSome(host.get()), "pong");
   EXPECT_GT(interrupt_->count.load(), 0);
+}
+
+TEST_F(VirtioVsockTest, StateDumpShowsQueuesAndEachConnectionsCredit) {
+  EXPECT_THAT(transport_->DescribeState(), HasSubstr("not active"));
+  Boot();
+  UniqueFd host = HostConnect();
+  ASSERT_EQ(write(host.get(), "ping", 4), 4);
+  ASSERT_EQ(Receive().size(), 1u);
+  std::string dump = transport_->DescribeState();
+  EXPECT_THAT(dump, HasSubstr("virtio device type 19"));
+  EXPECT_THAT(dump, HasSubstr("queue 0: size="));
+  EXPECT_THAT(dump, HasSubstr("connections=1"));
+  EXPECT_THAT(dump, HasSubstr(fmt::format("conn {}<->1024 connected", host_port_)));
+  EXPECT_THAT(dump, HasSubstr("tx_cnt=4"));
 }
 
 TEST_F(VirtioVsockTest, HostConnectBeforeDriverIsUpWaitsForIt) {

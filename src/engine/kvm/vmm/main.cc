@@ -1,7 +1,9 @@
 // vessel-vmm: one process per VM, on the raw KVM API. Driven by the host library over the
 // control socket it inherits (docs/vmm-protocol.md); see docs/vmm.md for its insides.
+// SIGUSR2 makes it write a dump of the VM's state to stderr (Vm::DumpState).
 #include <fmt/format.h>
 #include <poll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -71,18 +73,26 @@ class VmHost : public VmController {
   std::unique_ptr<Vm> vm_;
 };
 
-int Serve(int control_fd, bool seccomp) {
+// `dump_fd` is a signalfd for SIGUSR2.
+int Serve(int control_fd, int dump_fd, bool seccomp) {
   VmHost host(seccomp);
   ControlSession session(host);
   std::string buffer(kMaxControlMessage + 1, '\0');
   for (;;) {
-    pollfd fds[2] = {
+    pollfd fds[3] = {
         {.fd = control_fd, .events = POLLIN, .revents = 0},
-        {.fd = host.vm() ? host.vm()->stopped_fd() : -1, .events = POLLIN, .revents = 0}};
-    if (::poll(fds, 2, -1) < 0) {
+        {.fd = host.vm() ? host.vm()->stopped_fd() : -1, .events = POLLIN, .revents = 0},
+        {.fd = dump_fd, .events = POLLIN, .revents = 0}};
+    if (::poll(fds, 3, -1) < 0) {
       if (errno == EINTR) continue;
       Log("poll: {}", std::strerror(errno));
       return 1;
+    }
+    if (fds[2].revents & POLLIN) {
+      signalfd_siginfo info;
+      if (::read(dump_fd, &info, sizeof(info)) == sizeof(info)) {
+        Log("{}", host.vm() ? host.vm()->DumpState() : "state dump: no VM configured yet\n");
+      }
     }
     if (fds[1].revents & POLLIN) {
       Log("the VM stopped: {} ({} port and {} MMIO accesses reached no device)",
@@ -159,5 +169,16 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::signal(SIGPIPE, SIG_IGN);
-  return vessel::vmm::Serve(control_fd, seccomp);
+  // Blocked before any thread starts, so every thread inherits the mask and the signal
+  // waits for the signalfd.
+  sigset_t dump_signal;
+  sigemptyset(&dump_signal);
+  sigaddset(&dump_signal, SIGUSR2);
+  pthread_sigmask(SIG_BLOCK, &dump_signal, nullptr);
+  int dump_fd = signalfd(-1, &dump_signal, SFD_CLOEXEC | SFD_NONBLOCK);
+  if (dump_fd < 0) {
+    std::perror("vessel-vmm: signalfd");
+    return 1;
+  }
+  return vessel::vmm::Serve(control_fd, dump_fd, seccomp);
 }

@@ -219,9 +219,25 @@ Result<void> Vm::AddVirtioDevice(uint32_t slot, std::unique_ptr<virtio::VirtioDe
   if (!irq) return Fail(std::move(irq).error());
   auto transport = std::make_unique<virtio::MmioTransport>(*memory_, std::move(device), *irq);
   mmio_bus_.Insert(kVirtioMmioBase + slot * kVirtioMmioSize, kVirtioMmioSize, transport.get());
+  transports_.push_back(transport.get());
   mmio_devices_.push_back(std::move(transport));
   virtio_slots_.push_back(slot);
   return {};
+}
+
+std::string Vm::DumpState() {
+  std::string out;
+  {
+    std::lock_guard lock(mutex_);
+    out = fmt::format("state dump: vm {}, {} vCPUs, {} parked, {} exited; unclaimed pio={} mmio={}\n",
+                      ToString(state_), vcpus_.size(), parked_, exited_, unknown_pio_.load(),
+                      unknown_mmio_.load());
+  }
+  for (size_t i = 0; i < transports_.size(); ++i) {
+    out += fmt::format("virtio slot {}: {}", virtio_slots_[i], transports_[i]->DescribeState());
+  }
+  if (serial_) serial_->Receive(kGuestDumpRequest);
+  return out;
 }
 
 Result<void> Vm::SetUpDevices(const VmConfig& config) {

@@ -30,6 +30,7 @@
 namespace vessel::vmm {
 
 namespace virtio {
+class MmioTransport;
 class VirtioDevice;
 }
 
@@ -40,6 +41,8 @@ inline constexpr uint32_t kVirtioFirstGsi = 5;
 inline constexpr uint32_t kVsockSlot = 0;
 inline constexpr uint32_t kConsoleSlot = 1;
 inline constexpr std::string_view kAgentPortName = "org.vessel.agent";
+// The line the guest agent answers with its state dump (guest/agent/main.cc).
+inline constexpr std::string_view kGuestDumpRequest = "vessel-agent-dump\n";
 
 // The kernel command line the guest gets: the configured one plus a virtio_mmio.device=
 // entry for each virtio slot in `slots`, placed before any "--" that starts init's
@@ -99,6 +102,11 @@ class Vm {
   [[nodiscard]] uint64_t unclaimed_pio() const { return unknown_pio_.load(); }
   [[nodiscard]] uint64_t unclaimed_mmio() const { return unknown_mmio_.load(); }
 
+  // Why is it stuck? The VM's state and each virtio device's queues and connections, a line
+  // each; and a request on the guest's serial line (kGuestDumpRequest) that the guest
+  // agent answers on the console with a line per command stream. Safe from any thread.
+  [[nodiscard]] std::string DumpState();
+
   // Stops the vCPUs and the I/O thread; idempotent.
   void Stop();
 
@@ -142,6 +150,7 @@ class Vm {
   Bus<MmioDevice> mmio_bus_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<uint32_t> virtio_slots_;
+  std::vector<virtio::MmioTransport*> transports_;
   uint64_t entry_ = 0;
   std::thread io_thread_;
   UniqueFd stopped_;  // eventfd

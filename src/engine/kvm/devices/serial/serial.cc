@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string_view>
 
@@ -19,9 +20,12 @@ constexpr uint16_t kMsr = 6;
 constexpr uint16_t kScr = 7;
 
 constexpr uint8_t kLcrDlab = 0x80;
+constexpr uint8_t kIerRdi = 0x01;
 constexpr uint8_t kIerThri = 0x02;
 constexpr uint8_t kIirNoInterrupt = 0x01;
 constexpr uint8_t kIirThri = 0x02;
+constexpr uint8_t kIirRdi = 0x04;
+constexpr uint8_t kLsrDataReady = 0x01;
 constexpr uint8_t kLsrThre = 0x20;
 constexpr uint8_t kLsrTemt = 0x40;
 constexpr uint8_t kMcrLoop = 0x10;
@@ -45,10 +49,19 @@ void Serial::PioRead(uint16_t offset, std::span<uint8_t> data) {
   std::lock_guard lock(mutex_);
   uint8_t value = 0;
   switch (offset) {
-    case kData: value = (lcr_ & kLcrDlab) ? dll_ : 0; break;
+    case kData:
+      if (lcr_ & kLcrDlab) {
+        value = dll_;
+      } else if (!received_.empty()) {
+        value = static_cast<uint8_t>(received_.front());
+        received_.erase(0, 1);
+      }
+      break;
     case kIer: value = (lcr_ & kLcrDlab) ? dlm_ : ier_; break;
     case kIir:
-      if (thr_interrupt_pending_ && (ier_ & kIerThri)) {
+      if (!received_.empty() && (ier_ & kIerRdi)) {
+        value = kIirRdi;  // cleared by reading the data
+      } else if (thr_interrupt_pending_ && (ier_ & kIerThri)) {
         value = kIirThri;
         thr_interrupt_pending_ = false;  // reading IIR acknowledges THRE
       } else {
@@ -57,7 +70,7 @@ void Serial::PioRead(uint16_t offset, std::span<uint8_t> data) {
       break;
     case kLcr: value = lcr_; break;
     case kMcr: value = mcr_; break;
-    case kLsr: value = kLsrThre | kLsrTemt; break;
+    case kLsr: value = kLsrThre | kLsrTemt | (received_.empty() ? 0 : kLsrDataReady); break;
     case kMsr:
       // In loopback the modem inputs follow the outputs (RTS->CTS, DTR->DSR, OUT1->RI,
       // OUT2->DCD), which the kernel's probe checks.
@@ -95,10 +108,11 @@ void Serial::PioWrite(uint16_t offset, std::span<const uint8_t> data) {
         dlm_ = value;
       } else {
         bool enabling_thri = !(ier_ & kIerThri) && (value & kIerThri);
+        bool enabling_rdi = !(ier_ & kIerRdi) && (value & kIerRdi);
         ier_ = value & 0x0f;
         // The transmitter is always empty, so enabling its interrupt raises it now.
         if (enabling_thri) thr_interrupt_pending_ = true;
-        UpdateInterruptLocked();
+        if (enabling_thri || (enabling_rdi && !received_.empty())) UpdateInterruptLocked();
       }
       break;
     case kLcr: lcr_ = value; break;
@@ -109,7 +123,16 @@ void Serial::PioWrite(uint16_t offset, std::span<const uint8_t> data) {
 }
 
 void Serial::UpdateInterruptLocked() {
-  if (thr_interrupt_pending_ && (ier_ & kIerThri) && interrupt_) interrupt_->Trigger();
+  bool pending = (thr_interrupt_pending_ && (ier_ & kIerThri)) ||
+                 (!received_.empty() && (ier_ & kIerRdi));
+  if (pending && interrupt_) interrupt_->Trigger();
+}
+
+void Serial::Receive(std::string_view bytes) {
+  std::lock_guard lock(mutex_);
+  size_t room = kMaxSerialReceiveBytes - std::min(received_.size(), kMaxSerialReceiveBytes);
+  received_.append(bytes.substr(0, room));
+  UpdateInterruptLocked();
 }
 
 void Serial::Transmit(uint8_t byte) {

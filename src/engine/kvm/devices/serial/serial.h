@@ -1,6 +1,7 @@
 // COM1: an 8250 UART at ports 0x3f8..0x3ff, enough for the Linux serial console. What the
 // guest transmits is appended to the console log, up to kMaxConsoleLogBytes so a chatty
-// guest cannot fill the host's disk. Nothing is ever received.
+// guest cannot fill the host's disk. The host can put a few bytes on the receive line
+// (Receive), which is how it asks the guest agent for its state dump.
 #pragma once
 
 #include <cstdint>
@@ -8,6 +9,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "base/unique_fd.h"
 #include "engine/kvm/vmm/device.h"
@@ -18,6 +20,8 @@ inline constexpr uint16_t kCom1Port = 0x3f8;
 inline constexpr uint16_t kCom1PortCount = 8;
 inline constexpr uint32_t kCom1Irq = 4;
 inline constexpr uint64_t kMaxConsoleLogBytes = 8 << 20;
+// Bytes the receive line holds until the guest reads them; more are dropped.
+inline constexpr size_t kMaxSerialReceiveBytes = 256;
 
 class Serial : public PioDevice {
  public:
@@ -28,6 +32,8 @@ class Serial : public PioDevice {
   void PioRead(uint16_t offset, std::span<uint8_t> data) override;
   void PioWrite(uint16_t offset, std::span<const uint8_t> data) override;
 
+  // Queues `bytes` for the guest to read, as far as kMaxSerialReceiveBytes allows.
+  void Receive(std::string_view bytes);
   // Writes out what is buffered (output is flushed at each newline otherwise).
   void Flush();
   // True once the guest printed a kernel panic message.
@@ -50,7 +56,8 @@ class Serial : public PioDevice {
   uint8_t dll_ = 0x0c;  // 9600 baud
   uint8_t dlm_ = 0;
   bool thr_interrupt_pending_ = false;
-  std::string pending_;  // output not yet written to the log
+  std::string received_;  // input the guest has not read yet
+  std::string pending_;   // output not yet written to the log
   std::string line_;     // the current line, to spot a panic
   uint64_t logged_ = 0;
   bool truncated_ = false;

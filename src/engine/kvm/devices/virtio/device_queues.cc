@@ -1,5 +1,7 @@
 #include "engine/kvm/devices/virtio/device_queues.h"
 
+#include <fmt/format.h>
+
 #include <cstdio>
 
 namespace vessel::vmm::virtio {
@@ -37,6 +39,15 @@ std::optional<DescriptorChain> DeviceQueues::Pop(size_t index) {
 
 void DeviceQueues::Push(size_t index, uint16_t head, uint32_t written) {
   if (auto pushed = queues_[index]->PushUsed(head, written); !pushed) signal_->NeedsReset();
+}
+
+std::string DeviceQueues::Describe() const {
+  if (!signal_) return "  not active\n";
+  std::string out;
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    out += fmt::format("  queue {}: {}\n", i, queues_[i] ? queues_[i]->Describe() : "none");
+  }
+  return out;
 }
 
 void DeviceQueues::SignalUsed() {

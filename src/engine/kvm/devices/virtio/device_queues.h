@@ -38,6 +38,8 @@ class DeviceQueues {
   void Push(size_t index, uint16_t head, uint32_t written);
   // Interrupts the driver when any active queue returned chains since the last signal.
   void SignalUsed();
+  // A line per queue for a state dump ("queue 0: ...").
+  [[nodiscard]] std::string Describe() const;
 
  private:
   const std::string device_name_;

@@ -35,6 +35,19 @@ uint32_t MmioTransport::status() const {
   return status_ | (needs_reset_.load() ? kStatusDeviceNeedsReset : 0);
 }
 
+std::string MmioTransport::DescribeState() {
+  std::string head;
+  {
+    std::lock_guard lock(mutex_);
+    head = fmt::format("virtio device type {}: status={:#x}{} interrupt_status={:#x} {}\n",
+                       device_->device_type(), status_,
+                       needs_reset_.load() ? " NEEDS_RESET" : "", interrupt_status_.load(),
+                       active_ ? "active" : "not active");
+  }
+  // Outside mutex_, as for QueueNotify: the device takes its own lock.
+  return head + device_->DescribeState();
+}
+
 void MmioTransport::Signal::UsedBuffers() {
   transport_.interrupt_status_.fetch_or(mmio::kInterruptUsedBuffer);
   transport_.interrupt_->Trigger();

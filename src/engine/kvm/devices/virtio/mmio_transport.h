@@ -68,6 +68,8 @@ class MmioTransport : public MmioDevice {
   // Device status as the driver last set it (plus DEVICE_NEEDS_RESET); for diagnostics.
   [[nodiscard]] uint32_t status() const;
   [[nodiscard]] VirtioDevice& device() { return *device_; }
+  // The transport's registers of note and the device's own dump.
+  [[nodiscard]] std::string DescribeState();
 
  private:
   class Signal : public DriverSignal {

@@ -114,6 +114,15 @@ void Queue::Reset() { *this = Queue(max_size_); }
 
 uint16_t Queue::AvailIdx() const { return LoadAcquire(avail_ + 2); }
 
+std::string Queue::Describe() const {
+  if (!active()) return fmt::format("size={} {}", size_, ready_ ? "ready, not active" : "not ready");
+  return fmt::format("size={} avail_idx={} next_avail={} next_used={} waiting={}{}{}", size_,
+                     AvailIdx(), next_avail_, next_used_,
+                     static_cast<uint16_t>(AvailIdx() - next_avail_),
+                     broken_ ? " BROKEN" : "",
+                     invalid_chains_ ? fmt::format(" invalid_chains={}", invalid_chains_) : "");
+}
+
 std::optional<DescriptorChain> Queue::Walk(uint16_t head) const {
   DescriptorChain chain;
   chain.head = head;

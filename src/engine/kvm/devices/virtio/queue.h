@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/kvm/vmm/guest_memory.h"
@@ -93,6 +94,9 @@ class Queue {
   [[nodiscard]] bool broken() const { return broken_; }
   // How many invalid chains were skipped; for diagnostics and tests.
   [[nodiscard]] uint64_t invalid_chains() const { return invalid_chains_; }
+  // One line of the queue's indices for a state dump: the driver's available index as the
+  // ring holds it now, and the device's next available and used indices.
+  [[nodiscard]] std::string Describe() const;
 
  private:
   // Builds the chain starting at `head`; nothing when it breaks a rule.

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "engine/kvm/devices/virtio/queue.h"
@@ -66,6 +67,10 @@ class VirtioDevice {
   // The driver wrote 0 to Status: drop every reference to the queues and the signal and
   // return to the pre-activation state. Also called when the device was never activated.
   virtual void Reset() = 0;
+
+  // The device's state for a dump when the VMM is asked why it is stuck: its queues and
+  // whatever else it holds, a line each. Safe from any thread.
+  [[nodiscard]] virtual std::string DescribeState() = 0;
 };
 
 }  // namespace vessel::vmm::virtio

@@ -1,5 +1,6 @@
 #include "engine/kvm/devices/virtio_console/virtio_console.h"
 
+#include <fmt/format.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -127,6 +128,14 @@ class VirtioConsole final : public virtio::VirtioDevice {
       default: break;
     }
     queues_.SignalUsed();
+  }
+
+  std::string DescribeState() override {
+    std::lock_guard lock(mutex_);
+    return queues_.Describe() +
+           fmt::format("  port: host {}, guest {}, control_out={} rx_starved={} tx_inflight={}\n",
+                       conn_ ? "connected" : "away", guest_open_ ? "open" : "closed",
+                       control_out_.size(), rx_starved_, tx_inflight_.has_value());
   }
 
   void Reset() override {

@@ -170,6 +170,15 @@ class VirtioVsock final : public virtio::VirtioDevice {
     queues_.SignalUsed();
   }
 
+  std::string DescribeState() override {
+    std::lock_guard lock(mutex_);
+    std::string out = queues_.Describe();
+    out += fmt::format("  pending_rx={} rx_starved={} tx_stalled={} connections={}\n",
+                       pending_rx_.size(), rx_starved_, tx_stalled_, conns_.size());
+    for (const auto& [fd, c] : conns_) out += "  " + Describe(*c) + "\n";
+    return out;
+  }
+
   void Reset() override {
     std::lock_guard lock(mutex_);
     // The driver's reset before it first sets the device up ends no host session: host
@@ -540,6 +549,18 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
   // ---- Bookkeeping ----
+
+  static std::string Describe(const Connection& c) {
+    constexpr const char* kStates[] = {"awaiting-connect", "connecting", "connected"};
+    return fmt::format(
+        "conn {}<->{} {} watched={:#x} | to guest: peer_buf_alloc={} peer_fwd_cnt={} tx_cnt={} "
+        "credit={}{} | to host: pending={} rx_cnt={} fwd_cnt={} fwd_cnt_sent={}{}{}{}",
+        c.local_port, c.peer_port, kStates[static_cast<int>(c.state)], c.watched,
+        c.peer_buf_alloc, c.peer_fwd_cnt, c.tx_cnt, c.PeerCredit(),
+        c.credit_requested ? " credit-requested" : "", c.pending_to_host(), c.rx_cnt, c.fwd_cnt,
+        c.fwd_cnt_sent, c.guest_sends_no_more ? " guest-shut-send" : "",
+        c.guest_receives_no_more ? " guest-shut-recv" : "", c.host_write_shut ? " host-shut" : "");
+  }
 
   Connection* Find(uint32_t local_port, uint32_t peer_port) {
     auto it = by_ports_.find(PortKey(local_port, peer_port));
