@@ -1,11 +1,8 @@
 // Integration test main: gives the run its own runtime root, and after every test has
 // run, fails the run if any VMM process or runtime file was left behind.
 #include <dirent.h>
-#include <fcntl.h>
-#include <linux/kvm.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -55,21 +52,6 @@ std::optional<EngineKind> EngineFromEnvironment(std::string& error) {
   return *chosen;
 }
 
-// With $VESSEL_TEST_HOLD_KVM_VM set (tests/nested/kvm-suite sets it in the nested L1 guest),
-// one empty KVM VM stays open for the whole run. Every VM's creation and destruction
-// otherwise flips kernel static keys (the scheduler's preempt notifiers) and so patches
-// L1's kernel text, and QEMU's multi-threaded TCG, which runs L1, can keep executing a
-// stale int3 at the patch site on every vCPU: L1 hangs. An idle VM keeps those keys on.
-void HoldKvmVmIfAsked() {
-  const char* hold = std::getenv("VESSEL_TEST_HOLD_KVM_VM");
-  if (!hold || !*hold) return;
-  int kvm = open("/dev/kvm", O_RDWR | O_CLOEXEC);
-  if (kvm < 0 || ioctl(kvm, KVM_CREATE_VM, 0) < 0) {
-    perror("VESSEL_TEST_HOLD_KVM_VM: KVM_CREATE_VM");
-    return;
-  }
-  // Both descriptors stay open until the process exits.
-}
 }  // namespace
 
 EngineKind TestEngine() { return test_engine; }
@@ -135,7 +117,6 @@ int main(int argc, char** argv) {
     vessel::testing::boot_timeout = std::chrono::seconds(std::atoi(seconds));
   }
   std::cout << "integration tests on engine " << vessel::testing::TestEngineName() << "\n";
-  vessel::testing::HoldKvmVmIfAsked();
   char root_template[] = "/tmp/vessel-it-XXXXXX";
   if (!mkdtemp(root_template)) {
     perror("mkdtemp");
