@@ -23,6 +23,9 @@
 namespace vessel::vmm {
 namespace {
 
+using protocol::vmm_control::kMaxMessage;
+using protocol::vmm_control::Reply;
+
 constexpr std::string_view kUsage =
     "usage: vessel-vmm --control-fd N [--unsafe-no-seccomp]\n"
     "  --control-fd N        an inherited AF_UNIX SOCK_SEQPACKET socket to serve\n"
@@ -77,7 +80,7 @@ class VmHost : public VmController {
 int Serve(int control_fd, int dump_fd, bool seccomp) {
   VmHost host(seccomp);
   ControlSession session(host);
-  std::string buffer(kMaxControlMessage + 1, '\0');
+  std::string buffer(kMaxMessage + 1, '\0');
   for (;;) {
     pollfd fds[3] = {
         {.fd = control_fd, .events = POLLIN, .revents = 0},
@@ -114,8 +117,8 @@ int Serve(int control_fd, int dump_fd, bool seccomp) {
       return 0;
     }
     std::string reply;
-    if (static_cast<size_t>(n) > kMaxControlMessage) {
-      reply = ErrorReply(fmt::format("message exceeds {} bytes", kMaxControlMessage));
+    if (static_cast<size_t>(n) > kMaxMessage) {
+      reply = EncodeReply(Reply::Failed(fmt::format("message exceeds {} bytes", kMaxMessage)));
     } else {
       reply = session.Handle(std::string_view(buffer.data(), static_cast<size_t>(n)));
     }
