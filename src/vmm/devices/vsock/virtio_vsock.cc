@@ -8,11 +8,8 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <charconv>
-#include <cstdio>
 #include <cstring>
 #include <deque>
-#include <map>
 #include <mutex>
 #include <optional>
 #include <string_view>
@@ -20,6 +17,8 @@
 
 #include "vmm/devices/virtio/device_queues.h"
 #include "vmm/devices/virtio/host_socket.h"
+#include "vmm/devices/vsock/connection.h"
+#include "vmm/devices/vsock/muxer.h"
 #include "vmm/devices/vsock/vsock_packet.h"
 
 namespace vessel::vmm {
@@ -27,6 +26,8 @@ namespace {
 
 using virtio::DescriptorChain;
 using virtio::Queue;
+using vsock::Connection;
+using vsock::Muxer;
 using vsock::Op;
 using vsock::PacketHeader;
 
@@ -39,51 +40,6 @@ constexpr size_t kHardMaxPendingRx = 2 * kMaxPendingRx;
 // Chains handled per call, so a guest refilling a queue cannot hold a thread forever.
 constexpr size_t kChainsPerTurn = 512;
 constexpr size_t kMaxIov = 64;
-// A credit update goes to the guest once this many bytes were forwarded since the last.
-constexpr uint32_t kCreditUpdateThreshold = vsock::kConnectionBuffer / 4;
-// The host end is gone, or will send nothing more. epoll reports EPOLLHUP and EPOLLERR
-// unasked; EPOLLRDHUP must be watched for.
-constexpr uint32_t kHostHangUp = EPOLLHUP | EPOLLRDHUP | EPOLLERR;
-
-uint64_t PortKey(uint32_t local, uint32_t peer) { return (uint64_t{local} << 32) | peer; }
-
-struct Connection {
-  enum class State {
-    kAwaitingConnect,  // host connected, its CONNECT line not read yet
-    kConnecting,       // OP_REQUEST sent to the guest, waiting for its answer
-    kConnected,
-  };
-  State state = State::kAwaitingConnect;
-  UniqueFd fd;
-  uint32_t local_port = 0;  // the host side's vsock port
-  uint32_t peer_port = 0;   // the guest's
-  std::string connect_line;
-
-  // The guest's receive buffer, as it last advertised it, and what was sent into it.
-  uint32_t peer_buf_alloc = 0;
-  uint32_t peer_fwd_cnt = 0;
-  uint32_t tx_cnt = 0;
-  bool credit_requested = false;
-
-  // Bytes from the guest (and the "OK" reply) not yet written to the host socket.
-  std::vector<uint8_t> to_host;
-  size_t to_host_offset = 0;
-  size_t reply_bytes = 0;  // leading bytes of to_host that are the reply, not guest data
-  uint32_t rx_cnt = 0;     // guest bytes received
-  uint32_t fwd_cnt = 0;    // guest bytes written to the host
-  uint32_t fwd_cnt_sent = 0;
-
-  bool guest_sends_no_more = false;
-  bool guest_receives_no_more = false;
-  bool host_write_shut = false;
-  uint32_t watched = 0;
-
-  [[nodiscard]] size_t pending_to_host() const { return to_host.size() - to_host_offset; }
-  [[nodiscard]] uint32_t PeerCredit() const {
-    uint32_t in_flight = tx_cnt - peer_fwd_cnt;
-    return in_flight >= peer_buf_alloc ? 0 : peer_buf_alloc - in_flight;
-  }
-};
 
 std::vector<iovec> Iovecs(const std::vector<std::span<uint8_t>>& buffers, uint64_t offset,
                           size_t limit) {
@@ -102,35 +58,21 @@ std::vector<iovec> Iovecs(const std::vector<std::span<uint8_t>>& buffers, uint64
   return iov;
 }
 
-// "CONNECT <port>\n" with a decimal port; anything else is refused.
-std::optional<uint32_t> ParseConnectLine(std::string_view line) {
-  constexpr std::string_view kPrefix = "CONNECT ";
-  if (!line.starts_with(kPrefix) || !line.ends_with('\n')) return std::nullopt;
-  std::string_view digits = line.substr(kPrefix.size(), line.size() - kPrefix.size() - 1);
-  if (digits.empty() || digits.size() > 10) return std::nullopt;
-  uint32_t port = 0;
-  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
-  if (ec != std::errc() || end != digits.data() + digits.size()) return std::nullopt;
-  return port;
-}
-
 class VirtioVsock final : public virtio::VirtioDevice {
  public:
   VirtioVsock(EventLoop& loop, uint64_t guest_cid, std::string path, UniqueFd listener)
-      : loop_(loop),
-        guest_cid_(guest_cid),
-        path_(std::move(path)),
-        listener_(std::move(listener)) {}
+      : guest_cid_(guest_cid), muxer_(loop, std::move(path), std::move(listener)) {}
 
   ~VirtioVsock() override {
     std::lock_guard lock(mutex_);
-    CloseAll();
-    loop_.Remove(listener_.get());
-    unlink(path_.c_str());
+    muxer_.CloseAll();
   }
 
   Result<void> Start() {
-    return loop_.Add(listener_.get(), EPOLLIN, [this](uint32_t) { OnAccept(); });
+    return muxer_.Listen([this] {
+      std::lock_guard lock(mutex_);
+      muxer_.Accept(on_event_);
+    });
   }
 
   uint32_t device_type() const override { return vsock::kDeviceType; }
@@ -163,7 +105,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
       rx_starved_ = false;
       FlushRx();
       if (tx_stalled_) ProcessTx();
-      UpdateAllWatches();
+      muxer_.UpdateAllWatches(RxReady());
     } else if (index == vsock::kTxQueue) {
       ProcessTx();
     }
@@ -174,8 +116,8 @@ class VirtioVsock final : public virtio::VirtioDevice {
     std::lock_guard lock(mutex_);
     std::string out = queues_.Describe();
     out += fmt::format("  pending_rx={} rx_starved={} tx_stalled={} connections={}\n",
-                       pending_rx_.size(), rx_starved_, tx_stalled_, conns_.size());
-    for (const auto& [fd, c] : conns_) out += "  " + Describe(*c) + "\n";
+                       pending_rx_.size(), rx_starved_, tx_stalled_, muxer_.size());
+    for (const auto& [fd, c] : muxer_.connections()) out += "  " + c->Describe() + "\n";
     return out;
   }
 
@@ -189,11 +131,13 @@ class VirtioVsock final : public virtio::VirtioDevice {
     pending_rx_.clear();
     rx_starved_ = false;
     tx_stalled_ = false;
-    CloseAll();
+    muxer_.CloseAll();
   }
 
  private:
   bool Usable(size_t index) const { return active_ && queues_.Usable(index); }
+  // The guest's receive queue can take data now.
+  bool RxReady() const { return !rx_starved_ && Usable(vsock::kRxQueue); }
 
   std::optional<DescriptorChain> PopFrom(size_t index) {
     if (!Usable(index)) return std::nullopt;
@@ -227,7 +171,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
       if (op != Op::kRst) QueueReset(h.dst_port, h.src_port);
       return;
     }
-    Connection* c = Find(h.dst_port, h.src_port);
+    Connection* c = muxer_.Find(h.dst_port, h.src_port);
     if (op == Op::kRequest) {
       if (c) {
         QueueReset(h.dst_port, h.src_port);
@@ -240,21 +184,17 @@ class VirtioVsock final : public virtio::VirtioDevice {
       if (op != Op::kRst) QueueReset(h.dst_port, h.src_port);
       return;
     }
-    // Every packet carries the guest's current credit.
-    c->peer_buf_alloc = h.buf_alloc;
-    c->peer_fwd_cnt = h.fwd_cnt;
-    if (c->PeerCredit() > 0) c->credit_requested = false;
+    c->UpdatePeerCredit(h);
     switch (op) {
       case Op::kResponse:
         if (c->state != Connection::State::kConnecting) return Abort(c);
         c->state = Connection::State::kConnected;
-        QueueToHost(c, fmt::format("OK {}\n", c->local_port), /*is_reply=*/true);
+        c->QueueToHost(fmt::format("OK {}\n", c->local_port), /*is_reply=*/true);
         FlushToHost(c);
         return;
       case Op::kRw: {
         if (c->state != Connection::State::kConnected || c->guest_sends_no_more) return Abort(c);
-        // More than the buffer the device advertised: the guest ignored its credit.
-        if (c->rx_cnt - c->fwd_cnt + uint64_t{h.len} > vsock::kConnectionBuffer) return Abort(c);
+        if (!c->FitsBuffer(h.len)) return Abort(c);
         size_t at = c->to_host.size();
         c->to_host.resize(at + h.len);
         virtio::CopyFromBuffers(chain.readable, vsock::kHeaderSize,
@@ -279,41 +219,16 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
   void ConnectForGuest(const PacketHeader& h) {
-    if (conns_.size() >= vsock::kMaxConnections) return QueueReset(h.dst_port, h.src_port);
-    auto fd = virtio::ConnectUnix(fmt::format("{}_{}", path_, h.dst_port));
-    if (!fd) return QueueReset(h.dst_port, h.src_port);
-    int raw = fd->get();
-    auto c = std::make_unique<Connection>();
-    c->state = Connection::State::kConnected;
-    c->fd = std::move(*fd);
-    c->local_port = h.dst_port;
-    c->peer_port = h.src_port;
-    c->peer_buf_alloc = h.buf_alloc;
-    c->peer_fwd_cnt = h.fwd_cnt;
-    if (!loop_.Add(raw, 0, [this, raw](uint32_t events) { OnConnectionEvent(raw, events); })) {
-      return QueueReset(h.dst_port, h.src_port);
-    }
-    Connection* conn = c.get();
-    conns_[raw] = std::move(c);
-    by_ports_[PortKey(conn->local_port, conn->peer_port)] = conn;
-    QueueControl(conn, Op::kResponse);
-    UpdateWatch(conn);
+    Connection* c = muxer_.ConnectForGuest(h.dst_port, h.src_port, on_event_);
+    if (!c) return QueueReset(h.dst_port, h.src_port);
+    c->UpdatePeerCredit(h);
+    QueueControl(c, Op::kResponse);
+    UpdateWatch(c);
   }
 
   // ---- Device to guest ----
 
-  PacketHeader HeaderFor(const Connection* c, Op op) const {
-    return {.src_cid = vsock::kHostCid,
-            .dst_cid = guest_cid_,
-            .src_port = c->local_port,
-            .dst_port = c->peer_port,
-            .len = 0,
-            .type = vsock::kTypeStream,
-            .op = static_cast<uint16_t>(op),
-            .flags = 0,
-            .buf_alloc = vsock::kConnectionBuffer,
-            .fwd_cnt = c->fwd_cnt};
-  }
+  PacketHeader HeaderFor(const Connection* c, Op op) const { return c->HeaderFor(guest_cid_, op); }
 
   void QueueControl(Connection* c, Op op, uint32_t flags = 0) {
     PacketHeader h = HeaderFor(c, op);
@@ -424,11 +339,6 @@ class VirtioVsock final : public virtio::VirtioDevice {
 
   // ---- Device to host ----
 
-  void QueueToHost(Connection* c, std::string_view bytes, bool is_reply) {
-    c->to_host.insert(c->to_host.end(), bytes.begin(), bytes.end());
-    if (is_reply) c->reply_bytes += bytes.size();
-  }
-
   void FlushToHost(Connection* c) {
     while (c->pending_to_host() > 0) {
       ssize_t n = send(c->fd.get(), c->to_host.data() + c->to_host_offset, c->pending_to_host(),
@@ -436,15 +346,10 @@ class VirtioVsock final : public virtio::VirtioDevice {
       if (n < 0 && errno == EINTR) continue;
       if (n < 0 && errno == EAGAIN) break;
       if (n < 0) return HostClosed(c);
-      size_t sent = static_cast<size_t>(n);
-      c->to_host_offset += sent;
-      size_t reply = std::min(sent, c->reply_bytes);
-      c->reply_bytes -= reply;
-      c->fwd_cnt += static_cast<uint32_t>(sent - reply);
+      c->Forwarded(static_cast<size_t>(n));
     }
+    c->CompactToHost();
     if (c->pending_to_host() == 0) {
-      c->to_host.clear();
-      c->to_host_offset = 0;
       if (c->guest_sends_no_more && c->guest_receives_no_more) {
         // The guest closed its socket; its close completes on our reset.
         QueueControl(c, Op::kRst);
@@ -456,12 +361,8 @@ class VirtioVsock final : public virtio::VirtioDevice {
         shutdown(c->fd.get(), SHUT_WR);
         c->host_write_shut = true;
       }
-    } else if (c->to_host_offset > vsock::kConnectionBuffer) {
-      c->to_host.erase(c->to_host.begin(),
-                       c->to_host.begin() + static_cast<std::ptrdiff_t>(c->to_host_offset));
-      c->to_host_offset = 0;
     }
-    if (c->fwd_cnt - c->fwd_cnt_sent >= kCreditUpdateThreshold) {
+    if (c->CreditUpdateDue()) {
       QueueControl(c, Op::kCreditUpdate);
       FlushRx();
     }
@@ -470,42 +371,26 @@ class VirtioVsock final : public virtio::VirtioDevice {
 
   // ---- Host side events ----
 
-  void OnAccept() {
-    std::lock_guard lock(mutex_);
-    UniqueFd fd(accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (!fd || conns_.size() >= vsock::kMaxConnections) return;  // refused: closed at once
-    int raw = fd.get();
-    constexpr uint32_t kWatch = EPOLLIN | EPOLLRDHUP;
-    if (!loop_.Add(raw, kWatch, [this, raw](uint32_t events) { OnConnectionEvent(raw, events); })) {
-      return;
-    }
-    auto c = std::make_unique<Connection>();
-    c->fd = std::move(fd);
-    c->watched = kWatch;
-    conns_[raw] = std::move(c);
-  }
-
   void OnConnectionEvent(int fd, uint32_t events) {
     std::lock_guard lock(mutex_);
-    auto it = conns_.find(fd);
-    if (it == conns_.end()) return;
-    Connection* c = it->second.get();
+    Connection* c = muxer_.Find(fd);
+    if (!c) return;
     switch (c->state) {
       case Connection::State::kAwaitingConnect:
         if (events & EPOLLIN) return ReadConnectLine(c, events);
         return Close(c);
       case Connection::State::kConnecting:
         // Nothing is read before the guest answers; only a hang-up wakes us here.
-        if (events & kHostHangUp) HostClosed(c);
+        if (events & vsock::kHostHangUp) HostClosed(c);
         break;
       case Connection::State::kConnected:
         if (events & EPOLLOUT) {
           FlushToHost(c);
-          if (!Find(fd)) break;
+          if (!muxer_.Find(fd)) break;
         }
         if (events & EPOLLIN) {
           PumpToGuest(c);
-          if (!Find(fd)) break;
+          if (!muxer_.Find(fd)) break;
         }
         // Hung up with nothing more the guest has room for now: the session is over.
         if (events & (EPOLLHUP | EPOLLERR)) HostClosed(c);
@@ -514,85 +399,23 @@ class VirtioVsock final : public virtio::VirtioDevice {
     queues_.SignalUsed();
   }
 
-  // Reads the CONNECT line a byte at a time, so no byte meant for the guest is taken. A
-  // host that hung up (`events`) right after its line is not asked for.
   void ReadConnectLine(Connection* c, uint32_t events) {
-    while (c->connect_line.size() < vsock::kMaxConnectLine) {
-      char ch;
-      ssize_t n = recv(c->fd.get(), &ch, 1, MSG_DONTWAIT);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0 && errno == EAGAIN) return;
-      if (n <= 0) return Close(c);
-      c->connect_line.push_back(ch);
-      if (ch == '\n') break;
+    uint32_t port = 0;
+    switch (muxer_.ReadConnectLine(*c, events, port)) {
+      case Muxer::LineStatus::kIncomplete: return;
+      case Muxer::LineStatus::kRefused: return Close(c);
+      case Muxer::LineStatus::kComplete: break;
     }
-    auto port = ParseConnectLine(c->connect_line);
-    if (!port || (events & kHostHangUp)) return Close(c);
-    c->connect_line.clear();
-    c->state = Connection::State::kConnecting;
-    c->local_port = AllocateLocalPort();
-    c->peer_port = *port;
-    by_ports_[PortKey(c->local_port, c->peer_port)] = c;
+    muxer_.StartConnecting(*c, port);
     QueuePacket(HeaderFor(c, Op::kRequest));
     FlushRx();
     UpdateWatch(c);
     queues_.SignalUsed();
   }
 
-  uint32_t AllocateLocalPort() {
-    for (;;) {
-      uint32_t port = next_local_port_++;
-      if (next_local_port_ == UINT32_MAX) next_local_port_ = vsock::kFirstLocalPort;
-      auto it = by_ports_.lower_bound(PortKey(port, 0));
-      if (it == by_ports_.end() || (it->first >> 32) != port) return port;
-    }
-  }
-
   // ---- Bookkeeping ----
 
-  static std::string Describe(const Connection& c) {
-    constexpr const char* kStates[] = {"awaiting-connect", "connecting", "connected"};
-    return fmt::format(
-        "conn {}<->{} {} watched={:#x} | to guest: peer_buf_alloc={} peer_fwd_cnt={} tx_cnt={} "
-        "credit={}{} | to host: pending={} rx_cnt={} fwd_cnt={} fwd_cnt_sent={}{}{}{}",
-        c.local_port, c.peer_port, kStates[static_cast<int>(c.state)], c.watched, c.peer_buf_alloc,
-        c.peer_fwd_cnt, c.tx_cnt, c.PeerCredit(), c.credit_requested ? " credit-requested" : "",
-        c.pending_to_host(), c.rx_cnt, c.fwd_cnt, c.fwd_cnt_sent,
-        c.guest_sends_no_more ? " guest-shut-send" : "",
-        c.guest_receives_no_more ? " guest-shut-recv" : "", c.host_write_shut ? " host-shut" : "");
-  }
-
-  Connection* Find(uint32_t local_port, uint32_t peer_port) {
-    auto it = by_ports_.find(PortKey(local_port, peer_port));
-    return it == by_ports_.end() ? nullptr : it->second;
-  }
-  Connection* Find(int fd) {
-    auto it = conns_.find(fd);
-    return it == conns_.end() ? nullptr : it->second.get();
-  }
-
-  void UpdateWatch(Connection* c) {
-    uint32_t events = 0;
-    switch (c->state) {
-      case Connection::State::kAwaitingConnect: events = EPOLLIN | EPOLLRDHUP; break;
-      // Not EPOLLIN: the host's bytes stay unread until the guest accepts. Hang-ups are
-      // still seen, so a host that gives up does not leave a request for the guest.
-      case Connection::State::kConnecting: events = EPOLLRDHUP; break;
-      case Connection::State::kConnected:
-        if (c->pending_to_host() > 0) events |= EPOLLOUT;
-        if (!c->guest_receives_no_more && c->PeerCredit() > 0 && !rx_starved_ &&
-            Usable(vsock::kRxQueue)) {
-          events |= EPOLLIN;
-        }
-        break;
-    }
-    if (events == c->watched) return;
-    if (loop_.Modify(c->fd.get(), events)) c->watched = events;
-  }
-
-  void UpdateAllWatches() {
-    for (auto& [fd, c] : conns_) UpdateWatch(c.get());
-  }
+  void UpdateWatch(Connection* c) { muxer_.UpdateWatch(*c, RxReady()); }
 
   // A protocol violation by the guest on an open connection.
   void Abort(Connection* c) {
@@ -601,25 +424,12 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
   // Forgets `c`; the pointer is dangling afterwards.
-  void Close(Connection* c) {
-    int fd = c->fd.get();
-    loop_.Remove(fd);
-    if (c->state != Connection::State::kAwaitingConnect) {
-      by_ports_.erase(PortKey(c->local_port, c->peer_port));
-    }
-    conns_.erase(fd);
-  }
+  void Close(Connection* c) { muxer_.Close(c); }
 
-  void CloseAll() {
-    for (auto& [fd, c] : conns_) loop_.Remove(fd);
-    conns_.clear();
-    by_ports_.clear();
-  }
-
-  EventLoop& loop_;
   const uint64_t guest_cid_;
-  const std::string path_;
-  UniqueFd listener_;
+  const Muxer::EventHandler on_event_ = [this](int fd, uint32_t events) {
+    OnConnectionEvent(fd, events);
+  };
 
   std::mutex mutex_;
   bool active_ = false;
@@ -627,10 +437,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
   std::deque<PacketHeader> pending_rx_;
   bool rx_starved_ = false;
   bool tx_stalled_ = false;
-
-  std::map<int, std::unique_ptr<Connection>> conns_;
-  std::map<uint64_t, Connection*> by_ports_;
-  uint32_t next_local_port_ = vsock::kFirstLocalPort;
+  Muxer muxer_;
 };
 
 }  // namespace

@@ -11,6 +11,10 @@
 // Guest-initiated: OP_REQUEST to CID 2, port P connects to the unix socket
 // "<uds_path>_<P>"; OP_RESPONSE if that works, else OP_RST.
 //
+// This file is the virtio side (queues, packets, relaying); muxer.h is the host side (unix
+// sockets, CONNECT lines, ports) and connection.h one connection's state and credit, as
+// Firecracker splits its vsock.
+//
 // Flow control is vsock's credit scheme: the device never sends the guest more than the
 // guest's advertised buffer allows, and buffers at most kConnectionBuffer bytes per
 // connection of what the guest sends, which is what it advertises.
@@ -23,6 +27,9 @@
 #include "vessel/error.h"
 #include "vmm/core/event_loop.h"
 #include "vmm/devices/virtio/virtio_device.h"
+// The limits on connections and their buffers, which callers and tests see here too.
+#include "vmm/devices/vsock/connection.h"
+#include "vmm/devices/vsock/muxer.h"
 
 namespace vessel::vmm {
 
@@ -33,16 +40,6 @@ inline constexpr size_t kTxQueue = 1;
 inline constexpr size_t kEventQueue = 2;
 inline constexpr size_t kNumQueues = 3;
 inline constexpr uint16_t kQueueSize = 256;
-
-// Connections open at once, host- and guest-initiated together; more are refused.
-inline constexpr size_t kMaxConnections = 64;
-// Bytes from the guest the device holds per connection while the host socket is slow;
-// advertised to the guest as buf_alloc.
-inline constexpr uint32_t kConnectionBuffer = 256 * 1024;
-// Longest "CONNECT <port>\n" line a host may send.
-inline constexpr size_t kMaxConnectLine = 32;
-// Host-side ports of host-initiated connections are taken from here up.
-inline constexpr uint32_t kFirstLocalPort = 1U << 30;
 }  // namespace vsock
 
 // Listens on `uds_path` (a stale socket there is replaced) and registers with `loop`,
