@@ -21,6 +21,7 @@
 #include "vmm/arch/x86/boot.h"
 #include "vmm/arch/x86/cpuid.h"
 #include "vmm/arch/x86/mptable.h"
+#include "vmm/arch/x86/registers.h"
 #include "vmm/devices/i8042/i8042.h"
 #include "vmm/devices/virtio/mmio_transport.h"
 #include "vmm/devices/virtio_console/virtio_console.h"
@@ -55,15 +56,6 @@ constexpr unsigned long kKvmSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 constexpr int kKickSignal = SIGUSR1;
 constexpr auto kPauseTimeout = std::chrono::seconds(5);
 
-// Local APIC register offsets and delivery modes, for LINT0/LINT1.
-constexpr size_t kApicLvt0 = 0x350;
-constexpr size_t kApicLvt1 = 0x360;
-constexpr uint32_t kDeliveryModeExtInt = 0x7;
-constexpr uint32_t kDeliveryModeNmi = 0x4;
-
-constexpr uint64_t kCr0Pe = 1u << 0;
-constexpr uint64_t kCr0Et = 1u << 4;
-
 // Requests are `unsigned long` in the kernel's ioctl; the macros make int constants.
 template <typename... Args>
 int Ioctl(int fd, unsigned long request, Args... args) {
@@ -88,13 +80,6 @@ class IrqLine : public Interrupt {
  private:
   UniqueFd fd_;
 };
-
-void SetLvtDeliveryMode(kvm_lapic_state& lapic, size_t reg, uint32_t mode) {
-  uint32_t value;
-  std::memcpy(&value, &lapic.regs[reg], sizeof(value));
-  value = (value & ~0x700u) | (mode << 8);
-  std::memcpy(&lapic.regs[reg], &value, sizeof(value));
-}
 
 void OnKick(int) {}
 
@@ -308,8 +293,7 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
 
     kvm_lapic_state lapic{};
     if (Ioctl(vcpu->fd.get(), KVM_GET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_GET_LAPIC"));
-    SetLvtDeliveryMode(lapic, kApicLvt0, kDeliveryModeExtInt);
-    SetLvtDeliveryMode(lapic, kApicLvt1, kDeliveryModeNmi);
+    SetUpLapicLint(lapic);
     if (Ioctl(vcpu->fd.get(), KVM_SET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_SET_LAPIC"));
 
     // Application processors wait for INIT/SIPI in the in-kernel APIC; only the bootstrap
@@ -317,28 +301,13 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
     if (i == 0) {
       kvm_sregs sregs{};
       if (Ioctl(vcpu->fd.get(), KVM_GET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_GET_SREGS"));
-      sregs.cs = BootSegment(kBootCodeSelector);
-      sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = BootSegment(kBootDataSelector);
-      sregs.tr = BootSegment(kBootTssSelector);
-      sregs.gdt.base = kBootGdtAddr;
-      sregs.gdt.limit = 4 * sizeof(uint64_t) - 1;
-      sregs.idt.base = 0;
-      sregs.idt.limit = 0;
-      sregs.cr0 = kCr0Pe | kCr0Et;
-      sregs.cr3 = 0;
-      sregs.cr4 = 0;
-      sregs.efer = 0;
+      SetPvhEntrySregs(sregs);
       if (Ioctl(vcpu->fd.get(), KVM_SET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_SET_SREGS"));
 
-      kvm_regs regs{};
-      regs.rflags = 0x2;  // bit 1 is reserved and always set
-      regs.rip = entry_;
-      regs.rbx = kStartInfoAddr;
+      kvm_regs regs = PvhEntryRegs(entry_);
       if (Ioctl(vcpu->fd.get(), KVM_SET_REGS, &regs) < 0) return Fail(KvmError("KVM_SET_REGS"));
 
-      kvm_fpu fpu{};
-      fpu.fcw = 0x37f;     // x87 power-on control word
-      fpu.mxcsr = 0x1f80;  // SSE power-on state: all exceptions masked
+      kvm_fpu fpu = PowerOnFpu();
       if (Ioctl(vcpu->fd.get(), KVM_SET_FPU, &fpu) < 0) return Fail(KvmError("KVM_SET_FPU"));
     }
     vcpus_.push_back(std::move(vcpu));
