@@ -5,7 +5,6 @@
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
-#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -52,8 +51,6 @@ struct CpuidHeader {
 static_assert(offsetof(CpuidTable, entries) == sizeof(CpuidHeader));
 constexpr unsigned long kKvmGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
 constexpr unsigned long kKvmSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
-// A kick is a signal with an empty handler: it only makes KVM_RUN return EINTR.
-constexpr int kKickSignal = SIGUSR1;
 constexpr auto kPauseTimeout = std::chrono::seconds(5);
 
 // Requests are `unsigned long` in the kernel's ioctl; the macros make int constants.
@@ -273,42 +270,35 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
       Ioctl(kvm_.get(), KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
 
   for (uint32_t i = 0; i < config.vcpus; ++i) {
-    auto vcpu = std::make_unique<Vcpu>();
-    vcpu->index = i;
-    vcpu->fd = UniqueFd(Ioctl(vm_fd_.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(i)));
-    if (!vcpu->fd) return Fail(KvmError(fmt::format("KVM_CREATE_VCPU {}", i)));
-    void* run = mmap(nullptr, static_cast<size_t>(run_size), PROT_READ | PROT_WRITE, MAP_SHARED,
-                     vcpu->fd.get(), 0);
-    if (run == MAP_FAILED) return Fail(Error::HostIo("mapping kvm_run", errno));
-    vcpu->run = static_cast<kvm_run*>(run);
-    vcpu->run_size = static_cast<size_t>(run_size);
+    auto created = Vcpu::Create(vm_fd_.get(), i, static_cast<size_t>(run_size));
+    if (!created) return Fail(std::move(created).error());
+    std::unique_ptr<Vcpu> vcpu = std::move(*created);
 
     std::vector<kvm_cpuid_entry2> entries =
         CpuidForVcpu(supported, i, config.vcpus, tsc_deadline_timer);
     auto set = std::make_unique<CpuidTable>();
     set->nent = static_cast<uint32_t>(std::min<size_t>(entries.size(), kMaxCpuidEntries));
     std::copy_n(entries.begin(), set->nent, set->entries);
-    if (Ioctl(vcpu->fd.get(), kKvmSetCpuid2, set.get()) < 0)
-      return Fail(KvmError("KVM_SET_CPUID2"));
+    if (Ioctl(vcpu->fd(), kKvmSetCpuid2, set.get()) < 0) return Fail(KvmError("KVM_SET_CPUID2"));
 
     kvm_lapic_state lapic{};
-    if (Ioctl(vcpu->fd.get(), KVM_GET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_GET_LAPIC"));
+    if (Ioctl(vcpu->fd(), KVM_GET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_GET_LAPIC"));
     SetUpLapicLint(lapic);
-    if (Ioctl(vcpu->fd.get(), KVM_SET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_SET_LAPIC"));
+    if (Ioctl(vcpu->fd(), KVM_SET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_SET_LAPIC"));
 
     // Application processors wait for INIT/SIPI in the in-kernel APIC; only the bootstrap
     // processor gets the PVH entry state.
     if (i == 0) {
       kvm_sregs sregs{};
-      if (Ioctl(vcpu->fd.get(), KVM_GET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_GET_SREGS"));
+      if (Ioctl(vcpu->fd(), KVM_GET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_GET_SREGS"));
       SetPvhEntrySregs(sregs);
-      if (Ioctl(vcpu->fd.get(), KVM_SET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_SET_SREGS"));
+      if (Ioctl(vcpu->fd(), KVM_SET_SREGS, &sregs) < 0) return Fail(KvmError("KVM_SET_SREGS"));
 
       kvm_regs regs = PvhEntryRegs(entry_);
-      if (Ioctl(vcpu->fd.get(), KVM_SET_REGS, &regs) < 0) return Fail(KvmError("KVM_SET_REGS"));
+      if (Ioctl(vcpu->fd(), KVM_SET_REGS, &regs) < 0) return Fail(KvmError("KVM_SET_REGS"));
 
       kvm_fpu fpu = PowerOnFpu();
-      if (Ioctl(vcpu->fd.get(), KVM_SET_FPU, &fpu) < 0) return Fail(KvmError("KVM_SET_FPU"));
+      if (Ioctl(vcpu->fd(), KVM_SET_FPU, &fpu) < 0) return Fail(KvmError("KVM_SET_FPU"));
     }
     vcpus_.push_back(std::move(vcpu));
   }
@@ -334,7 +324,7 @@ Result<void> Vm::Start() {
   });
   for (auto& vcpu : vcpus_) {
     Vcpu* v = vcpu.get();
-    vcpu->thread = std::thread([this, v] { RunVcpu(*v); });
+    vcpu->thread() = std::thread([this, v] { RunVcpu(*v); });
   }
   // A new thread makes system calls of its own before it runs its function (robust futex
   // list, rseq): wait for them, so that a seccomp filter installed next meets none.
@@ -350,10 +340,7 @@ void Vm::ThreadReady() {
 }
 
 void Vm::KickVcpus() {
-  for (auto& vcpu : vcpus_) {
-    std::atomic_ref<uint8_t>(vcpu->run->immediate_exit).store(1);
-    if (vcpu->thread.joinable()) pthread_kill(vcpu->thread.native_handle(), kKickSignal);
-  }
+  for (auto& vcpu : vcpus_) vcpu->Kick();
 }
 
 Result<void> Vm::Pause() {
@@ -426,7 +413,7 @@ void Vm::Stop() {
   }
   KickVcpus();
   for (auto& vcpu : vcpus_) {
-    if (vcpu->thread.joinable()) vcpu->thread.join();
+    if (vcpu->thread().joinable()) vcpu->thread().join();
   }
   if (loop_) loop_->Stop();
   if (io_thread_.joinable()) io_thread_.join();
@@ -438,9 +425,6 @@ Vm::~Vm() {
   // Devices hold registrations in the loop and references to memory: they go first.
   mmio_devices_.clear();
   pio_devices_.clear();
-  for (auto& vcpu : vcpus_) {
-    if (vcpu->run) munmap(vcpu->run, vcpu->run_size);
-  }
 }
 
 void Vm::RunVcpu(Vcpu& vcpu) {
@@ -462,15 +446,15 @@ void Vm::RunVcpu(Vcpu& vcpu) {
       }
       if (stop_requested_) break;
     }
-    int rc = ::ioctl(vcpu.fd.get(), KVM_RUN, 0);
+    int rc = ::ioctl(vcpu.fd(), KVM_RUN, 0);
     if (rc < 0) {
       if (errno == EINTR || errno == EAGAIN) {
-        std::atomic_ref<uint8_t>(vcpu.run->immediate_exit).store(0);
+        std::atomic_ref<uint8_t>(vcpu.run().immediate_exit).store(0);
         continue;
       }
       int saved = errno;
-      GuestStopped(VmState::kFailed,
-                   fmt::format("KVM_RUN failed on vCPU {}: {}", vcpu.index, std::strerror(saved)));
+      GuestStopped(VmState::kFailed, fmt::format("KVM_RUN failed on vCPU {}: {}", vcpu.index(),
+                                                 std::strerror(saved)));
       break;
     }
     if (!HandleExit(vcpu)) break;
@@ -481,17 +465,17 @@ void Vm::RunVcpu(Vcpu& vcpu) {
 }
 
 bool Vm::HandleExit(Vcpu& vcpu) {
-  kvm_run& run = *vcpu.run;
+  kvm_run& run = vcpu.run();
   switch (run.exit_reason) {
-    case KVM_EXIT_IO: HandleIo(vcpu); return true;
-    case KVM_EXIT_MMIO: HandleMmio(vcpu); return true;
+    case KVM_EXIT_IO: vcpu.HandleIo(pio_bus_, unknown_pio_); return true;
+    case KVM_EXIT_MMIO: vcpu.HandleMmio(mmio_bus_, unknown_mmio_); return true;
     case KVM_EXIT_INTR: return true;
     case KVM_EXIT_HLT:
-      GuestStopped(VmState::kShutdown, fmt::format("vCPU {} halted", vcpu.index));
+      GuestStopped(VmState::kShutdown, fmt::format("vCPU {} halted", vcpu.index()));
       return false;
     case KVM_EXIT_SHUTDOWN:
       GuestStopped(VmState::kShutdown,
-                   fmt::format("the guest reset the VM (shutdown exit on vCPU {})", vcpu.index));
+                   fmt::format("the guest reset the VM (shutdown exit on vCPU {})", vcpu.index()));
       return false;
     case KVM_EXIT_SYSTEM_EVENT:
       switch (run.system_event.type) {
@@ -517,59 +501,9 @@ bool Vm::HandleExit(Vcpu& vcpu) {
   }
 }
 
-void Vm::HandleIo(Vcpu& vcpu) {
-  kvm_run& run = *vcpu.run;
-  const uint64_t size = run.io.size;
-  const uint64_t bytes = size * run.io.count;
-  if (size == 0 || size > 4 || run.io.data_offset > vcpu.run_size ||
-      bytes > vcpu.run_size - run.io.data_offset) {
-    return;
-  }
-  uint8_t* data = reinterpret_cast<uint8_t*>(&run) + run.io.data_offset;
-  auto [device, offset] = pio_bus_.Find(run.io.port, size);
-  for (uint64_t i = 0; i < run.io.count; ++i) {
-    std::span<uint8_t> chunk(data + i * size, size);
-    if (!device) {
-      if (run.io.direction == KVM_EXIT_IO_IN) std::fill(chunk.begin(), chunk.end(), 0xff);
-      unknown_pio_.fetch_add(1, std::memory_order_relaxed);
-    } else if (run.io.direction == KVM_EXIT_IO_IN) {
-      device->PioRead(static_cast<uint16_t>(offset), chunk);
-    } else {
-      device->PioWrite(static_cast<uint16_t>(offset), chunk);
-    }
-  }
-}
-
-void Vm::HandleMmio(Vcpu& vcpu) {
-  auto& mmio = vcpu.run->mmio;
-  uint32_t len = std::min<uint32_t>(mmio.len, sizeof(mmio.data));
-  std::span<uint8_t> data(mmio.data, len);
-  auto [device, offset] = mmio_bus_.Find(mmio.phys_addr, len);
-  if (!device) {
-    if (!mmio.is_write) std::fill(data.begin(), data.end(), 0);
-    unknown_mmio_.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
-  if (mmio.is_write) {
-    device->MmioWrite(offset, data);
-  } else {
-    device->MmioRead(offset, data);
-  }
-}
-
 void Vm::LogVcpuFailure(Vcpu& vcpu, std::string_view what) {
-  std::string detail;
-  kvm_regs regs{};
-  kvm_sregs sregs{};
-  if (::ioctl(vcpu.fd.get(), KVM_GET_REGS, &regs) == 0 &&
-      ::ioctl(vcpu.fd.get(), KVM_GET_SREGS, &sregs) == 0) {
-    detail = fmt::format(
-        "rip={:#x} rsp={:#x} rflags={:#x} rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} "
-        "cr0={:#x} cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x}",
-        regs.rip, regs.rsp, regs.rflags, regs.rax, regs.rbx, regs.rcx, regs.rdx, sregs.cr0,
-        sregs.cr2, sregs.cr3, sregs.cr4, sregs.efer, sregs.cs.selector);
-  }
-  GuestStopped(VmState::kFailed, fmt::format("vCPU {} failed: {}{}{}", vcpu.index, what,
+  std::string detail = vcpu.DescribeRegisters();
+  GuestStopped(VmState::kFailed, fmt::format("vCPU {} failed: {}{}{}", vcpu.index(), what,
                                              detail.empty() ? "" : "; ", detail));
 }
 

@@ -27,6 +27,7 @@
 #include "vmm/core/event_loop.h"
 #include "vmm/core/guest_memory.h"
 #include "vmm/devices/serial/serial.h"
+#include "vmm/vcpu.h"
 
 namespace vessel::vmm {
 
@@ -74,14 +75,6 @@ class Vm {
   void Stop();
 
  private:
-  struct Vcpu {
-    uint32_t index = 0;
-    UniqueFd fd;
-    kvm_run* run = nullptr;
-    size_t run_size = 0;
-    std::thread thread;
-  };
-
   Vm() = default;
   [[nodiscard]] Result<void> SetUpKvm(const VmConfig& config);
   [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
@@ -94,8 +87,6 @@ class Vm {
   void RunVcpu(Vcpu& vcpu);
   // Handles one exit; false when the vCPU must stop.
   bool HandleExit(Vcpu& vcpu);
-  void HandleIo(Vcpu& vcpu);
-  void HandleMmio(Vcpu& vcpu);
   // The guest ended the VM (or a vCPU failed): record why, stop every vCPU, tell the owner.
   void GuestStopped(VmState state, std::string reason);
   void LogVcpuFailure(Vcpu& vcpu, std::string_view what);
