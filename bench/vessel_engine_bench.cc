@@ -41,7 +41,7 @@ constexpr uint32_t kVcpus = 1;
 constexpr uint32_t kMemoryMib = 256;
 constexpr auto kBootTimeout = std::chrono::seconds(60);
 constexpr int kExecWarmup = 10;
-// The name vessel-vmm gives the memfd that holds guest RAM (src/engine/kvm/vmm/guest_memory.cc).
+// The name vessel-vmm gives the memfd that holds guest RAM (src/vmm/core/guest_memory.cc).
 constexpr std::string_view kGuestRamMemfd = "memfd:vessel-guest-ram";
 
 struct Options {

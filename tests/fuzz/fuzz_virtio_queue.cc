@@ -16,10 +16,10 @@
 #include <optional>
 #include <vector>
 
-#include "engine/kvm/devices/virtio/queue.h"
-#include "engine/kvm/vmm/guest_memory.h"
 #include "invariant.h"
 #include "virtio_fuzz_layout.h"
+#include "vmm/core/guest_memory.h"
+#include "vmm/devices/virtio/queue.h"
 
 namespace vessel::vmm::fuzz {
 namespace {

@@ -21,13 +21,13 @@
 #include <string>
 #include <vector>
 
-#include "engine/kvm/devices/virtio/queue.h"
-#include "engine/kvm/devices/vsock/virtio_vsock.h"
-#include "engine/kvm/devices/vsock/vsock_packet.h"
-#include "engine/kvm/vmm/event_loop.h"
-#include "engine/kvm/vmm/guest_memory.h"
 #include "invariant.h"
 #include "virtio_fuzz_layout.h"
+#include "vmm/core/event_loop.h"
+#include "vmm/core/guest_memory.h"
+#include "vmm/devices/virtio/queue.h"
+#include "vmm/devices/vsock/virtio_vsock.h"
+#include "vmm/devices/vsock/vsock_packet.h"
 
 namespace vessel::vmm::fuzz {
 namespace {

@@ -5,22 +5,22 @@
 // typical conversation, so the fuzzer starts from well-formed frames of every type. A
 // virtio seed is a guest RAM image laid out as virtio_fuzz_layout.h says: well-formed
 // chains and packets, and the classic bad ones.
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <algorithm>
-#include <array>
 #include <initializer_list>
 #include <span>
 #include <string>
 #include <vector>
 
-#include "engine/kvm/devices/virtio/queue.h"
-#include "engine/kvm/devices/vsock/vsock_packet.h"
 #include "protocol/wire.h"
 #include "virtio_fuzz_layout.h"
+#include "vmm/devices/virtio/queue.h"
+#include "vmm/devices/vsock/vsock_packet.h"
 
 namespace vessel::protocol {
 namespace {
@@ -223,8 +223,10 @@ std::vector<std::pair<std::string, Bytes>> QueueSeeds() {
     g.Config(0, 4);
     g.Config(1, 1);  // explicit addresses
     for (size_t i = 0; i < 4; ++i) g.Config(4 + i, static_cast<uint8_t>(kQueueDescAddr >> (8 * i)));
-    for (size_t i = 0; i < 4; ++i) g.Config(8 + i, static_cast<uint8_t>(kQueueAvailAddr >> (8 * i)));
-    for (size_t i = 0; i < 4; ++i) g.Config(12 + i, static_cast<uint8_t>(kQueueUsedAddr >> (8 * i)));
+    for (size_t i = 0; i < 4; ++i)
+      g.Config(8 + i, static_cast<uint8_t>(kQueueAvailAddr >> (8 * i)));
+    for (size_t i = 0; i < 4; ++i)
+      g.Config(12 + i, static_cast<uint8_t>(kQueueUsedAddr >> (8 * i)));
     g.Desc(kQueueDescAddr, 0, kQueueDataAddr, 8, 0, 0);
     g.Avail(kQueueAvailAddr, {0});
     g.Put<uint8_t>(kQueueUsedAddr + 0x100, 0);
@@ -266,29 +268,31 @@ std::vector<std::pair<std::string, Bytes>> VsockSeeds() {
     g.Put<uint8_t>(kVsockDataAddr + 0x6000, 0);
   };
   // Packets, each as a header buffer and (when it has one) a payload buffer.
-  auto put_packets = [](GuestImage& g,
-                        std::initializer_list<std::pair<std::array<uint8_t, 44>, std::string>> pkts) {
-    uint16_t desc = 0;
-    uint64_t data = kVsockDataAddr;
-    std::vector<uint16_t> heads;
-    for (const auto& [hdr, payload] : pkts) {
-      heads.push_back(desc);
-      g.PutBytes(data, hdr);
-      bool more = !payload.empty();
-      g.Desc(kVsockTxDesc, desc, data, 44, more ? kDescNext : 0, static_cast<uint16_t>(desc + 1));
-      data += 64;
-      ++desc;
-      if (more) {
-        g.PutBytes(data, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
-        g.Desc(kVsockTxDesc, desc, data, static_cast<uint32_t>(payload.size()), 0, 0);
-        data += (payload.size() + 63) & ~size_t{63};
-        ++desc;
-      }
-    }
-    uint16_t i = 0;
-    for (uint16_t head : heads) g.Put(kVsockTxAvail + 4 + 2 * uint64_t{i++}, head);
-    g.Put(kVsockTxAvail + 2, i);
-  };
+  auto put_packets =
+      [](GuestImage& g,
+         std::initializer_list<std::pair<std::array<uint8_t, 44>, std::string>> pkts) {
+        uint16_t desc = 0;
+        uint64_t data = kVsockDataAddr;
+        std::vector<uint16_t> heads;
+        for (const auto& [hdr, payload] : pkts) {
+          heads.push_back(desc);
+          g.PutBytes(data, hdr);
+          bool more = !payload.empty();
+          g.Desc(kVsockTxDesc, desc, data, 44, more ? kDescNext : 0,
+                 static_cast<uint16_t>(desc + 1));
+          data += 64;
+          ++desc;
+          if (more) {
+            g.PutBytes(data, {reinterpret_cast<const uint8_t*>(payload.data()), payload.size()});
+            g.Desc(kVsockTxDesc, desc, data, static_cast<uint32_t>(payload.size()), 0, 0);
+            data += (payload.size() + 63) & ~size_t{63};
+            ++desc;
+          }
+        }
+        uint16_t i = 0;
+        for (uint16_t head : heads) g.Put(kVsockTxAvail + 4 + 2 * uint64_t{i++}, head);
+        g.Put(kVsockTxAvail + 2, i);
+      };
   std::vector<std::pair<std::string, Bytes>> seeds;
   {
     GuestImage g(kVsockConfigBytes);
@@ -308,7 +312,7 @@ std::vector<std::pair<std::string, Bytes>> VsockSeeds() {
                     {header(vs::Op::kRw, 3, 5), "abc"},       // no such connection
                     {header(vs::Op::kResponse, 0, 6), ""},
                     {header(static_cast<vs::Op>(42), 0), ""},
-                    {header(vs::Op::kRw, 9), "short"}});      // len disagrees
+                    {header(vs::Op::kRw, 9), "short"}});  // len disagrees
     seeds.emplace_back("refusals", g.Seed());
   }
   {

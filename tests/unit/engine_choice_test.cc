@@ -125,17 +125,23 @@ TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
   engine::kvm::KvmPaths paths{"/run/vm-1/console.log", "/run/vm-1/vsock.sock",
                               "/run/vm-1/agent.sock"};
   auto request = engine::kvm::ConfigureRequest(spec, "console=ttyS0", paths);
-  EXPECT_EQ(request["op"], "configure");
-  EXPECT_EQ(request["vcpus"], 2);
-  EXPECT_EQ(request["memory_mib"], 512);
-  EXPECT_EQ(request["kernel"], "/assets/vmlinux");
-  EXPECT_EQ(request["initramfs"], "/assets/initramfs.cpio");
-  EXPECT_EQ(request["cmdline"], "console=ttyS0");
-  EXPECT_EQ(request["console_log"], "/run/vm-1/console.log");
-  EXPECT_EQ(request["vsock"]["cid"], 3);
-  EXPECT_EQ(request["vsock"]["uds"], "/run/vm-1/vsock.sock");
-  EXPECT_EQ(request["agent_port"], "/run/vm-1/agent.sock");
-  EXPECT_LE(request.dump().size(), engine::kvm::kMaxControlMessage);
+  const protocol::vmm_control::VmConfig& config = request.config;
+  EXPECT_EQ(config.vcpus, 2u);
+  EXPECT_EQ(config.memory_mib, 512u);
+  EXPECT_EQ(config.kernel, "/assets/vmlinux");
+  EXPECT_EQ(config.initramfs, "/assets/initramfs.cpio");
+  EXPECT_EQ(config.cmdline, "console=ttyS0");
+  EXPECT_EQ(config.console_log, "/run/vm-1/console.log");
+  ASSERT_TRUE(config.vsock);
+  EXPECT_EQ(config.vsock->cid, 3u);
+  EXPECT_EQ(config.vsock->uds, "/run/vm-1/vsock.sock");
+  EXPECT_EQ(config.agent_port, "/run/vm-1/agent.sock");
+  // What the engine sends, the VMM accepts as it is.
+  auto message = protocol::vmm_control::EncodeRequest(request);
+  ASSERT_TRUE(message) << message.error().ToString();
+  auto decoded = protocol::vmm_control::DecodeRequest(*message);
+  ASSERT_TRUE(decoded) << decoded.error().ToString();
+  EXPECT_EQ(*decoded, protocol::vmm_control::Request(request));
 }
 
 TEST(KvmEngineUnitTest, VesselVmmIsFoundThroughTheEnvironmentFirst) {

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 
@@ -18,6 +19,8 @@ namespace vessel::engine::kvm {
 namespace {
 
 using namespace std::chrono_literals;
+namespace control = protocol::vmm_control;
+using control::kMaxMessage;
 
 struct SeqpacketPair {
   UniqueFd host;
@@ -31,7 +34,7 @@ SeqpacketPair MakeSeqpacketPair() {
 }
 
 std::string ReceiveMessage(int fd) {
-  std::string buffer(kMaxControlMessage, '\0');
+  std::string buffer(kMaxMessage, '\0');
   ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
   buffer.resize(n > 0 ? static_cast<size_t>(n) : 0);
   return buffer;
@@ -51,10 +54,10 @@ TEST(ControlClientTest, ARequestGetsItsReply) {
     SendMessage(pair.vmm.get(), R"({"ok":true,"version":1,"vmm":"vessel-vmm 0.1.0"})");
   });
   ControlClient client(std::move(pair.host));
-  auto reply = client.Call({{"op", "hello"}, {"version", 1}}, Deadline::After(5s));
+  auto reply = client.Call(control::request::Hello{1}, Deadline::After(5s));
   vmm.join();
   ASSERT_TRUE(reply.has_value()) << reply.error().ToString();
-  EXPECT_EQ((*reply)["vmm"], "vessel-vmm 0.1.0");
+  EXPECT_EQ(reply->vmm, "vessel-vmm 0.1.0");
 }
 
 TEST(ControlClientTest, AnErrorReplyIsBackendWithTheVmmsWords) {
@@ -64,7 +67,7 @@ TEST(ControlClientTest, AnErrorReplyIsBackendWithTheVmmsWords) {
     SendMessage(pair.vmm.get(), R"({"ok":false,"error":"start before configure"})");
   });
   ControlClient client(std::move(pair.host));
-  auto reply = client.Call({{"op", "start"}}, Deadline::After(5s));
+  auto reply = client.Call(control::request::Start{}, Deadline::After(5s));
   vmm.join();
   ASSERT_FALSE(reply.has_value());
   EXPECT_EQ(reply.error().kind(), ErrorKind::kBackend);
@@ -81,7 +84,7 @@ TEST(ControlClientTest, MalformedRepliesAreBackendErrors) {
       SendMessage(pair.vmm.get(), bad);
     });
     ControlClient client(std::move(pair.host));
-    auto reply = client.Call({{"op", "status"}}, Deadline::After(5s));
+    auto reply = client.Call(control::request::Status{}, Deadline::After(5s));
     vmm.join();
     ASSERT_FALSE(reply.has_value());
     EXPECT_EQ(reply.error().kind(), ErrorKind::kBackend);
@@ -96,11 +99,11 @@ TEST(ControlClientTest, AnOversizedReplyIsRefused) {
   ASSERT_EQ(::setsockopt(pair.vmm.get(), SOL_SOCKET, SO_SNDBUF, &size, sizeof(size)), 0);
   std::thread vmm([&] {
     (void)ReceiveMessage(pair.vmm.get());
-    std::string huge = R"({"ok":true,"pad":")" + std::string(kMaxControlMessage, 'x') + "\"}";
+    std::string huge = R"({"ok":true,"pad":")" + std::string(kMaxMessage, 'x') + "\"}";
     (void)::send(pair.vmm.get(), huge.data(), huge.size(), MSG_NOSIGNAL);
   });
   ControlClient client(std::move(pair.host));
-  auto reply = client.Call({{"op", "status"}}, Deadline::After(5s));
+  auto reply = client.Call(control::request::Status{}, Deadline::After(5s));
   vmm.join();
   ASSERT_FALSE(reply.has_value());
   EXPECT_NE(reply.error().message().find("oversized"), std::string::npos)
@@ -111,16 +114,16 @@ TEST(ControlClientTest, ASilentOrGoneVmmFailsInsteadOfHanging) {
   auto pair = MakeSeqpacketPair();
   ControlClient client(std::move(pair.host));
   auto start = std::chrono::steady_clock::now();
-  auto silent = client.Call({{"op", "status"}}, Deadline::After(200ms));
+  auto silent = client.Call(control::request::Status{}, Deadline::After(200ms));
   ASSERT_FALSE(silent.has_value());
   EXPECT_NE(silent.error().message().find("timed out"), std::string::npos);
   EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
   pair.vmm.Reset();
-  auto gone = client.Call({{"op", "status"}}, Deadline::After(2s));
+  auto gone = client.Call(control::request::Status{}, Deadline::After(2s));
   ASSERT_FALSE(gone.has_value());
   EXPECT_EQ(gone.error().kind(), ErrorKind::kBackend);
   client.Close();
-  auto closed = client.Call({{"op", "status"}}, Deadline::After(2s));
+  auto closed = client.Call(control::request::Status{}, Deadline::After(2s));
   ASSERT_FALSE(closed.has_value());
 }
 

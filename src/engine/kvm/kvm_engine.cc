@@ -24,6 +24,8 @@
 namespace vessel::engine::kvm {
 namespace {
 
+namespace control = protocol::vmm_control;
+
 // The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
 constexpr uint32_t kGuestMaxVcpus = 8;
 constexpr uint32_t kMaxMemoryMib = 16 * 1024;
@@ -131,12 +133,12 @@ class KvmVm final : public Vm {
     theirs.Reset();
 
     auto deadline = Deadline::After(kControlTimeout);
-    auto hello = Call({{"op", "hello"}, {"version", kControlVersion}}, deadline);
+    auto hello = Call(control::request::Hello{control::kVersion}, deadline);
     if (!hello) return Fail(std::move(hello).error());
-    if (hello->value("version", 0) != kControlVersion) {
+    if (hello->version.value_or(0) != control::kVersion) {
       return Fail(WithDiagnostics(
           Error::Backend(fmt::format("vessel-vmm speaks control protocol {}, the host {}",
-                                     hello->value("version", 0), kControlVersion))));
+                                     hello->version.value_or(0), control::kVersion))));
     }
     KvmPaths paths{dir_.File("console.log"), dir_.File("vsock.sock"), dir_.File("agent.sock")};
     if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_.channel), paths), deadline);
@@ -154,7 +156,7 @@ class KvmVm final : public Vm {
       }
       agent_ = std::move(**agent);
     }
-    if (auto r = Call({{"op", "start"}}, deadline); !r) return Fail(std::move(r).error());
+    if (auto r = Call(control::request::Start{}, deadline); !r) return Fail(std::move(r).error());
     return {};
   }
 
@@ -182,13 +184,12 @@ class KvmVm final : public Vm {
   }
 
   Result<std::string> RunState() override {
-    auto reply = Call({{"op", "status"}}, Deadline::After(kControlTimeout));
+    auto reply = Call(control::request::Status{}, Deadline::After(kControlTimeout));
     if (!reply) return Fail(std::move(reply).error());
-    auto state = reply->find("state");
-    if (state == reply->end() || !state->is_string()) {
+    if (reply->state.empty()) {
       return Fail(Error::Backend("vessel-vmm status: the reply has no state"));
     }
-    return state->get<std::string>();
+    return std::move(reply->state);
   }
 
   std::string Diagnostics() const override { return dir_.Diagnostics("vessel-vmm"); }
@@ -197,7 +198,7 @@ class KvmVm final : public Vm {
     std::lock_guard lock(destroy_mutex_);
     if (control_ && Running()) {
       // An orderly exit first, so the VMM can say why it went in its log.
-      if (Call({{"op", "shutdown"}}, Deadline::After(kShutdownTimeout))) {
+      if (Call(control::request::Shutdown{}, Deadline::After(kShutdownTimeout))) {
         (void)Exited(kShutdownTimeout);
       }
     }
@@ -209,14 +210,14 @@ class KvmVm final : public Vm {
   }
 
   Result<void> Pause() override {
-    if (auto r = Call({{"op", "pause"}}, Deadline::After(kControlTimeout)); !r) {
+    if (auto r = Call(control::request::Pause{}, Deadline::After(kControlTimeout)); !r) {
       return Fail(std::move(r).error().Context("pausing the VM"));
     }
     return {};
   }
 
   Result<void> Resume() override {
-    if (auto r = Call({{"op", "resume"}}, Deadline::After(kControlTimeout)); !r) {
+    if (auto r = Call(control::request::Resume{}, Deadline::After(kControlTimeout)); !r) {
       return Fail(std::move(r).error().Context("resuming the VM"));
     }
     return {};
@@ -225,12 +226,12 @@ class KvmVm final : public Vm {
   Result<void> Save(const std::string&) override { return Fail(SnapshotsUnsupported()); }
 
  private:
-  Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline) {
+  Result<control::Reply> Call(const control::Request& request, Deadline deadline) {
     if (!control_) return Fail(Error::Backend("vessel-vmm is not running"));
     auto reply = control_->Call(request, deadline);
     if (!reply) {
-      return Fail(WithDiagnostics(
-          std::move(reply).error().Context(request.value("op", std::string("request")))));
+      return Fail(
+          WithDiagnostics(std::move(reply).error().Context(std::string(control::OpName(request)))));
     }
     return reply;
   }
@@ -286,32 +287,29 @@ std::string KvmGuestCmdline(AgentChannel channel, bool quiet) {
   return cmdline;
 }
 
-nlohmann::json ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
-                                const KvmPaths& paths) {
-  return {
-      {"op", "configure"},
-      {"vcpus", spec.vcpus},
-      {"memory_mib", spec.memory_mib},
-      {"kernel", std::filesystem::absolute(spec.kernel).string()},
-      {"initramfs", std::filesystem::absolute(spec.initramfs).string()},
-      {"cmdline", cmdline},
-      {"console_log", paths.console_log},
-      {"vsock", {{"cid", kGuestCid}, {"uds", paths.vsock_uds}}},
-      {"agent_port", paths.agent_port},
-  };
+control::request::Configure ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
+                                             const KvmPaths& paths) {
+  return {.config = {
+              .vcpus = spec.vcpus,
+              .memory_mib = spec.memory_mib,
+              .kernel = std::filesystem::absolute(spec.kernel).string(),
+              .initramfs = std::filesystem::absolute(spec.initramfs).string(),
+              .cmdline = cmdline,
+              .console_log = paths.console_log,
+              .vsock = control::VsockConfig{.cid = kGuestCid, .uds = paths.vsock_uds},
+              .agent_port = paths.agent_port,
+          }};
 }
 
-Result<nlohmann::json> ControlClient::Call(const nlohmann::json& request, Deadline deadline) {
+Result<control::Reply> ControlClient::Call(const control::Request& request, Deadline deadline) {
   std::lock_guard lock(mutex_);
   if (!fd_) return Fail(Error::Backend("the control socket is closed"));
-  std::string message = request.dump();
-  if (message.size() > kMaxControlMessage) {
-    return Fail(Error::InvalidConfig("control request", "exceeds 64 KiB"));
-  }
-  if (::send(fd_.get(), message.data(), message.size(), MSG_NOSIGNAL) < 0) {
+  auto message = control::EncodeRequest(request);
+  if (!message) return Fail(std::move(message).error());
+  if (::send(fd_.get(), message->data(), message->size(), MSG_NOSIGNAL) < 0) {
     return Fail(Error::Backend(fmt::format("vessel-vmm control socket: {}", std::strerror(errno))));
   }
-  std::string buffer(kMaxControlMessage + 1, '\0');
+  std::string buffer(control::kMaxMessage + 1, '\0');
   ssize_t n;
   for (;;) {
     pollfd p{fd_.get(), POLLIN, 0};
@@ -326,20 +324,13 @@ Result<nlohmann::json> ControlClient::Call(const nlohmann::json& request, Deadli
     return Fail(Error::Backend(fmt::format("vessel-vmm control socket: {}", std::strerror(errno))));
   }
   if (n == 0) return Fail(Error::Backend("vessel-vmm closed its control socket"));
-  if (static_cast<size_t>(n) > kMaxControlMessage) {
+  if (static_cast<size_t>(n) > control::kMaxMessage) {
     return Fail(Error::Backend("vessel-vmm sent an oversized control reply"));
   }
   buffer.resize(static_cast<size_t>(n));
-  auto reply = nlohmann::json::parse(buffer, nullptr, /*allow_exceptions=*/false);
-  if (!reply.is_object() || !reply.contains("ok") || !reply["ok"].is_boolean()) {
-    return Fail(Error::Backend("vessel-vmm sent a malformed control reply"));
-  }
-  if (!reply["ok"].get<bool>()) {
-    auto error = reply.find("error");
-    return Fail(Error::Backend("vessel-vmm: " + (error != reply.end() && error->is_string()
-                                                     ? error->get<std::string>()
-                                                     : "failed")));
-  }
+  auto reply = control::DecodeReply(buffer);
+  if (!reply) return Fail(Error::Backend("vessel-vmm sent a " + reply.error().message()));
+  if (!reply->ok) return Fail(Error::Backend("vessel-vmm: " + reply->error));
   return reply;
 }
 

@@ -10,17 +10,13 @@
 #include <functional>
 #include <memory>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <string>
 
 #include "engine/engine.h"
+#include "protocol/vmm_control.h"
 
 namespace vessel::engine::kvm {
 
-// The control protocol version this host speaks.
-inline constexpr int kControlVersion = 1;
-// Longest control message either side sends.
-inline constexpr size_t kMaxControlMessage = 64 * 1024;
 // The guest's vsock context id.
 inline constexpr uint32_t kGuestCid = 3;
 
@@ -39,18 +35,20 @@ struct KvmPaths {
 };
 
 // The "configure" request for `spec`.
-nlohmann::json ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
-                                const KvmPaths& paths);
+protocol::vmm_control::request::Configure ConfigureRequest(const VmSpec& spec,
+                                                           const std::string& cmdline,
+                                                           const KvmPaths& paths);
 
-// Requests and replies over the VMM's control socket (AF_UNIX, SOCK_SEQPACKET): one
-// JSON object per message. Thread safe: calls are serialised.
+// Requests and replies over the VMM's control socket (AF_UNIX, SOCK_SEQPACKET), encoded
+// by protocol/vmm_control. Thread safe: calls are serialised.
 class ControlClient {
  public:
   explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
 
   // Sends `request` and returns the reply, which has "ok": true. An error reply, a
   // malformed or oversized one, a closed socket or the deadline passing is kBackend.
-  [[nodiscard]] Result<nlohmann::json> Call(const nlohmann::json& request, Deadline deadline);
+  [[nodiscard]] Result<protocol::vmm_control::Reply> Call(
+      const protocol::vmm_control::Request& request, Deadline deadline);
   void Close();
 
  private:

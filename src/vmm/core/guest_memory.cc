@@ -1,0 +1,80 @@
+#include "vmm/core/guest_memory.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <utility>
+
+namespace vessel::vmm {
+
+GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size)
+    : fd_(std::move(fd)), base_(base), size_(size) {
+  uint64_t low = size < kMmioHoleStart ? size : kMmioHoleStart;
+  regions_.push_back({.guest_addr = 0, .size = low, .offset = 0});
+  if (size > low)
+    regions_.push_back({.guest_addr = kMmioHoleEnd, .size = size - low, .offset = low});
+}
+
+GuestMemory::GuestMemory(GuestMemory&& other) noexcept
+    : fd_(std::move(other.fd_)),
+      base_(std::exchange(other.base_, nullptr)),
+      size_(std::exchange(other.size_, 0)),
+      regions_(std::move(other.regions_)) {}
+
+GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
+  if (this != &other) {
+    if (base_) munmap(base_, size_);
+    fd_ = std::move(other.fd_);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+    regions_ = std::move(other.regions_);
+  }
+  return *this;
+}
+
+GuestMemory::~GuestMemory() {
+  if (base_) munmap(base_, size_);
+}
+
+Result<GuestMemory> GuestMemory::Create(uint64_t size) {
+  if (size == 0 || size % 4096 != 0) {
+    return Fail(
+        Error::InvalidConfig("memory", "guest memory must be a positive multiple of 4 KiB"));
+  }
+  UniqueFd fd(memfd_create("vessel-guest-ram", MFD_CLOEXEC));
+  if (!fd) return Fail(Error::HostIo("memfd_create for guest memory", errno));
+  if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
+    return Fail(Error::HostIo("sizing guest memory", errno));
+  }
+  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+  if (base == MAP_FAILED) return Fail(Error::HostIo("mapping guest memory", errno));
+  madvise(base, size, MADV_HUGEPAGE);  // advisory: fine if THP is off for shmem
+  return GuestMemory(std::move(fd), static_cast<uint8_t*>(base), size);
+}
+
+std::optional<std::span<uint8_t>> GuestMemory::Slice(uint64_t guest_addr, uint64_t len) const {
+  for (const Region& r : regions_) {
+    if (guest_addr < r.guest_addr) continue;
+    uint64_t skip = guest_addr - r.guest_addr;
+    if (skip > r.size || len > r.size - skip) continue;
+    return std::span<uint8_t>(base_ + r.offset + skip, len);
+  }
+  return std::nullopt;
+}
+
+bool GuestMemory::Read(uint64_t guest_addr, std::span<uint8_t> out) const {
+  auto slice = Slice(guest_addr, out.size());
+  if (!slice) return false;
+  if (!out.empty()) std::memcpy(out.data(), slice->data(), out.size());
+  return true;
+}
+
+bool GuestMemory::Write(uint64_t guest_addr, std::span<const uint8_t> in) const {
+  auto slice = Slice(guest_addr, in.size());
+  if (!slice) return false;
+  if (!in.empty()) std::memcpy(slice->data(), in.data(), in.size());
+  return true;
+}
+
+}  // namespace vessel::vmm

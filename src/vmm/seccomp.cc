@@ -1,0 +1,114 @@
+#include "vmm/seccomp.h"
+
+#include <fmt/format.h>
+#include <linux/audit.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstddef>
+
+namespace vessel::vmm {
+namespace {
+
+constexpr uint32_t kX32SyscallBit = 0x40000000;
+
+constexpr SyscallAllowance kPolicy[] = {
+    // vCPU threads
+    {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU, KVM_GET_REGS and friends to log a failed vCPU"},
+    {SYS_rt_sigreturn, "rt_sigreturn", "returning from the empty handler of the vCPU kick signal"},
+    {SYS_tgkill, "tgkill", "kicking a vCPU thread out of KVM_RUN to pause or stop it"},
+    {SYS_rt_sigprocmask, "rt_sigprocmask", "glibc masks signals around thread exit"},
+    // Threads meeting each other
+    {SYS_futex, "futex", "mutexes and condition variables between vCPU, I/O and main threads"},
+    {SYS_sched_yield, "sched_yield", "glibc spin-then-yield in contended locks"},
+    {SYS_exit, "exit", "a vCPU or I/O thread ends when the VM stops"},
+    {SYS_exit_group, "exit_group", "the process ends after shutdown or a guest reset"},
+    {SYS_madvise, "madvise", "glibc frees the stack of a finished thread with MADV_DONTNEED"},
+    {SYS_munmap, "munmap", "unmapping a vCPU's kvm_run area and guest memory on the way out"},
+    // Memory allocation
+    {SYS_brk, "brk", "malloc growing the heap"},
+    {SYS_mmap, "mmap", "malloc of large blocks"},
+    {SYS_mremap, "mremap", "realloc of large blocks"},
+    {SYS_mprotect, "mprotect", "malloc arenas of new threads grow in place"},
+    // Device I/O, console log, control socket
+    {SYS_read, "read", "sockets of the devices, eventfds"},
+    {SYS_write, "write", "the console log, sockets of the devices, eventfds and irqfds"},
+    {SYS_readv, "readv", "scatter reads from device sockets into guest buffers"},
+    {SYS_writev, "writev", "gather writes from guest buffers to device sockets, stderr"},
+    {SYS_recvfrom, "recvfrom", "recv() on the control and device sockets"},
+    {SYS_recvmsg, "recvmsg", "control requests (one SOCK_SEQPACKET message each)"},
+    {SYS_sendto, "sendto", "send() of control replies and device data"},
+    {SYS_sendmsg, "sendmsg", "control replies and device data"},
+    {SYS_unlink, "unlink", "the agent and vsock sockets are removed when their devices go"},
+    {SYS_unlinkat, "unlinkat", "unlink() as newer glibc implements it"},
+    {SYS_close, "close", "connections of the host to the devices' sockets end"},
+    {SYS_shutdown, "shutdown", "a vsock stream half-closed by the guest"},
+    {SYS_fcntl, "fcntl", "setting a newly accepted socket non-blocking"},
+    {SYS_accept4, "accept4", "the host connecting to the vsock and agent sockets"},
+    {SYS_socket, "socket", "a guest-initiated vsock connection to a host unix socket"},
+    {SYS_connect, "connect", "a guest-initiated vsock connection to a host unix socket"},
+    {SYS_getsockopt, "getsockopt", "SO_ERROR of a non-blocking connect"},
+    {SYS_epoll_wait, "epoll_wait", "the I/O thread's event loop"},
+    {SYS_epoll_pwait, "epoll_pwait", "the I/O thread's event loop (glibc may use this)"},
+    {SYS_epoll_ctl, "epoll_ctl", "watching descriptors of new connections"},
+    {SYS_poll, "poll", "the main thread waits for control requests and the VM to stop"},
+    {SYS_ppoll, "ppoll", "poll() as glibc may implement it"},
+    {SYS_eventfd2, "eventfd2", "wake-up descriptors of device connections"},
+    {SYS_fstat, "fstat", "stdio buffering of stderr"},
+    {SYS_newfstatat, "newfstatat", "stdio buffering of stderr (fstat as newer glibc calls it)"},
+    {SYS_lseek, "lseek", "stdio on stderr"},
+    // Time
+    {SYS_clock_gettime, "clock_gettime", "timestamps when the vDSO is unavailable"},
+    {SYS_clock_nanosleep, "clock_nanosleep", "short back-off sleeps"},
+    {SYS_nanosleep, "nanosleep", "short back-off sleeps"},
+    {SYS_gettid, "gettid", "glibc thread identity"},
+    {SYS_getpid, "getpid", "glibc raise() and thread identity"},
+    {SYS_restart_syscall, "restart_syscall", "a sleep interrupted by the kick signal resumes"},
+};
+
+sock_filter Statement(int code, uint32_t k) {
+  return sock_filter{.code = static_cast<uint16_t>(code), .jt = 0, .jf = 0, .k = k};
+}
+sock_filter Jump(int code, uint32_t k, uint8_t jt, uint8_t jf) {
+  return sock_filter{.code = static_cast<uint16_t>(code), .jt = jt, .jf = jf, .k = k};
+}
+
+}  // namespace
+
+std::span<const SyscallAllowance> VmmSyscallPolicy() { return kPolicy; }
+
+std::vector<sock_filter> CompileSeccompFilter(std::span<const SyscallAllowance> allowed) {
+  std::vector<sock_filter> prog;
+  prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)));
+  prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0));
+  prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+  prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)));
+  prog.push_back(Jump(BPF_JMP | BPF_JGE | BPF_K, kX32SyscallBit, 0, 1));
+  prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+  for (const SyscallAllowance& a : allowed) {
+    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 0, 1));
+    prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+  }
+  prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
+  return prog;
+}
+
+Result<void> InstallSeccompFilter(std::span<const sock_filter> filter) {
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    return Fail(Error::HostIo("prctl(PR_SET_NO_NEW_PRIVS)", errno));
+  }
+  sock_fprog program{.len = static_cast<unsigned short>(filter.size()),
+                     .filter = const_cast<sock_filter*>(filter.data())};
+  long rc = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_TSYNC, &program);
+  if (rc < 0) return Fail(Error::HostIo("installing the seccomp filter", errno));
+  if (rc > 0) {
+    return Fail(Error::Backend(
+        fmt::format("installing the seccomp filter: thread {} could not be synchronised", rc)));
+  }
+  return {};
+}
+
+}  // namespace vessel::vmm
