@@ -18,16 +18,10 @@
 #include <string_view>
 #include <vector>
 
+#include "vessel/engine_kind.h"
 #include "vessel/error.h"
 
 namespace vessel {
-
-// Which VMM runs a sandbox.
-enum class EngineKind {
-  kAuto,  // kKvm where /dev/kvm is usable, else kQemu
-  kQemu,  // qemu-system-x86_64 -M microvm: KVM where /dev/kvm is usable, else TCG
-  kKvm,   // vessel-vmm, Vessel's own VMM on the KVM API; needs a usable /dev/kvm
-};
 
 // The transport of the command channel between the host and the guest agent.
 enum class Channel {

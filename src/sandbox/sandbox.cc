@@ -2,21 +2,13 @@
 
 #include <fmt/format.h>
 
-#include "engine/kvm/kvm_engine.h"
-#include "engine/qemu/qemu_engine.h"
+#include "engine/select.h"
 #include "sandbox/config.h"
 #include "sandbox/files.h"
 #include "sandbox/process.h"
 #include "sandbox/sandbox_impl.h"
 
 namespace vessel {
-
-Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
-  auto chosen = sandbox::ChooseEngine(kind, sandbox::EngineHost::Probe());
-  if (!chosen) return Fail(std::move(chosen).error());
-  if (*chosen == EngineKind::kKvm) return std::make_unique<engine::kvm::KvmEngine>();
-  return std::make_unique<engine::qemu::QemuEngine>();
-}
 
 namespace {
 
@@ -184,7 +176,7 @@ void Sandbox::Impl::MarkFailed() {
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxConfig& config) {
-  auto engine = MakeEngine(config.engine);
+  auto engine = engine::Make(config.engine);
   if (!engine) return Fail(std::move(engine).error());
   return Impl::Create(config, std::move(*engine));
 }

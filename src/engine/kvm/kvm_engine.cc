@@ -24,9 +24,6 @@
 namespace vessel::engine::kvm {
 namespace {
 
-// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
-constexpr uint32_t kGuestMaxVcpus = 8;
-constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 // Control requests are answered at once unless the VMM is stuck; configure loads the
 // kernel and initramfs, which takes seconds on a loaded host running nested.
 constexpr auto kControlTimeout = std::chrono::seconds(30);
@@ -367,15 +364,6 @@ Result<UniqueFd> ConnectVsock(const std::string& uds, uint32_t port, Deadline de
 }
 
 KvmEngine::KvmEngine(KvmOptions options) : options_(std::move(options)) {}
-
-uint32_t KvmEngine::max_vcpus() const {
-  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kGuestMaxVcpus);
-}
-
-uint32_t KvmEngine::max_memory_mib() const {
-  uint64_t host = HostMemoryMib();
-  return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
-}
 
 Result<void> KvmEngine::CanSave() const { return Fail(SnapshotsUnsupported()); }
 

@@ -23,9 +23,6 @@ namespace vessel::engine::qemu {
 namespace {
 
 constexpr const char* kAgentPortName = "org.vessel.agent";
-// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
-constexpr uint32_t kGuestMaxVcpus = 8;
-constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 // TCG's translation cache reserves 1 GiB by default; a microVM needs far less.
 constexpr uint32_t kTcgCacheMib = 64;
 constexpr auto kQmpTimeout = std::chrono::seconds(5);
@@ -522,15 +519,6 @@ QemuEngine::QemuEngine(QemuOptions options)
       accel_(options_.accel.value_or(KvmUsable() ? Accel::kKvm : Accel::kTcg)) {}
 
 std::string QemuEngine::name() const { return accel_ == Accel::kKvm ? "qemu-kvm" : "qemu-tcg"; }
-
-uint32_t QemuEngine::max_vcpus() const {
-  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kGuestMaxVcpus);
-}
-
-uint32_t QemuEngine::max_memory_mib() const {
-  uint64_t host = HostMemoryMib();
-  return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
-}
 
 std::string QemuEngine::version() const {
   std::string binary = options_.binary;
