@@ -40,8 +40,9 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
       // Kept as it is (VsockNotConnected: the guest never accepted), with the output.
       return Fail(Error(error).Context(fmt::format("the VM did not come up\n{}\n", diagnostics)));
     }
-    return Fail(Error::Backend(
-        fmt::format("the VM did not come up ({})\n{}", error.message(), diagnostics)));
+    std::string why = fmt::format("the VM did not come up ({})\n{}", error.message(), diagnostics);
+    return Fail(error.timed_out() ? Error::Timeout(std::move(why))
+                                  : Error::Backend(std::move(why)));
   };
   if (auto r = (*vm)->ConnectAgent(deadline); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open((*vm)->agent_fd());

@@ -111,8 +111,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
   auto fail = [&](const Error& error) -> Result<std::unique_ptr<Sandbox>> {
     std::string diagnostics = vm->Diagnostics();
     vm->Destroy();
-    return Fail(Error::Backend(
-        fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics)));
+    std::string why =
+        fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics);
+    return Fail(error.timed_out() ? Error::Timeout(std::move(why))
+                                  : Error::Backend(std::move(why)));
   };
   if (auto r = vm->Resume(); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open(vm->agent_fd());

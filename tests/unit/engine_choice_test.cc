@@ -188,6 +188,30 @@ TEST(KvmEngineUnitTest, VesselVmmIsFoundThroughTheEnvironmentFirst) {
   std::filesystem::remove_all(pattern);
 }
 
+TEST(QemuEngineUnitTest, VersionIsAskedOncePerBinary) {
+  char pattern[] = "/tmp/vessel-qemu-version-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  auto fake_qemu = [&](const std::string& name, const std::string& version) {
+    std::string path = std::string(pattern) + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\necho '" << version << "'\necho second line\n";
+    ::chmod(path.c_str(), 0755);
+    return path;
+  };
+  std::string old_qemu = fake_qemu("qemu-old", "QEMU emulator version 7.2.22");
+  std::string new_qemu = fake_qemu("qemu-new", "QEMU emulator version 9.1.0");
+  engine::qemu::QemuEngine first({.binary = old_qemu, .accel = engine::qemu::Accel::kTcg});
+  engine::qemu::QemuEngine second({.binary = new_qemu, .accel = engine::qemu::Accel::kTcg});
+  EXPECT_EQ(first.version(), "QEMU emulator version 7.2.22");
+  EXPECT_EQ(second.version(), "QEMU emulator version 9.1.0");
+  // Cached: a binary that changes after the first question keeps its first answer.
+  fake_qemu("qemu-old", "QEMU emulator version 8.0.0");
+  EXPECT_EQ(first.version(), "QEMU emulator version 7.2.22");
+  engine::qemu::QemuEngine missing(
+      {.binary = std::string(pattern) + "/absent", .accel = engine::qemu::Accel::kTcg});
+  EXPECT_EQ(missing.version(), "unknown");
+  std::filesystem::remove_all(pattern);
+}
+
 TEST(KvmEngineUnitTest, WithoutKvmStartIsUnsupportedPlatform) {
   if (engine::KvmUsable()) GTEST_SKIP() << "this host has a usable /dev/kvm";
   engine::kvm::KvmEngine kvm;

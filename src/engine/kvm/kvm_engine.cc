@@ -240,9 +240,8 @@ class KvmVm final : public Vm {
     return n > 0 && (p.revents & POLLIN);
   }
 
-  Error WithDiagnostics(const Error& error) const {
-    return Error::Backend(error.message() + "\n" + Diagnostics());
-  }
+  // Keeps the error's kind: a host failure stays kHostIo, a timeout stays one.
+  Error WithDiagnostics(const Error& error) const { return Error(error).Detail(Diagnostics()); }
 
   std::string id_;
   std::string vmm_;
@@ -314,7 +313,7 @@ Result<nlohmann::json> ControlClient::Call(const nlohmann::json& request, Deadli
     pollfd p{fd_.get(), POLLIN, 0};
     int ready = ::poll(&p, 1, deadline.PollTimeoutMs());
     if (ready < 0 && errno == EINTR) continue;
-    if (ready == 0) return Fail(Error::Backend("vessel-vmm did not answer: timed out"));
+    if (ready == 0) return Fail(Error::Timeout("vessel-vmm did not answer: timed out"));
     n = ::recv(fd_.get(), buffer.data(), buffer.size(), MSG_TRUNC);
     if (n < 0 && errno == EINTR) continue;
     break;
