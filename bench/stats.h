@@ -6,11 +6,12 @@
 #include <algorithm>
 #include <charconv>
 #include <chrono>
-#include <cmath>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "base/stats.h"
 
 namespace vessel::bench {
 
@@ -30,12 +31,6 @@ struct Series {
   std::string name;
   std::vector<double> ms;
 };
-
-// Nearest-rank percentile of sorted samples.
-inline double Percentile(const std::vector<double>& sorted, double p) {
-  auto rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(sorted.size())));
-  return sorted[std::clamp<size_t>(rank, 1, sorted.size()) - 1];
-}
 
 inline std::optional<double> Median(const Series& s) {
   if (s.ms.empty()) return std::nullopt;

@@ -1,8 +1,9 @@
 // Errors are values: every fallible call returns Result<T> = std::expected<T, Error>.
 //
 // Error separates "you used the handle wrong" (Lifecycle, InvalidConfig) from "the VM or
-// the host broke" (Backend, HostIo, ...), so a caller can decide whether to retry, change
-// state first, or give up. Context is added on the way up with Error::Context().
+// the host broke" (Backend, HostIo, ...), and says with retryable() whether the same call
+// may succeed later, so a caller can decide whether to retry, change state first, or give
+// up. Context is added on the way up with Error::Context().
 #pragma once
 
 #include <expected>
@@ -14,8 +15,9 @@
 namespace vessel {
 
 // Lifecycle states of a sandbox. Stable names: they appear in errors and in `vessel ls`.
+// A handle exists only once its agent said hello (Create, Restore and Fork return ready
+// sandboxes), so a sandbox starts in kReady.
 enum class SandboxState {
-  kBooting,    // the VM is starting; the agent has not said hello yet
   kReady,      // the agent is connected and accepts commands
   kFailed,     // the VM or its agent broke; only Destroy() is allowed
   kDestroyed,  // the VM is gone; nothing is allowed
@@ -41,13 +43,17 @@ struct LifecycleError {
   struct Released {
     std::string message;
   };
-  // A snapshot was requested while the VM was not ready.
+  // A snapshot was requested while the VM was not ready (it failed): retrying will not
+  // help.
   struct NotReady {};
-  // A fork was requested while the VM was not ready.
+  // A fork was requested while the VM was not ready (it failed): retrying will not help.
   struct NotReadyForFork {};
-  // The vsock command channel is required but not connected (yet): retrying may help.
+  // The vsock command channel is required but not connected (yet): a retryable channel
+  // condition; the next call tries to connect again.
   struct VsockNotConnected {};
-  // The vsock command channel is not available for the operation on this engine or host.
+  // The vsock command channel is not available for the operation on this engine or host:
+  // a matter of configuration or platform, so retrying will not help; choose another
+  // channel or engine.
   struct VsockUnavailable {};
   // Any lifecycle error that fits no other variant.
   struct Other {
@@ -66,7 +72,8 @@ struct LifecycleError {
   [[nodiscard]] const T* As() const {
     return std::get_if<T>(&variant);
   }
-  // True when the same call may succeed later without the caller changing anything.
+  // True when the same call may succeed later without the caller changing anything:
+  // VsockNotConnected only.
   [[nodiscard]] bool Retryable() const { return Is<VsockNotConnected>(); }
   [[nodiscard]] std::string ToString() const;
 };
@@ -102,6 +109,8 @@ class Error {
   static Error InvalidConfig(std::string field, std::string message);
   static Error Lifecycle(LifecycleError error);
   static Error Backend(std::string message);
+  // A kBackend error for a deadline that passed: timed_out() and retryable() are true.
+  static Error Timeout(std::string message);
   // The kind is derived from the guest's errno.
   static Error GuestFile(std::string path, int guest_errno, std::string message);
   static Error SnapshotFormat(std::string message);
@@ -121,9 +130,20 @@ class Error {
   // Set for kGuestFile only.
   [[nodiscard]] std::optional<GuestFileErrorKind> guest_file_kind() const { return file_kind_; }
   [[nodiscard]] const std::string& message() const { return message_; }
+  // True when a deadline passed (Error::Timeout): a kBackend error, whatever the message.
+  [[nodiscard]] bool timed_out() const { return timed_out_; }
+  // True when the same call may succeed later without the caller changing anything: a
+  // timeout, or a retryable lifecycle error (VsockNotConnected). False for everything
+  // that needs a change first: destroyed, released, a wrong state, a bad config, a
+  // missing platform feature, a broken VM, a damaged snapshot.
+  [[nodiscard]] bool retryable() const {
+    return timed_out_ || (lifecycle_ && lifecycle_->Retryable());
+  }
 
   // Prefixes the message with what was being done: "booting VM: <message>".
   [[nodiscard]] Error Context(std::string_view what) &&;
+  // Appends `detail` on lines of its own after the message, e.g. a VMM's output.
+  [[nodiscard]] Error Detail(std::string_view detail) &&;
 
   // "<kind>: <message>", for logs and the CLI.
   [[nodiscard]] std::string ToString() const;
@@ -135,6 +155,7 @@ class Error {
   std::string message_;
   std::string subject_;
   int errno_ = 0;
+  bool timed_out_ = false;
   std::optional<LifecycleError> lifecycle_;
   std::optional<GuestFileErrorKind> file_kind_;
 };

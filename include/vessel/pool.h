@@ -126,7 +126,7 @@ class VmPool {
 
   // A ready VM. Returns at once when one is idle (a hit); otherwise waits up to `timeout`
   // (default: the config's acquire_timeout) while the pool makes one. Errors:
-  // kInvalidConfig for a negative timeout; kBackend "timed out" when none came in time
+  // kInvalidConfig for a negative timeout; kBackend with timed_out() when none came in time
   // (the message says whether max_total VMs were in use); kBackend with the cause when
   // the pool failed to make a VM while the caller waited; Destroyed once the pool is
   // destroyed. The handle may outlive the pool (see Destroy()).

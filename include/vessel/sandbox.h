@@ -4,8 +4,10 @@
 // Destroying the Sandbox (or the last reference to it) kills and reaps the VMM and
 // removes every file it made.
 //
-// Thread safety: all methods may be called from any thread. Commands on one sandbox are
-// serialised: a second Execute() waits for the first.
+// Thread safety: all methods may be called from any thread. Commands and file operations
+// on one sandbox run concurrently, multiplexed over its one command channel: a second
+// Execute() does not wait for the first. Snapshot() and Fork() run one at a time, and
+// other calls wait while the guest is quiesced for them.
 #pragma once
 
 #include <chrono>
@@ -18,16 +20,10 @@
 #include <string_view>
 #include <vector>
 
+#include "vessel/engine_kind.h"
 #include "vessel/error.h"
 
 namespace vessel {
-
-// Which VMM runs a sandbox.
-enum class EngineKind {
-  kAuto,  // kKvm where /dev/kvm is usable, else kQemu
-  kQemu,  // qemu-system-x86_64 -M microvm: KVM where /dev/kvm is usable, else TCG
-  kKvm,   // vessel-vmm, Vessel's own VMM on the KVM API; needs a usable /dev/kvm
-};
 
 // The transport of the command channel between the host and the guest agent.
 enum class Channel {
@@ -127,9 +123,9 @@ class Process {
   // The process id inside the guest.
   [[nodiscard]] virtual int pid() const = 0;
   // The next event; nullopt once the final event (exit, signal or timeout) was returned.
-  // With a timeout, a kBackend "timed out" error when nothing arrived in time (the
-  // process goes on). Errors: Destroyed when the sandbox was destroyed, kBackend when the
-  // VM broke.
+  // With a timeout, an error with timed_out() (and retryable()) true when nothing
+  // arrived in time; the process goes on. Errors: Destroyed when the sandbox was destroyed,
+  // kBackend when the VM broke.
   [[nodiscard]] virtual Result<std::optional<ProcessEvent>> NextEvent(
       std::optional<std::chrono::milliseconds> timeout = std::nullopt) = 0;
   // Blocks while the guest has a window's worth of stdin not yet written. Fails with
@@ -160,13 +156,13 @@ using ChunkSource = std::function<Result<size_t>(std::span<uint8_t>)>;
 
 class Sandbox {
  public:
-  // Boots a VM and waits for its agent. Errors: kInvalidConfig naming the field;
-  // kUnsupportedPlatform when the engine cannot run here; VsockUnavailable for a vsock
-  // channel on an engine without one; kBackend when the VM does not come up before
-  // boot_timeout (the message carries the VMM's output and the console tail), except
-  // that a vsock channel the guest never accepted while its VMM still runs is
-  // VsockNotConnected, with the same diagnostics in the message. Nothing is left behind
-  // on failure.
+  // Boots a VM, waits for its agent and returns the sandbox in kReady. Errors:
+  // kInvalidConfig naming the field; kUnsupportedPlatform when the engine cannot run
+  // here; VsockUnavailable for a vsock channel on an engine without one; kBackend when
+  // the VM does not come up, with timed_out() when boot_timeout passed (the message
+  // carries the VMM's output and the console tail), except that a vsock channel the guest never
+  // accepted while its VMM still runs is VsockNotConnected, with the same diagnostics in the
+  // message. Nothing is left behind on failure.
   //
   // A vsock channel can drop while the VM goes on (the guest reset its vsock device).
   // The call that notices returns VsockNotConnected and the sandbox stays kReady; every
@@ -231,7 +227,8 @@ class Sandbox {
   // with fresh host entropy and its clock set to the host's. The snapshot is read, never
   // modified. Errors: kSnapshotFormat for a missing, truncated, corrupt or foreign
   // snapshot, or one whose kernel or initramfs changed since (the message names the
-  // problem); kBackend when the VM does not come back within options.timeout.
+  // problem); kBackend when the VM does not come back (timed_out() when options.timeout
+  // passed).
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Restore(const std::string& dir,
                                                                 const RestoreOptions& options = {});
 

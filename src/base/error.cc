@@ -9,7 +9,6 @@ namespace vessel {
 
 std::string_view ToString(SandboxState state) {
   switch (state) {
-    case SandboxState::kBooting: return "booting";
     case SandboxState::kReady: return "ready";
     case SandboxState::kFailed: return "failed";
     case SandboxState::kDestroyed: return "destroyed";
@@ -64,6 +63,12 @@ Error Error::Lifecycle(LifecycleError error) {
 }
 
 Error Error::Backend(std::string message) { return Error(ErrorKind::kBackend, std::move(message)); }
+
+Error Error::Timeout(std::string message) {
+  Error e(ErrorKind::kBackend, std::move(message));
+  e.timed_out_ = true;
+  return e;
+}
 
 std::string_view ToString(GuestFileErrorKind kind) {
   switch (kind) {
@@ -120,6 +125,12 @@ Error Error::UnsupportedPlatform(std::string message) {
 
 Error Error::Context(std::string_view what) && {
   message_ = std::string(what) + ": " + message_;
+  return std::move(*this);
+}
+
+Error Error::Detail(std::string_view detail) && {
+  message_ += "\n";
+  message_ += detail;
   return std::move(*this);
 }
 

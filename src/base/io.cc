@@ -20,7 +20,7 @@ Result<void> WaitFor(int fd, short events, Deadline deadline, const char* what) 
       if (errno == EINTR) continue;
       return Fail(Error::HostIo(std::string("poll ") + what, errno));
     }
-    if (n == 0) return Fail(Error::Backend(std::string(what) + ": timed out"));
+    if (n == 0) return Fail(Error::Timeout(std::string(what) + ": timed out"));
     return {};
   }
 }

@@ -16,7 +16,7 @@ namespace vessel {
 [[nodiscard]] Result<void> WriteAll(int fd, std::span<const uint8_t> data, Deadline deadline,
                                     const char* what);
 // Reads at least one byte when available before the deadline. Returns 0 at end of file.
-// A deadline that passes is a kBackend error "<what>: timed out".
+// A deadline that passes is Error::Timeout "<what>: timed out".
 [[nodiscard]] Result<size_t> ReadSome(int fd, std::span<uint8_t> buffer, Deadline deadline,
                                       const char* what);
 

@@ -4,16 +4,20 @@
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <condition_variable>
+#include <cstdlib>
 #include <deque>
 #include <functional>
 #include <mutex>
 #include <thread>
+
+#include "base/io.h"
 
 namespace vessel {
 namespace {
@@ -179,6 +183,31 @@ void Subprocess::Kill() {
   }
   status_ = status;
   pid_ = -1;
+}
+
+Result<std::string> RunForOutput(const std::vector<std::string>& argv,
+                                 std::chrono::milliseconds timeout, size_t max_bytes) {
+  const char* tmp = std::getenv("TMPDIR");
+  std::string path = std::string(tmp && *tmp ? tmp : "/tmp") + "/vessel-output-XXXXXX";
+  int fd = ::mkstemp(path.data());
+  if (fd < 0) return Fail(Error::HostIo("create " + path, errno));
+  ::close(fd);
+  // The child appends to the file by name; it goes once read, whatever happens.
+  struct RemoveOnExit {
+    std::string path;
+    ~RemoveOnExit() { ::unlink(path.c_str()); }
+  } remove{path};
+  auto process = Subprocess::Spawn({.argv = argv, .output_path = path});
+  if (!process) return Fail(std::move(process).error());
+  if (!process->WaitFor(timeout)) {
+    process->Kill();
+    return Fail(Error::Timeout(argv.front() + " did not finish in time"));
+  }
+  auto status = process->status();
+  if (!status || !WIFEXITED(*status) || WEXITSTATUS(*status) != 0) {
+    return Fail(Error::Backend(argv.front() + " failed"));
+  }
+  return ReadFileToString(path, max_bytes);
 }
 
 }  // namespace vessel

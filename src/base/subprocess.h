@@ -55,4 +55,11 @@ class Subprocess {
   std::optional<int> status_;
 };
 
+// Runs `argv` to completion and returns what it wrote to stdout and stderr, at most
+// `max_bytes` of it. kBackend when it exits with a non-zero status or is still running
+// after `timeout` (then it is killed); kHostIo when it cannot be started.
+[[nodiscard]] Result<std::string> RunForOutput(const std::vector<std::string>& argv,
+                                               std::chrono::milliseconds timeout,
+                                               size_t max_bytes = 64 * 1024);
+
 }  // namespace vessel

@@ -14,6 +14,7 @@
 
 #include "base/deadline.h"
 #include "base/unique_fd.h"
+#include "engine/host.h"
 #include "vessel/error.h"
 
 namespace vessel::engine {
@@ -95,8 +96,9 @@ class Engine {
   [[nodiscard]] virtual Result<void> CanSave() const { return {}; }
   // Whether VMs of this engine can carry the agent's channel over vsock.
   [[nodiscard]] virtual bool SupportsVsock() const { return false; }
-  [[nodiscard]] virtual uint32_t max_vcpus() const = 0;
-  [[nodiscard]] virtual uint32_t max_memory_mib() const = 0;
+  // The largest guest this engine runs here; every engine shares the host's limits.
+  [[nodiscard]] virtual uint32_t max_vcpus() const { return GuestVcpuLimit(); }
+  [[nodiscard]] virtual uint32_t max_memory_mib() const { return GuestMemoryLimitMib(); }
   // The VMM's own version, recorded in snapshots: "QEMU emulator version 7.2.22 ...".
   [[nodiscard]] virtual std::string version() const = 0;
   // Starts the VM process. Returns once it runs; the guest is still booting.

@@ -4,10 +4,12 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <thread>
 
 #include "base/unique_fd.h"
 
@@ -49,6 +51,16 @@ uint64_t HostMemoryMib() {
     meminfo.ignore(64, '\n');
   }
   return 0;
+}
+
+uint32_t GuestVcpuLimit() {
+  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kMaxGuestVcpus);
+}
+
+uint32_t GuestMemoryLimitMib() {
+  uint64_t host = HostMemoryMib();
+  return static_cast<uint32_t>(
+      std::min<uint64_t>(host ? host : kMaxGuestMemoryMib, kMaxGuestMemoryMib));
 }
 
 }  // namespace vessel::engine

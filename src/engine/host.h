@@ -1,5 +1,5 @@
-// What the host offers the engines: hardware virtualisation through /dev/kvm, and the CPU
-// facts they read from /proc/cpuinfo.
+// What the host offers the engines: hardware virtualisation through /dev/kvm, the CPU
+// facts they read from /proc/cpuinfo, and the guest limits that follow from them.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +14,16 @@ namespace vessel::engine {
 std::string CpuinfoValue(std::string_view key);
 // The host's RAM in MiB (MemTotal), or 0 when /proc/meminfo cannot be read.
 uint64_t HostMemoryMib();
+
+// Guest limits, the same on every engine.
+inline constexpr uint32_t kMinGuestMemoryMib = 64;
+inline constexpr uint32_t kMaxGuestMemoryMib = 16 * 1024;
+// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
+inline constexpr uint32_t kMaxGuestVcpus = 8;
+// The most vCPUs a guest may have here: the host's CPU count, at most kMaxGuestVcpus.
+uint32_t GuestVcpuLimit();
+// The most memory a guest may have here: the host's RAM, at most kMaxGuestMemoryMib.
+uint32_t GuestMemoryLimitMib();
 
 // Why KVM guests cannot run here, or nullopt when they can: /dev/kvm opens for reading
 // and writing and the CPU has VMX or SVM.

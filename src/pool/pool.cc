@@ -14,7 +14,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cmath>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -24,6 +23,7 @@
 
 #include "base/deadline.h"
 #include "base/io.h"
+#include "base/stats.h"
 #include "engine/runtime_dir.h"
 #include "pool/pool_internal.h"
 #include "sandbox/sandbox_impl.h"
@@ -147,12 +147,8 @@ PoolStats::Latency LatencyRecorder::Summary() const {
   if (window_.empty()) return summary;
   auto sorted = window_;
   std::sort(sorted.begin(), sorted.end());
-  auto rank = [&sorted](double percent) {
-    auto r = static_cast<size_t>(std::ceil(percent / 100.0 * static_cast<double>(sorted.size())));
-    return sorted[std::clamp<size_t>(r, 1, sorted.size()) - 1];
-  };
-  summary.median = rank(50);
-  summary.p99 = rank(99);
+  summary.median = Percentile(sorted, 50);
+  summary.p99 = Percentile(sorted, 99);
   return summary;
 }
 
@@ -375,7 +371,7 @@ Error VmPool::Impl::TimedOut(std::chrono::milliseconds timeout) const {
                         ? fmt::format("all {} VMs (max_total) are in use", config_.max_total)
                         : fmt::format("{} in use, {} being made", leases_.size(), making_);
   if (make_error_) why += "; the last attempt to make one failed: " + make_error_->message();
-  return Error::Backend(fmt::format("timed out after {} ms waiting for a VM from the pool: {}",
+  return Error::Timeout(fmt::format("timed out after {} ms waiting for a VM from the pool: {}",
                                     timeout.count(), why));
 }
 

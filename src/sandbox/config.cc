@@ -5,8 +5,6 @@
 #include <cstdlib>
 
 #include "base/io.h"
-#include "engine/host.h"
-#include "engine/kvm/kvm_engine.h"
 
 namespace vessel {
 
@@ -16,35 +14,6 @@ std::string DefaultAssetDir() {
 }
 
 namespace sandbox {
-
-EngineHost EngineHost::Probe() {
-  return EngineHost{engine::KvmUnusableReason(), !engine::kvm::FindVmm().empty()};
-}
-
-Result<EngineKind> ChooseEngine(EngineKind requested, const EngineHost& host) {
-  switch (requested) {
-    case EngineKind::kAuto:
-      return !host.kvm_unusable && host.vmm_installed ? EngineKind::kKvm : EngineKind::kQemu;
-    case EngineKind::kQemu: return EngineKind::kQemu;
-    case EngineKind::kKvm:
-      if (host.kvm_unusable) {
-        return Fail(Error::UnsupportedPlatform(
-            "engine kvm needs a usable /dev/kvm: " + *host.kvm_unusable + "; use engine qemu"));
-      }
-      if (!host.vmm_installed) {
-        return Fail(Error::UnsupportedPlatform(
-            "engine kvm needs vessel-vmm: set $VESSEL_VMM or install it beside vessel"));
-      }
-      return EngineKind::kKvm;
-  }
-  return Fail(Error::InvalidConfig("engine", "unknown engine"));
-}
-
-EngineKind EngineOfSnapshot(const std::string& engine_name) {
-  if (engine_name == "kvm") return EngineKind::kKvm;
-  if (engine_name.starts_with("qemu")) return EngineKind::kQemu;
-  return EngineKind::kAuto;
-}
 
 Result<engine::AgentChannel> ChooseChannel(Channel requested, const engine::Engine& engine) {
   switch (requested) {
@@ -69,10 +38,11 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
     return Fail(Error::InvalidConfig(
         "vcpus", fmt::format("{} is outside 1..{}", config.vcpus, engine.max_vcpus())));
   }
-  if (config.memory_mib < kMinMemoryMib || config.memory_mib > engine.max_memory_mib()) {
+  if (config.memory_mib < engine::kMinGuestMemoryMib ||
+      config.memory_mib > engine.max_memory_mib()) {
     return Fail(Error::InvalidConfig(
-        "memory_mib", fmt::format("{} MiB is outside {}..{} MiB", config.memory_mib, kMinMemoryMib,
-                                  engine.max_memory_mib())));
+        "memory_mib", fmt::format("{} MiB is outside {}..{} MiB", config.memory_mib,
+                                  engine::kMinGuestMemoryMib, engine.max_memory_mib())));
   }
   if (config.boot_timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("boot_timeout", "must be positive"));

@@ -104,7 +104,7 @@ Result<proto::Frame> Mailbox::Next(Deadline deadline) {
   if (deadline.never()) {
     cv_.wait(lock, ready);
   } else if (!cv_.wait_for(lock, std::chrono::milliseconds(deadline.PollTimeoutMs()), ready)) {
-    return Fail(Error::Backend("waiting for the guest agent: timed out"));
+    return Fail(Error::Timeout("waiting for the guest agent: timed out"));
   }
   if (frames_.empty()) return Fail(*failure_);
   proto::Frame frame = std::move(frames_.front());

@@ -21,11 +21,6 @@ struct Rule {
 
 // Every (state, operation) pair appears exactly once; a unit test checks that.
 constexpr Rule kRules[] = {
-    {SandboxState::kBooting, Operation::kExecute, Verdict::kNeedsReady},
-    {SandboxState::kBooting, Operation::kFiles, Verdict::kNeedsReady},
-    {SandboxState::kBooting, Operation::kSnapshot, Verdict::kNotReady},
-    {SandboxState::kBooting, Operation::kFork, Verdict::kNotReadyForFork},
-    {SandboxState::kBooting, Operation::kDestroy, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kFiles, Verdict::kAllowed},
     {SandboxState::kReady, Operation::kSnapshot, Verdict::kAllowed},

@@ -12,8 +12,8 @@ namespace vessel::sandbox {
 // kExecute covers Execute() and Start(); kFiles every file operation.
 enum class Operation { kExecute, kFiles, kSnapshot, kFork, kDestroy };
 
-inline constexpr SandboxState kAllStates[] = {SandboxState::kBooting, SandboxState::kReady,
-                                              SandboxState::kFailed, SandboxState::kDestroyed};
+inline constexpr SandboxState kAllStates[] = {SandboxState::kReady, SandboxState::kFailed,
+                                              SandboxState::kDestroyed};
 inline constexpr Operation kAllOperations[] = {Operation::kExecute, Operation::kFiles,
                                                Operation::kSnapshot, Operation::kFork,
                                                Operation::kDestroy};

@@ -2,21 +2,13 @@
 
 #include <fmt/format.h>
 
-#include "engine/kvm/kvm_engine.h"
-#include "engine/qemu/qemu_engine.h"
+#include "engine/select.h"
 #include "sandbox/config.h"
 #include "sandbox/files.h"
 #include "sandbox/process.h"
 #include "sandbox/sandbox_impl.h"
 
 namespace vessel {
-
-Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind) {
-  auto chosen = sandbox::ChooseEngine(kind, sandbox::EngineHost::Probe());
-  if (!chosen) return Fail(std::move(chosen).error());
-  if (*chosen == EngineKind::kKvm) return std::make_unique<engine::kvm::KvmEngine>();
-  return std::make_unique<engine::qemu::QemuEngine>();
-}
 
 namespace {
 
@@ -48,8 +40,9 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
       // Kept as it is (VsockNotConnected: the guest never accepted), with the output.
       return Fail(Error(error).Context(fmt::format("the VM did not come up\n{}\n", diagnostics)));
     }
-    return Fail(Error::Backend(
-        fmt::format("the VM did not come up ({})\n{}", error.message(), diagnostics)));
+    std::string why = fmt::format("the VM did not come up ({})\n{}", error.message(), diagnostics);
+    return Fail(error.timed_out() ? Error::Timeout(std::move(why))
+                                  : Error::Backend(std::move(why)));
   };
   if (auto r = (*vm)->ConnectAgent(deadline); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open((*vm)->agent_fd());
@@ -184,7 +177,7 @@ void Sandbox::Impl::MarkFailed() {
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Create(const SandboxConfig& config) {
-  auto engine = MakeEngine(config.engine);
+  auto engine = engine::Make(config.engine);
   if (!engine) return Fail(std::move(engine).error());
   return Impl::Create(config, std::move(*engine));
 }

@@ -12,9 +12,6 @@
 
 namespace vessel {
 
-// The engine a config asks for (see ChooseEngine in sandbox/config.h).
-[[nodiscard]] Result<std::unique_ptr<engine::Engine>> MakeEngine(EngineKind kind);
-
 class Sandbox::Impl {
  public:
   // Boots a VM on `engine` and waits for its agent.

@@ -4,6 +4,8 @@
 // paused and saved by the engine, then both resumed. Restoring: the engine starts a VM
 // from the saved files, and the agent is woken as a clone on a fresh channel: it reseeds
 // its RNG, sets its clock and forgets the requests of the host it had before.
+#include "snapshot/snapshot.h"
+
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,9 +14,9 @@
 #include <thread>
 
 #include "base/io.h"
+#include "engine/select.h"
 #include "sandbox/config.h"
 #include "sandbox/sandbox_impl.h"
-#include "snapshot/snapshot.h"
 
 namespace vessel {
 namespace {
@@ -109,8 +111,10 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
   auto fail = [&](const Error& error) -> Result<std::unique_ptr<Sandbox>> {
     std::string diagnostics = vm->Diagnostics();
     vm->Destroy();
-    return Fail(Error::Backend(
-        fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics)));
+    std::string why =
+        fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics);
+    return Fail(error.timed_out() ? Error::Timeout(std::move(why))
+                                  : Error::Backend(std::move(why)));
   };
   if (auto r = vm->Resume(); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open(vm->agent_fd());
@@ -132,8 +136,8 @@ Result<Sandbox::Impl::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
   if (!manifest) return Fail(std::move(manifest).error());
   auto engine =
-      MakeEngine(options.engine == EngineKind::kAuto ? sandbox::EngineOfSnapshot(manifest->engine)
-                                                     : options.engine);
+      engine::Make(options.engine == EngineKind::kAuto ? engine::KindOfEngineName(manifest->engine)
+                                                       : options.engine);
   if (!engine) return Fail(std::move(engine).error());
   if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), manifest->kernel_path,
                                          manifest->initramfs_path);

@@ -11,7 +11,7 @@
 #include <iostream>
 #include <optional>
 
-#include "sandbox/config.h"
+#include "engine/select.h"
 #include "vm_test_env.h"
 
 namespace vessel::testing {
@@ -44,7 +44,7 @@ std::optional<EngineKind> EngineFromEnvironment(std::string& error) {
     error = "VESSEL_TEST_ENGINE must be qemu, kvm or auto, not " + name;
     return std::nullopt;
   }
-  auto chosen = sandbox::ChooseEngine(requested, sandbox::EngineHost::Probe());
+  auto chosen = engine::Select(requested, engine::Host::Probe());
   if (!chosen) {
     error = "VESSEL_TEST_ENGINE=" + name + ": " + chosen.error().ToString();
     return std::nullopt;

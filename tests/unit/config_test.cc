@@ -105,7 +105,7 @@ TEST_F(ValidateConfigTest, ValidConfigBecomesTheSameSpec) {
 
 TEST_F(ValidateConfigTest, BoundariesAreAccepted) {
   for (uint32_t vcpus : {1u, 2u}) {
-    for (uint32_t memory : {kMinMemoryMib, 1024u}) {
+    for (uint32_t memory : {engine::kMinGuestMemoryMib, 1024u}) {
       SandboxConfig config = Valid();
       config.vcpus = vcpus;
       config.memory_mib = memory;

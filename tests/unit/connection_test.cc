@@ -202,7 +202,7 @@ TEST_F(ConnectionStartTest, SilenceTimesOutAtTheDeadline) {
   auto elapsed = std::chrono::steady_clock::now() - started;
   JoinAgent();
   ASSERT_FALSE(hello.has_value());
-  ExpectBackend(hello.error(), "timed out");
+  ExpectTimeout(hello.error());
   EXPECT_GE(elapsed, 90ms);
   EXPECT_LT(elapsed, 2s);
 }
@@ -267,7 +267,7 @@ TEST_F(ConnectionTest, FramesAfterTheLastFrameOfARequestAreDropped) {
   EXPECT_TRUE(mailbox->ended());
   auto late = mailbox->Next(Deadline::After(100ms));
   ASSERT_FALSE(late.has_value());
-  ExpectBackend(late.error(), "timed out");
+  ExpectTimeout(late.error());
 }
 
 TEST_F(ConnectionTest, FramesAfterEndRequestAreDropped) {
@@ -299,7 +299,7 @@ TEST_F(ConnectionTest, NextTimesOutAtTheDeadlineAndTheRequestGoesOn) {
   auto frame = mailbox->Next(Deadline::After(100ms));
   auto elapsed = std::chrono::steady_clock::now() - started;
   ASSERT_FALSE(frame.has_value());
-  ExpectBackend(frame.error(), "timed out");
+  ExpectTimeout(frame.error());
   EXPECT_GE(elapsed, 90ms);
   EXPECT_LT(elapsed, 2s);
   agent_.Send(ExitedWith(mailbox->id(), 0));
@@ -551,7 +551,7 @@ TEST_F(ConnectionQuiesceTest, TimeoutLetsSendersGoAndALateDoneIsDropped) {
   auto quiesced = connection_->Quiesce(Deadline::After(100ms));
   auto elapsed = std::chrono::steady_clock::now() - started;
   ASSERT_FALSE(quiesced.has_value());
-  ExpectBackend(quiesced.error(), "timed out");
+  ExpectTimeout(quiesced.error());
   EXPECT_NE(quiesced.error().message().find("quiescing the guest agent"), std::string::npos);
   EXPECT_GE(elapsed, 90ms);
   EXPECT_LT(elapsed, 2s);
@@ -668,7 +668,7 @@ TEST_F(ConnectionQuiesceTest, ResumeTimesOutAndLetsSendersGo) {
   QuiesceConnection();
   auto resumed = connection_->Resume(MakeResumeRequest(false), Deadline::After(100ms));
   ASSERT_FALSE(resumed.has_value());
-  ExpectBackend(resumed.error(), "timed out");
+  ExpectTimeout(resumed.error());
   EXPECT_TRUE(agent_.ReceiveResume().has_value());
   ASSERT_TRUE(connection_->Send(proto::EncodePing(10)));
   EXPECT_TRUE(agent_.Receive(proto::MessageType::kPing).has_value());
@@ -774,7 +774,7 @@ TEST_F(ConnectionStartResumedTest, TimesOutAtTheDeadline) {
   auto elapsed = std::chrono::steady_clock::now() - started;
   JoinAgent();
   ASSERT_FALSE(hello.has_value());
-  ExpectBackend(hello.error(), "timed out");
+  ExpectTimeout(hello.error());
   EXPECT_GE(elapsed, 90ms);
   EXPECT_LT(elapsed, 2s);
 }

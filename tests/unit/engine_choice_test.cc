@@ -10,6 +10,7 @@
 
 #include "engine/kvm/kvm_engine.h"
 #include "engine/qemu/qemu_engine.h"
+#include "engine/select.h"
 #include "sandbox/config.h"
 
 namespace vessel::sandbox {
@@ -17,42 +18,70 @@ namespace {
 
 using engine::AgentChannel;
 
-const EngineHost kKvmHost{std::nullopt, true};
-const EngineHost kNoKvmHost{std::string("/dev/kvm cannot be opened: No such file or directory"),
-                            true};
-const EngineHost kNoVmmHost{std::nullopt, false};
+const engine::Host kKvmHost{std::nullopt, "/usr/libexec/vessel-vmm"};
+const engine::Host kNoKvmHost{std::string("/dev/kvm cannot be opened: No such file or directory"),
+                              "/usr/libexec/vessel-vmm"};
+const engine::Host kNoVmmHost{std::nullopt, ""};
 
 TEST(EngineChoiceTest, AutoPicksKvmWhereItCanRun) {
-  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kKvmHost), EngineKind::kKvm);
-  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kNoKvmHost), EngineKind::kQemu);
-  EXPECT_EQ(ChooseEngine(EngineKind::kAuto, kNoVmmHost), EngineKind::kQemu);
+  EXPECT_EQ(engine::Select(EngineKind::kAuto, kKvmHost), EngineKind::kKvm);
+  EXPECT_EQ(engine::Select(EngineKind::kAuto, kNoKvmHost), EngineKind::kQemu);
+  EXPECT_EQ(engine::Select(EngineKind::kAuto, kNoVmmHost), EngineKind::kQemu);
 }
 
 TEST(EngineChoiceTest, QemuRunsEverywhere) {
   for (const auto& host : {kKvmHost, kNoKvmHost, kNoVmmHost}) {
-    EXPECT_EQ(ChooseEngine(EngineKind::kQemu, host), EngineKind::kQemu);
+    EXPECT_EQ(engine::Select(EngineKind::kQemu, host), EngineKind::kQemu);
   }
 }
 
 TEST(EngineChoiceTest, KvmWhereItCannotRunIsUnsupportedPlatformSayingWhy) {
-  EXPECT_EQ(ChooseEngine(EngineKind::kKvm, kKvmHost), EngineKind::kKvm);
-  auto no_kvm = ChooseEngine(EngineKind::kKvm, kNoKvmHost);
+  EXPECT_EQ(engine::Select(EngineKind::kKvm, kKvmHost), EngineKind::kKvm);
+  auto no_kvm = engine::Select(EngineKind::kKvm, kNoKvmHost);
   ASSERT_FALSE(no_kvm.has_value());
   EXPECT_EQ(no_kvm.error().kind(), ErrorKind::kUnsupportedPlatform);
   EXPECT_NE(no_kvm.error().message().find("/dev/kvm cannot be opened"), std::string::npos)
       << no_kvm.error().message();
   EXPECT_NE(no_kvm.error().message().find("use engine qemu"), std::string::npos);
-  auto no_vmm = ChooseEngine(EngineKind::kKvm, kNoVmmHost);
+  auto no_vmm = engine::Select(EngineKind::kKvm, kNoVmmHost);
   ASSERT_FALSE(no_vmm.has_value());
   EXPECT_EQ(no_vmm.error().kind(), ErrorKind::kUnsupportedPlatform);
   EXPECT_NE(no_vmm.error().message().find("VESSEL_VMM"), std::string::npos);
 }
 
+TEST(EngineChoiceTest, MakeConstructsTheSelectedEngine) {
+  auto kvm = engine::Make(EngineKind::kAuto, kKvmHost);
+  ASSERT_TRUE(kvm.has_value()) << kvm.error().ToString();
+  EXPECT_EQ((*kvm)->name(), "kvm");
+  auto tcg = engine::Make(EngineKind::kAuto, kNoKvmHost);
+  ASSERT_TRUE(tcg.has_value()) << tcg.error().ToString();
+  EXPECT_EQ((*tcg)->name(), "qemu-tcg");
+  auto qemu_kvm = engine::Make(EngineKind::kQemu, kKvmHost);
+  ASSERT_TRUE(qemu_kvm.has_value()) << qemu_kvm.error().ToString();
+  EXPECT_EQ((*qemu_kvm)->name(), "qemu-kvm");
+  auto refused = engine::Make(EngineKind::kKvm, kNoVmmHost);
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().kind(), ErrorKind::kUnsupportedPlatform);
+}
+
+TEST(EngineChoiceTest, EveryEngineHasTheSameGuestLimits) {
+  for (auto kind : {EngineKind::kQemu, EngineKind::kKvm}) {
+    auto made = engine::Make(kind, kKvmHost);
+    ASSERT_TRUE(made.has_value());
+    EXPECT_EQ((*made)->max_vcpus(), engine::GuestVcpuLimit());
+    EXPECT_EQ((*made)->max_memory_mib(), engine::GuestMemoryLimitMib());
+  }
+  EXPECT_GE(engine::GuestVcpuLimit(), 1u);
+  EXPECT_LE(engine::GuestVcpuLimit(), engine::kMaxGuestVcpus);
+  EXPECT_GE(engine::GuestMemoryLimitMib(), engine::kMinGuestMemoryMib);
+  EXPECT_LE(engine::GuestMemoryLimitMib(), engine::kMaxGuestMemoryMib);
+}
+
 TEST(EngineChoiceTest, RestoringPicksTheEngineThatSaved) {
-  EXPECT_EQ(EngineOfSnapshot("kvm"), EngineKind::kKvm);
-  EXPECT_EQ(EngineOfSnapshot("qemu-tcg"), EngineKind::kQemu);
-  EXPECT_EQ(EngineOfSnapshot("qemu-kvm"), EngineKind::kQemu);
-  EXPECT_EQ(EngineOfSnapshot("bochs"), EngineKind::kAuto);
+  EXPECT_EQ(engine::KindOfEngineName("kvm"), EngineKind::kKvm);
+  EXPECT_EQ(engine::KindOfEngineName("qemu-tcg"), EngineKind::kQemu);
+  EXPECT_EQ(engine::KindOfEngineName("qemu-kvm"), EngineKind::kQemu);
+  EXPECT_EQ(engine::KindOfEngineName("bochs"), EngineKind::kAuto);
 }
 
 TEST(EngineChoiceTest, ChannelsFollowTheEngine) {
@@ -162,6 +191,30 @@ TEST(KvmEngineUnitTest, VesselVmmIsFoundThroughTheEnvironmentFirst) {
   } else {
     ::unsetenv("VESSEL_VMM");
   }
+  std::filesystem::remove_all(pattern);
+}
+
+TEST(QemuEngineUnitTest, VersionIsAskedOncePerBinary) {
+  char pattern[] = "/tmp/vessel-qemu-version-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  auto fake_qemu = [&](const std::string& name, const std::string& version) {
+    std::string path = std::string(pattern) + "/" + name;
+    std::ofstream(path) << "#!/bin/sh\necho '" << version << "'\necho second line\n";
+    ::chmod(path.c_str(), 0755);
+    return path;
+  };
+  std::string old_qemu = fake_qemu("qemu-old", "QEMU emulator version 7.2.22");
+  std::string new_qemu = fake_qemu("qemu-new", "QEMU emulator version 9.1.0");
+  engine::qemu::QemuEngine first({.binary = old_qemu, .accel = engine::qemu::Accel::kTcg});
+  engine::qemu::QemuEngine second({.binary = new_qemu, .accel = engine::qemu::Accel::kTcg});
+  EXPECT_EQ(first.version(), "QEMU emulator version 7.2.22");
+  EXPECT_EQ(second.version(), "QEMU emulator version 9.1.0");
+  // Cached: a binary that changes after the first question keeps its first answer.
+  fake_qemu("qemu-old", "QEMU emulator version 8.0.0");
+  EXPECT_EQ(first.version(), "QEMU emulator version 7.2.22");
+  engine::qemu::QemuEngine missing(
+      {.binary = std::string(pattern) + "/absent", .accel = engine::qemu::Accel::kTcg});
+  EXPECT_EQ(missing.version(), "unknown");
   std::filesystem::remove_all(pattern);
 }
 

@@ -21,19 +21,18 @@ TEST(ErrorTest, InvalidConfigNamesTheField) {
 }
 
 TEST(ErrorTest, LifecycleKeepsTheVariant) {
-  Error e = Error::Lifecycle({LifecycleError::InvalidState{
-      SandboxState::kReady, SandboxState::kBooting, "still booting"}});
+  Error e = Error::Lifecycle(
+      {LifecycleError::InvalidState{SandboxState::kReady, SandboxState::kFailed, "the VM broke"}});
   EXPECT_EQ(e.kind(), ErrorKind::kLifecycle);
   ASSERT_NE(e.lifecycle(), nullptr);
   const auto* state = e.lifecycle()->As<LifecycleError::InvalidState>();
   ASSERT_NE(state, nullptr);
   EXPECT_EQ(state->expected, SandboxState::kReady);
-  EXPECT_EQ(state->current, SandboxState::kBooting);
-  EXPECT_EQ(e.message(), "invalid state: expected ready, current booting: still booting");
+  EXPECT_EQ(state->current, SandboxState::kFailed);
+  EXPECT_EQ(e.message(), "invalid state: expected ready, current failed: the VM broke");
   EXPECT_EQ(e.subject(), "");
   EXPECT_EQ(e.errno_value(), 0);
-  EXPECT_EQ(e.ToString(),
-            "lifecycle: invalid state: expected ready, current booting: still booting");
+  EXPECT_EQ(e.ToString(), "lifecycle: invalid state: expected ready, current failed: the VM broke");
 }
 
 TEST(ErrorTest, Backend) {
@@ -172,8 +171,41 @@ TEST(ErrorTest, ErrorKindNames) {
   EXPECT_EQ(ToString(ErrorKind::kUnsupportedPlatform), "unsupported platform");
 }
 
+TEST(ErrorTest, TimeoutIsAStructuredRetryableBackendError) {
+  Error e = Error::Timeout("waiting for the guest agent: timed out").Context("booting VM");
+  EXPECT_EQ(e.kind(), ErrorKind::kBackend);
+  EXPECT_TRUE(e.timed_out());
+  EXPECT_TRUE(e.retryable());
+  EXPECT_EQ(e.lifecycle(), nullptr);
+  EXPECT_EQ(e.message(), "booting VM: waiting for the guest agent: timed out");
+  // A backend failure that mentions a timeout in its text is not one.
+  EXPECT_FALSE(Error::Backend("the agent said: timed out").timed_out());
+}
+
+TEST(ErrorTest, OnlyConditionsThatCanPassAreRetryable) {
+  EXPECT_TRUE(Error::Lifecycle({LifecycleError::VsockNotConnected{}}).retryable());
+  EXPECT_TRUE(Error::Timeout("read: timed out").retryable());
+  EXPECT_FALSE(Error::Lifecycle({LifecycleError::VsockUnavailable{}}).retryable());
+  EXPECT_FALSE(Error::Lifecycle({LifecycleError::Destroyed{"gone"}}).retryable());
+  EXPECT_FALSE(Error::Lifecycle({LifecycleError::Released{"pooled"}}).retryable());
+  EXPECT_FALSE(Error::InvalidConfig("vcpus", "0 is outside 1..8").retryable());
+  EXPECT_FALSE(Error::Backend("the VM exited").retryable());
+  EXPECT_FALSE(Error::HostIo("read", EIO).retryable());
+  EXPECT_FALSE(Error::UnsupportedPlatform("no /dev/kvm").retryable());
+  EXPECT_FALSE(Error::SnapshotFormat("truncated").retryable());
+  EXPECT_FALSE(Error::GuestFile("/x", ENOENT, "no such file").retryable());
+}
+
+TEST(ErrorTest, DetailKeepsTheKindAndAppendsLines) {
+  Error e = Error::HostIo("connect", ECONNREFUSED).Detail("vessel-vmm: log tail");
+  EXPECT_EQ(e.kind(), ErrorKind::kHostIo);
+  EXPECT_EQ(e.errno_value(), ECONNREFUSED);
+  EXPECT_EQ(e.message(),
+            std::string("connect: ") + std::strerror(ECONNREFUSED) + "\nvessel-vmm: log tail");
+  EXPECT_TRUE(Error::Timeout("t").Detail("d").timed_out());
+}
+
 TEST(ErrorTest, SandboxStateNamesAreStable) {
-  EXPECT_EQ(ToString(SandboxState::kBooting), "booting");
   EXPECT_EQ(ToString(SandboxState::kReady), "ready");
   EXPECT_EQ(ToString(SandboxState::kFailed), "failed");
   EXPECT_EQ(ToString(SandboxState::kDestroyed), "destroyed");
@@ -195,6 +227,7 @@ TEST_P(LifecycleErrorTest, ToStringAndRetryable) {
   const LifecycleCase& c = GetParam();
   EXPECT_EQ(c.error.ToString(), c.text);
   EXPECT_EQ(c.error.Retryable(), c.retryable);
+  EXPECT_EQ(Error::Lifecycle(c.error).retryable(), c.retryable);
   // Wrapped in an Error, the variant and its text survive.
   Error e = Error::Lifecycle(c.error);
   ASSERT_NE(e.lifecycle(), nullptr);

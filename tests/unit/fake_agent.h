@@ -212,4 +212,11 @@ inline void ExpectBackend(const Error& error, std::string_view needle) {
   EXPECT_NE(error.message().find(needle), std::string::npos) << error.message();
 }
 
+// A deadline that passed: tested by the flag, never by the message's text.
+inline void ExpectTimeout(const Error& error) {
+  EXPECT_EQ(error.kind(), ErrorKind::kBackend) << error.ToString();
+  EXPECT_TRUE(error.timed_out()) << error.ToString();
+  EXPECT_TRUE(error.retryable()) << error.ToString();
+}
+
 }  // namespace vessel::sandbox::test

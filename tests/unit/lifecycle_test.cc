@@ -18,11 +18,6 @@ struct Case {
 
 // The whole lifecycle contract of vessel/sandbox.h, written out independently.
 constexpr Case kExpected[] = {
-    {SandboxState::kBooting, Operation::kExecute, Expect::kInvalidState},
-    {SandboxState::kBooting, Operation::kFiles, Expect::kInvalidState},
-    {SandboxState::kBooting, Operation::kSnapshot, Expect::kNotReady},
-    {SandboxState::kBooting, Operation::kFork, Expect::kNotReadyForFork},
-    {SandboxState::kBooting, Operation::kDestroy, Expect::kAllowed},
     {SandboxState::kReady, Operation::kExecute, Expect::kAllowed},
     {SandboxState::kReady, Operation::kFiles, Expect::kAllowed},
     {SandboxState::kReady, Operation::kSnapshot, Expect::kAllowed},
@@ -40,7 +35,7 @@ constexpr Case kExpected[] = {
     {SandboxState::kDestroyed, Operation::kDestroy, Expect::kDestroyed},
 };
 
-static_assert(std::size(kAllStates) == 4, "a new state needs rows in kExpected");
+static_assert(std::size(kAllStates) == 3, "a new state needs rows in kExpected");
 static_assert(std::size(kAllOperations) == 5, "a new operation needs rows in kExpected");
 
 const Case* FindCase(SandboxState state, Operation op) {
@@ -102,14 +97,6 @@ TEST(LifecycleTest, EveryStateAndOperation) {
     }
   }
   EXPECT_EQ(checked, std::size(kExpected));
-}
-
-TEST(LifecycleTest, ExecuteInBootingIsInvalidStateExpectingReady) {
-  auto error = Check(SandboxState::kBooting, Operation::kExecute);
-  ASSERT_TRUE(error.has_value());
-  EXPECT_EQ(error->ToString(),
-            "invalid state: expected ready, current booting: execute needs a ready sandbox, this "
-            "one is booting");
 }
 
 TEST(LifecycleTest, FilesInFailedIsInvalidStateExpectingReady) {

@@ -26,9 +26,6 @@ namespace {
 
 namespace control = protocol::vmm_control;
 
-// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
-constexpr uint32_t kGuestMaxVcpus = 8;
-constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 // Control requests are answered at once unless the VMM is stuck; configure loads the
 // kernel and initramfs, which takes seconds on a loaded host running nested.
 constexpr auto kControlTimeout = std::chrono::seconds(30);
@@ -244,9 +241,8 @@ class KvmVm final : public Vm {
     return n > 0 && (p.revents & POLLIN);
   }
 
-  Error WithDiagnostics(const Error& error) const {
-    return Error::Backend(error.message() + "\n" + Diagnostics());
-  }
+  // Keeps the error's kind: a host failure stays kHostIo, a timeout stays one.
+  Error WithDiagnostics(const Error& error) const { return Error(error).Detail(Diagnostics()); }
 
   std::string id_;
   std::string vmm_;
@@ -315,7 +311,7 @@ Result<control::Reply> ControlClient::Call(const control::Request& request, Dead
     pollfd p{fd_.get(), POLLIN, 0};
     int ready = ::poll(&p, 1, deadline.PollTimeoutMs());
     if (ready < 0 && errno == EINTR) continue;
-    if (ready == 0) return Fail(Error::Backend("vessel-vmm did not answer: timed out"));
+    if (ready == 0) return Fail(Error::Timeout("vessel-vmm did not answer: timed out"));
     n = ::recv(fd_.get(), buffer.data(), buffer.size(), MSG_TRUNC);
     if (n < 0 && errno == EINTR) continue;
     break;
@@ -358,15 +354,6 @@ Result<UniqueFd> ConnectVsock(const std::string& uds, uint32_t port, Deadline de
 }
 
 KvmEngine::KvmEngine(KvmOptions options) : options_(std::move(options)) {}
-
-uint32_t KvmEngine::max_vcpus() const {
-  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kGuestMaxVcpus);
-}
-
-uint32_t KvmEngine::max_memory_mib() const {
-  uint64_t host = HostMemoryMib();
-  return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
-}
 
 Result<void> KvmEngine::CanSave() const { return Fail(SnapshotsUnsupported()); }
 

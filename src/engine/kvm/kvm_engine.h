@@ -77,8 +77,6 @@ class KvmEngine final : public Engine {
   [[nodiscard]] std::string name() const override { return "kvm"; }
   [[nodiscard]] bool SupportsVsock() const override { return true; }
   [[nodiscard]] Result<void> CanSave() const override;
-  [[nodiscard]] uint32_t max_vcpus() const override;
-  [[nodiscard]] uint32_t max_memory_mib() const override;
   [[nodiscard]] std::string version() const override;
   // kUnsupportedPlatform when /dev/kvm is not usable or vessel-vmm is not found.
   [[nodiscard]] Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;

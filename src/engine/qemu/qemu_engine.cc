@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -23,15 +24,14 @@ namespace vessel::engine::qemu {
 namespace {
 
 constexpr const char* kAgentPortName = "org.vessel.agent";
-// The guest kernel supports at most this many CPUs (CONFIG_NR_CPUS).
-constexpr uint32_t kGuestMaxVcpus = 8;
-constexpr uint32_t kMaxMemoryMib = 16 * 1024;
 // TCG's translation cache reserves 1 GiB by default; a microVM needs far less.
 constexpr uint32_t kTcgCacheMib = 64;
 constexpr auto kQmpTimeout = std::chrono::seconds(5);
 // Saving or loading a VM: device state is small, but a copy of RAM may be large.
 constexpr auto kSaveTimeout = std::chrono::seconds(120);
 constexpr auto kPollInterval = std::chrono::milliseconds(2);
+// `qemu-system-x86_64 --version` prints one line at once.
+constexpr auto kVersionTimeout = std::chrono::seconds(10);
 
 // A value inside a QEMU option list, where a comma is written twice.
 std::string QemuOptionValue(const std::string& value) {
@@ -127,7 +127,7 @@ Result<void> WaitMigrationDone(QemuProcess& qemu, Deadline deadline) {
       return Fail(Error::Backend("saving the VM failed: " +
                                  info->value("error-desc", std::string("no reason given"))));
     }
-    if (deadline.Expired()) return Fail(Error::Backend("saving the VM: timed out"));
+    if (deadline.Expired()) return Fail(Error::Timeout("saving the VM: timed out"));
     std::this_thread::sleep_for(kPollInterval);
   }
 }
@@ -142,7 +142,7 @@ Result<void> WaitIncomingDone(QemuProcess& qemu, Deadline deadline) {
       if (state == "paused" || state == "postmigrate" || state == "running") return {};
       return Fail(Error::Backend("loading the saved VM: QEMU is " + state));
     }
-    if (deadline.Expired()) return Fail(Error::Backend("loading the saved VM: timed out"));
+    if (deadline.Expired()) return Fail(Error::Timeout("loading the saved VM: timed out"));
     std::this_thread::sleep_for(kPollInterval);
   }
 }
@@ -523,28 +523,18 @@ QemuEngine::QemuEngine(QemuOptions options)
 
 std::string QemuEngine::name() const { return accel_ == Accel::kKvm ? "qemu-kvm" : "qemu-tcg"; }
 
-uint32_t QemuEngine::max_vcpus() const {
-  return std::clamp<uint32_t>(std::thread::hardware_concurrency(), 1, kGuestMaxVcpus);
-}
-
-uint32_t QemuEngine::max_memory_mib() const {
-  uint64_t host = HostMemoryMib();
-  return static_cast<uint32_t>(std::min<uint64_t>(host ? host : kMaxMemoryMib, kMaxMemoryMib));
-}
-
 std::string QemuEngine::version() const {
-  std::string binary = options_.binary;
-  static const std::string version = [&binary] {
-    std::string out;
-    if (FILE* pipe = ::popen((binary + " --version 2>/dev/null").c_str(), "r")) {
-      char line[256];
-      if (std::fgets(line, sizeof(line), pipe)) out = line;
-      ::pclose(pipe);
-    }
-    while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-    return out.empty() ? std::string("unknown") : out;
-  }();
-  return version;
+  // Asked once per binary: an engine may run another QEMU than the one before it.
+  static std::mutex mutex;
+  static std::map<std::string, std::string> versions;
+  std::lock_guard lock(mutex);
+  auto [it, inserted] = versions.try_emplace(options_.binary);
+  if (!inserted) return it->second;
+  auto out = RunForOutput({options_.binary, "--version"}, kVersionTimeout);
+  std::string line = out ? out->substr(0, out->find('\n')) : std::string();
+  while (!line.empty() && line.back() == ' ') line.pop_back();
+  it->second = line.empty() ? std::string("unknown") : line;
+  return it->second;
 }
 
 Result<std::unique_ptr<Vm>> QemuEngine::Start(const VmSpec& spec) {

@@ -53,8 +53,6 @@ class QemuEngine final : public Engine {
   explicit QemuEngine(QemuOptions options = {});
 
   [[nodiscard]] std::string name() const override;
-  [[nodiscard]] uint32_t max_vcpus() const override;
-  [[nodiscard]] uint32_t max_memory_mib() const override;
   [[nodiscard]] std::string version() const override;
   [[nodiscard]] Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;
   [[nodiscard]] Accel accel() const { return accel_; }
