@@ -26,7 +26,7 @@
 #include "base/stats.h"
 #include "engine/runtime_dir.h"
 #include "pool/pool_internal.h"
-#include "sandbox/sandbox_impl.h"
+#include "sandbox/saved_vm.h"
 
 namespace vessel {
 namespace pool {
@@ -70,11 +70,11 @@ std::chrono::microseconds MicrosSince(Clock::time_point start) {
 // `keep` is held for as long as VMs are made (the directory the snapshot lives in).
 Result<pool::MakeSandbox> RestoreFrom(const std::string& dir, const RestoreOptions& options,
                                       std::shared_ptr<engine::RuntimeDir> keep) {
-  auto saved = Sandbox::Impl::OpenSaved(dir, options);
+  auto saved = sandbox::OpenSaved(dir, options);
   if (!saved) return Fail(std::move(saved).error().Context("the pool's template"));
   return pool::MakeSandbox(
       [saved = std::move(*saved), timeout = options.timeout, keep = std::move(keep)]() {
-        return Sandbox::Impl::StartSaved(saved.engine, saved.spec, Deadline::After(timeout));
+        return sandbox::StartSaved(saved.engine, saved.spec, Deadline::After(timeout));
       });
 }
 

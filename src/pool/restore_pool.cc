@@ -15,7 +15,7 @@
 
 #include "base/deadline.h"
 #include "pool/pool_internal.h"
-#include "sandbox/sandbox_impl.h"
+#include "sandbox/saved_vm.h"
 #include "vessel/pool.h"
 
 namespace vessel {
@@ -165,14 +165,14 @@ Result<std::unique_ptr<Sandbox>> RestorePool::Impl::Restore() {
   Result<std::unique_ptr<Sandbox>> restored = Fail(Error::Backend("not restored"));
   if (vm) {
     // FinishSaved() destroys the VM when it fails.
-    restored = Sandbox::Impl::FinishSaved(engine_, std::move(vm), spec_, deadline);
+    restored = sandbox::FinishSaved(engine_, std::move(vm), spec_, deadline);
     hit = restored.has_value();
     std::lock_guard lock(mutex_);
     --restoring_;
     if (!hit) ++counters_.broken;
     work_.notify_one();
   }
-  if (!hit) restored = Sandbox::Impl::StartSaved(engine_, spec_, deadline);
+  if (!hit) restored = sandbox::StartSaved(engine_, spec_, deadline);
   std::lock_guard lock(mutex_);
   work_.notify_one();
   ++(hit ? counters_.hits : counters_.misses);
@@ -241,7 +241,7 @@ Result<std::unique_ptr<RestorePool>> MakeRestorePool(std::shared_ptr<engine::Eng
 
 Result<std::unique_ptr<RestorePool>> RestorePool::Create(const std::string& dir,
                                                          const RestorePoolConfig& config) {
-  auto saved = Sandbox::Impl::OpenSaved(dir, config.options);
+  auto saved = sandbox::OpenSaved(dir, config.options);
   if (!saved) return Fail(std::move(saved).error());
   return pool::MakeRestorePool(std::move(saved->engine), std::move(saved->spec), config);
 }

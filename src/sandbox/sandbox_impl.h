@@ -8,6 +8,7 @@
 #include "engine/engine.h"
 #include "sandbox/connection.h"
 #include "sandbox/lifecycle.h"
+#include "sandbox/saved_vm.h"
 #include "vessel/sandbox.h"
 
 namespace vessel {
@@ -21,21 +22,11 @@ class Sandbox::Impl {
   // The internals of a sandbox, for Vessel's own tools (the CLI's supervisor).
   static Impl& Of(Sandbox& sandbox) { return *sandbox.impl_; }
 
-  // What restoring a snapshot directory needs: the engine and the VM's spec.
-  struct SavedVm {
-    std::shared_ptr<engine::Engine> engine;
-    engine::VmSpec spec;  // with restore set
-  };
-  // Checks the snapshot in `dir` (kSnapshotFormat when it is damaged, foreign or its
-  // assets changed) and makes the spec to restore it with `options`.
-  [[nodiscard]] static Result<SavedVm> OpenSaved(const std::string& dir,
-                                                 const RestoreOptions& options);
-  // Starts a VM from a saved one (spec.restore set) and wakes its agent as a clone.
+  // Behind sandbox/saved_vm.h, which the pools use.
+  [[nodiscard]] static Result<sandbox::SavedVm> OpenSaved(const std::string& dir,
+                                                          const RestoreOptions& options);
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> StartSaved(
       std::shared_ptr<engine::Engine> engine, const engine::VmSpec& spec, Deadline deadline);
-  // The second half of StartSaved(), for a VM that engine->Start(spec) started ahead of
-  // time and that has waited since, its memory mapped: loads the saved state, runs the
-  // VM and wakes its agent as a clone. Destroys the VM on failure.
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> FinishSaved(
       std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
       const engine::VmSpec& spec, Deadline deadline);

@@ -128,7 +128,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
-Result<Sandbox::Impl::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
+Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
                                                        const RestoreOptions& options) {
   if (options.timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("timeout", "must be positive"));
@@ -154,7 +154,7 @@ Result<Sandbox::Impl::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
   spec->restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
                                         dir + "/" + snapshot::kStateFile};
-  return SavedVm{std::move(*engine), std::move(*spec)};
+  return sandbox::SavedVm{std::move(*engine), std::move(*spec)};
 }
 
 Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const std::string& dir,
@@ -201,4 +201,22 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   return forked;
 }
 
+namespace sandbox {
+
+Result<SavedVm> OpenSaved(const std::string& dir, const RestoreOptions& options) {
+  return Sandbox::Impl::OpenSaved(dir, options);
+}
+
+Result<std::unique_ptr<Sandbox>> StartSaved(std::shared_ptr<engine::Engine> engine,
+                                            const engine::VmSpec& spec, Deadline deadline) {
+  return Sandbox::Impl::StartSaved(std::move(engine), spec, deadline);
+}
+
+Result<std::unique_ptr<Sandbox>> FinishSaved(std::shared_ptr<engine::Engine> engine,
+                                             std::unique_ptr<engine::Vm> vm,
+                                             const engine::VmSpec& spec, Deadline deadline) {
+  return Sandbox::Impl::FinishSaved(std::move(engine), std::move(vm), spec, deadline);
+}
+
+}  // namespace sandbox
 }  // namespace vessel
