@@ -21,7 +21,7 @@ class Sandbox::Impl {
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(
       const SandboxConfig& config, std::unique_ptr<engine::Engine> engine);
 
-  // The internals of a sandbox, for Vessel's own tools (the CLI's supervisor).
+  // The internals of a sandbox, for the adapters in src/sandbox (raw_agent.cc) only.
   static Impl& Of(Sandbox& sandbox) { return *sandbox.impl_; }
 
   // What restoring a snapshot directory needs: the engine and the VM's spec.
