@@ -82,6 +82,7 @@ void AddExecOptions(CLI::App* app, ExecOptions& options) {
       },
       "kill the command after this many SECONDS (default: none)");
   app->add_option("--env", options.env, "set an environment variable KEY=VALUE (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->allow_extra_args(false);
   app->add_option("--cwd", options.cwd, "working directory in the guest (default /)");
   AddNumber(app, "--output-cap", options.output_cap, "a number of bytes",
@@ -125,6 +126,8 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
   app.get_formatter()->label("Usage", "usage");
   app.footer(kFooter);
   app.require_subcommand(1);
+  // An option given twice takes its last value, so a caller's default can be overridden.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 
   RunArgs run_args;
   auto* run = app.add_subcommand(
@@ -164,15 +167,19 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
 
   RemoveArgs remove_args;
   auto* rm = app.add_subcommand("rm", "stop sandboxes and remove what is left of them");
-  rm->add_option("ID", remove_args.targets, "sandbox ids or names")->required();
+  rm->add_option("ID", remove_args.targets, "sandbox ids or names")
+      ->required()
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->expected(1, -1);
 
   SnapshotArgs snapshot_args;
   auto* snapshot = app.add_subcommand(
       "snapshot",
       "save sandbox ID (memory, processes, files) to the new or empty directory DIR; ID "
       "goes on running. Prints DIR");
-  snapshot->add_option("ID", snapshot_args.target)->required();
-  snapshot->add_option("DIR", snapshot_args.dir)->required();
+  // Not required of CLI11, which would take `verify` for an ID.
+  snapshot->add_option("ID", snapshot_args.target);
+  snapshot->add_option("DIR", snapshot_args.dir);
   VerifyArgs verify_args;
   auto* verify = snapshot->add_subcommand(
       "verify",
@@ -225,7 +232,12 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (ls->parsed()) return list_args;
     if (rm->parsed()) return remove_args;
     if (verify->parsed()) return verify_args;
-    if (snapshot->parsed()) return snapshot_args;
+    if (snapshot->parsed()) {
+      if (snapshot_args.target.empty() || snapshot_args.dir.empty()) {
+        throw CLI::ValidationError("snapshot wants a sandbox id or name and a DIR");
+      }
+      return snapshot_args;
+    }
     if (restore->parsed()) return restore_args;
     if (fork->parsed()) return fork_args;
     if (doctor->parsed()) return DoctorArgs{};
