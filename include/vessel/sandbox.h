@@ -32,6 +32,9 @@ enum class Channel {
   kVsock,         // virtio-vsock, port 1024; the kvm engine only
 };
 
+// The most children one Sandbox::Fork() makes.
+inline constexpr uint32_t kMaxForks = 64;
+
 struct SandboxConfig {
   uint32_t vcpus = 1;         // 1 .. the host's CPU count (at most 8)
   uint32_t memory_mib = 256;  // 64 .. the engine's ceiling
@@ -232,7 +235,7 @@ class Sandbox {
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Restore(const std::string& dir,
                                                                 const RestoreOptions& options = {});
 
-  // `n` (1..64) new ready sandboxes, each a copy of this one at this moment, which then
+  // `n` (1..kMaxForks) new ready sandboxes, each a copy of this one at this moment, which then
   // diverge from it and from each other. Memory is shared copy-on-write between them.
   // Each child is reseeded and clock-set like a restored sandbox; commands running
   // through Process handles keep running here and are killed in the children. Valid in

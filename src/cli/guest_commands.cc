@@ -16,10 +16,10 @@
 
 #include "base/io.h"
 #include "cli/cli.h"
-#include "cli/state.h"
 #include "sandbox/connection.h"
 #include "sandbox/files.h"
 #include "sandbox/process.h"
+#include "supervisor/state.h"
 
 namespace vessel::cli {
 namespace {
@@ -29,14 +29,14 @@ constexpr auto kGreetingTimeout = std::chrono::seconds(10);
 constexpr size_t kStdinChunk = 64 * 1024;
 
 struct RemoteSandbox {
-  SandboxRecord record;
+  supervisor::SandboxRecord record;
   std::shared_ptr<sandbox::Connection> connection;
 };
 
 Result<RemoteSandbox> Connect(const std::string& id_or_name) {
-  auto record = Resolve(id_or_name);
+  auto record = supervisor::Resolve(id_or_name);
   if (!record) return Fail(std::move(record).error());
-  auto fd = ConnectToRunning(*record);
+  auto fd = supervisor::ConnectToRunning(*record);
   if (!fd) return Fail(std::move(fd).error());
   auto connection = sandbox::Connection::Open(fd->get());
   if (!connection) return Fail(std::move(connection).error());
@@ -140,8 +140,8 @@ int StreamUntilExit(Process& process, const ExecOptions& options) {
     switch (e.kind) {
       case ProcessEvent::Kind::kStdout:
       case ProcessEvent::Kind::kStderr:
-        if (!WriteAllTo(e.kind == ProcessEvent::Kind::kStdout ? STDOUT_FILENO : STDERR_FILENO,
-                        e.data)) {
+        if (!WriteAll(e.kind == ProcessEvent::Kind::kStdout ? STDOUT_FILENO : STDERR_FILENO,
+                      AsBytes(e.data), Deadline::Never(), "writing the command's output")) {
           // Whoever reads our output stopped (`| head`): stop the command too, quietly.
           (void)process.Kill();
           return 128 + SIGPIPE;
@@ -254,47 +254,13 @@ Result<void> Download(sandbox::Connection& connection, const std::string& remote
 
 }  // namespace
 
-int Exec(const Args& args) {
-  ExecOptions options;
-  // Streamed as it comes, so nothing needs capping; stdin is a pipe fed from ours.
-  options.output_cap = std::numeric_limits<uint64_t>::max();
-  options.stdin_data = std::string();
-  std::string target;
-  std::vector<std::string> argv;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--") {
-      argv.assign(args.begin() + static_cast<std::ptrdiff_t>(i) + 1, args.end());
-      break;
-    }
-    if (!a.starts_with("--")) {
-      if (target.empty()) {
-        target = a;
-        continue;
-      }
-      argv.assign(args.begin() + static_cast<std::ptrdiff_t>(i), args.end());
-      break;
-    }
-    if (a == "--no-stdin") {
-      options.stdin_data.reset();
-      continue;
-    }
-    if (i + 1 >= args.size()) return UsageError(a + " needs a value");
-    const std::string& v = args[++i];
-    if (auto status = ParseExecOption(a, v, options)) {
-      if (*status != 0) return *status;
-    } else {
-      return UsageError("unknown option " + a);
-    }
-  }
-  if (target.empty()) return UsageError("exec needs a sandbox id or name");
-  if (argv.empty()) return UsageError("exec needs a command");
-
+int Exec(const ExecArgs& args) {
+  const ExecOptions& options = args.options;
   // A reader of our output that goes away is noticed as a failed write, not a signal.
   ::signal(SIGPIPE, SIG_IGN);
-  auto remote = Connect(target);
+  auto remote = Connect(args.target);
   if (!remote) return Failure(remote.error());
-  auto process = sandbox::StartProcess(remote->connection, Command::Argv(argv), options,
+  auto process = sandbox::StartProcess(remote->connection, Command::Argv(args.command), options,
                                        /*close_stdin=*/false);
   if (!process) return Failure(process.error());
   int status;
@@ -307,12 +273,11 @@ int Exec(const Args& args) {
   return status;
 }
 
-int Copy(const Args& args) {
-  if (args.size() != 2) return UsageError("cp wants a source and a destination");
-  Location from = ParseLocation(args[0]);
-  Location to = ParseLocation(args[1]);
+int Copy(const CopyArgs& args) {
+  Location from = ParseLocation(args.from);
+  Location to = ParseLocation(args.to);
   if (from.sandbox.empty() == to.sandbox.empty()) {
-    return UsageError("cp copies between this host and a sandbox: exactly one side is ID:/path");
+    return Failure("cp copies between this host and a sandbox: exactly one side is ID:/path");
   }
   auto remote = Connect(from.sandbox.empty() ? to.sandbox : from.sandbox);
   if (!remote) return Failure(remote.error());

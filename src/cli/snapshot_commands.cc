@@ -7,21 +7,21 @@
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
-#include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <filesystem>
-#include <thread>
+#include <optional>
 
 #include "cli/cli.h"
-#include "cli/state.h"
-#include "cli/supervisor_protocol.h"
 #include "snapshot/snapshot.h"
+#include "supervisor/fork.h"
+#include "supervisor/launch.h"
+#include "supervisor/state.h"
+#include "supervisor/supervisor_protocol.h"
+#include "vessel/sandbox.h"
 
 namespace vessel::cli {
 namespace {
-
-// As many children as Sandbox::Fork makes at once.
-constexpr uint32_t kMaxForkCount = 64;
 
 // The supervisor runs in /: a directory must not depend on our working directory.
 Result<std::string> AbsolutePath(const std::string& path) {
@@ -36,8 +36,10 @@ std::string Mib(uint64_t bytes) {
                                     : fmt::format("{} bytes", bytes);
 }
 
-int Verify(const std::string& dir_arg) {
-  auto dir = AbsolutePath(dir_arg);
+}  // namespace
+
+int Verify(const VerifyArgs& args) {
+  auto dir = AbsolutePath(args.dir);
   if (!dir) return Failure(dir.error());
   auto manifest = snapshot::Open(*dir, snapshot::Depth::kFull);
   if (!manifest) {
@@ -61,127 +63,63 @@ int Verify(const std::string& dir_arg) {
   return 0;
 }
 
-int SnapshotSandbox(const std::string& target, const std::string& dir_arg) {
-  auto record = Resolve(target);
+int Snapshot(const SnapshotArgs& args) {
+  auto record = supervisor::Resolve(args.target);
   if (!record) return Failure(record.error());
-  auto dir = AbsolutePath(dir_arg);
+  auto dir = AbsolutePath(args.dir);
   if (!dir) return Failure(dir.error());
-  auto saved = SendControlRequest(*record, {.op = ControlRequest::Op::kSnapshot, .dir = *dir});
+  auto saved = supervisor::SendControlRequest(
+      *record, {.op = supervisor::ControlRequest::Op::kSnapshot, .dir = *dir});
   if (!saved) return Failure(saved.error());
   fmt::print("{}\n", *dir);
   return 0;
 }
 
-}  // namespace
-
-int Snapshot(const Args& args) {
-  // A sandbox named "verify" is snapshotted by its id.
-  if (args.size() == 2 && args[0] == "verify") return Verify(args[1]);
-  if (!args.empty() && args[0] == "verify") return UsageError("snapshot verify wants one DIR");
-  if (args.size() != 2) return UsageError("snapshot wants a sandbox id or name and a DIR");
-  for (const auto& a : args) {
-    if (a.starts_with("-")) return UsageError("unknown option " + a);
+int Restore(const RestoreArgs& args) {
+  if (!args.name.empty()) {
+    if (auto valid = supervisor::ValidateName(args.name); !valid) return Failure(valid.error());
   }
-  return SnapshotSandbox(args[0], args[1]);
-}
-
-int Restore(const Args& args) {
-  std::string dir_arg;
-  std::string name;
-  std::string engine;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "--name") {
-      if (i + 1 >= args.size()) return UsageError(a + " needs a value");
-      name = args[++i];
-      if (auto valid = ValidateName(name); !valid) return Failure(valid.error());
-    } else if (a == "--engine") {
-      if (i + 1 >= args.size()) return UsageError(a + " needs a value");
-      engine = args[++i];
-      if (!ParseEngine(engine))
-        return UsageError("--engine wants qemu, kvm or auto, not " + engine);
-    } else if (a.starts_with("-")) {
-      return UsageError("unknown option " + a);
-    } else if (dir_arg.empty()) {
-      dir_arg = a;
-    } else {
-      return UsageError("restore takes one DIR, not also " + a);
-    }
-  }
-  if (dir_arg.empty()) return UsageError("restore needs a snapshot DIR");
-  auto dir = AbsolutePath(dir_arg);
+  auto dir = AbsolutePath(args.dir);
   if (!dir) return Failure(dir.error());
-  Args supervise_args = {"--restore", *dir};
-  if (!name.empty()) {
-    if (auto free = CheckNameIsFree(name); !free) return Failure(free.error());
-    supervise_args.insert(supervise_args.end(), {"--name", name});
+  supervisor::SupervisorConfig config{.restore_dir = *dir};
+  config.sandbox.name = args.name;
+  config.sandbox.engine = args.engine;
+  if (!args.name.empty()) {
+    if (auto free = supervisor::CheckNameIsFree(args.name); !free) return Failure(free.error());
   }
-  if (!engine.empty()) supervise_args.insert(supervise_args.end(), {"--engine", engine});
-  if (auto prepared = PrepareToSupervise(); !prepared) return Failure(prepared.error());
-  auto id = StartSandbox(supervise_args);
+  if (auto prepared = supervisor::PrepareToSupervise(); !prepared) {
+    return Failure(prepared.error());
+  }
+  auto id = supervisor::StartSandbox(std::move(config));
   if (!id) return Failure(id.error());
   fmt::print("{}\n", *id);
   return 0;
 }
 
-int Fork(const Args& args) {
-  std::string target;
-  uint32_t count = 1;
-  for (size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-n") {
-      if (i + 1 >= args.size()) return UsageError("-n needs a value");
-      const std::string& v = args[++i];
-      auto n = ParseNumber<uint32_t>(v);
-      if (!n || *n < 1 || *n > kMaxForkCount) {
-        return Failure(fmt::format("fork -n wants a number of sandboxes from 1 to {}, not {}",
-                                   kMaxForkCount, v));
-      }
-      count = *n;
-    } else if (a.starts_with("-")) {
-      return UsageError("unknown option " + a);
-    } else if (target.empty()) {
-      target = a;
-    } else {
-      return UsageError("fork takes one sandbox, not also " + a);
-    }
+int Fork(const ForkArgs& args) {
+  std::optional<uint32_t> count;
+  uint32_t n = 0;
+  auto [end, ec] = std::from_chars(args.count.data(), args.count.data() + args.count.size(), n);
+  if (ec == std::errc() && end == args.count.data() + args.count.size() && n >= 1 &&
+      n <= kMaxForks) {
+    count = n;
   }
-  if (target.empty()) return UsageError("fork needs a sandbox id or name");
-  auto parent = Resolve(target);
+  if (!count) {
+    return Failure(fmt::format("fork -n wants a number of sandboxes from 1 to {}, not {}",
+                               kMaxForks, args.count));
+  }
+  auto parent = supervisor::Resolve(args.target);
   if (!parent) return Failure(parent.error());
   // A parent that does not run is refused before anything is made for the fork.
-  if (auto running = ConnectToRunning(*parent); !running) return Failure(running.error());
-  const std::string context = "forking sandbox " + parent->id;
-  if (auto prepared = PrepareToSupervise(); !prepared) return Failure(prepared.error());
-
-  // The template lives only until the children run: they map its memory, which outlives
-  // the files.
-  auto fork_dir = ForkDir::Create();
-  if (!fork_dir) return Failure(std::move(fork_dir).error().Context(context));
-  auto saved =
-      SendControlRequest(*parent, {.op = ControlRequest::Op::kSnapshot, .dir = fork_dir->path()});
-  if (!saved) return Failure(std::move(saved).error().Context(context));
-
-  std::vector<Result<std::string>> children(count, Fail(Error::Backend("not started")));
-  {
-    std::vector<std::jthread> starters;
-    for (uint32_t i = 0; i < count; ++i) {
-      starters.emplace_back([&, i] {
-        children[i] = StartSandbox({"--restore", fork_dir->path(), "--forked-from", parent->id});
-      });
-    }
+  if (auto running = supervisor::ConnectToRunning(*parent); !running) {
+    return Failure(running.error());
   }
-  auto failed = std::find_if(children.begin(), children.end(),
-                             [](const Result<std::string>& child) { return !child; });
-  if (failed != children.end()) {
-    for (const auto& child : children) {
-      if (!child) continue;
-      auto record = ReadRecord(*child);
-      (void)StopAndRemove(record ? *record : SandboxRecord{.id = *child});
-    }
-    return Failure(Error(failed->error()).Context(context));
+  if (auto prepared = supervisor::PrepareToSupervise(); !prepared) {
+    return Failure(prepared.error());
   }
-  for (const auto& child : children) fmt::print("{}\n", *child);
+  auto children = supervisor::ForkSandbox(*parent, *count);
+  if (!children) return Failure(children.error());
+  for (const auto& child : *children) fmt::print("{}\n", child);
   return 0;
 }
 

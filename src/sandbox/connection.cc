@@ -10,6 +10,7 @@
 #include <cerrno>
 
 #include "base/io.h"
+#include "protocol/frame.h"
 
 namespace vessel::sandbox {
 
@@ -21,12 +22,6 @@ constexpr auto kSendTimeout = std::chrono::seconds(60);
 constexpr size_t kReadChunk = 64 * 1024;
 // Entropy sent with a Resume: twice what a clone needs at least.
 constexpr size_t kResumeEntropy = 64;
-
-// A Hello with a request id answers a Resume and ends it.
-bool IsLastFrame(proto::MessageType type) {
-  return type == proto::MessageType::kExited || type == proto::MessageType::kError ||
-         type == proto::MessageType::kDone || type == proto::MessageType::kHello;
-}
 
 Result<proto::Hello> CheckHello(std::span<const uint8_t> payload) {
   auto hello = proto::DecodeHello(payload);
@@ -112,6 +107,22 @@ Result<proto::Frame> Mailbox::Next(Deadline deadline) {
   return frame;
 }
 
+std::optional<Result<proto::Frame>> Mailbox::TryNext() {
+  std::lock_guard lock(mutex_);
+  if (frames_.empty()) {
+    if (!failure_) return std::nullopt;
+    return Fail(*failure_);
+  }
+  proto::Frame frame = std::move(frames_.front());
+  frames_.pop_front();
+  return frame;
+}
+
+void Mailbox::Observe(std::function<void()> on_change) {
+  std::lock_guard lock(mutex_);
+  on_change_ = std::move(on_change);
+}
+
 Result<void> Mailbox::AcquireStdinCredit(uint32_t bytes, uint32_t window, Deadline deadline) {
   std::unique_lock lock(mutex_);
   auto ready = [&] { return stdin_in_flight_ + bytes <= window || ended_ || failure_; };
@@ -143,9 +154,18 @@ bool Mailbox::ended() const {
 }
 
 void Mailbox::Push(proto::Frame frame) {
-  std::lock_guard lock(mutex_);
+  std::function<void()> on_change;
+  {
+    std::lock_guard lock(mutex_);
+    if (!Queue(std::move(frame))) return;
+    on_change = on_change_;
+  }
+  if (on_change) on_change();
+}
+
+bool Mailbox::Queue(proto::Frame frame) {
   // Nobody reads a failed request's frames; keeping them would only grow the queue.
-  if (failure_) return;
+  if (failure_) return false;
   if (inbound_window_) {
     if (auto data = FlowControlled(frame)) {
       uint64_t& in_flight = inbound_in_flight_.at(static_cast<size_t>(data->stream));
@@ -155,7 +175,7 @@ void Mailbox::Push(proto::Frame frame) {
         failure_ = Error::Backend(
             fmt::format("the guest agent sent more {} than its window allows", what));
         cv_.notify_all();
-        return;
+        return true;
       }
     }
   }
@@ -166,18 +186,24 @@ void Mailbox::Push(proto::Frame frame) {
     if (credit && credit->stream == proto::Stream::kStdin) {
       stdin_in_flight_ -= std::min<uint64_t>(stdin_in_flight_, credit->bytes);
       cv_.notify_all();
-      return;
+      return false;
     }
   }
-  if (IsLastFrame(frame.header.type)) ended_ = true;
+  if (proto::IsLastFrame(frame.header.type)) ended_ = true;
   frames_.push_back(std::move(frame));
   cv_.notify_all();
+  return true;
 }
 
 void Mailbox::Break(const Error& error) {
-  std::lock_guard lock(mutex_);
-  if (!failure_) failure_ = error;
-  cv_.notify_all();
+  std::function<void()> on_change;
+  {
+    std::lock_guard lock(mutex_);
+    if (!failure_) failure_ = error;
+    cv_.notify_all();
+    on_change = on_change_;
+  }
+  if (on_change) on_change();
 }
 
 Result<std::shared_ptr<Connection>> Connection::Open(int fd) {
@@ -355,7 +381,7 @@ void Connection::Route(proto::Frame frame) {
     auto it = mailboxes_.find(frame.header.request_id);
     if (it == mailboxes_.end()) return;
     mailbox = it->second;
-    if (IsLastFrame(frame.header.type)) mailboxes_.erase(it);
+    if (proto::IsLastFrame(frame.header.type)) mailboxes_.erase(it);
   }
   mailbox->Push(std::move(frame));
 }

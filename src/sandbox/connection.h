@@ -14,6 +14,7 @@
 #include <array>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -37,6 +38,12 @@ class Mailbox {
   // The next frame. Queued frames come first; then the connection's failure, if any; a
   // deadline that passes is kBackend "timed out".
   [[nodiscard]] Result<protocol::Frame> Next(Deadline deadline);
+  // Next() without waiting: nullopt while nothing is queued and the request did not fail.
+  [[nodiscard]] std::optional<Result<protocol::Frame>> TryNext();
+  // Calls `on_change` after each frame that is queued and when the mailbox breaks, on the
+  // thread that queued or broke it and without the mailbox's lock held: lets one thread
+  // serve many mailboxes with TryNext(). Call before the request is sent.
+  void Observe(std::function<void()> on_change);
   // Stdin credit: blocks until `bytes` more may be in flight, the request ended, or the
   // connection failed.
   [[nodiscard]] Result<void> AcquireStdinCredit(uint32_t bytes, uint32_t window, Deadline deadline);
@@ -57,6 +64,9 @@ class Mailbox {
  private:
   friend class Connection;
   void Push(protocol::Frame frame);
+  // With mutex_ held: queues `frame` or fails the request; true when an observer must
+  // hear of it.
+  bool Queue(protocol::Frame frame);
   void Break(const Error& error);
 
   const uint32_t id_;
@@ -64,6 +74,7 @@ class Mailbox {
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<protocol::Frame> frames_;
+  std::function<void()> on_change_;
   std::optional<Error> failure_;
   uint64_t stdin_in_flight_ = 0;
   std::optional<uint32_t> inbound_window_;

@@ -19,7 +19,7 @@ class Sandbox::Impl {
   [[nodiscard]] static Result<std::unique_ptr<Sandbox>> Create(
       const SandboxConfig& config, std::unique_ptr<engine::Engine> engine);
 
-  // The internals of a sandbox, for Vessel's own tools (the CLI's supervisor).
+  // The internals of a sandbox, for the adapters in src/sandbox (raw_agent.cc) only.
   static Impl& Of(Sandbox& sandbox) { return *sandbox.impl_; }
 
   // Behind sandbox/saved_vm.h, which the pools use.

@@ -23,7 +23,6 @@ namespace {
 
 // Quiescing and resuming the agent: it answers at once unless the VM is stuck.
 constexpr auto kChannelTimeout = std::chrono::seconds(10);
-constexpr uint32_t kMaxForks = 64;
 
 int64_t NowUnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -9,36 +9,48 @@
 // Clients are untrusted input like the guest is: every frame is decoded before it is
 // relayed, and only requests and their follow-ups are accepted. A client that breaks the
 // protocol is disconnected. A client that goes away, however, has every request it left
-// running killed (Signal 9), so nothing it started outlives it.
+// running killed (SIGKILL), so nothing it started outlives it.
 //
 // A client may instead send one control request (supervisor_protocol.h), which the
 // supervisor carries out itself, such as a snapshot; agent requests of other clients wait
 // meanwhile where they must.
+//
+// The process must ignore SIGPIPE: a client that goes away is a failed write.
 #pragma once
 
 #include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "base/unique_fd.h"
 #include "protocol/wire.h"
-#include "sandbox/connection.h"
-#include "vessel/sandbox.h"
+#include "sandbox/raw_agent.h"
+#include "supervisor/supervisor_protocol.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 
 // Caps on what one supervisor serves: clients at once, and requests open per client.
 inline constexpr size_t kMaxClients = 64;
 inline constexpr size_t kMaxRequestsPerClient = 256;
 
-// One client connection, served on a thread of its own.
+// Carries out a control request for a client, as long as it takes. Called on the
+// client's session thread; several clients may call it at once.
+using ControlHandler = std::function<Result<void>(const ControlRequest&)>;
+
+// One client connection: a thread reads the client's frames and relays them to the
+// agent; one writer thread sends the client everything it is owed, the agent's frames
+// for each of its requests and the session's own answers.
 class ClientSession {
  public:
-  // `sandbox` must outlive the session.
-  ClientSession(Sandbox& sandbox, UniqueFd client);
+  // `agent` and `on_control` must outlive the session.
+  ClientSession(sandbox::RawAgent& agent, const ControlHandler& on_control, UniqueFd client);
   // Disconnects the client (killing its requests) and joins every thread.
   ~ClientSession();
   ClientSession(const ClientSession&) = delete;
@@ -51,12 +63,22 @@ class ClientSession {
   void Disconnect();
 
  private:
-  // One relayed request: client id <-> the mailbox id on the agent's connection.
+  // One relayed request: the client's id <-> the mailbox id on the agent's connection.
   struct Relay {
+    uint32_t client_id = 0;
     std::shared_ptr<sandbox::Connection> agent;
     std::shared_ptr<sandbox::Mailbox> mailbox;
-    std::thread pump;
-    std::atomic<bool> pump_done{false};
+    // The writer forwarded the request's last frame, or gave up on it.
+    std::atomic<bool> done{false};
+  };
+  // What the writer has to send, shared with the mailboxes' observers, which may outlive
+  // the session by a moment.
+  struct Outbox {
+    std::mutex mutex;
+    std::condition_variable wake;
+    std::deque<std::vector<uint8_t>> frames;  // the session's own answers
+    std::deque<std::weak_ptr<Relay>> ready;   // relays whose mailbox changed
+    bool stopping = false;
   };
 
   void Run();
@@ -66,29 +88,38 @@ class ClientSession {
   [[nodiscard]] Result<void> ServeControlRequest(std::string received);
   [[nodiscard]] Result<void> OnFrame(const protocol::Frame& frame);
   [[nodiscard]] Result<void> BeginRequest(const protocol::Frame& frame);
-  // Forwards the agent's frames for `relay` to the client until the request ends.
-  void Pump(Relay& relay, uint32_t client_id);
+  // Queues a frame of the session's own for the writer.
+  void Answer(std::vector<uint8_t> frame);
+  void AnswerError(uint32_t client_id, const std::string& message);
+  void StartWriter();
+  void StopWriter();
+  void WriteLoop();
+  // Sends the client the frames that wait in `relay`'s mailbox.
+  void Forward(Relay& relay);
+  // Called by the session thread until the writer starts, then by the writer only.
   [[nodiscard]] Result<void> ToClient(std::span<const uint8_t> frame);
-  [[nodiscard]] Result<void> ErrorToClient(uint32_t client_id, const std::string& message);
-  // Joins relays whose pump ended; kills the request if it did not end in the guest.
+  // Drops relays the writer is done with (or all); kills a request that did not end in
+  // the guest.
   void ReapRelays(bool all);
 
-  Sandbox& sandbox_;
+  sandbox::RawAgent& agent_;
+  const ControlHandler& on_control_;
   UniqueFd fd_;
-  std::mutex write_mutex_;  // one frame to the client at a time
+  std::shared_ptr<Outbox> outbox_ = std::make_shared<Outbox>();
   // Touched only by the session thread.
-  std::map<uint32_t, std::unique_ptr<Relay>> relays_;
+  std::map<uint32_t, std::shared_ptr<Relay>> relays_;
   std::atomic<bool> closing_{false};
   std::atomic<bool> finished_{false};
+  std::thread writer_;
   std::thread thread_;
 };
 
 // Accepts clients on the control socket and keeps their sessions.
 class ControlServer {
  public:
-  // `sandbox` must outlive the server.
-  ControlServer(Sandbox& sandbox, UniqueFd listener)
-      : sandbox_(sandbox), listener_(std::move(listener)) {}
+  // `agent` must outlive the server.
+  ControlServer(sandbox::RawAgent& agent, ControlHandler on_control, UniqueFd listener)
+      : agent_(agent), on_control_(std::move(on_control)), listener_(std::move(listener)) {}
   ~ControlServer() { DisconnectAll(); }
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;
@@ -100,9 +131,10 @@ class ControlServer {
   void DisconnectAll();
 
  private:
-  Sandbox& sandbox_;
+  sandbox::RawAgent& agent_;
+  ControlHandler on_control_;
   UniqueFd listener_;
   std::list<std::unique_ptr<ClientSession>> sessions_;
 };
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

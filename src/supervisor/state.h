@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -21,7 +22,7 @@
 #include "base/unique_fd.h"
 #include "vessel/error.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 
 // The longest sandbox name `create --name` accepts.
 inline constexpr size_t kMaxNameSize = 64;
@@ -89,8 +90,18 @@ class ForkDir {
   UniqueFd lock_;  // the directory itself, flock()ed
 };
 
+// What `ls` shows of one sandbox.
+struct Listing {
+  SandboxRecord record;
+  std::string state;  // running, failed, dead
+  int64_t age_seconds = 0;
+};
+// The sandbox with that id as it is now; nullopt while its supervisor is still setting
+// it up.
+std::optional<Listing> Inspect(const std::string& id);
+
 // Removes the sandbox's directory, the runtime directories of VMs and the fork
 // directories whose owner died, and the sandboxes/ directory itself once it is empty.
 void RemoveSandboxState(const std::string& id);
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

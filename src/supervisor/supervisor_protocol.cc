@@ -1,4 +1,4 @@
-#include "cli/supervisor_protocol.h"
+#include "supervisor/supervisor_protocol.h"
 
 #include <fmt/format.h>
 
@@ -13,7 +13,7 @@
 #include "base/io.h"
 #include "protocol/wire.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 namespace {
 
 using json = nlohmann::json;
@@ -312,4 +312,4 @@ Result<void> SendControlRequest(const SandboxRecord& sandbox, const ControlReque
   return ParseControlReply(*reply);
 }
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

@@ -1,11 +1,5 @@
-// `vessel __supervise`: the background process that owns one sandbox made by `create`,
-// `restore` or `fork`.
-//
-// It boots the VM (or restores it from a snapshot), publishes the sandbox's state
-// directory, reports "ready <id>" (or the error) on the pipe the command waits on, then
-// serves the control socket until SIGTERM. The VMM is its child and dies with it
-// (PR_SET_PDEATHSIG), so a supervisor killed outright leaves no VM running: `ls` shows
-// it dead, `rm` removes what is left.
+#include "supervisor/supervisor.h"
+
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <poll.h>
@@ -17,61 +11,37 @@
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
+#include <limits>
+#include <nlohmann/json.hpp>
 
 #include "base/io.h"
-#include "cli/cli.h"
-#include "cli/control_proxy.h"
-#include "cli/state.h"
-#include "cli/supervisor_protocol.h"
+#include "sandbox/raw_agent.h"
 #include "snapshot/snapshot.h"
-#include "vessel/sandbox.h"
+#include "supervisor/control_proxy.h"
+#include "supervisor/log.h"
+#include "supervisor/state.h"
+#include "supervisor/supervisor_protocol.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 namespace {
 
 // How often the supervisor looks whether the VM is still alive.
 constexpr int kHealthCheckMs = 500;
 
-struct SuperviseOptions {
-  int ready_fd = -1;
-  SandboxConfig config;
-  std::string restore_dir;  // set: restore the snapshot in it instead of booting
-  std::string forked_from;
-};
+using json = nlohmann::json;
 
-Result<SuperviseOptions> ParseSuperviseArgs(const Args& args) {
-  SuperviseOptions options;
-  for (size_t i = 0; i + 1 < args.size(); i += 2) {
-    const std::string& flag = args[i];
-    const std::string& value = args[i + 1];
-    if (flag == "--ready-fd") {
-      options.ready_fd = ParseNumber<int>(value).value_or(-1);
-    } else if (flag == "--memory") {
-      options.config.memory_mib = ParseNumber<uint32_t>(value).value_or(0);
-    } else if (flag == "--vcpus") {
-      options.config.vcpus = ParseNumber<uint32_t>(value).value_or(0);
-    } else if (flag == "--name") {
-      options.config.name = value;
-    } else if (flag == "--kernel") {
-      options.config.kernel = value;
-    } else if (flag == "--initramfs") {
-      options.config.initramfs = value;
-    } else if (flag == "--engine") {
-      auto engine = ParseEngine(value);
-      if (!engine) return Fail(Error::InvalidConfig(flag, "wants qemu, kvm or auto"));
-      options.config.engine = *engine;
-    } else if (flag == "--restore") {
-      options.restore_dir = value;
-    } else if (flag == "--forked-from") {
-      options.forked_from = value;
-    } else {
-      return Fail(Error::InvalidConfig(flag, "unknown option"));
-    }
+constexpr const char* kConfigSubject = "supervisor config";
+
+const char* EngineKindName(EngineKind kind) {
+  switch (kind) {
+    case EngineKind::kAuto: return "auto";
+    case EngineKind::kQemu: return "qemu";
+    case EngineKind::kKvm: return "kvm";
   }
-  if (args.size() % 2 != 0) return Fail(Error::InvalidConfig(args.back(), "needs a value"));
-  if (options.ready_fd < 0) return Fail(Error::InvalidConfig("--ready-fd", "missing"));
-  return options;
+  return "auto";
 }
+
+Error BadConfig(const std::string& what) { return Error::InvalidConfig(kConfigSubject, what); }
 
 // The sandbox's state directory, owned by this process: removed with it.
 class OwnedStateDir {
@@ -120,7 +90,9 @@ Result<void> RedirectOutputTo(const std::string& path) {
 // Tells the command that started us how the boot went. False when it is no longer there
 // to hear it.
 bool Report(UniqueFd& ready, std::string_view message) {
-  bool heard = WriteAllTo(ready.get(), message);
+  std::span<const uint8_t> bytes(reinterpret_cast<const uint8_t*>(message.data()), message.size());
+  bool heard =
+      WriteAll(ready.get(), bytes, Deadline::Never(), "reporting to the starter").has_value();
   ready.Reset();
   return heard;
 }
@@ -132,27 +104,106 @@ int ReportFailure(UniqueFd& ready, const Error& error) {
 
 // Boots the sandbox, or restores it; a restored machine's size is the snapshot's, and goes
 // into `options` for the record.
-Result<std::unique_ptr<Sandbox>> BootOrRestore(SuperviseOptions& options) {
-  if (options.restore_dir.empty()) return Sandbox::Create(options.config);
+Result<std::unique_ptr<Sandbox>> BootOrRestore(SupervisorConfig& options) {
+  if (options.restore_dir.empty()) return Sandbox::Create(options.sandbox);
   const std::string& dir = options.restore_dir;
   auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
   if (!manifest) return Fail(std::move(manifest).error().Context("restoring " + dir));
-  options.config.vcpus = manifest->vcpus;
-  options.config.memory_mib = manifest->memory_mib;
+  options.sandbox.vcpus = manifest->vcpus;
+  options.sandbox.memory_mib = manifest->memory_mib;
   // The CLI's names are unique: without one of its own, a restored sandbox has none,
   // not the saved one's.
   auto restored =
-      Sandbox::Restore(dir, {.name = options.config.name, .engine = options.config.engine});
+      Sandbox::Restore(dir, {.name = options.sandbox.name, .engine = options.sandbox.engine});
   if (!restored) return Fail(std::move(restored).error().Context("restoring " + dir));
   return restored;
 }
 
+// Saves the sandbox to `dir` for a client. A directory the snapshot created goes again
+// when it fails, so nothing is left behind.
+Result<void> SnapshotFor(Sandbox& sandbox, const std::string& dir) {
+  struct stat st {};
+  bool existed = ::lstat(dir.c_str(), &st) == 0;
+  Log("saving a snapshot to " + dir);
+  auto saved = sandbox.Snapshot(dir);
+  if (saved) {
+    Log("saved a snapshot to " + dir);
+  } else {
+    Log(fmt::format("saving a snapshot to {} failed: {}", dir, saved.error().ToString()));
+    if (!existed) ::rmdir(dir.c_str());
+  }
+  return saved;
+}
+
 }  // namespace
 
-int Supervise(const Args& args) {
-  auto options = ParseSuperviseArgs(args);
-  if (!options) return Failure(options.error());
-  UniqueFd ready(options->ready_fd);
+std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
+  const SandboxConfig& sandbox = config.sandbox;
+  json object = {{"ready_fd", config.ready_fd},
+                 {"memory_mib", sandbox.memory_mib},
+                 {"vcpus", sandbox.vcpus},
+                 {"name", sandbox.name},
+                 {"kernel", sandbox.kernel},
+                 {"initramfs", sandbox.initramfs},
+                 {"engine", EngineKindName(sandbox.engine)},
+                 {"restore_dir", config.restore_dir},
+                 {"forked_from", config.forked_from}};
+  return object.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
+  json object = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (object.is_discarded() || !object.is_object()) return Fail(BadConfig("not a JSON object"));
+  SupervisorConfig config;
+  auto number = [](const json& value, uint64_t max) -> std::optional<uint64_t> {
+    if (!value.is_number_unsigned()) return std::nullopt;
+    auto n = value.get<uint64_t>();
+    if (n > max) return std::nullopt;
+    return n;
+  };
+  for (const auto& [key, value] : object.items()) {
+    if (key == "ready_fd" || key == "memory_mib" || key == "vcpus") {
+      uint64_t max = key == "ready_fd" ? std::numeric_limits<int>::max()
+                                       : std::numeric_limits<uint32_t>::max();
+      auto n = number(value, max);
+      if (!n) return Fail(BadConfig(key + " wants a number from 0 to " + std::to_string(max)));
+      if (key == "ready_fd") config.ready_fd = static_cast<int>(*n);
+      if (key == "memory_mib") config.sandbox.memory_mib = static_cast<uint32_t>(*n);
+      if (key == "vcpus") config.sandbox.vcpus = static_cast<uint32_t>(*n);
+      continue;
+    }
+    if (!value.is_string()) return Fail(BadConfig(key + " wants a string"));
+    const auto& text_value = value.get_ref<const std::string&>();
+    if (key == "name") {
+      config.sandbox.name = text_value;
+    } else if (key == "kernel") {
+      config.sandbox.kernel = text_value;
+    } else if (key == "initramfs") {
+      config.sandbox.initramfs = text_value;
+    } else if (key == "restore_dir") {
+      config.restore_dir = text_value;
+    } else if (key == "forked_from") {
+      config.forked_from = text_value;
+    } else if (key == "engine") {
+      if (text_value == "auto") {
+        config.sandbox.engine = EngineKind::kAuto;
+      } else if (text_value == "qemu") {
+        config.sandbox.engine = EngineKind::kQemu;
+      } else if (text_value == "kvm") {
+        config.sandbox.engine = EngineKind::kKvm;
+      } else {
+        return Fail(BadConfig("engine wants qemu, kvm or auto, not " + text_value));
+      }
+    } else {
+      return Fail(BadConfig("unknown field " + key));
+    }
+  }
+  if (!object.contains("ready_fd")) return Fail(BadConfig("ready_fd is missing"));
+  return config;
+}
+
+int RunSupervisor(SupervisorConfig config) {
+  UniqueFd ready(config.ready_fd);
 
   // Termination requests arrive on a signalfd, read by the main loop, so no thread is
   // ever interrupted by them. Blocked before any thread starts: every thread inherits it.
@@ -166,7 +217,7 @@ int Supervise(const Args& args) {
   UniqueFd signals(::signalfd(-1, &stop_signals, SFD_CLOEXEC));
   if (!signals) return ReportFailure(ready, Error::HostIo("signalfd", errno));
 
-  auto started = BootOrRestore(*options);
+  auto started = BootOrRestore(config);
   if (!started) return ReportFailure(ready, started.error());
   std::unique_ptr<Sandbox> sandbox = std::move(*started);
   const std::string id = sandbox->id();
@@ -180,21 +231,21 @@ int Supervise(const Args& args) {
   if (!listener) return ReportFailure(ready, listener.error());
   SandboxRecord record{
       .id = id,
-      .name = options->config.name,
+      .name = config.sandbox.name,
       .pid = static_cast<int>(::getpid()),
       .engine = sandbox->engine_name(),
-      .memory_mib = options->config.memory_mib,
-      .vcpus = options->config.vcpus,
+      .memory_mib = config.sandbox.memory_mib,
+      .vcpus = config.sandbox.vcpus,
       .created = std::chrono::duration_cast<std::chrono::seconds>(
                      std::chrono::system_clock::now().time_since_epoch())
                      .count(),
-      .restored_from = options->forked_from.empty() ? options->restore_dir : "",
-      .forked_from = options->forked_from,
+      .restored_from = config.forked_from.empty() ? config.restore_dir : "",
+      .forked_from = config.forked_from,
   };
   if (auto written = WriteRecord(record); !written) return ReportFailure(ready, written.error());
   Log(fmt::format("sandbox {} is up ({}, {}){}", id, sandbox->engine_name(),
                   sandbox->agent_version(),
-                  options->restore_dir.empty() ? "" : ", restored from " + options->restore_dir));
+                  config.restore_dir.empty() ? "" : ", restored from " + config.restore_dir));
   // Nobody waits for this sandbox any more (the command was interrupted): nobody would
   // know its id either, so it is not kept.
   if (!Report(ready, ReadyReport(id))) {
@@ -202,7 +253,16 @@ int Supervise(const Args& args) {
     return 0;
   }
 
-  ControlServer server(*sandbox, std::move(*listener));
+  auto agent = sandbox::RawAgentOf(*sandbox);
+  ControlServer server(
+      *agent,
+      [&sandbox](const ControlRequest& request) -> Result<void> {
+        switch (request.op) {
+          case ControlRequest::Op::kSnapshot: return SnapshotFor(*sandbox, request.dir);
+        }
+        return Fail(Error::InvalidConfig("control request", "unknown operation"));
+      },
+      std::move(*listener));
   for (;;) {
     pollfd fds[2] = {{server.fd(), POLLIN, 0}, {signals.get(), POLLIN, 0}};
     int n = ::poll(fds, 2, kHealthCheckMs);
@@ -230,4 +290,4 @@ int Supervise(const Args& args) {
   return 0;
 }
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

@@ -1,4 +1,4 @@
-#include "cli/state.h"
+#include "supervisor/state.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -18,7 +19,7 @@
 #include "base/io.h"
 #include "engine/runtime_dir.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 namespace {
 
 constexpr const char* kStateFile = "state.json";
@@ -288,6 +289,41 @@ void SweepStaleForkDirs() {
 
 }  // namespace
 
+namespace {
+
+int64_t NowSeconds() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+std::optional<Listing> Inspect(const std::string& id) {
+  bool alive = SupervisorAlive(id);
+  auto record = ReadRecord(id);
+  Listing listing;
+  if (!record) {
+    // Being set up right now: not there yet.
+    if (alive) return std::nullopt;
+    listing.record.id = id;
+    listing.state = "dead";
+    struct stat st {};
+    if (::stat(StateDir(id).c_str(), &st) == 0) listing.age_seconds = NowSeconds() - st.st_mtime;
+    return listing;
+  }
+  listing.record = *record;
+  listing.age_seconds = NowSeconds() - record->created;
+  if (record->failed) {
+    listing.state = "failed";
+  } else if (alive && ConnectControl(ControlSocketPath(id))) {
+    listing.state = "running";
+  } else {
+    listing.state = "dead";
+  }
+  return listing;
+}
+
 void RemoveSandboxState(const std::string& id) {
   if (IsSafeComponent(id)) (void)RemoveTree(StateDir(id));
   engine::SweepStaleRuntimeDirs();
@@ -296,4 +332,4 @@ void RemoveSandboxState(const std::string& id) {
   ::rmdir(SandboxesDir().c_str());
 }
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

@@ -16,10 +16,10 @@
 #include <string>
 #include <string_view>
 
-#include "cli/state.h"
+#include "supervisor/state.h"
 #include "vessel/error.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 
 // The longest start-up report: an error with the VM's diagnostics.
 inline constexpr size_t kMaxReportSize = 1024 * 1024;
@@ -66,4 +66,4 @@ std::string EncodeControlReply(const Result<void>& outcome);
 [[nodiscard]] Result<void> SendControlRequest(const SandboxRecord& sandbox,
                                               const ControlRequest& request);
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

@@ -1,45 +1,24 @@
-#include "cli/control_proxy.h"
+#include "supervisor/control_proxy.h"
 
 #include <fmt/format.h>
+#include <signal.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 
 #include <cerrno>
+#include <cstring>
+#include <optional>
 
 #include "base/io.h"
-#include "cli/cli.h"
-#include "cli/supervisor_protocol.h"
-#include "sandbox/sandbox_impl.h"
+#include "protocol/frame.h"
+#include "supervisor/log.h"
 
-namespace vessel::cli {
+namespace vessel::supervisor {
 
 namespace proto = vessel::protocol;
 
 namespace {
 
 constexpr size_t kReadChunk = 64 * 1024;
-constexpr int kSigKill = 9;
-
-// As for sandbox::Connection: a Hello with a request id would answer a Resume, which
-// clients cannot send, so for a relayed request it can only end it.
-bool IsLastFrame(proto::MessageType type) {
-  return type == proto::MessageType::kExited || type == proto::MessageType::kError ||
-         type == proto::MessageType::kDone || type == proto::MessageType::kHello;
-}
-
-// The frame as bytes again, with another request id.
-std::vector<uint8_t> WithRequestId(const proto::Frame& frame, uint32_t request_id) {
-  std::vector<uint8_t> bytes(proto::kHeaderSize + frame.payload.size());
-  auto put = [&](size_t at, uint32_t value) {
-    for (size_t i = 0; i < 4; ++i) bytes[at + i] = static_cast<uint8_t>(value >> (8 * i));
-  };
-  put(0, static_cast<uint32_t>(frame.payload.size()));
-  bytes[4] = static_cast<uint8_t>(frame.header.type);
-  put(8, request_id);
-  std::copy(frame.payload.begin(), frame.payload.end(),
-            bytes.begin() + static_cast<std::ptrdiff_t>(proto::kHeaderSize));
-  return bytes;
-}
 
 Error ClientViolation(std::string message) {
   return Error::Backend("the client broke the protocol: " + std::move(message));
@@ -49,26 +28,11 @@ std::span<const uint8_t> AsBytes(const std::string& text) {
   return {reinterpret_cast<const uint8_t*>(text.data()), text.size()};
 }
 
-// Saves the sandbox to `dir` for a client. A directory the snapshot created goes again
-// when it fails, so nothing is left behind.
-Result<void> SnapshotFor(Sandbox& sandbox, const std::string& dir) {
-  struct stat st {};
-  bool existed = ::lstat(dir.c_str(), &st) == 0;
-  Log("saving a snapshot to " + dir);
-  auto saved = sandbox.Snapshot(dir);
-  if (saved) {
-    Log("saved a snapshot to " + dir);
-  } else {
-    Log(fmt::format("saving a snapshot to {} failed: {}", dir, saved.error().ToString()));
-    if (!existed) ::rmdir(dir.c_str());
-  }
-  return saved;
-}
-
 }  // namespace
 
-ClientSession::ClientSession(Sandbox& sandbox, UniqueFd client)
-    : sandbox_(sandbox), fd_(std::move(client)) {
+ClientSession::ClientSession(sandbox::RawAgent& agent, const ControlHandler& on_control,
+                             UniqueFd client)
+    : agent_(agent), on_control_(on_control), fd_(std::move(client)) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -79,12 +43,13 @@ ClientSession::~ClientSession() {
 
 void ClientSession::Disconnect() {
   closing_ = true;
-  // Wakes the session's read and any pump blocked writing to the client.
+  // Wakes the session's read and the writer blocked writing to the client.
   ::shutdown(fd_.get(), SHUT_RDWR);
 }
 
 void ClientSession::Run() {
-  proto::Hello hello{.version = proto::kVersion, .agent_version = sandbox_.agent_version()};
+  // Written before the writer starts, which it does only once the client speaks frames.
+  proto::Hello hello{.version = proto::kVersion, .agent_version = agent_.version()};
   if (auto greeted = ToClient(proto::EncodeHello(hello)); greeted) {
     if (auto served = Serve(); !served && !closing_) {
       Log("closing a client connection: " + served.error().ToString());
@@ -92,6 +57,7 @@ void ClientSession::Run() {
   }
   closing_ = true;
   ::shutdown(fd_.get(), SHUT_RDWR);
+  StopWriter();
   ReapRelays(/*all=*/true);
   finished_ = true;
 }
@@ -120,6 +86,7 @@ Result<void> ClientSession::Serve() {
         return ServeControlRequest(std::string(first.begin(), first.end()));
       }
       speaks_frames = true;
+      StartWriter();
       reader.Feed(first);
       first.clear();
     } else {
@@ -147,11 +114,8 @@ Result<void> ClientSession::ServeControlRequest(std::string received) {
     (void)ToClient(AsBytes(EncodeControlReply(Fail(request.error()))));
     return Fail(ClientViolation(request.error().message()));
   }
-  Result<void> outcome;
-  switch (request->op) {
-    case ControlRequest::Op::kSnapshot: outcome = SnapshotFor(sandbox_, request->dir); break;
-  }
-  // The client may have given up meanwhile; the snapshot stands either way.
+  Result<void> outcome = on_control_(*request);
+  // The client may have given up meanwhile; what was done stands either way.
   (void)ToClient(AsBytes(EncodeControlReply(outcome)));
   return {};
 }
@@ -168,7 +132,8 @@ Result<void> ClientSession::OnFrame(const proto::Frame& frame) {
     case proto::MessageType::kPing:
       if (auto empty = proto::DecodeEmpty(payload, "ping"); !empty)
         return Fail(ClientViolation(empty.error().message()));
-      return ToClient(proto::EncodePong(id));
+      Answer(proto::EncodePong(id));
+      return {};
     case proto::MessageType::kExec:
     case proto::MessageType::kFileOp: return BeginRequest(frame);
     case proto::MessageType::kStdin:
@@ -203,8 +168,8 @@ Result<void> ClientSession::OnFrame(const proto::Frame& frame) {
   if (granted && granted->stream != proto::Stream::kStdin) {
     relay.mailbox->Granted(granted->stream, granted->bytes);
   }
-  // A broken agent connection reaches the client through the request's pump.
-  (void)relay.agent->Send(WithRequestId(frame, relay.mailbox->id()));
+  // A broken agent connection reaches the client through the request's mailbox.
+  (void)relay.agent->Send(proto::EncodeFrame(frame, relay.mailbox->id()));
   return {};
 }
 
@@ -227,71 +192,137 @@ Result<void> ClientSession::BeginRequest(const proto::Frame& frame) {
   if (relays_.contains(id))
     return Fail(ClientViolation(fmt::format("request id {} is already in use", id)));
   if (relays_.size() >= kMaxRequestsPerClient) {
-    return ErrorToClient(
-        id, fmt::format("more than {} requests open on one connection", kMaxRequestsPerClient));
+    AnswerError(id,
+                fmt::format("more than {} requests open on one connection", kMaxRequestsPerClient));
+    return {};
   }
   // The lifecycle check of the sandbox itself: a failed VM answers every request with
   // the reason, until `vessel rm`.
-  auto agent = Sandbox::Impl::Of(sandbox_).Begin(op);
-  if (!agent) return ErrorToClient(id, agent.error().ToString());
-  auto relay = std::make_unique<Relay>();
+  auto agent = agent_.Begin(op);
+  if (!agent) {
+    AnswerError(id, agent.error().ToString());
+    return {};
+  }
+  auto relay = std::make_shared<Relay>();
+  relay->client_id = id;
   relay->agent = *agent;
   relay->mailbox = relay->agent->NewRequest(/*raw=*/true);
   // What waits here for a slow client is bounded by the window: a guest that ignores
   // flow control fails its request instead of growing the queue.
   relay->mailbox->LimitInbound(window);
-  if (auto sent = relay->agent->Send(WithRequestId(frame, relay->mailbox->id())); !sent) {
+  relay->mailbox->Observe([outbox = outbox_, weak = std::weak_ptr<Relay>(relay)] {
+    {
+      std::lock_guard lock(outbox->mutex);
+      outbox->ready.push_back(weak);
+    }
+    outbox->wake.notify_one();
+  });
+  if (auto sent = relay->agent->Send(proto::EncodeFrame(frame, relay->mailbox->id())); !sent) {
     relay->agent->EndRequest(relay->mailbox->id());
-    return ErrorToClient(id, sent.error().ToString());
+    AnswerError(id, sent.error().ToString());
+    return {};
   }
-  Relay& r = *relay;
   relays_.emplace(id, std::move(relay));
-  r.pump = std::thread([this, &r, id] { Pump(r, id); });
   return {};
 }
 
-void ClientSession::Pump(Relay& relay, uint32_t client_id) {
+void ClientSession::Answer(std::vector<uint8_t> frame) {
+  {
+    std::lock_guard lock(outbox_->mutex);
+    outbox_->frames.push_back(std::move(frame));
+  }
+  outbox_->wake.notify_one();
+}
+
+void ClientSession::AnswerError(uint32_t client_id, const std::string& message) {
+  proto::ErrorReply reply{
+      .errno_value = 0, .path = {}, .message = message.substr(0, proto::kMaxMessageSize)};
+  Answer(proto::EncodeError(client_id, reply));
+}
+
+void ClientSession::StartWriter() {
+  writer_ = std::thread([this] { WriteLoop(); });
+}
+
+void ClientSession::StopWriter() {
+  {
+    std::lock_guard lock(outbox_->mutex);
+    outbox_->stopping = true;
+  }
+  outbox_->wake.notify_one();
+  if (writer_.joinable()) writer_.join();
+}
+
+void ClientSession::WriteLoop() {
   for (;;) {
-    auto frame = relay.mailbox->Next(Deadline::Never());
-    if (!frame) {
-      if (!closing_) (void)ErrorToClient(client_id, frame.error().ToString());
-      break;
+    std::vector<uint8_t> frame;
+    std::shared_ptr<Relay> relay;
+    {
+      std::unique_lock lock(outbox_->mutex);
+      outbox_->wake.wait(lock, [&] {
+        return outbox_->stopping || !outbox_->frames.empty() || !outbox_->ready.empty();
+      });
+      if (outbox_->stopping) return;
+      if (!outbox_->frames.empty()) {
+        frame = std::move(outbox_->frames.front());
+        outbox_->frames.pop_front();
+      } else {
+        relay = outbox_->ready.front().lock();
+        outbox_->ready.pop_front();
+      }
+    }
+    if (relay) {
+      Forward(*relay);
+    } else if (!frame.empty()) {
+      // A client that cannot take the frame is gone: the session thread notices.
+      (void)ToClient(frame);
+    }
+  }
+}
+
+void ClientSession::Forward(Relay& relay) {
+  while (!relay.done) {
+    auto next = relay.mailbox->TryNext();
+    if (!next) return;
+    if (!*next) {
+      if (!closing_) {
+        proto::ErrorReply reply{
+            .errno_value = 0,
+            .path = {},
+            .message = next->error().ToString().substr(0, proto::kMaxMessageSize)};
+        (void)ToClient(proto::EncodeError(relay.client_id, reply));
+      }
+      relay.done = true;
+      return;
     }
     // A client that cannot take the frame is gone: the session thread notices and kills
     // the request.
-    if (!ToClient(WithRequestId(*frame, client_id))) break;
-    if (IsLastFrame(frame->header.type)) break;
+    if (!ToClient(proto::EncodeFrame(**next, relay.client_id)) ||
+        proto::IsLastFrame((*next)->header.type)) {
+      relay.done = true;
+    }
   }
-  relay.pump_done = true;
 }
 
 Result<void> ClientSession::ToClient(std::span<const uint8_t> frame) {
-  std::lock_guard lock(write_mutex_);
   // No deadline: a client may be stopped (^Z) for as long as its user likes; one that
   // dies closes the socket and the write fails.
   return WriteAll(fd_.get(), frame, Deadline::Never(), "writing to a client");
 }
 
-Result<void> ClientSession::ErrorToClient(uint32_t client_id, const std::string& message) {
-  proto::ErrorReply reply{
-      .errno_value = 0, .path = {}, .message = message.substr(0, proto::kMaxMessageSize)};
-  return ToClient(proto::EncodeError(client_id, reply));
-}
-
 void ClientSession::ReapRelays(bool all) {
   for (auto it = relays_.begin(); it != relays_.end();) {
     Relay& relay = *it->second;
-    if (!all && !relay.pump_done) {
+    if (!all && !relay.done) {
       ++it;
       continue;
     }
     // The request still runs in the guest when its client left or could not be written
     // to: a signal kills a command and aborts a file write.
     if (!relay.mailbox->ended()) {
-      (void)relay.agent->Send(proto::EncodeSignal(relay.mailbox->id(), kSigKill));
+      (void)relay.agent->Send(proto::EncodeSignal(relay.mailbox->id(), SIGKILL));
     }
     relay.mailbox->Cancel(Error::Backend("the client went away"));
-    if (relay.pump.joinable()) relay.pump.join();
     relay.agent->EndRequest(relay.mailbox->id());
     it = relays_.erase(it);
   }
@@ -310,7 +341,7 @@ void ControlServer::AcceptPending() {
       Log(fmt::format("refusing a client: {} are connected already", kMaxClients));
       continue;
     }
-    sessions_.push_back(std::make_unique<ClientSession>(sandbox_, std::move(client)));
+    sessions_.push_back(std::make_unique<ClientSession>(agent_, on_control_, std::move(client)));
   }
 }
 
@@ -319,4 +350,4 @@ void ControlServer::DisconnectAll() {
   sessions_.clear();
 }
 
-}  // namespace vessel::cli
+}  // namespace vessel::supervisor

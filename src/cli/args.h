@@ -1,0 +1,81 @@
+// The vessel command line, parsed with CLI11 into one struct per command. No I/O but the
+// help text: a usage error comes back as a message for main() to print.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "vessel/sandbox.h"
+
+namespace vessel::cli {
+
+// Exit status of a usage error, as of any failure of Vessel's own.
+inline constexpr int kExitUsage = 125;
+
+struct RunArgs {
+  SandboxConfig config;
+  ExecOptions options;
+  std::vector<std::string> command;
+};
+struct CreateArgs {
+  SandboxConfig config;
+};
+struct ExecArgs {
+  std::string target;
+  ExecOptions options;  // stdin_data set (empty) unless --no-stdin; output not capped
+  std::vector<std::string> command;
+};
+struct CopyArgs {
+  std::string from;
+  std::string to;
+};
+struct ListArgs {
+  bool json = false;
+};
+struct RemoveArgs {
+  std::vector<std::string> targets;
+};
+struct SnapshotArgs {
+  std::string target;
+  std::string dir;
+};
+struct VerifyArgs {
+  std::string dir;
+};
+struct RestoreArgs {
+  std::string dir;
+  std::string name;
+  EngineKind engine = EngineKind::kAuto;
+};
+struct ForkArgs {
+  std::string target;
+  std::string count = "1";  // checked by the command, which names the library's range
+};
+struct DoctorArgs {};
+// The hidden command that runs a supervisor (supervisor/launch.h).
+struct SuperviseArgs {
+  std::string config;  // JSON
+};
+// --help: the text to print, on stdout.
+struct HelpArgs {
+  std::string text;
+};
+
+using Invocation =
+    std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs, SnapshotArgs,
+                 VerifyArgs, RestoreArgs, ForkArgs, DoctorArgs, SuperviseArgs, HelpArgs>;
+
+// A command line that makes no sense: what is wrong, and the usage of the command it
+// tried (the whole program's when none).
+struct UsageError {
+  std::string message;
+  std::string usage;
+};
+
+// `args` without the program name.
+[[nodiscard]] std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& args);
+
+}  // namespace vessel::cli
