@@ -11,9 +11,8 @@
 #include "base/subprocess.h"
 #include "cli/cli.h"
 #include "engine/host.h"
-#include "engine/kvm/kvm_engine.h"
-#include "engine/qemu/qemu_engine.h"
 #include "engine/runtime_dir.h"
+#include "engine/select.h"
 #include "vessel/sandbox.h"
 
 namespace vessel::cli {
@@ -22,20 +21,6 @@ namespace {
 // How long `qemu-system-x86_64 --version` may take.
 constexpr auto kVersionTimeout = std::chrono::seconds(10);
 constexpr size_t kMaxVersionText = 4096;
-
-// What `--engine auto` picks and why: the CLI's own rule for now, until the engine
-// layer's choice is wired in here.
-struct EngineProbe {
-  std::optional<std::string> kvm_unusable;  // why /dev/kvm cannot be used, if it cannot
-  std::string vmm;                          // vessel-vmm's path; empty when not found
-  bool kvm_by_default = false;              // auto means kvm
-};
-
-EngineProbe ProbeEngines() {
-  EngineProbe probe{.kvm_unusable = engine::KvmUnusableReason(), .vmm = engine::kvm::FindVmm()};
-  probe.kvm_by_default = !probe.kvm_unusable && !probe.vmm.empty();
-  return probe;
-}
 
 // What `qemu-system-x86_64 --version` prints; empty when it cannot run.
 std::string QemuVersionText() {
@@ -55,12 +40,16 @@ std::string QemuVersionText() {
 }  // namespace
 
 int Doctor() {
-  namespace qemu = engine::qemu;
   bool ok = true;
   auto line = [](bool good, const std::string& what, const std::string& detail) {
     std::cout << (good ? "ok      " : "MISSING ") << what << ": " << detail << "\n";
   };
-  auto [kvm_unusable, vmm, kvm_engine] = ProbeEngines();
+  // The same probe and rule as every sandbox's --engine auto.
+  auto host = engine::Host::Probe();
+  const auto& kvm_unusable = host.kvm_unusable;
+  const std::string& vmm = host.vmm;
+  auto chosen = engine::Select(EngineKind::kAuto, host);
+  bool kvm_engine = chosen && *chosen == EngineKind::kKvm;
   std::cout << "engine  " << (kvm_engine ? "kvm" : "qemu") << " by default (--engine auto)\n";
   line(kvm_engine, "engine kvm",
        kvm_unusable  ? "cannot run: " + *kvm_unusable
@@ -105,7 +94,7 @@ int Doctor() {
   }
   std::string root = engine::RuntimeRoot();
   line(true, "runtime directory", root);
-  uint64_t tsc = qemu::HostTscKhz();
+  uint64_t tsc = engine::HostTscKhz();
   line(tsc > 0, "host TSC rate",
        tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");
   return ok ? 0 : 1;

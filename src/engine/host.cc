@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <cstdlib>
 #include <string>
 #include <thread>
 
@@ -61,6 +62,15 @@ uint32_t GuestMemoryLimitMib() {
   uint64_t host = HostMemoryMib();
   return static_cast<uint32_t>(
       std::min<uint64_t>(host ? host : kMaxGuestMemoryMib, kMaxGuestMemoryMib));
+}
+
+uint64_t HostTscKhz() {
+  // Read once: the rate does not change, and every VM start needs it.
+  static const uint64_t khz = [] {
+    double mhz = std::strtod(CpuinfoValue("cpu MHz").c_str(), nullptr);
+    return mhz > 0 ? static_cast<uint64_t>(mhz * 1000) : uint64_t{0};
+  }();
+  return khz;
 }
 
 }  // namespace vessel::engine

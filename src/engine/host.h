@@ -14,6 +14,9 @@ namespace vessel::engine {
 std::string CpuinfoValue(std::string_view key);
 // The host's RAM in MiB (MemTotal), or 0 when /proc/meminfo cannot be read.
 uint64_t HostMemoryMib();
+// The host TSC rate in kHz, for the guest's tsc_early_khz: TSC calibration under TCG is
+// unreliable and a guest that fails it can hang at boot. 0 when unknown.
+uint64_t HostTscKhz();
 
 // Guest limits, the same on every engine.
 inline constexpr uint32_t kMinGuestMemoryMib = 64;

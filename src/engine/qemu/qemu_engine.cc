@@ -461,15 +461,6 @@ class QemuVm final : public Vm {
 
 }  // namespace
 
-uint64_t HostTscKhz() {
-  // Read once: the rate does not change, and every VM start needs it.
-  static const uint64_t khz = [] {
-    double mhz = std::strtod(CpuinfoValue("cpu MHz").c_str(), nullptr);
-    return mhz > 0 ? static_cast<uint64_t>(mhz * 1000) : uint64_t{0};
-  }();
-  return khz;
-}
-
 std::string GuestKernelCmdline(bool quiet) {
   std::string cmdline =
       fmt::format("console=ttyS0{} mitigations=off no_timer_check tsc=reliable reboot=t panic=-1",

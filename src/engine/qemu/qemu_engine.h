@@ -21,9 +21,7 @@ struct QemuOptions {
 // QEMU uses KVM where it is usable, like the kvm engine.
 using engine::KvmUsable;
 
-// The host TSC rate in kHz, for the guest's tsc_early_khz: TSC calibration under TCG is
-// unreliable and a guest that fails it can hang at boot. 0 when unknown.
-uint64_t HostTscKhz();
+using engine::HostTscKhz;
 
 // The guest kernel command line, with tsc_early_khz when the host rate is known.
 // `quiet` false lets the kernel print its boot log (for diagnosis and benchmarks).
