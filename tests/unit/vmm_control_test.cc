@@ -1,6 +1,7 @@
 // The engine <-> vessel-vmm control protocol: what one side encodes, the other decodes to
 // the same value; malformed messages are refused with an error that says why.
 #include "protocol/vmm_control.h"
+#include "vmm_control_fixture.h"
 
 #include <gtest/gtest.h>
 
@@ -13,11 +14,7 @@ namespace {
 
 using nlohmann::json;
 
-const char* kGoodConfigure =
-    R"({"op":"configure","vcpus":2,"memory_mib":256,"kernel":"/k/vmlinux",)"
-    R"("initramfs":"/k/initramfs.cpio","cmdline":"console=ttyS0 quiet",)"
-    R"("console_log":"/run/vm/console.log","vsock":{"cid":3,"uds":"/run/vm/vsock.sock"},)"
-    R"("agent_port":"/run/vm/agent.sock"})";
+using vessel::testing::kGoodConfigure;
 
 VmConfig FullConfig() {
   return {.vcpus = 2,

@@ -1,4 +1,5 @@
 #include "vmm/control.h"
+#include "vmm_control_fixture.h"
 
 #include <gtest/gtest.h>
 
@@ -10,11 +11,7 @@ namespace {
 
 using nlohmann::json;
 
-const char* kGoodConfigure =
-    R"({"op":"configure","vcpus":2,"memory_mib":256,"kernel":"/k/vmlinux",)"
-    R"("initramfs":"/k/initramfs.cpio","cmdline":"console=ttyS0 quiet",)"
-    R"("console_log":"/run/vm/console.log","vsock":{"cid":3,"uds":"/run/vm/vsock.sock"},)"
-    R"("agent_port":"/run/vm/agent.sock"})";
+using vessel::testing::kGoodConfigure;
 
 class FakeVm : public VmController {
  public:
