@@ -33,6 +33,13 @@ struct VmSpec {
   uint32_t memory_mib = 256;
   std::string name;  // for logs and process listings; may be empty
   AgentChannel channel = AgentChannel::kVirtioSerial;
+  // A read-only root image (an erofs file), attached as the guest's first and only
+  // virtio-blk disk, /dev/vda, which the guest can never write; empty: none. The VMM
+  // opens it read-only and never writes it, so many VMs share one file.
+  std::string image;
+  // Words the engine appends to the guest kernel command line, for the agent (`vessel.*`
+  // parameters, see guest/agent/main.cc); may be empty.
+  std::string guest_args;
 
   // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
   // private copy-on-write mapping of `memory`, which is never written, and the machine's
