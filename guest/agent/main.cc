@@ -4,7 +4,8 @@
 // console) and hands it to the Agent (agent.h), which serves the host's commands and file
 // operations and, as PID 1 must, reaps every orphan. The channel is a vsock port when the
 // kernel command line says vessel.channel=vsock:<port>, else the virtio-serial port
-// named org.vessel.agent.
+// named org.vessel.agent. With vessel.image=<device> the agent first moves into the root
+// image on that disk (root.h).
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -28,6 +29,7 @@
 #include "agent.h"
 #include "base/unique_fd.h"
 #include "log.h"
+#include "root.h"
 
 namespace vessel::agent {
 namespace {
@@ -172,6 +174,16 @@ int main() {
   vessel::agent::MountBasics();
   LoopbackUp();
   setenv("PATH", kDefaultPath, 1);
+
+  RootImageRequest root = ParseRootImage(ReadSmallFile("/proc/cmdline"));
+  if (root.error.empty() && root.image) root.error = EnterRootImage(*root.image);
+  if (!root.error.empty()) {
+    // The console tail is what the host reports when the VM stops during boot.
+    Log("cannot boot the root image: {}", root.error);
+    reboot(RB_AUTOBOOT);
+    return 1;
+  }
+  if (root.image) SetImageEnvironment();
 
   if (auto vsock_port = VsockPortFromCmdline()) {
     vessel::UniqueFd listener = ListenVsock(*vsock_port);

@@ -10,6 +10,8 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <string_view>
+#include <vector>
 
 namespace vessel::agent {
 namespace {
@@ -59,6 +61,13 @@ void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK
   _exit(127);
 }
 
+
+// "KEY=VALUE" entries a command gets when its own environment lacks KEY.
+std::vector<std::string>& DefaultEnvironment() {
+  static std::vector<std::string> defaults = {std::string("PATH=") + kDefaultPath};
+  return defaults;
+}
+
 }  // namespace
 
 void ByteQueue::Append(std::span<const uint8_t> bytes) {
@@ -102,13 +111,13 @@ std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequ
   std::vector<char*> argv, envp;
   for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
-  bool has_path = false;
-  for (const auto& e : request.env) {
-    envp.push_back(const_cast<char*>(e.c_str()));
-    has_path |= e.starts_with("PATH=");
+  for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
+  for (std::string& fallback : DefaultEnvironment()) {
+    std::string_view key(fallback.data(), fallback.find('=') + 1);
+    bool given = false;
+    for (const auto& e : request.env) given |= e.starts_with(key);
+    if (!given) envp.push_back(fallback.data());
   }
-  std::string default_path = std::string("PATH=") + kDefaultPath;
-  if (!has_path) envp.push_back(default_path.data());
   envp.push_back(nullptr);
   const char* cwd = request.cwd.empty() ? "/" : request.cwd.c_str();
 
@@ -329,6 +338,10 @@ void Process::CheckDeadline(Clock::time_point now) {
     timed_out_ = true;
     kill(-pid_, SIGKILL);
   }
+}
+
+void SetImageEnvironment() {
+  DefaultEnvironment().insert(DefaultEnvironment().end(), {"HOME=/root", "LANG=C.UTF-8"});
 }
 
 }  // namespace vessel::agent

@@ -28,6 +28,10 @@ using Clock = std::chrono::steady_clock;
 inline constexpr const char* kDefaultPath =
     "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+// From now on, commands whose environment lacks HOME or LANG get a root image's usual
+// ones (HOME=/root, LANG=C.UTF-8), as a login would give them. Call before serving.
+void SetImageEnvironment();
+
 // Bytes waiting to be written, taken from the front.
 class ByteQueue {
  public:

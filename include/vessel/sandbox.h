@@ -42,6 +42,14 @@ struct SandboxConfig {
   // the build wrote them to.
   std::string kernel;
   std::string initramfs;
+  // A root image by name or digest (`vessel image ls`; docs/images.md): the guest runs
+  // every command in it, over an overlay whose writes live in guest RAM. Empty: none, the
+  // initramfs's minimal busybox userland. Unknown: kInvalidConfig "image" listing those
+  // that exist.
+  std::string image;
+  // Room in MiB for what the guest writes over its image (a tmpfs in guest RAM); 0: half
+  // of memory_mib. Only with an image.
+  uint32_t overlay_mib = 0;
   // From process start until the guest agent says hello.
   std::chrono::milliseconds boot_timeout{30'000};
   // kKvm where /dev/kvm is not usable: kUnsupportedPlatform saying why.

@@ -64,6 +64,12 @@ void AddMachineOptions(CLI::App* app, SandboxConfig& config) {
   AddNumber(app, "--vcpus", config.vcpus, "a number", "guest CPUs (default 1)");
   app->add_option("--kernel", config.kernel, "guest kernel (default: the built one)");
   app->add_option("--initramfs", config.initramfs, "guest initramfs (default: the built one)");
+  app->add_option("--image", config.image,
+                  "root image by name or digest (vessel image ls; default: none, the minimal "
+                  "busybox guest)");
+  AddNumber(app, "--overlay", config.overlay_mib, "a number of MiB",
+            "room for what the guest writes over its image, in guest RAM (default: half "
+            "of --memory)");
   AddEngine(app, config.engine,
             "qemu, kvm (vessel-vmm, needs /dev/kvm) or auto (default: kvm where /dev/kvm is "
             "usable, else qemu)");
@@ -208,6 +214,39 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
 
   auto* doctor = app.add_subcommand("doctor", "check what this host can run");
 
+  auto* image = app.add_subcommand("image", "guest root images: build, import, ls, rm");
+  image->require_subcommand(1);
+  ImageBuildArgs build_args;
+  auto* build = image->add_subcommand(
+      "build",
+      "build image NAME from Debian packages (cached: the same recipe builds once). Without "
+      "--packages, NAME is a built-in recipe: python (python3, pip, venv, numpy, requests, "
+      "git, curl, ca-certificates) or debian (the essential set)");
+  build->add_option("NAME", build_args.name)->required();
+  build->add_option("--packages", build_args.packages,
+                    "Debian packages to install, separated by spaces or commas");
+  build->add_option("--suite", build_args.suite, "Debian suite (default bookworm)");
+  build->add_option("--mirror", build_args.mirror,
+                    "Debian mirror (default http://deb.debian.org/debian)");
+  ImageImportArgs import_args;
+  auto* import = image->add_subcommand(
+      "import",
+      "make image NAME from a root file system in a tar archive (gzip, xz, zstd...): "
+      "absolute paths are made relative, device nodes dropped, setuid bits cleared; "
+      "'..' paths are refused");
+  import->add_option("NAME", import_args.name)->required();
+  import->add_option("TARBALL", import_args.tarball)->required();
+  ImageListArgs image_list_args;
+  auto* image_ls = image->add_subcommand("ls", "list images: name, digest, size, created, packages");
+  image_ls->add_flag("--json", image_list_args.json, "as JSON, for scripts");
+  ImageRemoveArgs image_rm_args;
+  auto* image_rm = image->add_subcommand(
+      "rm", "remove images; refused while a running sandbox or a snapshot uses one");
+  image_rm->add_option("NAME", image_rm_args.names)
+      ->required()
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->expected(1, -1);
+
   SuperviseArgs supervise_args;
   // Hidden: started by create, restore and fork.
   auto* supervise = app.add_subcommand("__supervise")->group("");
@@ -241,6 +280,10 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (restore->parsed()) return restore_args;
     if (fork->parsed()) return fork_args;
     if (doctor->parsed()) return DoctorArgs{};
+    if (build->parsed()) return build_args;
+    if (import->parsed()) return import_args;
+    if (image_ls->parsed()) return image_list_args;
+    if (image_rm->parsed()) return image_rm_args;
     if (supervise->parsed()) return supervise_args;
     throw CLI::CallForHelp();
   } catch (const CLI::CallForHelp&) {

@@ -55,6 +55,23 @@ struct ForkArgs {
   std::string count = "1";  // checked by the command, which names the library's range
 };
 struct DoctorArgs {};
+struct ImageBuildArgs {
+  std::string name;
+  // Space- or comma-separated Debian packages; unset: the built-in recipe of `name`.
+  std::optional<std::string> packages;
+  std::string suite;   // empty: the recipe's
+  std::string mirror;  // empty: the recipe's
+};
+struct ImageImportArgs {
+  std::string name;
+  std::string tarball;
+};
+struct ImageListArgs {
+  bool json = false;
+};
+struct ImageRemoveArgs {
+  std::vector<std::string> names;
+};
 // The hidden command that runs a supervisor (supervisor/launch.h).
 struct SuperviseArgs {
   std::string config;  // JSON
@@ -66,7 +83,8 @@ struct HelpArgs {
 
 using Invocation =
     std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs, SnapshotArgs,
-                 VerifyArgs, RestoreArgs, ForkArgs, DoctorArgs, SuperviseArgs, HelpArgs>;
+                 VerifyArgs, RestoreArgs, ForkArgs, DoctorArgs, ImageBuildArgs, ImageImportArgs,
+                 ImageListArgs, ImageRemoveArgs, SuperviseArgs, HelpArgs>;
 
 // A command line that makes no sense: what is wrong, and the usage of the command it
 // tried (the whole program's when none).

@@ -39,5 +39,9 @@ int Snapshot(const SnapshotArgs& args);
 int Verify(const VerifyArgs& args);
 int Restore(const RestoreArgs& args);
 int Fork(const ForkArgs& args);
+int ImageBuild(const ImageBuildArgs& args);
+int ImageImport(const ImageImportArgs& args);
+int ImageList(const ImageListArgs& args);
+int ImageRemove(const ImageRemoveArgs& args);
 
 }  // namespace vessel::cli

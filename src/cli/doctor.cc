@@ -1,6 +1,8 @@
 // `vessel doctor`: what this host can run, and what is missing.
 #include <unistd.h>
 
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -13,6 +15,7 @@
 #include "engine/host.h"
 #include "engine/runtime_dir.h"
 #include "engine/select.h"
+#include "image/image.h"
 #include "vessel/sandbox.h"
 
 namespace vessel::cli {
@@ -92,6 +95,22 @@ int Doctor() {
     line(found, std::string("guest ") + asset, found ? path : path + " not found (run make)");
     ok &= found;
   }
+  auto missing_tools = image::MissingTools();
+  line(missing_tools.empty(), "image tools",
+       missing_tools.empty() ? "mmdebstrap and mkfs.erofs (vessel image build)"
+                             : fmt::format("{} not found: vessel image build cannot run "
+                                           "(scripts/bootstrap installs them)",
+                                           fmt::join(missing_tools, " and ")));
+  image::Store store = image::Store::Default();
+  auto images = store.List();
+  std::string names;
+  for (const auto& r : images.value_or(std::vector<image::ImageRecord>{})) {
+    names += (names.empty() ? "" : ", ") + r.name;
+  }
+  line(images.has_value(), "images",
+       !images ? images.error().message()
+               : fmt::format("{} in {}{}", names.empty() ? std::string("none") : names,
+                             store.root(), names.empty() ? " (vessel image build python)" : ""));
   std::string root = engine::RuntimeRoot();
   line(true, "runtime directory", root);
   uint64_t tsc = engine::HostTscKhz();

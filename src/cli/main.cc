@@ -90,6 +90,10 @@ int main(int argc, char** argv) {
                         [](const cli::RestoreArgs& a) { return cli::Restore(a); },
                         [](const cli::ForkArgs& a) { return cli::Fork(a); },
                         [](const cli::DoctorArgs&) { return cli::Doctor(); },
+                        [](const cli::ImageBuildArgs& a) { return cli::ImageBuild(a); },
+                        [](const cli::ImageImportArgs& a) { return cli::ImageImport(a); },
+                        [](const cli::ImageListArgs& a) { return cli::ImageList(a); },
+                        [](const cli::ImageRemoveArgs& a) { return cli::ImageRemove(a); },
                         [](const cli::SuperviseArgs& a) { return cli::Supervise(a); },
                         [](const cli::HelpArgs& a) {
                           std::cout << a.text;

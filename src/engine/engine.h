@@ -40,6 +40,15 @@ struct VmSpec {
   // Words the engine appends to the guest kernel command line, for the agent (`vessel.*`
   // parameters, see guest/agent/main.cc); may be empty.
   std::string guest_args;
+  // What `image` is, for the layers above the engine (snapshots record it); engines
+  // ignore it. `hold` keeps the image in use (a lock, see src/image) for as long as any
+  // copy of this spec exists.
+  struct ImageRef {
+    std::string digest;  // "sha256:<hex>"
+    std::string name;
+    std::shared_ptr<const void> hold;
+  };
+  std::optional<ImageRef> image_ref;
 
   // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
   // private copy-on-write mapping of `memory`, which is never written, and the machine's

@@ -5,6 +5,7 @@
 #include <cstdlib>
 
 #include "base/io.h"
+#include "image/image.h"
 
 namespace vessel {
 
@@ -31,6 +32,15 @@ Result<engine::AgentChannel> ChooseChannel(Channel requested, const engine::Engi
       return engine::AgentChannel::kVsock;
   }
   return Fail(Error::InvalidConfig("channel", "unknown channel"));
+}
+
+void AttachImage(engine::VmSpec& spec, std::shared_ptr<const image::ImageUse> use,
+                 uint32_t overlay_mib) {
+  spec.image = use->path;
+  // The agent mounts the first virtio-blk disk (guest/agent/root.h).
+  spec.guest_args = "vessel.image=/dev/vda";
+  if (overlay_mib != 0) spec.guest_args += fmt::format(" vessel.overlay_mib={}", overlay_mib);
+  spec.image_ref = engine::VmSpec::ImageRef{use->record.digest, use->record.name, use};
 }
 
 Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine::Engine& engine) {
@@ -63,6 +73,19 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
   spec.vcpus = config.vcpus;
   spec.memory_mib = config.memory_mib;
   spec.name = config.name;
+  if (config.overlay_mib != 0 && config.image.empty()) {
+    return Fail(Error::InvalidConfig("overlay_mib", "is for a root image, and there is none"));
+  }
+  if (config.overlay_mib > config.memory_mib) {
+    return Fail(Error::InvalidConfig(
+        "overlay_mib", fmt::format("{} MiB is more than the guest's {} MiB of memory",
+                                   config.overlay_mib, config.memory_mib)));
+  }
+  if (!config.image.empty()) {
+    auto use = image::Store::Default().Use(config.image);
+    if (!use) return Fail(std::move(use).error());
+    AttachImage(spec, std::make_shared<image::ImageUse>(std::move(*use)), config.overlay_mib);
+  }
   return spec;
 }
 

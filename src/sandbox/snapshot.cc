@@ -15,6 +15,7 @@
 
 #include "base/io.h"
 #include "engine/select.h"
+#include "image/image.h"
 #include "sandbox/config.h"
 #include "sandbox/sandbox_impl.h"
 
@@ -81,6 +82,11 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   manifest.kernel_path = spec_.kernel;
   manifest.initramfs_path = spec_.initramfs;
   manifest.created_unix_ms = NowUnixMs();
+  if (spec_.image_ref) {
+    manifest.format_version = snapshot::kFormatVersion;
+    manifest.image_digest = spec_.image_ref->digest;
+    manifest.image_name = spec_.image_ref->name;
+  }
   auto kernel = snapshot::AssetSha256(spec_.kernel);
   auto initramfs = snapshot::AssetSha256(spec_.initramfs);
   Result<void> written = !kernel      ? Fail(kernel.error())
@@ -90,6 +96,10 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
     manifest.kernel_sha256 = *kernel;
     manifest.initramfs_sha256 = *initramfs;
     written = snapshot::WriteManifest(dir, std::move(manifest));
+  }
+  // So that `vessel image rm` knows this snapshot needs the image.
+  if (written && spec_.image_ref) {
+    written = image::Store::Default().AddSnapshotRef(spec_.image_ref->digest, dir);
   }
   if (!written) RemoveSnapshotFiles(dir);
   return written;
@@ -151,6 +161,11 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   config.name = options.name.empty() ? manifest->name : options.name;
   auto spec = sandbox::ValidateConfig(config, **engine);
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
+  if (!manifest->image_digest.empty()) {
+    auto use = image::Store::Default().UseForSnapshot(manifest->image_digest, manifest->image_name);
+    if (!use) return Fail(std::move(use).error().Context("restoring " + dir));
+    sandbox::AttachImage(*spec, std::make_shared<image::ImageUse>(std::move(*use)), 0);
+  }
   spec->restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
                                         dir + "/" + snapshot::kStateFile};
   return sandbox::SavedVm{std::move(*engine), std::move(*spec)};

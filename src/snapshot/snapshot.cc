@@ -270,7 +270,7 @@ json ToJson(const FileDigest& digest) {
 }
 
 json ToJson(const Manifest& m) {
-  return json{
+  json object{
       {"format_version", m.format_version},
       {"engine", m.engine},
       {"engine_version", m.engine_version},
@@ -286,6 +286,10 @@ json ToJson(const Manifest& m) {
       {"state", ToJson(m.state)},
       {"memory", ToJson(m.memory)},
   };
+  if (!m.image_digest.empty()) {
+    object["image"] = json{{"digest", m.image_digest}, {"name", m.image_name}};
+  }
+  return object;
 }
 
 std::unexpected<Error> FieldError(std::string_view field, std::string_view problem) {
@@ -323,6 +327,16 @@ class FieldReader {
     FieldReader inner(*value, prefix_ + key + ".");
     inner.Read("size", out.size);
     inner.Read("sha256", out.sha256);
+    error_ = std::move(inner.error_);
+  }
+
+  // The root image: {"digest": "sha256:<hex>", "name": string}.
+  void Read(const char* key, std::string& digest, std::string& name) {
+    const json* value = Find(key, &json::is_object, "missing or not an object");
+    if (!value) return;
+    FieldReader inner(*value, prefix_ + key + ".");
+    inner.Read("digest", digest);
+    inner.Read("name", name);
     error_ = std::move(inner.error_);
   }
 
@@ -367,6 +381,7 @@ Result<Manifest> FromJson(const json& object) {
   reader.Read("created_unix_ms", m.created_unix_ms);
   reader.Read("state", m.state);
   reader.Read("memory", m.memory);
+  if (m.format_version >= kFormatVersion) reader.Read("image", m.image_digest, m.image_name);
   if (reader.error()) return Fail(*reader.error());
   return m;
 }
@@ -384,6 +399,10 @@ Result<void> CheckValues(const Manifest& m) {
         std::pair{"initramfs_sha256", &m.initramfs_sha256},
         std::pair{"state.sha256", &m.state.sha256}, std::pair{"memory.sha256", &m.memory.sha256}}) {
     if (!IsSha256Hex(*value)) return FieldError(field, "is not 64 lowercase hex digits");
+  }
+  if (!m.image_digest.empty() &&
+      (!m.image_digest.starts_with("sha256:") || !IsSha256Hex(m.image_digest.substr(7)))) {
+    return FieldError("image.digest", "is not sha256: and 64 lowercase hex digits");
   }
   if (m.memory.size != m.memory_mib * kMiB) {
     return FieldError("memory.size", fmt::format("is {}, but memory_mib {} means {} bytes",
@@ -461,9 +480,10 @@ Result<void> CheckFormatVersion(const json& object) {
   uint64_t version = 0;
   reader.Read("format_version", version);
   if (reader.error()) return Fail(*reader.error());
-  if (version != kFormatVersion) {
-    return FormatError(fmt::format("{}: unknown format version {} (this Vessel reads {})",
-                                   kManifestFile, version, kFormatVersion));
+  if (version != kFormatVersion && version != kFormatVersionWithoutImage) {
+    return FormatError(fmt::format("{}: unknown format version {} (this Vessel reads {} and {})",
+                                   kManifestFile, version, kFormatVersionWithoutImage,
+                                   kFormatVersion));
   }
   return {};
 }

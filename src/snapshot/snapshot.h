@@ -14,7 +14,10 @@
 
 namespace vessel::snapshot {
 
-inline constexpr uint32_t kFormatVersion = 1;
+// Format 2 is format 1 plus the root image (Manifest::image_digest), which an older
+// reader must not ignore; snapshots without an image are still written as format 1.
+inline constexpr uint32_t kFormatVersion = 2;
+inline constexpr uint32_t kFormatVersionWithoutImage = 1;
 inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kStateFile = "state";
 inline constexpr const char* kMemoryFile = "memory";
@@ -29,7 +32,8 @@ struct FileDigest {
 };
 
 struct Manifest {
-  uint32_t format_version = kFormatVersion;
+  // kFormatVersion when image_digest is set.
+  uint32_t format_version = kFormatVersionWithoutImage;
   std::string engine;          // engine name, e.g. "qemu-tcg"; a restore needs the same
   std::string engine_version;  // e.g. "QEMU emulator version 7.2.22"
   std::string vessel_version;  // e.g. "0.1.0"
@@ -41,6 +45,10 @@ struct Manifest {
   std::string kernel_sha256;
   std::string initramfs_path;
   std::string initramfs_sha256;
+  // The root image the VM runs on (src/image): "sha256:<64 hex>" and the name it had;
+  // both empty for a VM without one.
+  std::string image_digest;
+  std::string image_name;
   int64_t created_unix_ms = 0;
   FileDigest state;
   FileDigest memory;

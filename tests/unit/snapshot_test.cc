@@ -170,7 +170,7 @@ TEST_F(SnapshotTest, RoundTrip) {
     ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
     Manifest want = Valid();
     const Manifest& got = *opened;
-    EXPECT_EQ(got.format_version, kFormatVersion);
+    EXPECT_EQ(got.format_version, kFormatVersionWithoutImage);
     EXPECT_EQ(got.engine, want.engine);
     EXPECT_EQ(got.engine_version, want.engine_version);
     EXPECT_EQ(got.vessel_version, want.vessel_version);
@@ -203,6 +203,36 @@ TEST_F(SnapshotTest, WritesPrivateFilesAndAChecksummedManifest) {
   EXPECT_EQ(recorded, Sha256Of(object.dump(), root_ / "canonical"));
   EXPECT_EQ(object.at("format_version"), 1);
   EXPECT_EQ(object.at("memory").at("size"), kMemoryMib * kMiB);
+}
+
+TEST_F(SnapshotTest, ARootImageIsRecordedInFormatTwo) {
+  Manifest m = Valid();
+  m.format_version = kFormatVersion;
+  m.image_digest = "sha256:" + std::string(64, 'a');
+  m.image_name = "python";
+  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
+  auto opened = Open(dir_, Depth::kRestore);
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+  EXPECT_EQ(opened->format_version, kFormatVersion);
+  EXPECT_EQ(opened->image_digest, m.image_digest);
+  EXPECT_EQ(opened->image_name, "python");
+}
+
+TEST_F(SnapshotTest, FormatTwoWithoutItsImageIsRefused) {
+  Manifest m = Valid();
+  m.format_version = kFormatVersion;
+  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
+  ExpectFormatError("manifest.json: field image missing or not an object");
+}
+
+TEST_F(SnapshotTest, AnImageDigestThatIsNoDigestIsRefused) {
+  Manifest m = Valid();
+  m.format_version = kFormatVersion;
+  m.image_digest = "md5:1234";
+  auto written = WriteManifest(dir_, m);
+  ASSERT_FALSE(written.has_value());
+  EXPECT_EQ(written.error().kind(), ErrorKind::kSnapshotFormat);
+  EXPECT_NE(written.error().message().find("image.digest"), std::string::npos);
 }
 
 TEST_F(SnapshotTest, RewritingAManifestReplacesIt) {
@@ -288,7 +318,7 @@ TEST_F(SnapshotTest, UnknownFormatVersion) {
   Manifest m = Valid();
   m.format_version = 7;
   ASSERT_TRUE(WriteManifest(dir_, m).has_value());
-  ExpectFormatError("manifest.json: unknown format version 7 (this Vessel reads 1)");
+  ExpectFormatError("manifest.json: unknown format version 7 (this Vessel reads 1 and 2)");
 }
 
 TEST_F(SnapshotTest, MissingField) {

@@ -302,6 +302,7 @@ class QemuVm final : public Vm {
         "file,append=on,path=" + QemuOptionValue(dir_.File("console.log"));
     launch.wiring.agent_fd = agent_.vmm.get();
     launch.wiring.kernel_cmdline = GuestKernelCmdline();
+    if (!spec_.guest_args.empty()) launch.wiring.kernel_cmdline += " " + spec_.guest_args;
     launch.wiring.memory_path = memory;
     launch.wiring.memory_shared = shared;
     launch.inherit_fds = {agent_.vmm.get()};
@@ -497,6 +498,13 @@ std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const 
                 {"-object", fmt::format("memory-backend-file,id=mem0,size={}M,mem-path={},share={}",
                                         spec.memory_mib, QemuOptionValue(wiring.memory_path),
                                         wiring.memory_shared ? "on" : "off")});
+  }
+  if (!spec.image.empty()) {
+    // Read-only for QEMU too: the guest's writes fail on the device, never reach the file.
+    argv.insert(argv.end(),
+                {"-drive", fmt::format("file={},if=none,id=root,format=raw,readonly=on",
+                                       QemuOptionValue(spec.image)),
+                 "-device", "virtio-blk-device,drive=root"});
   }
   if (wiring.incoming) argv.insert(argv.end(), {"-incoming", "defer"});
   if (accel == Accel::kKvm) {
