@@ -1,0 +1,346 @@
+// Root images on real VMs: the python image (built once per run by the image_python ctest
+// fixture, cached by recipe), and what a damaged or missing image does to a create.
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "image/image.h"
+#include "snapshot/snapshot.h"
+#include "vessel/pool.h"
+#include "vm_test_env.h"
+
+namespace vessel {
+namespace {
+
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+constexpr const char* kPython = "python";
+
+// A directory removed with the test.
+class TempDir {
+ public:
+  TempDir() {
+    char pattern[] = "/tmp/vessel-image-test-XXXXXX";
+    path_ = ::mkdtemp(pattern);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  [[nodiscard]] const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+// Points Store::Default() (and so every sandbox) at `dir` while it lives.
+class ScopedImageStore {
+ public:
+  explicit ScopedImageStore(const std::string& cache_dir) {
+    if (const char* old = std::getenv("VESSEL_CACHE_DIR")) old_ = old;
+    ::setenv("VESSEL_CACHE_DIR", cache_dir.c_str(), 1);
+  }
+  ~ScopedImageStore() {
+    if (old_) {
+      ::setenv("VESSEL_CACHE_DIR", old_->c_str(), 1);
+    } else {
+      ::unsetenv("VESSEL_CACHE_DIR");
+    }
+  }
+
+ private:
+  std::optional<std::string> old_;
+};
+
+SandboxConfig PythonConfig() {
+  SandboxConfig config = testing::TestConfig();
+  config.image = kPython;
+  config.memory_mib = 512;
+  return config;
+}
+
+std::string Sh(Sandbox& sandbox, const std::string& script,
+               std::chrono::milliseconds timeout = 120s) {
+  ExecOptions options;
+  options.timeout = timeout;
+  auto result = sandbox.Execute(Command::Shell(script), options);
+  EXPECT_TRUE(result.has_value()) << result.error().ToString();
+  if (!result) return {};
+  EXPECT_TRUE(result->ok()) << script << "\nstdout: " << result->stdout_data
+                            << "\nstderr: " << result->stderr_data;
+  return result->stdout_data;
+}
+
+class PythonImageTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto found = image::Store::Default().Find(kPython);
+    ASSERT_TRUE(found.has_value())
+        << "the python image is missing: `build/vessel image build python` (ctest's "
+           "image_python fixture) makes it\n"
+        << found.error().ToString();
+    digest_ = found->digest;
+    blob_ = image::Store::Default().BlobPath(digest_);
+  }
+  std::string digest_;
+  std::string blob_;  // the python image's file
+};
+
+TEST_F(PythonImageTest, RunsPythonWithNumpyAndRequests) {
+  auto sandbox = testing::MustCreate(PythonConfig());
+  ASSERT_TRUE(sandbox);
+  EXPECT_EQ(Sh(*sandbox, "python3 -c 'import numpy, requests; print(numpy.arange(3).sum(), "
+                         "requests.__name__)'"),
+            "3 requests\n");
+  // The image's userland and environment, not the initramfs's busybox.
+  EXPECT_EQ(Sh(*sandbox, "echo $HOME $LANG; test -f /etc/debian_version && echo debian"),
+            "/root C.UTF-8\ndebian\n");
+  // The root is writable (the overlay), the disk under it is not.
+  EXPECT_EQ(Sh(*sandbox, "echo hi > /usr/local/written && cat /usr/local/written"), "hi\n");
+  EXPECT_EQ(Sh(*sandbox, "cat /sys/block/vda/ro"), "1\n");
+  auto write_disk = sandbox->Execute(Command::Shell("echo x | dd of=/dev/vda 2>&1"));
+  ASSERT_TRUE(write_disk.has_value()) << write_disk.error().ToString();
+  EXPECT_FALSE(write_disk->ok()) << write_disk->stdout_data;
+}
+
+TEST_F(PythonImageTest, PipInstallsALocalWheelIntoAVenvWithoutNetwork) {
+  auto sandbox = testing::MustCreate(PythonConfig());
+  ASSERT_TRUE(sandbox);
+  // A wheel made in the guest: one module and the metadata pip needs.
+  Sh(*sandbox, R"(cd /tmp && python3 - <<'EOF'
+import base64, hashlib, zipfile
+files = {
+  "hello_vessel.py": "ANSWER = 42\n",
+  "hello_vessel-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: hello-vessel\nVersion: 1.0\n",
+  "hello_vessel-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+}
+record = []
+with zipfile.ZipFile("hello_vessel-1.0-py3-none-any.whl", "w") as wheel:
+  for name, text in files.items():
+    wheel.writestr(name, text)
+    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    record.append(f"{name},sha256={digest},{len(text)}")
+  record.append("hello_vessel-1.0.dist-info/RECORD,,")
+  wheel.writestr("hello_vessel-1.0.dist-info/RECORD", "\n".join(record) + "\n")
+EOF
+)");
+  Sh(*sandbox,
+     "python3 -m venv /tmp/venv && /tmp/venv/bin/pip install --no-index --no-cache-dir -q "
+     "/tmp/hello_vessel-1.0-py3-none-any.whl",
+     240s);
+  EXPECT_EQ(Sh(*sandbox, "/tmp/venv/bin/python -c 'import hello_vessel; print(hello_vessel.ANSWER)'"),
+            "42\n");
+}
+
+TEST_F(PythonImageTest, OverlayWritesSurviveSnapshotsAndDivergeAcrossForks) {
+  VESSEL_REQUIRE_SNAPSHOTS();
+  TempDir snapshots;
+  auto sandbox = testing::MustCreate(PythonConfig());
+  ASSERT_TRUE(sandbox);
+  Sh(*sandbox, "echo before > /opt/state");
+  std::string dir = snapshots.path() + "/snap";
+  ASSERT_TRUE(sandbox->Snapshot(dir).has_value());
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  ASSERT_TRUE(manifest.has_value()) << manifest.error().ToString();
+  EXPECT_EQ(manifest->image_digest, digest_);
+  EXPECT_EQ(manifest->image_name, kPython);
+
+  auto restored = Sandbox::Restore(dir);
+  ASSERT_TRUE(restored.has_value()) << restored.error().ToString();
+  EXPECT_EQ(Sh(**restored, "cat /opt/state"), "before\n");
+  EXPECT_EQ(Sh(**restored, "python3 -c 'print(2**10)'"), "1024\n");
+
+  auto forks = sandbox->Fork(2);
+  ASSERT_TRUE(forks.has_value()) << forks.error().ToString();
+  Sh(*(*forks)[0], "echo first > /opt/state");
+  Sh(*(*forks)[1], "echo second > /opt/state");
+  EXPECT_EQ(Sh(*(*forks)[0], "cat /opt/state"), "first\n");
+  EXPECT_EQ(Sh(*(*forks)[1], "cat /opt/state"), "second\n");
+  EXPECT_EQ(Sh(*sandbox, "cat /opt/state"), "before\n");
+
+  // The image itself is what it was: every write went to guest RAM.
+  auto record = image::Store::Default().Find(kPython);
+  ASSERT_TRUE(record.has_value());
+  auto now = snapshot::FileSha256(image::Store::Default().BlobPath(digest_));
+  ASSERT_TRUE(now.has_value());
+  EXPECT_EQ("sha256:" + *now, digest_);
+}
+
+TEST_F(PythonImageTest, RemovingAnImageInUseIsRefused) {
+  // A second name on the same image, so that removing it would delete nothing else's.
+  TempDir cache;
+  ScopedImageStore scoped(cache.path());
+  image::Store store = image::Store::Default();
+  std::string copy = cache.path() + "/copy.erofs";
+  fs::copy_file(blob_, copy);
+  ASSERT_TRUE(fs::exists(copy));
+  image::ImageRecord record;
+  record.name = "inuse";
+  auto added = store.Add(copy, record);
+  ASSERT_TRUE(added.has_value()) << added.error().ToString();
+
+  SandboxConfig config = PythonConfig();
+  config.image = "inuse";
+  auto sandbox = testing::MustCreate(config);
+  ASSERT_TRUE(sandbox);
+  auto refused = store.Remove("inuse");
+  ASSERT_FALSE(refused.has_value());
+  EXPECT_EQ(refused.error().kind(), ErrorKind::kInvalidConfig);
+  EXPECT_NE(refused.error().message().find("in use by a running sandbox"), std::string::npos)
+      << refused.error().message();
+  EXPECT_EQ(Sh(*sandbox, "python3 -c 'print(1)'"), "1\n");
+  sandbox.reset();
+  EXPECT_TRUE(store.Remove("inuse").has_value());
+  EXPECT_FALSE(fs::exists(store.BlobPath(added->digest)));
+}
+
+TEST_F(PythonImageTest, APoolHandsOutIsolatedVms) {
+  VESSEL_REQUIRE_SNAPSHOTS();
+  PoolConfig config;
+  config.vm_template = PythonConfig();
+  config.min_idle = 1;
+  config.max_idle = 1;
+  config.max_total = 2;
+  auto pool = VmPool::Create(config);
+  ASSERT_TRUE(pool.has_value()) << pool.error().ToString();
+  {
+    auto first = (*pool)->Acquire();
+    ASSERT_TRUE(first.has_value()) << first.error().ToString();
+    auto wrote = (*first)->Execute(Command::Shell("echo secret > /root/holder1 && python3 -c 'print(7)'"));
+    ASSERT_TRUE(wrote.has_value()) << wrote.error().ToString();
+    EXPECT_EQ(wrote->stdout_data, "7\n");
+  }
+  auto second = (*pool)->Acquire();
+  ASSERT_TRUE(second.has_value()) << second.error().ToString();
+  auto looked = (*second)->Execute(Command::Shell("ls /root; cat /root/holder1 2>&1; true"));
+  ASSERT_TRUE(looked.has_value()) << looked.error().ToString();
+  EXPECT_EQ(looked->stdout_data.find("secret"), std::string::npos) << looked->stdout_data;
+  EXPECT_NE(looked->stdout_data.find("No such file"), std::string::npos) << looked->stdout_data;
+}
+
+TEST(ImageBadInputTest, AnUnknownImageListsTheOnesThatExist) {
+  TempDir cache;
+  ScopedImageStore scoped(cache.path());
+  SandboxConfig config = testing::TestConfig();
+  config.image = "nosuchimage";
+  auto created = Sandbox::Create(config);
+  ASSERT_FALSE(created.has_value());
+  EXPECT_EQ(created.error().kind(), ErrorKind::kInvalidConfig);
+  EXPECT_EQ(created.error().subject(), "image");
+  EXPECT_NE(created.error().message().find("no image named 'nosuchimage'"), std::string::npos)
+      << created.error().message();
+  testing::ExpectNothingLeft();
+}
+
+TEST(ImageBadInputTest, AnOverlayWithoutAnImageIsRefused) {
+  SandboxConfig config = testing::TestConfig();
+  config.overlay_mib = 64;
+  auto created = Sandbox::Create(config);
+  ASSERT_FALSE(created.has_value());
+  EXPECT_EQ(created.error().subject(), "overlay_mib");
+}
+
+// An image whose bytes are no erofs (garbage, or a real image cut short): the guest's
+// mount fails, and the create reports the guest's message at once, not a boot timeout.
+TEST(ImageBadInputTest, ACorruptOrTruncatedImageFailsWithTheGuestsMessage) {
+  TempDir cache;
+  ScopedImageStore scoped(cache.path());
+  image::Store store = image::Store::Default();
+  struct Case {
+    const char* name;
+    std::function<void(const std::string&)> make;
+  };
+  std::vector<Case> cases = {
+      {"garbage",
+       [](const std::string& path) {
+         std::ofstream out(path, std::ios::binary);
+         for (int i = 0; i < 1 << 20; ++i) out.put(static_cast<char>((i * 7919) & 0xff));
+       }},
+      {"truncated",
+       [](const std::string& path) {
+         // An erofs superblock that promises more blocks than the file has.
+         TempDir tree;
+         fs::create_directories(tree.path() + "/bin");
+         fs::copy_file("/bin/busybox", tree.path() + "/bin/busybox");
+         std::string full = path + ".full";
+         ASSERT_EQ(std::system(fmt::format("mkfs.erofs --quiet {} {}", full, tree.path()).c_str()), 0);
+         fs::resize_file(full, 8192);
+         fs::rename(full, path);
+       }},
+  };
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    std::string file = cache.path() + "/" + c.name + ".erofs";
+    c.make(file);
+    image::ImageRecord record;
+    record.name = c.name;
+    ASSERT_TRUE(store.Add(file, record).has_value());
+    SandboxConfig config = testing::TestConfig();
+    config.image = c.name;
+    auto started = std::chrono::steady_clock::now();
+    auto created = Sandbox::Create(config);
+    auto took = std::chrono::steady_clock::now() - started;
+    ASSERT_FALSE(created.has_value());
+    EXPECT_FALSE(created.error().timed_out()) << created.error().ToString();
+    EXPECT_NE(created.error().message().find("cannot boot the root image: mount the root image"),
+              std::string::npos)
+        << created.error().message();
+    EXPECT_LT(took, config.boot_timeout);
+  }
+  testing::ExpectNothingLeft();
+}
+
+// `image build` through the CLI: an unknown Debian package fails naming it and leaves
+// nothing behind; two concurrent builds of one recipe build once.
+TEST(ImageBuildTest, UnknownPackagesFailAndConcurrentBuildsBuildOnce) {
+  TempDir cache;
+  ScopedImageStore scoped(cache.path());
+  image::Store store = image::Store::Default();
+  auto missing = image::Build(store, "broken", image::Recipe{.packages = {"no-such-package-vessel"}},
+                              {});
+  ASSERT_FALSE(missing.has_value());
+  EXPECT_EQ(missing.error().kind(), ErrorKind::kInvalidConfig) << missing.error().ToString();
+  EXPECT_NE(missing.error().message().find("no-such-package-vessel"), std::string::npos)
+      << missing.error().message();
+  EXPECT_TRUE(store.List().value_or(std::vector<image::ImageRecord>{{}}).empty());
+  EXPECT_TRUE(fs::is_empty(store.root() + "/tmp"));
+  EXPECT_TRUE(fs::is_empty(store.root() + "/blobs"));
+
+  Result<image::BuildResult> results[2] = {Fail(Error::Backend("not run")),
+                                           Fail(Error::Backend("not run"))};
+  std::thread builders[2];
+  for (int i = 0; i < 2; ++i) {
+    builders[i] = std::thread([&, i] {
+      results[i] = image::Build(store, fmt::format("base{}", i), *image::BuiltinRecipe("debian"), {});
+    });
+  }
+  for (auto& b : builders) b.join();
+  ASSERT_TRUE(results[0].has_value()) << results[0].error().ToString();
+  ASSERT_TRUE(results[1].has_value()) << results[1].error().ToString();
+  EXPECT_NE(results[0]->cached, results[1]->cached);
+  EXPECT_EQ(results[0]->record.digest, results[1]->record.digest);
+  EXPECT_EQ(store.List()->size(), 2u);
+  // One image file for both names.
+  size_t blobs = 0;
+  for (const auto& e : fs::directory_iterator(store.root() + "/blobs")) {
+    blobs += e.path().extension() == ".erofs";
+  }
+  EXPECT_EQ(blobs, 1u);
+
+  // And it boots: the essential set has a shell.
+  SandboxConfig config = testing::TestConfig();
+  config.image = "base0";
+  auto sandbox = testing::MustCreate(config);
+  ASSERT_TRUE(sandbox);
+  EXPECT_EQ(Sh(*sandbox, "cat /etc/debian_version | cut -c1-2"), "12\n");
+}
+
+}  // namespace
+}  // namespace vessel
