@@ -73,7 +73,7 @@ Result<std::string> GetPath(const json& object, const char* key, size_t max_size
 Result<VmConfig> DecodeConfigure(const json& j) {
   if (auto r = CheckKeys(j,
                          {"vcpus", "memory_mib", "kernel", "initramfs", "cmdline", "console_log",
-                          "vsock", "agent_port"},
+                          "vsock", "agent_port", "disk"},
                          "");
       !r) {
     return Fail(std::move(r.error()));
@@ -101,6 +101,9 @@ Result<VmConfig> DecodeConfigure(const json& j) {
   auto agent_port = GetPath(j, "agent_port", kMaxSocketPath, false);
   if (!agent_port) return Fail(std::move(agent_port.error()));
   config.agent_port = std::move(*agent_port);
+  auto disk = GetPath(j, "disk", kMaxPath, false);
+  if (!disk) return Fail(std::move(disk.error()));
+  config.disk = std::move(*disk);
 
   if (auto it = j.find("vsock"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) return Fail(Bad("\"vsock\" must be an object"));
@@ -124,6 +127,7 @@ json EncodeConfigure(const VmConfig& config) {
   j["console_log"] = config.console_log;
   if (config.vsock) j["vsock"] = {{"cid", config.vsock->cid}, {"uds", config.vsock->uds}};
   if (!config.agent_port.empty()) j["agent_port"] = config.agent_port;
+  if (!config.disk.empty()) j["disk"] = config.disk;
   return j;
 }
 

@@ -48,6 +48,7 @@ struct VmConfig {
   std::string console_log;
   std::optional<VsockConfig> vsock;
   std::string agent_port;  // empty: no virtio-console agent port
+  std::string disk;        // a read-only virtio-blk disk image; empty: none
 
   bool operator==(const VmConfig&) const = default;
 };

@@ -37,6 +37,7 @@ constexpr SyscallAllowance kPolicy[] = {
     {SYS_read, "read", "sockets of the devices, eventfds"},
     {SYS_write, "write", "the console log, sockets of the devices, eventfds and irqfds"},
     {SYS_readv, "readv", "scatter reads from device sockets into guest buffers"},
+    {SYS_pread64, "pread64", "virtio-blk reads of the read-only disk image into guest buffers"},
     {SYS_writev, "writev", "gather writes from guest buffers to device sockets, stderr"},
     {SYS_recvfrom, "recvfrom", "recv() on the control and device sockets"},
     {SYS_recvmsg, "recvmsg", "control requests (one SOCK_SEQPACKET message each)"},

@@ -23,6 +23,7 @@
 #include "vmm/arch/x86/registers.h"
 #include "vmm/devices/i8042/i8042.h"
 #include "vmm/devices/virtio/mmio_transport.h"
+#include "vmm/devices/virtio_blk/virtio_blk.h"
 #include "vmm/devices/virtio_console/virtio_console.h"
 #include "vmm/devices/vsock/virtio_vsock.h"
 
@@ -222,6 +223,11 @@ Result<void> Vm::SetUpDevices(const VmConfig& config) {
     auto console = MakeVirtioConsole(*loop_, config.agent_port, std::string(kAgentPortName));
     if (!console) return Fail(std::move(console).error().Context("virtio-console"));
     if (auto r = AddVirtioDevice(kConsoleSlot, std::move(*console)); !r) return r;
+  }
+  if (!config.disk.empty()) {
+    auto disk = MakeVirtioBlk(config.disk);
+    if (!disk) return Fail(std::move(disk).error().Context("virtio-blk"));
+    if (auto r = AddVirtioDevice(kDiskSlot, std::move(*disk)); !r) return r;
   }
   return {};
 }

@@ -38,6 +38,7 @@ class VirtioDevice;
 
 inline constexpr uint32_t kVsockSlot = 0;
 inline constexpr uint32_t kConsoleSlot = 1;
+inline constexpr uint32_t kDiskSlot = 2;
 inline constexpr std::string_view kAgentPortName = "org.vessel.agent";
 // The line the guest agent answers with its state dump (guest/agent/main.cc).
 inline constexpr std::string_view kGuestDumpRequest = "vessel-agent-dump\n";

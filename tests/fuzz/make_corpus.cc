@@ -20,6 +20,7 @@
 #include "protocol/wire.h"
 #include "virtio_fuzz_layout.h"
 #include "vmm/devices/virtio/queue.h"
+#include "vmm/devices/virtio_blk/blk_request.h"
 #include "vmm/devices/vsock/vsock_packet.h"
 
 namespace vessel::protocol {
@@ -332,6 +333,104 @@ std::vector<std::pair<std::string, Bytes>> VsockSeeds() {
   return seeds;
 }
 
+std::vector<std::pair<std::string, Bytes>> BlkSeeds() {
+  using namespace vmm::fuzz;
+  using vmm::virtio::kDescNext;
+  using vmm::virtio::kDescWrite;
+  namespace blk = vmm::blk;
+  // Requests as Linux lays them out: header, data, status, a descriptor each.
+  struct Req {
+    uint32_t type;
+    uint64_t sector;
+    uint32_t data_len;
+  };
+  auto put_requests = [](GuestImage& g, std::initializer_list<Req> reqs) {
+    uint16_t desc = 0;
+    uint64_t data = kBlkDataAddr;
+    std::vector<uint16_t> heads;
+    for (const Req& r : reqs) {
+      heads.push_back(desc);
+      g.PutBytes(data, blk::EncodeHeader(r.type, r.sector));
+      g.Desc(kBlkDesc, desc, data, blk::kHeaderSize, kDescNext, static_cast<uint16_t>(desc + 1));
+      data += 64;
+      ++desc;
+      if (r.data_len > 0) {
+        bool device_writes = r.type == blk::kTypeIn || r.type == blk::kTypeGetId;
+        g.Desc(kBlkDesc, desc, data, r.data_len,
+               static_cast<uint16_t>(kDescNext | (device_writes ? kDescWrite : 0)),
+               static_cast<uint16_t>(desc + 1));
+        data += (r.data_len + 63) & ~uint64_t{63};
+        ++desc;
+      }
+      g.Desc(kBlkDesc, desc, data, 1, kDescWrite, 0);
+      data += 64;
+      ++desc;
+    }
+    uint16_t i = 0;
+    for (uint16_t head : heads) g.Put(kBlkAvail + 4 + 2 * uint64_t{i++}, head);
+    g.Put(kBlkAvail + 2, i);
+    g.Put<uint8_t>(data, 0);  // RAM reaches past the last buffer
+  };
+  constexpr uint64_t kSectors = (kBlkDiskBytes + 511) / 512;
+  std::vector<std::pair<std::string, Bytes>> seeds;
+  {
+    GuestImage g(kBlkConfigBytes);
+    put_requests(g, {{blk::kTypeIn, 3, 1024},
+                     {blk::kTypeGetId, 0, blk::kIdBytes},
+                     {blk::kTypeIn, kSectors - 1, 512},  // the partial last sector
+                     {blk::kTypeOut, 0, 512}});
+    seeds.emplace_back("read_get_id_write", g.Seed());
+  }
+  {
+    GuestImage g(kBlkConfigBytes);
+    put_requests(g, {{blk::kTypeIn, kSectors, 512},                // past the end
+                     {blk::kTypeIn, 0, 100},                       // not whole sectors
+                     {blk::kTypeIn, 0xffff'ffff'ffff'fff0, 4096},  // overflowing
+                     {blk::kTypeFlush, 0, 0},                      // not offered
+                     {blk::kTypeDiscard, 0, 16},                   // not offered
+                     {0x7777, 1, 0}});                             // unknown
+    seeds.emplace_back("refusals", g.Seed());
+  }
+  {
+    // A header split over two buffers, data and status sharing one; a chain without a
+    // status byte; a read whose data the device would have to read.
+    GuestImage g(kBlkConfigBytes);
+    auto hdr = blk::EncodeHeader(blk::kTypeIn, 1);
+    g.PutBytes(kBlkDataAddr, std::span<const uint8_t>(hdr).subspan(0, 6));
+    g.PutBytes(kBlkDataAddr + 64, std::span<const uint8_t>(hdr).subspan(6));
+    g.Desc(kBlkDesc, 0, kBlkDataAddr, 6, kDescNext, 1);
+    g.Desc(kBlkDesc, 1, kBlkDataAddr + 64, 10, kDescNext, 2);
+    g.Desc(kBlkDesc, 2, kBlkDataAddr + 128, 512 + 1, kDescWrite, 0);
+    g.PutBytes(kBlkDataAddr + 0x400, blk::EncodeHeader(blk::kTypeIn, 0));
+    g.Desc(kBlkDesc, 3, kBlkDataAddr + 0x400, blk::kHeaderSize, 0, 0);
+    g.PutBytes(kBlkDataAddr + 0x440, blk::EncodeHeader(blk::kTypeIn, 0));
+    g.Desc(kBlkDesc, 4, kBlkDataAddr + 0x440, blk::kHeaderSize, kDescNext, 5);
+    g.Desc(kBlkDesc, 5, kBlkDataAddr + 0x480, 512, kDescNext, 6);
+    g.Desc(kBlkDesc, 6, kBlkDataAddr + 0x700, 1, kDescWrite, 0);
+    g.Avail(kBlkAvail, {0, 3, 4});
+    g.Put<uint8_t>(kBlkDataAddr + 0x800, 0);
+    seeds.emplace_back("any_layout_and_bad_chains", g.Seed());
+  }
+  {
+    // For the parser: a read of 8 sectors at sector 2 of a 2048-sector disk, as a list of
+    // buffers (flags, u24 length, readable bytes).
+    Bytes seed(kBlkConfigBytes, 0);
+    uint64_t capacity = 2048;
+    std::memcpy(seed.data(), &capacity, sizeof(capacity));
+    auto buffer = [&seed](uint8_t flags, uint32_t len) {
+      seed.push_back(flags);
+      for (int i = 0; i < 3; ++i) seed.push_back(static_cast<uint8_t>(len >> (8 * i)));
+    };
+    auto hdr = blk::EncodeHeader(blk::kTypeIn, 2);
+    buffer(0, blk::kHeaderSize);
+    seed.insert(seed.end(), hdr.begin(), hdr.end());
+    buffer(kBlkBufferWritable, 4096);
+    buffer(kBlkBufferWritable, 1);
+    seeds.emplace_back("parser_read", seed);
+  }
+  return seeds;
+}
+
 bool WriteAll(const std::filesystem::path& dir,
               const std::vector<std::pair<std::string, Bytes>>& seeds) {
   std::error_code ec;
@@ -364,6 +463,7 @@ int main(int argc, char** argv) {
   bool ok = vessel::protocol::WriteAll(dir / "fuzz_host_frames", vessel::protocol::HostSeeds()) &&
             vessel::protocol::WriteAll(dir / "fuzz_agent_frames", vessel::protocol::AgentSeeds()) &&
             vessel::protocol::WriteAll(dir / "fuzz_virtio_queue", vessel::protocol::QueueSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds());
+            vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds()) &&
+            vessel::protocol::WriteAll(dir / "fuzz_blk_request", vessel::protocol::BlkSeeds());
   return ok ? 0 : 1;
 }

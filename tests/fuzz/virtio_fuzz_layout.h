@@ -13,6 +13,12 @@
 // whole input cut; the input from kVsockConfigBytes on is also copied into guest RAM at
 // kImageAddr, where the device's transmit and receive queues live at the fixed addresses
 // below.
+//
+// fuzz_blk_request: bytes [0, 8) are the disk's capacity in sectors for the request
+// parser, which gets the input from kBlkConfigBytes on as a list of buffers, each a flags
+// byte (bit 0: device-writable), a little-endian u24 length and, for a readable buffer,
+// its bytes. The same bytes are copied into guest RAM at kImageAddr, where the virtio-blk
+// device's request queue lives at the fixed addresses below, over a disk of kBlkDiskBytes.
 #pragma once
 
 #include <cstddef>
@@ -42,5 +48,15 @@ inline constexpr uint64_t kVsockDataAddr = 0x2000;
 // The guest's CID, and the one host port a unix socket listens on for guest connections.
 inline constexpr uint64_t kVsockGuestCid = 3;
 inline constexpr uint32_t kVsockListeningPort = 1024;
+
+inline constexpr size_t kBlkConfigBytes = 16;
+inline constexpr uint16_t kBlkQueueSize = 16;
+inline constexpr uint64_t kBlkDesc = 0x1000;
+inline constexpr uint64_t kBlkAvail = 0x1100;
+inline constexpr uint64_t kBlkUsed = 0x1200;
+inline constexpr uint64_t kBlkDataAddr = 0x2000;
+// Sixteen sectors and a partial one.
+inline constexpr uint64_t kBlkDiskBytes = 16 * 512 + 100;
+inline constexpr uint8_t kBlkBufferWritable = 1;
 
 }  // namespace vessel::vmm::fuzz

@@ -1,14 +1,20 @@
 // Choosing engines and channels, and what only the kvm engine (vessel-vmm) does: vsock,
-// a guest that panics or resets its vsock device, snapshots it refuses.
+// a guest that panics or resets its vsock device, snapshots it refuses, a read-only disk.
 //
 // EngineSelectionTest runs on every host; KvmEngineTest needs the kvm engine under test
 // (VESSEL_TEST_ENGINE=kvm, or auto on a host with /dev/kvm) and skips otherwise.
+#include <fmt/format.h>
+#include <openssl/evp.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "engine/host.h"
+#include "engine/select.h"
+#include "sandbox/sandbox_impl.h"
 #include "vm_test_env.h"
 
 namespace vessel {
@@ -30,6 +36,56 @@ std::string Sh(Sandbox& sandbox, const std::string& script) {
   if (!result) return {};
   EXPECT_TRUE(result->ok()) << script << "\nstderr: " << result->stderr_data;
   return Trimmed(result->stdout_data);
+}
+
+std::string Sha256Hex(std::string_view data) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int size = 0;
+  EVP_Digest(data.data(), data.size(), digest, &size, EVP_sha256(), nullptr);
+  std::string hex;
+  for (unsigned int i = 0; i < size; ++i) hex += fmt::format("{:02x}", digest[i]);
+  return hex;
+}
+
+std::string ReadWhole(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+// Starts every VM with `image` as its read-only disk: how the sandbox layer will pass an
+// image once its config names one.
+class WithImage final : public engine::Engine {
+ public:
+  WithImage(std::unique_ptr<engine::Engine> engine, std::string image)
+      : engine_(std::move(engine)), image_(std::move(image)) {}
+  std::string name() const override { return engine_->name(); }
+  Result<void> CanSave() const override { return engine_->CanSave(); }
+  bool SupportsVsock() const override { return engine_->SupportsVsock(); }
+  uint32_t max_vcpus() const override { return engine_->max_vcpus(); }
+  uint32_t max_memory_mib() const override { return engine_->max_memory_mib(); }
+  std::string version() const override { return engine_->version(); }
+  Result<std::unique_ptr<engine::Vm>> Start(const engine::VmSpec& spec) override {
+    engine::VmSpec with_image = spec;
+    with_image.image = image_;
+    return engine_->Start(with_image);
+  }
+
+ private:
+  std::unique_ptr<engine::Engine> engine_;
+  std::string image_;
+};
+
+// A file of the test, removed however the test ends.
+struct TestFile {
+  std::string path;
+  ~TestFile() { std::filesystem::remove(path); }
+};
+
+Result<std::unique_ptr<Sandbox>> CreateWithImage(const std::string& image) {
+  auto kvm = engine::Make(EngineKind::kKvm);
+  if (!kvm) return Fail(std::move(kvm).error());
+  SandboxConfig config = testing::TestConfig();
+  return Sandbox::Impl::Create(config, std::make_unique<WithImage>(std::move(*kvm), image));
 }
 
 bool IsVsockNotConnected(const Error& error) {
@@ -248,6 +304,61 @@ TEST_F(KvmEngineTest, UnbindingTheVsockDriverIsVsockNotConnectedUntilItIsBack) {
   ASSERT_TRUE(up.has_value()) << up.error().ToString();
   EXPECT_EQ(Trimmed(up->stdout_data), "back");
   EXPECT_EQ(sandbox->state(), SandboxState::kReady);
+}
+
+// The image is the guest's /dev/vda: read-only, every byte of the file readable (its
+// partial last sector padded with zeros), and no guest write reaches the file.
+TEST_F(KvmEngineTest, TheImageIsAReadOnlyDiskWithTheFilesBytes) {
+  TestFile file{testing::TestRuntimeRoot() + "-kvm-disk.img"};
+  const std::string& image = file.path;
+  // 1 MiB of a pattern that differs in every sector, and a tail of 300 bytes.
+  constexpr size_t kImageBytes = (1 << 20) + 300;
+  std::string content(kImageBytes, '\0');
+  uint32_t x = 0x12345678;
+  for (char& c : content) {
+    x = x * 1664525 + 1013904223;
+    c = static_cast<char>(x >> 24);
+  }
+  std::ofstream(image, std::ios::binary).write(content.data(), kImageBytes);
+  ASSERT_EQ(ReadWhole(image), content);
+  std::string padded = content + std::string(512 - kImageBytes % 512, '\0');
+
+  auto sandbox = CreateWithImage(image);
+  ASSERT_TRUE(sandbox.has_value()) << sandbox.error().ToString();
+  Sandbox& vm = **sandbox;
+  EXPECT_EQ(Sh(vm, "cat /sys/block/vda/size"), std::to_string(padded.size() / 512));
+  EXPECT_EQ(Sh(vm, "cat /sys/block/vda/ro"), "1");
+  EXPECT_EQ(Sh(vm, "cat /sys/block/vda/serial"), "vessel-root");
+  EXPECT_EQ(Sh(vm, fmt::format("head -c {} /dev/vda | sha256sum", kImageBytes)),
+            Sha256Hex(content) + "  -");
+  EXPECT_EQ(Sh(vm, "sha256sum < /dev/vda"), Sha256Hex(padded) + "  -");
+  // The last sector, read on its own without the page cache in the way.
+  EXPECT_EQ(Sh(vm,
+               "echo 3 > /proc/sys/vm/drop_caches; "
+               "dd if=/dev/vda bs=512 skip=2048 count=1 2>/dev/null | sha256sum"),
+            Sha256Hex(padded.substr(2048 * 512)) + "  -");
+
+  auto write = vm.Execute(Command::Shell(
+      "dd if=/dev/zero of=/dev/vda bs=512 count=8 conv=notrunc,fsync; echo dd=$? >&2; "
+      "blockdev --setrw /dev/vda; dd if=/dev/zero of=/dev/vda bs=4096 count=1 conv=notrunc,fsync"));
+  ASSERT_TRUE(write.has_value()) << write.error().ToString();
+  EXPECT_FALSE(write->ok()) << "a guest wrote its read-only disk\n" << write->stderr_data;
+  EXPECT_NE(write->stderr_data.find("dd="), std::string::npos) << write->stderr_data;
+  EXPECT_EQ(write->stderr_data.find("dd=0"), std::string::npos) << write->stderr_data;
+  EXPECT_EQ(Sh(vm, "echo 3 > /proc/sys/vm/drop_caches; sha256sum < /dev/vda"),
+            Sha256Hex(padded) + "  -");
+  EXPECT_EQ(Sh(vm, "cat /sys/block/vda/ro"), "1");
+  ASSERT_TRUE(vm.Destroy().has_value());
+  EXPECT_EQ(ReadWhole(image), content) << "the image file changed";
+}
+
+TEST_F(KvmEngineTest, AnImageThatCannotBeOpenedFailsNamingIt) {
+  std::string missing = testing::TestRuntimeRoot() + "-kvm-no-such-disk.img";
+  auto sandbox = CreateWithImage(missing);
+  ASSERT_FALSE(sandbox.has_value());
+  EXPECT_EQ(sandbox.error().kind(), ErrorKind::kBackend) << sandbox.error().ToString();
+  EXPECT_NE(sandbox.error().message().find("opening the disk " + missing), std::string::npos)
+      << sandbox.error().message();
 }
 
 }  // namespace

@@ -135,14 +135,30 @@ TEST_F(ValidateChannelTest, TheSpecCarriesTheChosenChannel) {
 }
 
 TEST(KvmEngineUnitTest, TheGuestCmdlineNamesTheVsockChannelOnlyForVsock) {
-  std::string vsock = engine::kvm::KvmGuestCmdline(AgentChannel::kVsock);
+  engine::VmSpec spec;
+  spec.channel = AgentChannel::kVsock;
+  std::string vsock = engine::kvm::KvmGuestCmdline(spec);
   EXPECT_NE(vsock.find("vessel.channel=vsock:1024"), std::string::npos) << vsock;
   EXPECT_NE(vsock.find("console=ttyS0"), std::string::npos);
   EXPECT_NE(vsock.find("reboot=t panic=-1"), std::string::npos);
   EXPECT_NE(vsock.find(" quiet"), std::string::npos);
-  std::string serial = engine::kvm::KvmGuestCmdline(AgentChannel::kVirtioSerial, false);
+  EXPECT_TRUE(vsock.ends_with(" vessel.channel=vsock:1024"))
+      << "nothing after the channel without guest_args: " << vsock;
+  spec.channel = AgentChannel::kVirtioSerial;
+  std::string serial = engine::kvm::KvmGuestCmdline(spec, false);
   EXPECT_EQ(serial.find("vessel.channel"), std::string::npos) << serial;
   EXPECT_EQ(serial.find("quiet"), std::string::npos) << serial;
+}
+
+TEST(KvmEngineUnitTest, TheGuestCmdlineEndsWithTheGuestArgs) {
+  engine::VmSpec spec;
+  spec.channel = AgentChannel::kVsock;
+  spec.guest_args = "vessel.root=/dev/vda vessel.overlay=tmpfs";
+  std::string cmdline = engine::kvm::KvmGuestCmdline(spec);
+  std::string tail = " vessel.channel=vsock:1024 vessel.root=/dev/vda vessel.overlay=tmpfs";
+  ASSERT_GE(cmdline.size(), tail.size());
+  EXPECT_EQ(cmdline.substr(cmdline.size() - tail.size()), tail) << cmdline;
+  EXPECT_EQ(cmdline.find("  "), std::string::npos) << cmdline;
 }
 
 TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
@@ -165,12 +181,33 @@ TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
   EXPECT_EQ(config.vsock->cid, 3u);
   EXPECT_EQ(config.vsock->uds, "/run/vm-1/vsock.sock");
   EXPECT_EQ(config.agent_port, "/run/vm-1/agent.sock");
+  EXPECT_TRUE(config.disk.empty()) << "no image, no disk";
   // What the engine sends, the VMM accepts as it is.
   auto message = protocol::vmm_control::EncodeRequest(request);
   ASSERT_TRUE(message) << message.error().ToString();
   auto decoded = protocol::vmm_control::DecodeRequest(*message);
   ASSERT_TRUE(decoded) << decoded.error().ToString();
   EXPECT_EQ(*decoded, protocol::vmm_control::Request(request));
+}
+
+TEST(KvmEngineUnitTest, TheImageIsTheVmmsDiskByItsAbsolutePath) {
+  engine::VmSpec spec;
+  spec.kernel = "/assets/vmlinux";
+  spec.initramfs = "/assets/initramfs.cpio";
+  engine::kvm::KvmPaths paths{"/run/vm-1/console.log", "/run/vm-1/vsock.sock",
+                              "/run/vm-1/agent.sock"};
+  spec.image = "/var/lib/vessel/images/root.erofs";
+  EXPECT_EQ(engine::kvm::ConfigureRequest(spec, "", paths).config.disk, spec.image);
+  // A relative path is made absolute: the VMM refuses relative ones.
+  spec.image = "images/root.erofs";
+  std::string disk = engine::kvm::ConfigureRequest(spec, "", paths).config.disk;
+  EXPECT_EQ(disk, (std::filesystem::current_path() / "images/root.erofs").string());
+  auto message =
+      protocol::vmm_control::EncodeRequest(engine::kvm::ConfigureRequest(spec, "", paths));
+  ASSERT_TRUE(message) << message.error().ToString();
+  auto decoded = protocol::vmm_control::DecodeRequest(*message);
+  ASSERT_TRUE(decoded) << decoded.error().ToString();
+  EXPECT_EQ(std::get<protocol::vmm_control::request::Configure>(*decoded).config.disk, disk);
 }
 
 TEST(KvmEngineUnitTest, VesselVmmIsFoundThroughTheEnvironmentFirst) {

@@ -24,7 +24,8 @@ VmConfig FullConfig() {
           .cmdline = "console=ttyS0 quiet -- \"a b\"",
           .console_log = "/run/vm/console.log",
           .vsock = VsockConfig{.cid = 3, .uds = "/run/vm/vsock.sock"},
-          .agent_port = "/run/vm/agent.sock"};
+          .agent_port = "/run/vm/agent.sock",
+          .disk = "/images/root.erofs"};
 }
 
 VmConfig MinimalConfig() {
@@ -89,6 +90,7 @@ TEST(VmmControl, TheWireFormatIsTheDocumentedOne) {
   EXPECT_EQ(c.vsock, (VsockConfig{.cid = 3, .uds = "/v"}));
   EXPECT_TRUE(c.initramfs.empty());
   EXPECT_TRUE(c.agent_port.empty());
+  EXPECT_TRUE(c.disk.empty());
 }
 
 TEST(VmmControl, EncodingRefusesWhatCannotBeSent) {
@@ -181,6 +183,7 @@ TEST(DecodeRequest, ParsesEveryOp) {
   EXPECT_EQ(c.vsock->cid, 3u);
   EXPECT_EQ(c.vsock->uds, "/run/vm/vsock.sock");
   EXPECT_EQ(c.agent_port, "/run/vm/agent.sock");
+  EXPECT_EQ(c.disk, "/images/root.erofs");
 }
 
 TEST(DecodeRequest, OptionalConfigureFieldsMayBeLeftOut) {
@@ -189,12 +192,14 @@ TEST(DecodeRequest, OptionalConfigureFieldsMayBeLeftOut) {
   j.erase("vsock");
   j.erase("agent_port");
   j.erase("cmdline");
+  j.erase("disk");
   auto r = DecodeRequest(j.dump());
   ASSERT_TRUE(r) << r.error().ToString();
   const VmConfig& c = std::get<request::Configure>(*r).config;
   EXPECT_TRUE(c.initramfs.empty());
   EXPECT_FALSE(c.vsock);
   EXPECT_TRUE(c.agent_port.empty());
+  EXPECT_TRUE(c.disk.empty());
 }
 
 TEST(DecodeRequest, RejectsMalformedMessages) {
@@ -243,6 +248,42 @@ TEST(DecodeRequest, ValidatesConfigureFields) {
   DecodeError(ConfigureWith("vsock", json{{"cid", 1ull << 32}, {"uds", "/v.sock"}}));
   EXPECT_NE(DecodeError(ConfigureWith("memory", 256)).find("unknown field \"memory\""),
             std::string::npos);
+}
+
+TEST(DecodeRequest, ValidatesTheDiskPath) {
+  auto good = DecodeRequest(ConfigureWith("disk", "/" + std::string(kMaxPath - 1, 'd')));
+  ASSERT_TRUE(good) << good.error().ToString();
+  EXPECT_EQ(std::get<request::Configure>(*good).config.disk.size(), kMaxPath);
+  EXPECT_NE(DecodeError(ConfigureWith("disk", "/" + std::string(kMaxPath, 'd')))
+                .find("\"disk\" is longer than 4096 bytes"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(ConfigureWith("disk", 7)).find("\"disk\" must be a string"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(ConfigureWith("disk", json::array({"/a"}))).find("must be a string"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(ConfigureWith("disk", "root.erofs")).find("\"disk\" must be an absolute"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(ConfigureWith("disk", std::string("/a\0b", 4))).find("NUL"),
+            std::string::npos);
+  // An empty path is no disk, as when the field is left out.
+  auto empty = DecodeRequest(ConfigureWith("disk", ""));
+  ASSERT_TRUE(empty) << empty.error().ToString();
+  EXPECT_TRUE(std::get<request::Configure>(*empty).config.disk.empty());
+}
+
+TEST(VmmControl, TheDiskRoundTripsAndIsLeftOutWhenEmpty) {
+  VmConfig with_disk = MinimalConfig();
+  with_disk.disk = "/var/lib/vessel/images/" + std::string(64, 'f') + ".erofs";
+  auto message = EncodeRequest(request::Configure{.config = with_disk});
+  ASSERT_TRUE(message) << message.error().ToString();
+  EXPECT_NE(message->find(R"("disk":"/var/lib/vessel/images/)"), std::string::npos) << *message;
+  auto decoded = DecodeRequest(*message);
+  ASSERT_TRUE(decoded) << decoded.error().ToString();
+  EXPECT_EQ(std::get<request::Configure>(*decoded).config, with_disk);
+
+  message = EncodeRequest(request::Configure{.config = MinimalConfig()});
+  ASSERT_TRUE(message);
+  EXPECT_EQ(message->find("disk"), std::string::npos) << *message;
 }
 
 }  // namespace

@@ -138,8 +138,7 @@ class KvmVm final : public Vm {
                                      hello->version.value_or(0), control::kVersion))));
     }
     KvmPaths paths{dir_.File("console.log"), dir_.File("vsock.sock"), dir_.File("agent.sock")};
-    if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_.channel), paths), deadline);
-        !r) {
+    if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_), paths), deadline); !r) {
       return Fail(std::move(r).error());
     }
     if (spec_.channel == AgentChannel::kVirtioSerial) {
@@ -273,13 +272,14 @@ std::string FindVmm() {
   return IsExecutable(built) ? built : std::string();
 }
 
-std::string KvmGuestCmdline(AgentChannel channel, bool quiet) {
+std::string KvmGuestCmdline(const VmSpec& spec, bool quiet) {
   // Under KVM the guest has kvm-clock: no TSC calibration workarounds are needed.
   std::string cmdline =
       fmt::format("console=ttyS0{} mitigations=off reboot=t panic=-1", quiet ? " quiet" : "");
-  if (channel == AgentChannel::kVsock) {
+  if (spec.channel == AgentChannel::kVsock) {
     cmdline += fmt::format(" vessel.channel=vsock:{}", kAgentVsockPort);
   }
+  if (!spec.guest_args.empty()) cmdline += " " + spec.guest_args;
   return cmdline;
 }
 
@@ -294,6 +294,8 @@ control::request::Configure ConfigureRequest(const VmSpec& spec, const std::stri
               .console_log = paths.console_log,
               .vsock = control::VsockConfig{.cid = kGuestCid, .uds = paths.vsock_uds},
               .agent_port = paths.agent_port,
+              .disk = spec.image.empty() ? std::string()
+                                         : std::filesystem::absolute(spec.image).string(),
           }};
 }
 

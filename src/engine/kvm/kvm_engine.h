@@ -24,8 +24,9 @@ inline constexpr uint32_t kGuestCid = 3;
 // else the one this build made. Empty when none of them is an executable file.
 std::string FindVmm();
 
-// The guest kernel command line; with a vsock channel it tells the agent to listen there.
-std::string KvmGuestCmdline(AgentChannel channel, bool quiet = true);
+// The guest kernel command line for `spec`: with a vsock channel it tells the agent to
+// listen there, and it ends with spec.guest_args.
+std::string KvmGuestCmdline(const VmSpec& spec, bool quiet = true);
 
 // Where the VMM puts the ends of a VM's channels (all inside the VM's runtime directory).
 struct KvmPaths {
@@ -34,7 +35,7 @@ struct KvmPaths {
   std::string agent_port;  // the virtio-console agent port's host end
 };
 
-// The "configure" request for `spec`.
+// The "configure" request for `spec`; its image, if any, becomes the VMM's read-only disk.
 protocol::vmm_control::request::Configure ConfigureRequest(const VmSpec& spec,
                                                            const std::string& cmdline,
                                                            const KvmPaths& paths);

@@ -55,6 +55,14 @@ TEST(Seccomp, KillsTheProcessForAnythingElse) {
   EXPECT_EQ(RunSyscall(10'000), SECCOMP_RET_KILL_PROCESS);
 }
 
+TEST(Seccomp, TheDiskImageIsReadButNeverWrittenOrOpenedAgain) {
+  EXPECT_EQ(RunSyscall(SYS_pread64), SECCOMP_RET_ALLOW);
+  for (long nr :
+       {SYS_pwrite64, SYS_pwritev, SYS_pwritev2, SYS_ftruncate, SYS_fallocate, SYS_openat2}) {
+    EXPECT_EQ(RunSyscall(nr), SECCOMP_RET_KILL_PROCESS) << nr;
+  }
+}
+
 TEST(Seccomp, ChecksTheArchitectureAndX32) {
   EXPECT_EQ(RunSyscall(SYS_read, AUDIT_ARCH_I386), SECCOMP_RET_KILL_PROCESS);
   EXPECT_EQ(RunSyscall(SYS_read, 0), SECCOMP_RET_KILL_PROCESS);
