@@ -1,6 +1,7 @@
 #include "root.h"
 
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -86,6 +87,16 @@ std::string EnterRootImage(const RootImage& image) {
   if (chdir(kRoot) != 0) return Failed("chdir to the root image");
   if (mount(".", "/", nullptr, MS_MOVE, nullptr) != 0) return Failed("move the root image to /");
   if (chroot(".") != 0 || chdir("/") != 0) return Failed("chroot into the root image");
+  // A damaged image may mount and still fail every read: try the shell's first bytes.
+  int shell = open("/bin/sh", O_RDONLY | O_CLOEXEC);
+  if (shell < 0) return Failed("open /bin/sh in the root image");
+  char head[64];
+  ssize_t n = read(shell, head, sizeof(head));
+  int read_errno = errno;
+  close(shell);
+  errno = read_errno;
+  if (n <= 0) return n == 0 ? std::string("/bin/sh in the root image is empty")
+                            : Failed("read /bin/sh in the root image");
   return {};
 }
 

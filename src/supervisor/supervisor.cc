@@ -145,6 +145,8 @@ std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
                  {"name", sandbox.name},
                  {"kernel", sandbox.kernel},
                  {"initramfs", sandbox.initramfs},
+                 {"image", sandbox.image},
+                 {"overlay_mib", sandbox.overlay_mib},
                  {"engine", EngineKindName(sandbox.engine)},
                  {"restore_dir", config.restore_dir},
                  {"forked_from", config.forked_from}};
@@ -162,7 +164,7 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
     return n;
   };
   for (const auto& [key, value] : object.items()) {
-    if (key == "ready_fd" || key == "memory_mib" || key == "vcpus") {
+    if (key == "ready_fd" || key == "memory_mib" || key == "vcpus" || key == "overlay_mib") {
       uint64_t max = key == "ready_fd" ? std::numeric_limits<int>::max()
                                        : std::numeric_limits<uint32_t>::max();
       auto n = number(value, max);
@@ -170,6 +172,7 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
       if (key == "ready_fd") config.ready_fd = static_cast<int>(*n);
       if (key == "memory_mib") config.sandbox.memory_mib = static_cast<uint32_t>(*n);
       if (key == "vcpus") config.sandbox.vcpus = static_cast<uint32_t>(*n);
+      if (key == "overlay_mib") config.sandbox.overlay_mib = static_cast<uint32_t>(*n);
       continue;
     }
     if (!value.is_string()) return Fail(BadConfig(key + " wants a string"));
@@ -180,6 +183,8 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
       config.sandbox.kernel = text_value;
     } else if (key == "initramfs") {
       config.sandbox.initramfs = text_value;
+    } else if (key == "image") {
+      config.sandbox.image = text_value;
     } else if (key == "restore_dir") {
       config.restore_dir = text_value;
     } else if (key == "forked_from") {

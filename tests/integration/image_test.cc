@@ -2,6 +2,7 @@
 // fixture, cached by recipe), and what a damaged or missing image does to a create.
 #include <fmt/format.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -225,6 +226,36 @@ TEST_F(PythonImageTest, APoolHandsOutIsolatedVms) {
   EXPECT_NE(looked->stdout_data.find("No such file"), std::string::npos) << looked->stdout_data;
 }
 
+// What `cmd` prints on stdout, and its exit status.
+std::pair<int, std::string> Shell(const std::string& cmd) {
+  TempDir dir;
+  std::string out = dir.path() + "/out";
+  int status = std::system((cmd + " >" + out).c_str());
+  std::ifstream in(out);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text};
+}
+
+TEST_F(PythonImageTest, TheCliRunsAndCreatesSandboxesOnAnImage) {
+  std::string cli = fmt::format("{} ", VESSEL_CLI);
+  std::string engine = fmt::format(" --engine {} ", testing::TestEngineName());
+  auto run = Shell(cli + "run" + engine + "--memory 512 --image python -- python3 -c 'print(6*7)'");
+  EXPECT_EQ(run, std::make_pair(0, std::string("42\n")));
+
+  auto created = Shell(cli + "create" + engine + "--memory 512 --image python --overlay 64 --name pybox");
+  ASSERT_EQ(created.first, 0);
+  auto df = Shell(cli + "exec --no-stdin pybox -- sh -c \"df -m / | tail -1 | awk '{print \\$2}'\"");
+  EXPECT_EQ(df, std::make_pair(0, std::string("64\n")));
+  auto python = Shell(cli + "exec --no-stdin pybox -- python3 -c 'import numpy; print(numpy.__name__)'");
+  EXPECT_EQ(python, std::make_pair(0, std::string("numpy\n")));
+  EXPECT_EQ(Shell(cli + "rm pybox").first, 0);
+
+  auto listed = Shell(cli + "image ls --json");
+  ASSERT_EQ(listed.first, 0);
+  EXPECT_NE(listed.second.find("\"digest\": \"" + digest_ + "\""), std::string::npos) << listed.second;
+  testing::ExpectNothingLeft();
+}
+
 TEST(ImageBadInputTest, AnUnknownImageListsTheOnesThatExist) {
   TempDir cache;
   ScopedImageStore scoped(cache.path());
@@ -265,13 +296,14 @@ TEST(ImageBadInputTest, ACorruptOrTruncatedImageFailsWithTheGuestsMessage) {
        }},
       {"truncated",
        [](const std::string& path) {
-         // An erofs superblock that promises more blocks than the file has.
+         // A real image cut inside its first block: the superblock is there, the rest not.
          TempDir tree;
          fs::create_directories(tree.path() + "/bin");
          fs::copy_file("/bin/busybox", tree.path() + "/bin/busybox");
+         fs::create_symlink("busybox", tree.path() + "/bin/sh");
          std::string full = path + ".full";
          ASSERT_EQ(std::system(fmt::format("mkfs.erofs --quiet {} {}", full, tree.path()).c_str()), 0);
-         fs::resize_file(full, 8192);
+         fs::resize_file(full, 2048);
          fs::rename(full, path);
        }},
   };
@@ -289,8 +321,7 @@ TEST(ImageBadInputTest, ACorruptOrTruncatedImageFailsWithTheGuestsMessage) {
     auto took = std::chrono::steady_clock::now() - started;
     ASSERT_FALSE(created.has_value());
     EXPECT_FALSE(created.error().timed_out()) << created.error().ToString();
-    EXPECT_NE(created.error().message().find("cannot boot the root image: mount the root image"),
-              std::string::npos)
+    EXPECT_NE(created.error().message().find("cannot boot the root image: "), std::string::npos)
         << created.error().message();
     EXPECT_LT(took, config.boot_timeout);
   }
