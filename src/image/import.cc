@@ -104,17 +104,17 @@ Result<ImportReport> Import(const Store& store, std::string_view name, const std
     std::string relative = Contained(original, report.made_relative);
     if (relative.empty()) return Fail(Refused(original, "has a '..' component"));
     mode_t type = archive_entry_filetype(entry);
-    if (type == AE_IFCHR || type == AE_IFBLK || type == AE_IFIFO || type == AE_IFSOCK) {
-      ++report.dropped_devices;
-      continue;
-    }
-    if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
-      return Fail(Refused(original, "is not a file, a directory or a link"));
-    }
+    // A tar hard link carries no file type of its own (libarchive reports 0): it is
+    // whatever its target, an entry already checked, is.
     if (const char* hard = archive_entry_hardlink(entry)) {
       std::string target = Contained(hard, report.made_relative);
       if (target.empty()) return Fail(Refused(original, "is a hard link leading outside the tree"));
       archive_entry_set_hardlink(entry, (tree + "/" + target).c_str());
+    } else if (type == AE_IFCHR || type == AE_IFBLK || type == AE_IFIFO || type == AE_IFSOCK) {
+      ++report.dropped_devices;
+      continue;
+    } else if (type != AE_IFREG && type != AE_IFDIR && type != AE_IFLNK) {
+      return Fail(Refused(original, "is not a file, a directory or a link"));
     }
     mode_t perm = archive_entry_perm(entry);
     if (perm & (S_ISUID | S_ISGID)) {

@@ -343,6 +343,7 @@ Result<std::optional<ImageRecord>> Store::FromRecipe(std::string_view recipe,
 }
 
 Result<void> Store::AddSnapshotRef(std::string_view digest, const std::string& snapshot_dir) const {
+  if (!IsDigest(digest)) return Fail(ImageError(fmt::format("'{}' is not an image digest", digest)));
   if (auto r = MakeDirs(root_); !r) return r;
   std::string dir = fmt::format("{}/refs/{}", root_, Hex(digest));
   if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {

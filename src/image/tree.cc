@@ -3,6 +3,8 @@
 #include <elf.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/openat2.h>
+#include <sys/syscall.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,20 +50,16 @@ Result<uint64_t> TreeSize(const std::string& tree) {
 Result<void> CheckArchitecture(const std::string& tree) {
   UniqueFd root(::open(tree.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   if (!root) return Fail(Error::HostIo("open " + tree, errno));
-  // The shell, followed through links inside the tree only: a link may point anywhere,
-  // so it is resolved by name against the tree, never the host.
-  for (std::string path : {"bin/sh", "usr/bin/sh", "bin/busybox", "usr/bin/busybox"}) {
-    for (int hops = 0; hops < 16; ++hops) {
-      char target[4096];
-      ssize_t n = ::readlinkat(root.get(), path.c_str(), target, sizeof(target) - 1);
-      if (n < 0) break;
-      std::string link(target, static_cast<size_t>(n));
-      fs::path next = link.starts_with("/") ? fs::path(link.substr(1))
-                                            : fs::path(path).parent_path() / link;
-      path = next.lexically_normal().string();
-      if (path.starts_with("..")) break;
+  // The shell as the guest finds it: every link, absolute or climbing with "..", resolves
+  // with the tree as the root, never into the host's own programs.
+  for (const char* path : {"bin/sh", "usr/bin/sh", "bin/busybox", "usr/bin/busybox"}) {
+    open_how how{.flags = O_RDONLY | O_NONBLOCK | O_CLOEXEC,
+                 .mode = 0,
+                 .resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS};
+    UniqueFd fd(static_cast<int>(::syscall(SYS_openat2, root.get(), path, &how, sizeof(how))));
+    if (!fd && errno == ENOSYS) {
+      return Fail(Error::UnsupportedPlatform("checking an image's shell needs openat2 (Linux 5.6)"));
     }
-    UniqueFd fd(::openat(root.get(), path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
     if (!fd) continue;
     Elf64_Ehdr header{};
     ssize_t n = ::pread(fd.get(), &header, sizeof(header), 0);

@@ -13,8 +13,9 @@ namespace vessel::image {
 // Bytes of the regular files under `tree` (links not followed).
 [[nodiscard]] Result<uint64_t> TreeSize(const std::string& tree);
 
-// kInvalidConfig when the tree's shell (/bin/sh, /usr/bin/sh, or busybox) is an ELF
-// program for another machine than x86-64, or when it has no shell at all.
+// kInvalidConfig when the tree's shell (/bin/sh, /usr/bin/sh, or busybox, its links
+// resolved with the tree as the root) is an ELF program for another machine than x86-64,
+// or when it has no shell at all.
 [[nodiscard]] Result<void> CheckArchitecture(const std::string& tree);
 
 // mkfs.erofs with LZ4HC compression and every timestamp and the UUID fixed (from `seed`),
