@@ -284,9 +284,11 @@ TEST_F(PoolTest, TheFillerRefillsAfterABurst) {
     burst.push_back(MustAcquire(*pool));
     ASSERT_TRUE(burst.back());
   }
+  // The two idle VMs are hits; the filler starts refilling at once, so a later acquire is
+  // a hit too when a refill wins the race against it.
   auto stats = pool->Stats();
-  EXPECT_EQ(stats.hits, 2u);
-  EXPECT_EQ(stats.misses, 2u);
+  EXPECT_GE(stats.hits, 2u);
+  EXPECT_EQ(stats.hits + stats.misses, 4u);
   // At max_total nothing more is made.
   std::this_thread::sleep_for(300ms);
   EXPECT_EQ(pool->Stats().idle, 0u);
