@@ -49,7 +49,9 @@ int Create(const CreateArgs& args) {
 
 int List(const ListArgs& args) {
   std::vector<supervisor::Listing> listings;
-  for (const auto& id : supervisor::ListSandboxIds()) {
+  auto ids = supervisor::ListSandboxIds();
+  if (!ids) return Failure(ids.error());
+  for (const auto& id : *ids) {
     if (auto listing = supervisor::Inspect(id)) listings.push_back(std::move(*listing));
   }
   if (args.json) {

@@ -11,6 +11,7 @@
 #include "base/io.h"
 #include "protocol/frame.h"
 #include "supervisor/log.h"
+#include "supervisor/state.h"
 
 namespace vessel::supervisor {
 
@@ -336,6 +337,11 @@ void ControlServer::AcceptPending() {
       if (errno == EINTR || errno == ECONNABORTED) continue;
       if (errno != EAGAIN) Log(fmt::format("accepting a client failed: {}", std::strerror(errno)));
       return;
+    }
+    // The socket's directory is private already; a peer of another user is refused anyway.
+    if (auto peer = PeerOfThisUser(client.get()); !peer) {
+      Log(fmt::format("refusing a client: {}", peer.error().message()));
+      continue;
     }
     if (sessions_.size() >= kMaxClients) {
       Log(fmt::format("refusing a client: {} are connected already", kMaxClients));

@@ -84,7 +84,9 @@ Result<void> PrepareToSupervise() {
 }
 
 Result<void> CheckNameIsFree(const std::string& name) {
-  for (const auto& id : ListSandboxIds()) {
+  auto ids = ListSandboxIds();
+  if (!ids) return Fail(std::move(ids).error());
+  for (const auto& id : *ids) {
     auto record = ReadRecord(id);
     if (record && record->name == name) {
       return Fail(Error::InvalidConfig(
@@ -127,6 +129,18 @@ Result<void> StopAndRemove(const SandboxRecord& record) {
     if (record.pid <= 1) {
       return Fail(Error::Backend(
           fmt::format("sandbox {} is running but its state names no supervisor pid", id)));
+    }
+    // The pid signalled is the one the kernel names as the control socket's listener
+    // when the socket answers; it must be the one state.json names.
+    if (auto control = ConnectControl(ControlSocketPath(id))) {
+      auto peer = PeerOfThisUser(control->get());
+      if (!peer) return Fail(std::move(peer).error());
+      if (*peer != record.pid) {
+        return Fail(Error::Backend(fmt::format(
+            "sandbox {}: its state names pid {} but its control socket is served by pid {}; "
+            "refusing to signal either",
+            id, record.pid, *peer)));
+      }
     }
     ::kill(record.pid, SIGTERM);
     if (!WaitUntilStopped(id, kStopTimeout)) {

@@ -47,6 +47,31 @@ Result<sockaddr_un> SocketAddress(const std::string& path) {
 }  // namespace
 
 std::string SandboxesDir() { return engine::RuntimeRoot() + "/sandboxes"; }
+
+Result<std::string> PrivateSandboxesDir() {
+  auto root = engine::PrivateRuntimeRoot();
+  if (!root) return Fail(std::move(root).error());
+  std::string dir = *root + "/sandboxes";
+  if (auto made = engine::MakePrivateDir(dir, /*narrow=*/true); !made) {
+    return Fail(std::move(made).error());
+  }
+  return dir;
+}
+
+Result<pid_t> PeerOfThisUser(int fd) {
+  ucred peer{};
+  socklen_t size = sizeof(peer);
+  if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &size) != 0) {
+    return Fail(Error::HostIo("read the peer of a control socket", errno));
+  }
+  if (peer.uid != ::geteuid()) {
+    return Fail(Error::HostIo(fmt::format("the peer of a control socket (pid {}) runs as uid "
+                                          "{}, not as this user (uid {}): refused",
+                                          peer.pid, peer.uid, ::geteuid()),
+                              EPERM));
+  }
+  return peer.pid;
+}
 std::string StateDir(const std::string& id) { return SandboxesDir() + "/" + id; }
 std::string ControlSocketPath(const std::string& id) { return StateDir(id) + "/control.sock"; }
 std::string SupervisorLogPath(const std::string& id) { return StateDir(id) + "/supervisor.log"; }
@@ -64,6 +89,8 @@ Result<void> WriteRecord(const SandboxRecord& record) {
       {"restored_from", record.restored_from},
       {"forked_from", record.forked_from},
   };
+  auto dir = PrivateSandboxesDir();
+  if (!dir) return Fail(std::move(dir).error());
   std::string path = StateDir(record.id) + "/" + kStateFile;
   std::string temporary = path + ".tmp";
   if (auto written = WriteStringToFile(temporary, json.dump(2) + "\n"); !written) return written;
@@ -75,6 +102,8 @@ Result<void> WriteRecord(const SandboxRecord& record) {
 
 Result<SandboxRecord> ReadRecord(const std::string& id) {
   if (!IsSafeComponent(id)) return Fail(Error::InvalidConfig("ID", "\"" + id + "\" is not an id"));
+  auto dir = PrivateSandboxesDir();
+  if (!dir) return Fail(std::move(dir).error());
   std::string path = StateDir(id) + "/" + kStateFile;
   auto text = ReadFileToString(path, kMaxStateFileSize);
   if (!text) return Fail(std::move(text).error());
@@ -117,9 +146,11 @@ Result<SandboxRecord> ReadRecord(const std::string& id) {
   return record;
 }
 
-std::vector<std::string> ListSandboxIds() {
+Result<std::vector<std::string>> ListSandboxIds() {
+  auto checked = PrivateSandboxesDir();
+  if (!checked) return Fail(std::move(checked).error());
   std::vector<std::string> ids;
-  DIR* dir = ::opendir(SandboxesDir().c_str());
+  DIR* dir = ::opendir(checked->c_str());
   if (!dir) return ids;
   while (dirent* entry = ::readdir(dir)) {
     std::string name = entry->d_name;
@@ -131,6 +162,8 @@ std::vector<std::string> ListSandboxIds() {
 }
 
 Result<SandboxRecord> Resolve(const std::string& id_or_name) {
+  auto ids = ListSandboxIds();
+  if (!ids) return Fail(std::move(ids).error());
   if (IsSafeComponent(id_or_name)) {
     struct stat st {};
     if (::stat(StateDir(id_or_name).c_str(), &st) == 0) {
@@ -143,7 +176,7 @@ Result<SandboxRecord> Resolve(const std::string& id_or_name) {
       return bare;
     }
   }
-  for (const auto& id : ListSandboxIds()) {
+  for (const auto& id : *ids) {
     auto record = ReadRecord(id);
     if (record && !record->name.empty() && record->name == id_or_name) return record;
   }
@@ -171,7 +204,7 @@ Result<void> ValidateName(const std::string& name) {
 
 Result<UniqueFd> LockAsSupervisor(const std::string& id) {
   std::string path = StateDir(id) + "/" + kLockFile;
-  UniqueFd lock(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+  UniqueFd lock(::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!lock) return Fail(Error::HostIo("create " + path, errno));
   if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0)
     return Fail(Error::HostIo("lock " + path, errno));
@@ -179,7 +212,8 @@ Result<UniqueFd> LockAsSupervisor(const std::string& id) {
 }
 
 bool SupervisorAlive(const std::string& id) {
-  UniqueFd lock(::open((StateDir(id) + "/" + kLockFile).c_str(), O_RDONLY | O_CLOEXEC));
+  UniqueFd lock(
+      ::open((StateDir(id) + "/" + kLockFile).c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
   if (!lock) return false;
   // Taking the lock succeeds only when nobody holds it; closing the fd releases it again.
   return ::flock(lock.get(), LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
@@ -219,6 +253,7 @@ Result<UniqueFd> ConnectControl(const std::string& path) {
     r = ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&*address), sizeof(*address));
   } while (r != 0 && errno == EINTR);
   if (r != 0) return Fail(Error::HostIo("connect to " + path, errno));
+  if (auto peer = PeerOfThisUser(fd.get()); !peer) return Fail(std::move(peer).error());
   return fd;
 }
 
@@ -239,9 +274,9 @@ Result<UniqueFd> ConnectToRunning(const SandboxRecord& record) {
 
 Result<ForkDir> ForkDir::Create() {
   for (int attempt = 0; attempt < 3; ++attempt) {
-    std::error_code ec;
-    std::filesystem::create_directories(SandboxesDir(), ec);
-    std::string path = SandboxesDir() + "/" + kForkDirPrefix + "XXXXXX";
+    auto sandboxes = PrivateSandboxesDir();
+    if (!sandboxes) return Fail(std::move(sandboxes).error());
+    std::string path = *sandboxes + "/" + kForkDirPrefix + "XXXXXX";
     if (!::mkdtemp(path.data())) {
       // `rm` of the last sandbox removes sandboxes/ itself: retry if it just did.
       if (errno == ENOENT) continue;

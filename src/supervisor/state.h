@@ -14,6 +14,8 @@
 #pragma once
 
 #include <cstdint>
+#include <sys/types.h>
+
 #include <optional>
 #include <string>
 #include <utility>
@@ -28,6 +30,11 @@ namespace vessel::supervisor {
 inline constexpr size_t kMaxNameSize = 64;
 
 std::string SandboxesDir();
+// SandboxesDir() and the runtime root above it, created when missing and checked to be
+// private to this user (engine::MakePrivateDir). Every command that reads or makes
+// sandbox state goes through it first: state in a directory another user controls is
+// never trusted.
+[[nodiscard]] Result<std::string> PrivateSandboxesDir();
 std::string StateDir(const std::string& id);
 std::string ControlSocketPath(const std::string& id);
 std::string SupervisorLogPath(const std::string& id);
@@ -49,8 +56,8 @@ struct SandboxRecord {
 // Writes state.json atomically (a temporary file renamed over it).
 [[nodiscard]] Result<void> WriteRecord(const SandboxRecord& record);
 [[nodiscard]] Result<SandboxRecord> ReadRecord(const std::string& id);
-// The ids of every sandbox directory, sorted.
-std::vector<std::string> ListSandboxIds();
+// The ids of every sandbox directory, sorted; fails when the directories are not private.
+[[nodiscard]] Result<std::vector<std::string>> ListSandboxIds();
 // The sandbox whose id, else whose name, is `id_or_name`. kInvalidConfig when none is.
 [[nodiscard]] Result<SandboxRecord> Resolve(const std::string& id_or_name);
 
@@ -66,7 +73,11 @@ bool SupervisorAlive(const std::string& id);
 // A unix socket address for `path`, or kInvalidConfig when the path does not fit.
 [[nodiscard]] Result<void> CheckSocketPath(const std::string& path);
 [[nodiscard]] Result<UniqueFd> ListenControl(const std::string& path);
+// Connects to a control socket whose listener runs as this user (SO_PEERCRED), else fails.
 [[nodiscard]] Result<UniqueFd> ConnectControl(const std::string& path);
+// The pid of the process at the other end of the unix socket `fd`, which must run as this
+// user: kHostIo naming the peer's uid otherwise. Both ends of a control socket check it.
+[[nodiscard]] Result<pid_t> PeerOfThisUser(int fd);
 // Connects to the control socket of a sandbox that runs. kBackend saying how to clean up
 // when it failed or its supervisor is gone.
 [[nodiscard]] Result<UniqueFd> ConnectToRunning(const SandboxRecord& record);

@@ -51,8 +51,9 @@ class OwnedStateDir {
     // `rm` of the last sandbox removes sandboxes/ itself: retry if it just did.
     int made = -1;
     for (int attempt = 0; attempt < 3 && made != 0; ++attempt) {
-      std::error_code ec;
-      std::filesystem::create_directories(SandboxesDir(), ec);
+      if (auto sandboxes = PrivateSandboxesDir(); !sandboxes) {
+        return Fail(std::move(sandboxes).error());
+      }
       made = ::mkdir(dir.c_str(), 0700);
       if (made != 0 && errno != ENOENT) break;
     }
@@ -79,7 +80,8 @@ class OwnedStateDir {
 
 // Points stdout and stderr at the supervisor's log from now on.
 Result<void> RedirectOutputTo(const std::string& path) {
-  UniqueFd log(::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600));
+  UniqueFd log(
+      ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC, 0600));
   if (!log) return Fail(Error::HostIo("create " + path, errno));
   if (::dup2(log.get(), STDOUT_FILENO) < 0 || ::dup2(log.get(), STDERR_FILENO) < 0) {
     return Fail(Error::HostIo("redirect output to " + path, errno));

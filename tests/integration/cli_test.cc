@@ -594,6 +594,43 @@ TEST(CliTest, ASandboxWhoseSupervisorDiedShowsDeadAndRmCleansUp) {
   EXPECT_FALSE(ListedSandbox(id).has_value());
 }
 
+// state.json is trusted only as far as the kernel agrees: `rm` signals the pid that serves
+// the sandbox's control socket (SO_PEERCRED), and refuses when state.json names another.
+TEST(CliTest, RmSignalsOnlyThePidThatServesTheControlSocket) {
+  auto r = RunCli({"create", "--memory", "128", "--name", "pid-check"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::string id = Trimmed(r.out);
+  std::string state_path = testing::TestRuntimeRoot() + "/sandboxes/" + id + "/state.json";
+  std::string original = ReadWholeFile(state_path);
+  auto state = nlohmann::json::parse(original, nullptr, false);
+  ASSERT_TRUE(state.is_object()) << original;
+
+  pid_t bystander = ::fork();
+  if (bystander == 0) {
+    ::execl("/bin/sleep", "sleep", "60", static_cast<char*>(nullptr));
+    ::_exit(127);
+  }
+  state["pid"] = bystander;
+  {
+    std::ofstream out(state_path, std::ios::trunc);
+    out << state.dump();
+  }
+  r = RunCli({"rm", "pid-check"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("refusing to signal"), std::string::npos) << r.err;
+  EXPECT_EQ(::waitpid(bystander, nullptr, WNOHANG), 0) << "the bystander was signalled";
+  ::kill(bystander, SIGKILL);
+  ::waitpid(bystander, nullptr, 0);
+
+  {
+    std::ofstream out(state_path, std::ios::trunc);
+    out << original;
+  }
+  r = RunCli({"rm", "pid-check"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(ListedSandbox(id).has_value());
+}
+
 TEST(CliTest, RmOfAnUnknownSandboxExits125) {
   auto r = RunCli({"rm", "no-such-sandbox"});
   EXPECT_EQ(r.status, 125);

@@ -4,12 +4,19 @@
 
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <grp.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <cstdio>
+#include <filesystem>
 #include <map>
 #include <set>
 
 #include "fake_agent.h"
+#include "supervisor/state.h"
 
 namespace vessel::sandbox::test {
 namespace {
@@ -166,6 +173,48 @@ TEST_F(ControlProxyTest, ManyConcurrentRequestsEachGetTheirOwnAnswers) {
   }
   ASSERT_EQ(outputs.size(), kRequests);
   for (const auto& [id, text] : outputs) EXPECT_EQ(text, "word" + std::to_string(id));
+}
+
+// A client of another user reaches the listener only where the socket's directory lets it
+// (never the private runtime directory); even then the server hangs up on it unheard.
+TEST_F(ControlProxyTest, TheServerHangsUpOnAClientOfAnotherUser) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root, to run a client as another user";
+  char pattern[] = "/tmp/vessel-peer-test-XXXXXX";
+  ASSERT_NE(::mkdtemp(pattern), nullptr);
+  std::string dir = pattern;
+  ASSERT_EQ(::chmod(dir.c_str(), 0777), 0);
+  std::string path = dir + "/control.sock";
+  auto listener = supervisor::ListenControl(path);
+  ASSERT_TRUE(listener.has_value()) << listener.error().ToString();
+  ASSERT_EQ(::chmod(path.c_str(), 0777), 0);
+  supervisor::ControlServer server(*raw_agent_, on_control_, std::move(*listener));
+  pid_t client = ::fork();
+  if (client == 0) {
+    // Exits 0 when the server closed the connection without a byte.
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0) {
+      ::_exit(2);
+    }
+    int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::snprintf(address.sun_path, sizeof(address.sun_path), "%s", path.c_str());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) != 0) ::_exit(3);
+    char byte;
+    ::_exit(::read(fd, &byte, 1) == 0 ? 0 : 4);
+  }
+  int status = 0;
+  for (int i = 0; i < 500 && ::waitpid(client, &status, WNOHANG) == 0; ++i) {
+    server.AcceptPending();
+    std::this_thread::sleep_for(10ms);
+  }
+  if (::waitpid(client, &status, WNOHANG) == 0) {
+    ::kill(client, SIGKILL);
+    ::waitpid(client, &status, 0);
+  }
+  std::filesystem::remove_all(dir);
+  ASSERT_TRUE(WIFEXITED(status)) << status;
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: setuid failed, 3: connect failed, 4: the server spoke to it";
 }
 
 }  // namespace
