@@ -48,10 +48,12 @@ Result<sockaddr_un> SocketAddress(const std::string& path) {
 
 std::string SandboxesDir() { return engine::RuntimeRoot() + "/sandboxes"; }
 
-Result<std::string> PrivateSandboxesDir() {
+Result<std::string> PrivateSandboxesDir(bool create) {
   auto root = engine::PrivateRuntimeRoot();
   if (!root) return Fail(std::move(root).error());
   std::string dir = *root + "/sandboxes";
+  struct stat st {};
+  if (!create && ::lstat(dir.c_str(), &st) != 0 && errno == ENOENT) return dir;
   if (auto made = engine::MakePrivateDir(dir, /*narrow=*/true); !made) {
     return Fail(std::move(made).error());
   }
@@ -89,7 +91,7 @@ Result<void> WriteRecord(const SandboxRecord& record) {
       {"restored_from", record.restored_from},
       {"forked_from", record.forked_from},
   };
-  auto dir = PrivateSandboxesDir();
+  auto dir = PrivateSandboxesDir(/*create=*/true);
   if (!dir) return Fail(std::move(dir).error());
   std::string path = StateDir(record.id) + "/" + kStateFile;
   std::string temporary = path + ".tmp";
@@ -102,7 +104,7 @@ Result<void> WriteRecord(const SandboxRecord& record) {
 
 Result<SandboxRecord> ReadRecord(const std::string& id) {
   if (!IsSafeComponent(id)) return Fail(Error::InvalidConfig("ID", "\"" + id + "\" is not an id"));
-  auto dir = PrivateSandboxesDir();
+  auto dir = PrivateSandboxesDir(/*create=*/false);
   if (!dir) return Fail(std::move(dir).error());
   std::string path = StateDir(id) + "/" + kStateFile;
   auto text = ReadFileToString(path, kMaxStateFileSize);
@@ -147,7 +149,7 @@ Result<SandboxRecord> ReadRecord(const std::string& id) {
 }
 
 Result<std::vector<std::string>> ListSandboxIds() {
-  auto checked = PrivateSandboxesDir();
+  auto checked = PrivateSandboxesDir(/*create=*/false);
   if (!checked) return Fail(std::move(checked).error());
   std::vector<std::string> ids;
   DIR* dir = ::opendir(checked->c_str());
@@ -274,7 +276,7 @@ Result<UniqueFd> ConnectToRunning(const SandboxRecord& record) {
 
 Result<ForkDir> ForkDir::Create() {
   for (int attempt = 0; attempt < 3; ++attempt) {
-    auto sandboxes = PrivateSandboxesDir();
+    auto sandboxes = PrivateSandboxesDir(/*create=*/true);
     if (!sandboxes) return Fail(std::move(sandboxes).error());
     std::string path = *sandboxes + "/" + kForkDirPrefix + "XXXXXX";
     if (!::mkdtemp(path.data())) {

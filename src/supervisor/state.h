@@ -30,11 +30,12 @@ namespace vessel::supervisor {
 inline constexpr size_t kMaxNameSize = 64;
 
 std::string SandboxesDir();
-// SandboxesDir() and the runtime root above it, created when missing and checked to be
-// private to this user (engine::MakePrivateDir). Every command that reads or makes
-// sandbox state goes through it first: state in a directory another user controls is
-// never trusted.
-[[nodiscard]] Result<std::string> PrivateSandboxesDir();
+// SandboxesDir() and the runtime root above it, checked to be private to this user
+// (engine::MakePrivateDir); sandboxes/ is created when missing only with `create` (a
+// reader leaves no empty directory behind). Every command that reads or makes sandbox
+// state goes through it first: state in a directory another user controls is never
+// trusted.
+[[nodiscard]] Result<std::string> PrivateSandboxesDir(bool create);
 std::string StateDir(const std::string& id);
 std::string ControlSocketPath(const std::string& id);
 std::string SupervisorLogPath(const std::string& id);

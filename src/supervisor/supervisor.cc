@@ -51,7 +51,7 @@ class OwnedStateDir {
     // `rm` of the last sandbox removes sandboxes/ itself: retry if it just did.
     int made = -1;
     for (int attempt = 0; attempt < 3 && made != 0; ++attempt) {
-      if (auto sandboxes = PrivateSandboxesDir(); !sandboxes) {
+      if (auto sandboxes = PrivateSandboxesDir(/*create=*/true); !sandboxes) {
         return Fail(std::move(sandboxes).error());
       }
       made = ::mkdir(dir.c_str(), 0700);

@@ -1,8 +1,11 @@
 // The QEMU engine and its QMP client against a real QEMU.
+#include <fmt/format.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "base/subprocess.h"
 #include "engine/qemu/qemu_engine.h"
@@ -84,6 +87,14 @@ TEST(QemuEngineTest, StartsAVmThatRunsAndDestroysIt) {
   auto state = (*vm)->RunState();
   ASSERT_TRUE(state.has_value()) << state.error().ToString();
   EXPECT_EQ(*state, "running");
+
+  // QEMU runs under its seccomp sandbox (mode 2: a filter), with no new privileges.
+  auto pids = testing::LiveVmmProcesses();
+  ASSERT_EQ(pids.size(), 1u);
+  std::ifstream status_file(fmt::format("/proc/{}/status", pids[0]));
+  std::string status((std::istreambuf_iterator<char>(status_file)), {});
+  EXPECT_NE(status.find("\nSeccomp:\t2\n"), std::string::npos) << status;
+  EXPECT_NE(status.find("\nNoNewPrivs:\t1\n"), std::string::npos) << status;
 
   (*vm)->Destroy();
   EXPECT_FALSE((*vm)->Running());

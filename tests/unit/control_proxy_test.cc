@@ -2,9 +2,9 @@
 // fake agent: no VM, no supervisor process.
 #include "supervisor/control_proxy.h"
 
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <grp.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -214,7 +214,8 @@ TEST_F(ControlProxyTest, TheServerHangsUpOnAClientOfAnotherUser) {
   }
   std::filesystem::remove_all(dir);
   ASSERT_TRUE(WIFEXITED(status)) << status;
-  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: setuid failed, 3: connect failed, 4: the server spoke to it";
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "2: setuid failed, 3: connect failed, 4: the server spoke to it";
 }
 
 }  // namespace

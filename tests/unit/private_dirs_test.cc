@@ -3,12 +3,12 @@
 // is refused, and both ends of a control socket check their peer's uid. The two-user cases
 // run a child as nobody (65534) and need root; elsewhere they skip.
 #include <fcntl.h>
-#include <signal.h>
+#include <grp.h>
 #include <gtest/gtest.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
-#include <grp.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
