@@ -4,6 +4,7 @@
 #include <linux/close_range.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -79,6 +80,7 @@ class Spawner {
 // What a child that failed before exec reports on its status pipe, with errno.
 constexpr int kStageOutput = 1;
 constexpr int kStageExec = 2;
+constexpr int kStageLimits = 3;
 
 // Between fork and exec only async-signal-safe calls are made; everything the child
 // needs is prepared before the fork.
@@ -113,6 +115,14 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
       (void)!write(status_pipe[1], failure, sizeof(failure));
       _exit(127);
     }
+    for (const auto& [resource, value] : options.rlimits) {
+      rlimit limit{.rlim_cur = value, .rlim_max = value};
+      if (setrlimit(resource, &limit) != 0) {
+        int failure[2] = {kStageLimits, errno};
+        (void)!write(status_pipe[1], failure, sizeof(failure));
+        _exit(127);
+      }
+    }
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     for (int fd : options.inherit_fds) fcntl(fd, F_SETFD, 0);
     execvp(argv[0], argv.data());
@@ -128,6 +138,9 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
   close(status_pipe[0]);
   if (n == sizeof(failure)) {
     waitpid(pid, nullptr, 0);
+    if (failure[0] == kStageLimits) {
+      return Fail(Error::HostIo("set the resource limits of " + options.argv[0], failure[1]));
+    }
     if (failure[0] == kStageOutput) {
       return Fail(Error::HostIo("open the child's output " + std::string(output), failure[1]));
     }
@@ -137,6 +150,10 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
 }
 
 }  // namespace
+
+std::vector<std::pair<int, uint64_t>> VmmLimits() {
+  return {{RLIMIT_CORE, 0}, {RLIMIT_NOFILE, kVmmOpenFiles}};
+}
 
 Subprocess& Subprocess::operator=(Subprocess&& other) noexcept {
   if (this != &other) {

@@ -8,6 +8,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <utility>
@@ -23,7 +24,14 @@ struct SpawnOptions {
   std::vector<int> inherit_fds;
   // stdout and stderr of the child are appended here; empty: /dev/null.
   std::string output_path;
+  // Resource limits set in the child before exec, soft and hard alike: {RLIMIT_*, value}.
+  std::vector<std::pair<int, uint64_t>> rlimits;
 };
+
+// The limits every VMM process (QEMU, vessel-vmm) runs under: no core dumps, which would
+// write guest memory to disk, and a bounded number of open files.
+inline constexpr uint64_t kVmmOpenFiles = 4096;
+std::vector<std::pair<int, uint64_t>> VmmLimits();
 
 class Subprocess {
  public:

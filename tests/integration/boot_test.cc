@@ -3,6 +3,9 @@
 
 #include <chrono>
 #include <fstream>
+#include <iterator>
+#include <regex>
+#include <string>
 #include <thread>
 
 #include "vm_test_env.h"
@@ -150,6 +153,26 @@ TEST(BootTest, DestructorCleansUp) {
     ASSERT_NE(sandbox, nullptr);
   }
   ExpectNothingLeft();
+}
+
+// The VMM process, on either engine, runs under a seccomp filter, dumps no core (which
+// would write guest memory to disk) and has a bounded number of open files.
+TEST(BootTest, TheVmmRunsFilteredWithoutCoreDumpsAndWithBoundedFiles) {
+  auto sandbox = MustCreate();
+  ASSERT_NE(sandbox, nullptr);
+  auto pids = LiveVmmProcesses();
+  ASSERT_EQ(pids.size(), 1u);
+  auto read = [&](const char* file) {
+    std::ifstream in("/proc/" + std::to_string(pids[0]) + "/" + file);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::string status = read("status");
+  EXPECT_NE(status.find("\nSeccomp:\t2\n"), std::string::npos) << status;
+  std::string limits = read("limits");
+  std::regex core(R"(Max core file size\s+0\s+0\s)");
+  std::regex files(R"(Max open files\s+4096\s+4096\s)");
+  EXPECT_TRUE(std::regex_search(limits, core)) << limits;
+  EXPECT_TRUE(std::regex_search(limits, files)) << limits;
 }
 
 }  // namespace

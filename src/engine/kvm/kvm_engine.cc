@@ -120,6 +120,7 @@ class KvmVm final : public Vm {
     spawn.argv = {vmm_, "--control-fd", std::to_string(theirs.get())};
     spawn.inherit_fds = {theirs.get()};
     spawn.output_path = dir_.File("vmm.log");
+    spawn.rlimits = VmmLimits();
     auto process = Subprocess::Spawn(spawn);
     if (!process) return Fail(std::move(process).error().Context("starting vessel-vmm"));
     // Opened before anyone could reap the child, so it cannot name a recycled pid.

@@ -97,6 +97,7 @@ Result<QemuProcess> StartQemu(Launch launch) {
   spawn.inherit_fds = std::move(launch.inherit_fds);
   spawn.inherit_fds.push_back(qmp->vmm.get());
   spawn.output_path = launch.output_path;
+  spawn.rlimits = VmmLimits();
   auto process = Subprocess::Spawn(spawn);
   if (!process) return Fail(std::move(process).error().Context("starting QEMU"));
   QemuProcess started;
