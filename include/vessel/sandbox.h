@@ -67,6 +67,11 @@ struct RestoreOptions {
   std::chrono::milliseconds timeout{30'000};
   // kAuto: the engine recorded in the snapshot. Anything else must be that engine.
   EngineKind engine = EngineKind::kAuto;
+  // The guest kernel and initramfs the restored VM runs with; empty: the default assets,
+  // as for SandboxConfig. Their digests must be the ones the snapshot recorded. The paths
+  // in a snapshot's manifest are only a record: nothing is loaded from them.
+  std::string kernel;
+  std::string initramfs;
 };
 
 // What to run. Argv runs a program (looked up in the guest's PATH when it has no '/');

@@ -148,19 +148,21 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
       engine::Make(options.engine == EngineKind::kAuto ? engine::KindOfEngineName(manifest->engine)
                                                        : options.engine);
   if (!engine) return Fail(std::move(engine).error());
-  if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), manifest->kernel_path,
-                                         manifest->initramfs_path);
-      !r) {
-    return Fail(std::move(r).error());
-  }
   SandboxConfig config;
   config.vcpus = manifest->vcpus;
   config.memory_mib = manifest->memory_mib;
-  config.kernel = manifest->kernel_path;
-  config.initramfs = manifest->initramfs_path;
+  // This host's assets, never the paths the manifest names: a manifest is data from
+  // wherever the snapshot came from, and must not choose what this host loads.
+  config.kernel = options.kernel;
+  config.initramfs = options.initramfs;
   config.name = options.name.empty() ? manifest->name : options.name;
   auto spec = sandbox::ValidateConfig(config, **engine);
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
+  if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), spec->kernel,
+                                         spec->initramfs);
+      !r) {
+    return Fail(std::move(r).error());
+  }
   if (!manifest->image_digest.empty()) {
     auto use = image::Store::Default().UseForSnapshot(manifest->image_digest, manifest->image_name);
     if (!use) return Fail(std::move(use).error().Context("restoring " + dir));

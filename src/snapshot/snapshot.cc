@@ -602,7 +602,8 @@ Result<void> CheckAsset(const char* what, const std::string& path, const std::st
   if (!digest) return Fail(std::move(digest).error().Context(fmt::format("checking the {}", what)));
   if (*digest != recorded) {
     return FormatError(fmt::format(
-        "{} {} changed since the snapshot (digest {}, the snapshot was taken with {} of digest {})",
+        "{} {} is not the one the snapshot was taken with (digest {}; the snapshot's was {} of "
+        "digest {})",
         what, path, *digest, recorded_path, recorded));
   }
   return {};

@@ -470,12 +470,46 @@ TEST_F(CorruptSnapshotTest, AnotherEnginesState) {
 TEST_F(CorruptSnapshotTest, AKernelThatChangedSinceTheSnapshot) {
   std::string dir = Copy("changed-kernel");
   std::string kernel = dir + "-vmlinux";
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  ASSERT_TRUE(manifest) << manifest.error().ToString();
+  fs::copy_file(manifest->kernel_path, kernel);
+  std::ofstream(kernel, std::ios::app) << "changed";
+  auto restored = Sandbox::Restore(dir, {.kernel = kernel});
+  ASSERT_FALSE(restored);
+  EXPECT_EQ(restored.error().kind(), ErrorKind::kSnapshotFormat) << restored.error().ToString();
+  EXPECT_NE(restored.error().message().find("kernel " + kernel + " is not the one"),
+            std::string::npos)
+      << restored.error().message();
+  fs::remove(kernel);
+}
+
+// A manifest is data: one rewritten to name another kernel, with that kernel's digest and
+// a valid checksum, does not choose what this host boots. The restore checks the
+// configured kernel against the recorded digest and refuses.
+TEST_F(CorruptSnapshotTest, AManifestThatNamesAnotherKernelDoesNotChooseIt) {
+  std::string dir = Copy("other-kernel");
+  std::string kernel = dir + "-vmlinux";
   Rewrite(dir, [&](snapshot::Manifest& m) {
     fs::copy_file(m.kernel_path, kernel);
+    std::ofstream(kernel, std::ios::app) << "planted";
     m.kernel_path = kernel;
+    m.kernel_sha256 = snapshot::FileSha256(kernel).value_or("");
   });
-  std::ofstream(kernel, std::ios::app) << "changed";
-  ExpectRefused(dir, "kernel");
+  ExpectRefused(dir, "is not the one the snapshot was taken with");
+  fs::remove(kernel);
+}
+
+// The manifest's paths are only a record: a snapshot whose manifest names paths that do
+// not exist here restores with this host's assets.
+TEST_F(CorruptSnapshotTest, ManifestPathsThatDoNotExistHereDoNotMatter) {
+  std::string dir = Copy("moved-assets");
+  Rewrite(dir, [](snapshot::Manifest& m) {
+    m.kernel_path = "/nonexistent/vmlinux";
+    m.initramfs_path = "/nonexistent/initramfs.cpio";
+  });
+  auto restored = Sandbox::Restore(dir);
+  ASSERT_TRUE(restored) << restored.error().ToString();
+  EXPECT_EQ(Sh(**restored, "echo back"), "back\n");
 }
 
 TEST_F(CorruptSnapshotTest, EmptyManifest) {
