@@ -209,6 +209,7 @@ class Sandbox {
   // Execute(). A failure in the guest is kGuestFile with the path and a
   // GuestFileErrorKind (not found, permission denied, out of space, is / is not a
   // directory, ...). Content is binary-safe.
+  // At most 256 MiB (kInvalidConfig beyond, naming ReadFileStream).
   [[nodiscard]] Result<std::string> ReadFile(const std::string& path);
   // Atomic: written to a temporary file beside `path`, then renamed over it.
   [[nodiscard]] Result<void> WriteFile(const std::string& path, std::string_view data,
@@ -217,6 +218,7 @@ class Sandbox {
   [[nodiscard]] Result<FileInfo> ReadFileStream(const std::string& path, const ChunkSink& sink);
   [[nodiscard]] Result<void> WriteFileStream(const std::string& path, const ChunkSource& source,
                                              uint32_t mode = 0644);
+  // At most 100,000 entries and 16 MiB of names (kBackend beyond: the guest sent more).
   [[nodiscard]] Result<std::vector<FileInfo>> ListDir(const std::string& path);
   // Does not follow a final symlink.
   [[nodiscard]] Result<FileInfo> Stat(const std::string& path);

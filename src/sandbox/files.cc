@@ -135,11 +135,17 @@ Result<std::vector<FileInfo>> ListDirectory(Connection& connection, const std::s
   FileRequest request(connection, op);
   if (auto sent = request.Send(); !sent) return Fail(std::move(sent).error());
   std::vector<FileInfo> entries;
+  size_t bytes = 0;
   auto done = request.Finish(
       [&](const FileInfo& i) -> Result<void> {
         if (entries.size() >= kMaxDirEntries) {
           return Fail(
               Error::Backend(fmt::format("{} has more than {} entries", path, kMaxDirEntries)));
+        }
+        bytes += i.name.size() + kListEntryBytes;
+        if (bytes > kMaxListingBytes) {
+          return Fail(Error::Backend(fmt::format("the listing of {} is larger than {} MiB", path,
+                                                 kMaxListingBytes >> 20)));
         }
         if (i.name.empty() || i.name == "." || i.name == "..")
           return Unexpected("a nameless entry", path);

@@ -6,8 +6,13 @@
 
 namespace vessel::sandbox {
 
-// Cap on the entries of one ListDir: a hostile guest cannot make the host collect more.
-inline constexpr size_t kMaxDirEntries = 1'000'000;
+// Caps on what one ListDir collects, so a hostile guest cannot make the host hold more:
+// entries, and bytes, each entry counted as its name plus kListEntryBytes.
+inline constexpr size_t kMaxDirEntries = 100'000;
+inline constexpr size_t kListEntryBytes = 64;
+inline constexpr size_t kMaxListingBytes = 16 * 1024 * 1024;
+// The most Sandbox::ReadFile holds in memory; ReadFileStream reads files of any size.
+inline constexpr uint64_t kMaxWholeFileBytes = 256 * 1024 * 1024;
 // File data in flight from the guest before the host grants more.
 inline constexpr uint32_t kFileWindow = 4 * 1024 * 1024;
 

@@ -204,6 +204,12 @@ Result<ExecResult> Sandbox::Execute(const Command& command, const ExecOptions& o
 Result<std::string> Sandbox::ReadFile(const std::string& path) {
   std::string data;
   auto info = ReadFileStream(path, [&](std::span<const uint8_t> chunk) -> Result<void> {
+    if (data.size() + chunk.size() > sandbox::kMaxWholeFileBytes) {
+      return Fail(Error::InvalidConfig(
+          "path", fmt::format("{} is larger than {} MiB, the most ReadFile holds in memory; "
+                              "read it with ReadFileStream",
+                              path, sandbox::kMaxWholeFileBytes >> 20)));
+    }
     data.append(reinterpret_cast<const char*>(chunk.data()), chunk.size());
     return {};
   });

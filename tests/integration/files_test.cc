@@ -209,6 +209,16 @@ TEST_F(FilesTest, LargeFileRoundTripStreamsWithBoundedMemory) {
   // Neither direction held the file: the host grew by far less than its size.
   EXPECT_LT(rss_peak - rss_before, 64 * 1024)
       << "RSS grew by " << (rss_peak - rss_before) << " KiB";
+
+  // The whole-file read holds at most kMaxWholeFileBytes (256 MiB): one byte more is a
+  // clear error that names the streaming read.
+  Sh("printf x >> /tmp/large");
+  auto whole = sandbox_->ReadFile("/tmp/large");
+  ASSERT_FALSE(whole.has_value());
+  EXPECT_EQ(whole.error().kind(), ErrorKind::kInvalidConfig) << whole.error().ToString();
+  EXPECT_NE(whole.error().message().find("ReadFileStream"), std::string::npos)
+      << whole.error().message();
+  EXPECT_EQ(Sh("echo still here"), "still here\n");
   ASSERT_TRUE(sandbox_->Remove("/tmp/large").has_value());
 }
 

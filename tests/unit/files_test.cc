@@ -204,6 +204,26 @@ TEST_P(FilesBadEntryTest, ListDirRejectsANamelessEntry) {
 
 INSTANTIATE_TEST_SUITE_P(Names, FilesBadEntryTest, ::testing::Values("", ".", ".."));
 
+// A guest that lists more than the host collects: long names past the byte budget fail
+// the listing, well before the entry cap.
+TEST_F(FilesTest, ListDirStopsAtItsByteBudget) {
+  std::optional<ReceivedOp> received;
+  RunAgent(AnswerOnce(received, [](uint32_t id) {
+    std::vector<Bytes> frames;
+    const size_t per_entry = 4000 + kListEntryBytes;
+    for (size_t i = 0; i <= kMaxListingBytes / per_entry; ++i) {
+      std::string name = std::to_string(i) + std::string(4000 - std::to_string(i).size(), 'n');
+      frames.push_back(proto::EncodeFileInfo(id, WireInfo(proto::FileType::kRegular, name)));
+    }
+    frames.push_back(proto::EncodeDone(id));
+    return frames;
+  }));
+  auto entries = ListDirectory(*connection_, "/data");
+  JoinAgent();
+  ASSERT_FALSE(entries.has_value());
+  ExpectBackend(entries.error(), "larger than 16 MiB");
+}
+
 TEST_F(FilesTest, ListDirRejectsFileData) {
   std::optional<ReceivedOp> received;
   RunAgent(AnswerOnce(received, [](uint32_t id) {
