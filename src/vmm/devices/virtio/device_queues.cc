@@ -2,7 +2,8 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
+
+#include "vmm/core/guest_log.h"
 
 namespace vessel::vmm::virtio {
 
@@ -29,8 +30,7 @@ std::optional<DescriptorChain> DeviceQueues::Pop(size_t index) {
   if (!Usable(index)) return std::nullopt;
   auto chain = queues_[index]->Pop();
   if (!chain) {
-    std::fprintf(stderr, "vessel-vmm: %s queue %zu: %s\n", device_name_.c_str(), index,
-                 chain.error().message().c_str());
+    GuestLog(fmt::format("{} queue {}: {}", device_name_, index, chain.error().message()));
     signal_->NeedsReset();
     return std::nullopt;
   }

@@ -2,8 +2,9 @@
 
 #include <fmt/format.h>
 
-#include <cstdio>
 #include <cstring>
+
+#include "vmm/core/guest_log.h"
 
 namespace vessel::vmm::virtio {
 namespace {
@@ -184,8 +185,8 @@ void MmioTransport::WriteStatus(uint32_t value) {
     for (Queue& q : queues_) {
       if (q.ready()) {
         if (auto activated = q.Activate(memory_); !activated) {
-          std::fprintf(stderr, "vessel-vmm: virtio device %u: %s\n", device_->device_type(),
-                       activated.error().message().c_str());
+          GuestLog(fmt::format("virtio device {}: {}", device_->device_type(),
+                               activated.error().message()));
           status_ = value & ~kStatusDriverOk;
           needs_reset_ = true;
           return;
@@ -195,8 +196,8 @@ void MmioTransport::WriteStatus(uint32_t value) {
     }
     if (auto activated = device_->Activate(memory_, queues, driver_features_, signal_);
         !activated) {
-      std::fprintf(stderr, "vessel-vmm: virtio device %u: %s\n", device_->device_type(),
-                   activated.error().message().c_str());
+      GuestLog(fmt::format("virtio device {}: {}", device_->device_type(),
+                           activated.error().message()));
       status_ = value & ~kStatusDriverOk;
       needs_reset_ = true;
       return;
