@@ -72,7 +72,7 @@ std::string ReadWholeFile(const std::string& path) {
 // The VMM process and its memory
 
 // PIDs of the VMM processes of sandboxes under `runtime_root`, which they name on their
-// command line (QEMU's runtime files) or inherit as VESSEL_RUNTIME_DIR (vessel-vmm).
+// command line (a booted QEMU's memory file) or inherit as VESSEL_RUNTIME_DIR.
 std::vector<int> VmmProcesses(const std::string& runtime_root) {
   std::vector<int> pids;
   std::error_code ec;

@@ -7,6 +7,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "base/console_log.h"
 #include "base/subprocess.h"
 #include "engine/qemu/qemu_engine.h"
 #include "engine/qemu/qmp_client.h"
@@ -100,6 +101,36 @@ TEST(QemuEngineTest, StartsAVmThatRunsAndDestroysIt) {
   EXPECT_FALSE((*vm)->Running());
   EXPECT_FALSE(std::filesystem::exists(dir));
   (*vm)->Destroy();  // idempotent
+}
+
+// A guest that floods its serial console (about 26 s of /dev/zero under TCG) leaves a
+// console.log no larger than the cap and a limit note, and goes on working: the bytes past
+// the cap are read and dropped, never left to block the guest.
+TEST(QemuEngineTest, AConsoleFloodStopsAtTheCap) {
+  VESSEL_REQUIRE_QEMU();
+  SandboxConfig config = testing::TestConfig();
+  config.engine = EngineKind::kQemu;
+  auto sandbox = testing::MustCreate(config);
+  ASSERT_TRUE(sandbox);
+  std::string log = testing::TestRuntimeRoot() + "/vm-" + sandbox->id() + "/console.log";
+  ASSERT_TRUE(std::filesystem::exists(log));
+  ExecOptions options;
+  options.timeout = std::chrono::seconds(120);
+  auto flood = sandbox->Execute(Command::Shell(fmt::format("head -c {} /dev/zero > /dev/ttyS0",
+                                                           kMaxConsoleLogBytes + (1 << 20))),
+                                options);
+  ASSERT_TRUE(flood.has_value()) << flood.error().ToString();
+  EXPECT_TRUE(flood->ok()) << flood->stderr_data;
+  auto echo = sandbox->Execute(Command::Shell("echo alive"));
+  ASSERT_TRUE(echo.has_value()) << echo.error().ToString();
+  EXPECT_EQ(echo->stdout_data, "alive\n");
+  auto size = std::filesystem::file_size(log);
+  EXPECT_LE(size, kMaxConsoleLogBytes + 64);
+  EXPECT_GE(size, kMaxConsoleLogBytes);
+  std::ifstream in(log, std::ios::binary);
+  in.seekg(static_cast<std::streamoff>(size) - 40);
+  std::string tail((std::istreambuf_iterator<char>(in)), {});
+  EXPECT_NE(tail.find("console log limit reached"), std::string::npos) << tail;
 }
 
 }  // namespace

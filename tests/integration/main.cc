@@ -70,10 +70,10 @@ std::vector<int> LiveVmmProcesses() {
     // A zombie shows an empty cmdline and environment; any match here is a live process.
     std::string cmdline = ReadProcFile(entry.path() / "cmdline");
     bool ours = false;
-    if (ContainsToken(cmdline, "qemu-system")) {
-      ours = ContainsToken(cmdline, TestRuntimeRoot());
-    } else if (ContainsToken(cmdline, "vessel-vmm")) {
-      // vessel-vmm's command line names no path: it inherits this run's runtime root.
+    if (ContainsToken(cmdline, "qemu-system") || ContainsToken(cmdline, "vessel-vmm")) {
+      // Neither command line need name a path of this run (QEMU's console and agent are
+      // descriptors, a restored VM's memory is a snapshot's): both inherit this run's
+      // runtime root.
       std::string environ = ReadProcFile(entry.path() / "environ");
       ours = ContainsToken(environ, std::string("VESSEL_RUNTIME_DIR=") + TestRuntimeRoot() + '\0');
     }

@@ -188,13 +188,18 @@ Result<UniqueFd> CreateFile(const std::string& path, int flags) {
 class QemuVm final : public Vm {
  public:
   QemuVm(const QemuEngine& engine, QemuOptions options, VmSpec spec, RuntimeDir dir,
-         SocketPair agent)
+         SocketPair agent, SocketPair console)
       : id_(dir.id()),
         options_(std::move(options)),
         accel_(engine.accel()),
         spec_(std::move(spec)),
         dir_(std::move(dir)),
         agent_(std::move(agent)),
+        console_(std::move(console)),
+        console_log_(UniqueFd(::open(dir_.File("console.log").c_str(),
+                                     O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC,
+                                     0600)),
+                     options_.console_log_bytes),
         wake_(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)) {}
   ~QemuVm() override { Destroy(); }
 
@@ -241,6 +246,8 @@ class QemuVm final : public Vm {
     qemu_.process.Kill();
     agent_.host.Reset();
     agent_.vmm.Reset();
+    console_.host.Reset();
+    console_.vmm.Reset();
     dir_.Remove();
   }
 
@@ -299,14 +306,15 @@ class QemuVm final : public Vm {
     launch.accel = accel_;
     launch.spec = &spec_;
     launch.wiring.name = "vessel-" + id_;
-    launch.wiring.console_chardev =
-        "file,append=on,path=" + QemuOptionValue(dir_.File("console.log"));
+    // The console goes through a socket this VM keeps across its QEMUs, drained into a
+    // capped log by the watcher thread: a file chardev would grow without limit.
+    launch.wiring.console_chardev = fmt::format("socket,fd={}", console_.vmm.get());
     launch.wiring.agent_fd = agent_.vmm.get();
     launch.wiring.kernel_cmdline = GuestKernelCmdline();
     if (!spec_.guest_args.empty()) launch.wiring.kernel_cmdline += " " + spec_.guest_args;
     launch.wiring.memory_path = memory;
     launch.wiring.memory_shared = shared;
-    launch.inherit_fds = {agent_.vmm.get()};
+    launch.inherit_fds = {agent_.vmm.get(), console_.vmm.get()};
     launch.output_path = dir_.File("vmm.log");
     return launch;
   }
@@ -335,20 +343,36 @@ class QemuVm final : public Vm {
         if (stopping_) return;
         exited = qemu_.exited.get();
       }
-      pollfd fds[2] = {{wake_.get(), POLLIN, 0}, {exited, POLLIN, 0}};
-      if (::poll(fds, exited >= 0 ? 2 : 1, -1) < 0 && errno != EINTR) return;
+      pollfd fds[3] = {{wake_.get(), POLLIN, 0},
+                       {console_.host.get(), POLLIN, 0},
+                       {exited, POLLIN, 0}};
+      if (::poll(fds, exited >= 0 ? 3 : 2, -1) < 0 && errno != EINTR) return;
+      if (fds[1].revents & POLLIN) DrainConsole();
       if (fds[0].revents & POLLIN) {
         uint64_t count;
         (void)!::read(wake_.get(), &count, sizeof(count));
         continue;
       }
-      if (fds[1].revents & POLLIN) {
+      if (fds[2].revents & POLLIN) {
         std::lock_guard lock(watch_mutex_);
         // A QEMU replaced in the meantime was retired on purpose.
         if (stopping_ || qemu_.exited.get() != exited) continue;
         ::shutdown(agent_.vmm.get(), SHUT_RDWR);
+        DrainConsole();  // the last words of a guest that died
         return;
       }
+    }
+  }
+
+  // Moves what the guest wrote to its console into console.log, up to the cap; beyond it
+  // the bytes are read and dropped, so the guest never waits on a full socket.
+  void DrainConsole() {
+    uint8_t buf[64 * 1024];
+    for (;;) {
+      ssize_t n = ::recv(console_.host.get(), buf, sizeof(buf), MSG_DONTWAIT);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return;
+      console_log_.Append({buf, static_cast<size_t>(n)});
     }
   }
 
@@ -451,7 +475,9 @@ class QemuVm final : public Vm {
   VmSpec spec_;
   RuntimeDir dir_;
   SocketPair agent_;  // the VMM end is kept, to hand to the next QEMU of this VM
-  QemuProcess qemu_;  // replaced under watch_mutex_
+  SocketPair console_;     // the guest console; the VMM end is every QEMU's serial port
+  CappedLog console_log_;  // console.log, written by the watcher thread only
+  QemuProcess qemu_;       // replaced under watch_mutex_
   UniqueFd wake_;     // an eventfd: qemu_ changed or the VM is being destroyed
   std::mutex watch_mutex_;
   bool stopping_ = false;
@@ -552,7 +578,10 @@ Result<std::unique_ptr<Vm>> QemuEngine::Start(const VmSpec& spec) {
   if (!dir) return Fail(std::move(dir).error());
   auto agent = MakeSocketPair();
   if (!agent) return Fail(std::move(agent).error());
-  auto vm = std::make_unique<QemuVm>(*this, options_, spec, std::move(*dir), std::move(*agent));
+  auto console = MakeSocketPair();
+  if (!console) return Fail(std::move(console).error());
+  auto vm = std::make_unique<QemuVm>(*this, options_, spec, std::move(*dir), std::move(*agent),
+                                     std::move(*console));
   if (auto r = vm->Start(); !r) return Fail(std::move(r).error());
   return vm;
 }

@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "base/console_log.h"
 #include "engine/engine.h"
 #include "engine/host.h"
 
@@ -16,6 +17,8 @@ enum class Accel { kKvm, kTcg };
 struct QemuOptions {
   std::string binary = "qemu-system-x86_64";
   std::optional<Accel> accel;  // unset: KVM when usable, else TCG
+  // The most of the guest console kept in console.log; the rest is dropped.
+  uint64_t console_log_bytes = kMaxConsoleLogBytes;
 };
 
 // QEMU uses KVM where it is usable, like the kvm engine.

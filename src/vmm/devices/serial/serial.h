@@ -11,6 +11,7 @@
 #include <string>
 #include <string_view>
 
+#include "base/console_log.h"
 #include "base/unique_fd.h"
 #include "vmm/core/device.h"
 
@@ -19,7 +20,6 @@ namespace vessel::vmm {
 inline constexpr uint16_t kCom1Port = 0x3f8;
 inline constexpr uint16_t kCom1PortCount = 8;
 inline constexpr uint32_t kCom1Irq = 4;
-inline constexpr uint64_t kMaxConsoleLogBytes = 8 << 20;
 // Bytes the receive line holds until the guest reads them; more are dropped.
 inline constexpr size_t kMaxSerialReceiveBytes = 256;
 
