@@ -20,7 +20,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <memory>
 #include <string>
 #include <vector>
@@ -63,9 +62,8 @@ struct World {
   static World* Make() {
     auto memory = GuestMemory::Create(kGuestRamBytes);
     if (!memory) std::abort();
-    static char dir[] = "/tmp/vessel-fuzz-blk-XXXXXX";
+    char dir[] = "/tmp/vessel-fuzz-blk-XXXXXX";
     if (!mkdtemp(dir)) std::abort();
-    std::atexit([] { std::filesystem::remove_all(dir); });
     std::string disk = std::string(dir) + "/disk.img";
     std::vector<uint8_t> bytes(kBlkDiskBytes);
     for (uint64_t i = 0; i < bytes.size(); ++i) bytes[i] = DiskByte(i);
@@ -76,6 +74,9 @@ struct World {
     if (!device) std::abort();
     UniqueFd check(open(disk.c_str(), O_RDONLY | O_CLOEXEC));
     if (!check) std::abort();
+    // Both descriptors are open: the names can go now, so no run (libFuzzer ends with
+    // _exit) leaves them behind.
+    if (unlink(disk.c_str()) != 0 || rmdir(dir) != 0) std::abort();
     return new World{std::move(*memory), disk, std::move(check), std::move(*device)};
   }
 
