@@ -56,7 +56,7 @@ class VmHost : public VmController {
       return {};
     }
     // Every thread exists now, so the filter reaches them all.
-    auto filter = CompileSeccompFilter(VmmSyscallPolicy());
+    auto filter = CompileSeccompFilter(VmmSyscallPolicy(::getpid()));
     if (auto r = InstallSeccompFilter(filter); !r) {
       vm_->Stop();
       return Fail(std::move(r).error());

@@ -4,22 +4,25 @@
 #include <linux/audit.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstddef>
+#include <iterator>
 
 namespace vessel::vmm {
 namespace {
 
 constexpr uint32_t kX32SyscallBit = 0x40000000;
 
+// Allowances whose arguments are checked are filled in by VmmSyscallPolicy.
 constexpr SyscallAllowance kPolicy[] = {
     // vCPU threads
     {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU, KVM_GET_REGS and friends to log a failed vCPU"},
     {SYS_rt_sigreturn, "rt_sigreturn", "returning from the empty handler of the vCPU kick signal"},
-    {SYS_tgkill, "tgkill", "kicking a vCPU thread out of KVM_RUN to pause or stop it"},
+    {SYS_tgkill, "tgkill", "kicking a vCPU thread of this process out of KVM_RUN"},
     {SYS_rt_sigprocmask, "rt_sigprocmask", "glibc masks signals around thread exit"},
     // Threads meeting each other
     {SYS_futex, "futex", "mutexes and condition variables between vCPU, I/O and main threads"},
@@ -49,7 +52,7 @@ constexpr SyscallAllowance kPolicy[] = {
     {SYS_shutdown, "shutdown", "a vsock stream half-closed by the guest"},
     {SYS_fcntl, "fcntl", "setting a newly accepted socket non-blocking"},
     {SYS_accept4, "accept4", "the host connecting to the vsock and agent sockets"},
-    {SYS_socket, "socket", "a guest-initiated vsock connection to a host unix socket"},
+    {SYS_socket, "socket", "a guest-initiated vsock connection to a host unix socket (AF_UNIX)"},
     {SYS_connect, "connect", "a guest-initiated vsock connection to a host unix socket"},
     {SYS_getsockopt, "getsockopt", "SO_ERROR of a non-blocking connect"},
     {SYS_epoll_wait, "epoll_wait", "the I/O thread's event loop"},
@@ -79,7 +82,14 @@ sock_filter Jump(int code, uint32_t k, uint8_t jt, uint8_t jf) {
 
 }  // namespace
 
-std::span<const SyscallAllowance> VmmSyscallPolicy() { return kPolicy; }
+std::vector<SyscallAllowance> VmmSyscallPolicy(pid_t self) {
+  std::vector<SyscallAllowance> policy(std::begin(kPolicy), std::end(kPolicy));
+  for (SyscallAllowance& a : policy) {
+    if (a.number == SYS_tgkill) a.only_if = ArgEquals{0, static_cast<uint64_t>(self)};
+    if (a.number == SYS_socket) a.only_if = ArgEquals{0, AF_UNIX};
+  }
+  return policy;
+}
 
 std::vector<sock_filter> CompileSeccompFilter(std::span<const SyscallAllowance> allowed) {
   std::vector<sock_filter> prog;
@@ -90,8 +100,22 @@ std::vector<sock_filter> CompileSeccompFilter(std::span<const SyscallAllowance> 
   prog.push_back(Jump(BPF_JMP | BPF_JGE | BPF_K, kX32SyscallBit, 0, 1));
   prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
   for (const SyscallAllowance& a : allowed) {
-    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 0, 1));
+    if (!a.only_if) {
+      prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 0, 1));
+      prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+      continue;
+    }
+    // The number matches: the argument decides, both halves of it; else on to the next
+    // rule with the number still in the accumulator.
+    const uint32_t arg = offsetof(seccomp_data, args) + 8 * a.only_if->index;
+    const uint64_t value = a.only_if->value;
+    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 0, 6));
+    prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg));  // little-endian: low half
+    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value), 0, 3));
+    prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg + 4));
+    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value >> 32), 0, 1));
     prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
   }
   prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
   return prog;

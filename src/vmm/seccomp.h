@@ -6,6 +6,10 @@
 
 #include <linux/filter.h>
 
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
 #include <span>
 #include <string_view>
 #include <vector>
@@ -14,17 +18,26 @@
 
 namespace vessel::vmm {
 
+// A system call argument that must have one value (all 64 bits).
+struct ArgEquals {
+  unsigned index;  // 0..5
+  uint64_t value;
+};
+
 struct SyscallAllowance {
   long number;
   std::string_view name;
   std::string_view reason;
+  std::optional<ArgEquals> only_if;  // unset: any arguments
 };
 
-// The allow-list of a running VMM.
-[[nodiscard]] std::span<const SyscallAllowance> VmmSyscallPolicy();
+// The allow-list of a running VMM whose process (thread group) id is `self`: signals
+// only to its own threads, sockets only of AF_UNIX.
+[[nodiscard]] std::vector<SyscallAllowance> VmmSyscallPolicy(pid_t self);
 
-// A filter that kills the process for a foreign architecture, an x32 call or a system call
-// missing from `allowed`, and allows the rest.
+// A filter that kills the process for a foreign architecture, an x32 call, a system call
+// missing from `allowed` or one whose checked argument has another value, and allows the
+// rest.
 [[nodiscard]] std::vector<sock_filter> CompileSeccompFilter(
     std::span<const SyscallAllowance> allowed);
 

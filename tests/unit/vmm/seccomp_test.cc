@@ -3,10 +3,12 @@
 #include <gtest/gtest.h>
 #include <linux/audit.h>
 #include <linux/seccomp.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 
 #include <cstddef>
 #include <cstring>
+#include <optional>
 #include <set>
 
 namespace vessel::vmm {
@@ -33,17 +35,43 @@ uint32_t RunFilter(const std::vector<sock_filter>& prog, const seccomp_data& dat
   return 0;
 }
 
-uint32_t RunSyscall(long nr, uint32_t arch = AUDIT_ARCH_X86_64) {
+// The VMM's pid in these tests.
+constexpr pid_t kSelf = 4242;
+
+uint32_t RunSyscall(long nr, uint32_t arch = AUDIT_ARCH_X86_64,
+                    std::optional<ArgEquals> arg = std::nullopt) {
   seccomp_data data{};
   data.nr = static_cast<int>(nr);
   data.arch = arch;
-  return RunFilter(CompileSeccompFilter(VmmSyscallPolicy()), data);
+  if (arg) data.args[arg->index] = arg->value;
+  return RunFilter(CompileSeccompFilter(VmmSyscallPolicy(kSelf)), data);
 }
 
 TEST(Seccomp, AllowsEveryListedSyscall) {
-  for (const auto& a : VmmSyscallPolicy()) {
-    EXPECT_EQ(RunSyscall(a.number), SECCOMP_RET_ALLOW) << a.name;
+  for (const auto& a : VmmSyscallPolicy(kSelf)) {
+    EXPECT_EQ(RunSyscall(a.number, AUDIT_ARCH_X86_64, a.only_if), SECCOMP_RET_ALLOW) << a.name;
   }
+}
+
+// Signals go only to the VMM's own threads, sockets are only unix sockets: any other
+// value, in either half of the 64-bit argument, kills.
+TEST(Seccomp, TgkillOnlyToItselfAndSocketOnlyUnix) {
+  const uint64_t self = kSelf;
+  EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, ArgEquals{0, self}), SECCOMP_RET_ALLOW);
+  for (uint64_t other : {uint64_t{1}, self + 1, self | (uint64_t{1} << 32), uint64_t{0}}) {
+    EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, ArgEquals{0, other}),
+              SECCOMP_RET_KILL_PROCESS)
+        << other;
+  }
+  EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, ArgEquals{0, AF_UNIX}), SECCOMP_RET_ALLOW);
+  for (uint64_t family : {uint64_t{AF_INET}, uint64_t{AF_INET6}, uint64_t{AF_NETLINK},
+                          uint64_t{AF_VSOCK}, uint64_t{AF_UNIX} | (uint64_t{1} << 32)}) {
+    EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, ArgEquals{0, family}),
+              SECCOMP_RET_KILL_PROCESS)
+        << family;
+  }
+  // A rule with an argument leaves the rules after it intact.
+  EXPECT_EQ(RunSyscall(SYS_restart_syscall), SECCOMP_RET_ALLOW);
 }
 
 TEST(Seccomp, KillsTheProcessForAnythingElse) {
@@ -72,7 +100,7 @@ TEST(Seccomp, ChecksTheArchitectureAndX32) {
 
 TEST(Seccomp, EveryAllowanceIsUniqueAndExplained) {
   std::set<long> seen;
-  for (const auto& a : VmmSyscallPolicy()) {
+  for (const auto& a : VmmSyscallPolicy(kSelf)) {
     EXPECT_TRUE(seen.insert(a.number).second) << a.name << " is listed twice";
     EXPECT_FALSE(a.name.empty());
     EXPECT_GE(a.reason.size(), 8u) << a.name << " needs a reason";
@@ -80,7 +108,7 @@ TEST(Seccomp, EveryAllowanceIsUniqueAndExplained) {
 }
 
 TEST(Seccomp, ProgramFitsTheKernelLimitAndEndsInKill) {
-  auto prog = CompileSeccompFilter(VmmSyscallPolicy());
+  auto prog = CompileSeccompFilter(VmmSyscallPolicy(kSelf));
   EXPECT_LE(prog.size(), 4096u);  // BPF_MAXINSNS
   EXPECT_EQ(prog.back().code, BPF_RET | BPF_K);
   EXPECT_EQ(prog.back().k, SECCOMP_RET_KILL_PROCESS);
