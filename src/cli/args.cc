@@ -193,6 +193,13 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
       "it holds. Exit status 0 when it is intact, 1 when it is damaged or no snapshot, 125 "
       "when it cannot check");
   verify->add_option("DIR", verify_args.dir)->required();
+  SnapshotImportArgs snapshot_import_args;
+  auto* snapshot_import = snapshot->add_subcommand(
+      "import",
+      "make the snapshot in DIR, taken on another host or by an older Vessel, one this host "
+      "restores: checks every checksum, memory included, then signs it with this host's key. "
+      "Only for a snapshot you trust");
+  snapshot_import->add_option("DIR", snapshot_import_args.dir)->required();
 
   RestoreArgs restore_args;
   auto* restore = app.add_subcommand(
@@ -271,6 +278,7 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (ls->parsed()) return list_args;
     if (rm->parsed()) return remove_args;
     if (verify->parsed()) return verify_args;
+    if (snapshot_import->parsed()) return snapshot_import_args;
     if (snapshot->parsed()) {
       if (snapshot_args.target.empty() || snapshot_args.dir.empty()) {
         throw CLI::ValidationError("snapshot wants a sandbox id or name and a DIR");

@@ -45,6 +45,9 @@ struct SnapshotArgs {
 struct VerifyArgs {
   std::string dir;
 };
+struct SnapshotImportArgs {
+  std::string dir;
+};
 struct RestoreArgs {
   std::string dir;
   std::string name;
@@ -83,7 +86,7 @@ struct HelpArgs {
 
 using Invocation =
     std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs, SnapshotArgs,
-                 VerifyArgs, RestoreArgs, ForkArgs, DoctorArgs, ImageBuildArgs, ImageImportArgs,
+                 VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs, DoctorArgs, ImageBuildArgs, ImageImportArgs,
                  ImageListArgs, ImageRemoveArgs, SuperviseArgs, HelpArgs>;
 
 // A command line that makes no sense: what is wrong, and the usage of the command it

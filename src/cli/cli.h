@@ -37,6 +37,7 @@ int List(const ListArgs& args);
 int Remove(const RemoveArgs& args);
 int Snapshot(const SnapshotArgs& args);
 int Verify(const VerifyArgs& args);
+int SnapshotImport(const SnapshotImportArgs& args);
 int Restore(const RestoreArgs& args);
 int Fork(const ForkArgs& args);
 int ImageBuild(const ImageBuildArgs& args);

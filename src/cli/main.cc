@@ -87,6 +87,7 @@ int main(int argc, char** argv) {
                         [](const cli::RemoveArgs& a) { return cli::Remove(a); },
                         [](const cli::SnapshotArgs& a) { return cli::Snapshot(a); },
                         [](const cli::VerifyArgs& a) { return cli::Verify(a); },
+                        [](const cli::SnapshotImportArgs& a) { return cli::SnapshotImport(a); },
                         [](const cli::RestoreArgs& a) { return cli::Restore(a); },
                         [](const cli::ForkArgs& a) { return cli::Fork(a); },
                         [](const cli::DoctorArgs&) { return cli::Doctor(); },

@@ -36,30 +36,50 @@ std::string Mib(uint64_t bytes) {
                                     : fmt::format("{} bytes", bytes);
 }
 
+void PrintManifest(const std::string& dir, const snapshot::Manifest& manifest) {
+  auto taken = std::chrono::floor<std::chrono::seconds>(
+      std::chrono::system_clock::time_point(std::chrono::milliseconds(manifest.created_unix_ms)));
+  fmt::print("snapshot   {}\n", dir);
+  fmt::print("taken      {:%Y-%m-%dT%H:%M:%S}Z by vessel {}\n", taken, manifest.vessel_version);
+  fmt::print("engine     {} ({})\n", manifest.engine, manifest.engine_version);
+  fmt::print("machine    {} vCPU{}, {} MiB\n", manifest.vcpus, manifest.vcpus == 1 ? "" : "s",
+             manifest.memory_mib);
+  fmt::print("name       {}\n", manifest.name.empty() ? "-" : manifest.name);
+  fmt::print("kernel     {}\n", manifest.kernel_path);
+  fmt::print("initramfs  {}\n", manifest.initramfs_path);
+  fmt::print("files      state {}, memory {}\n", Mib(manifest.state.size),
+             Mib(manifest.memory.size));
+}
+
+// A damaged snapshot, or none, is kExitSnapshotDamaged; failing to check is the usual.
+int DamagedOrFailed(const Error& error) {
+  PrintError(error.ToString());
+  return error.kind() == ErrorKind::kSnapshotFormat ? kExitSnapshotDamaged : kExitVesselError;
+}
+
 }  // namespace
 
 int Verify(const VerifyArgs& args) {
   auto dir = AbsolutePath(args.dir);
   if (!dir) return Failure(dir.error());
-  auto manifest = snapshot::Open(*dir, snapshot::Depth::kFull);
-  if (!manifest) {
-    bool damaged = manifest.error().kind() == ErrorKind::kSnapshotFormat;
-    PrintError(std::move(manifest).error().Context(*dir).ToString());
-    return damaged ? kExitSnapshotDamaged : kExitVesselError;
-  }
-  auto taken = std::chrono::floor<std::chrono::seconds>(
-      std::chrono::system_clock::time_point(std::chrono::milliseconds(manifest->created_unix_ms)));
-  fmt::print("ok: manifest, state and memory match their checksums\n");
-  fmt::print("snapshot   {}\n", *dir);
-  fmt::print("taken      {:%Y-%m-%dT%H:%M:%S}Z by vessel {}\n", taken, manifest->vessel_version);
-  fmt::print("engine     {} ({})\n", manifest->engine, manifest->engine_version);
-  fmt::print("machine    {} vCPU{}, {} MiB\n", manifest->vcpus, manifest->vcpus == 1 ? "" : "s",
-             manifest->memory_mib);
-  fmt::print("name       {}\n", manifest->name.empty() ? "-" : manifest->name);
-  fmt::print("kernel     {}\n", manifest->kernel_path);
-  fmt::print("initramfs  {}\n", manifest->initramfs_path);
-  fmt::print("files      state {}, memory {}\n", Mib(manifest->state.size),
-             Mib(manifest->memory.size));
+  auto key = snapshot::ThisHostKey();
+  if (!key) return Failure(key.error());
+  auto opened = snapshot::Open(*dir, snapshot::Depth::kFull, *key);
+  if (!opened) return DamagedOrFailed(std::move(opened).error().Context(*dir));
+  fmt::print("ok: manifest, state and memory match their checksums; signed by this host\n");
+  PrintManifest(*dir, opened->manifest);
+  return 0;
+}
+
+int SnapshotImport(const SnapshotImportArgs& args) {
+  auto dir = AbsolutePath(args.dir);
+  if (!dir) return Failure(dir.error());
+  auto key = snapshot::ThisHostKey();
+  if (!key) return Failure(key.error());
+  auto manifest = snapshot::Import(*dir, *key);
+  if (!manifest) return DamagedOrFailed(std::move(manifest).error().Context(*dir));
+  fmt::print("ok: every checksum matches; signed with this host's key\n");
+  PrintManifest(*dir, *manifest);
   return 0;
 }
 

@@ -53,10 +53,12 @@ struct VmSpec {
   // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
   // private copy-on-write mapping of `memory`, which is never written, and the machine's
   // state is loaded from `state`. Such a VM starts and waits with its memory mapped;
-  // Resume() loads the state and runs it.
+  // Resume() loads the state and runs it. Both are open descriptors, shared by every VM
+  // started from this spec, so what was checked is what is loaded, whatever happens to
+  // the paths meanwhile.
   struct Saved {
-    std::string memory;
-    std::string state;
+    std::shared_ptr<const UniqueFd> memory;
+    std::shared_ptr<const UniqueFd> state;
   };
   std::optional<Saved> restore;
 };

@@ -14,6 +14,7 @@
 #include <filesystem>
 
 #include "base/io.h"
+#include "base/private_dir.h"
 
 namespace vessel::engine {
 namespace {
@@ -31,57 +32,16 @@ std::string RandomId() {
   return id;
 }
 
-Error NotPrivate(const std::string& path, const std::string& why) {
-  return Error::HostIo(
-      fmt::format("the runtime directory {} {}: another user could read or replace the "
-                  "sandboxes' sockets and state there; remove it, or set VESSEL_RUNTIME_DIR to "
-                  "a directory of your own",
-                  path, why),
-      EPERM);
-}
-
 }  // namespace
 
-Result<void> MakePrivateDir(const std::string& path, bool narrow) {
-  std::filesystem::path fs_path(path);
-  if (fs_path.has_parent_path() && fs_path.parent_path() != fs_path.root_path()) {
-    std::error_code ec;
-    std::filesystem::create_directories(fs_path.parent_path(), ec);
-    if (ec) return Fail(Error::HostIo("create " + fs_path.parent_path().string(), ec.value()));
-  }
-  if (::mkdir(path.c_str(), 0700) != 0 && errno != EEXIST) {
-    return Fail(Error::HostIo("create " + path, errno));
-  }
-  UniqueFd dir(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
-  if (!dir) {
-    if (errno == ELOOP || errno == ENOTDIR) {
-      return Fail(NotPrivate(path, "is a symlink or not a directory"));
-    }
-    return Fail(Error::HostIo("open " + path, errno));
-  }
-  struct stat st {};
-  if (::fstat(dir.get(), &st) != 0) return Fail(Error::HostIo("stat " + path, errno));
-  if (st.st_uid != ::geteuid()) {
-    return Fail(NotPrivate(path, fmt::format("belongs to uid {}, not to you (uid {})", st.st_uid,
-                                             ::geteuid())));
-  }
-  if ((st.st_mode & 077) == 0) return {};
-  if (!narrow) {
-    return Fail(NotPrivate(
-        path, fmt::format("has mode {:o}, open to group or others (chmod 700 it)",
-                          st.st_mode & 07777)));
-  }
-  if (::fchmod(dir.get(), 0700) != 0) {
-    return Fail(Error::HostIo(
-        fmt::format("narrow {} (mode {:o}) to 0700", path, st.st_mode & 07777), errno));
-  }
-  return {};
-}
+const PrivateDirRole kRuntimeDirRole{"the runtime directory",
+                                    "the sandboxes' sockets and state",
+                                    "VESSEL_RUNTIME_DIR"};
 
 Result<std::string> PrivateRuntimeRoot() {
   std::string root = RuntimeRoot();
   const char* chosen = std::getenv("VESSEL_RUNTIME_DIR");
-  if (auto made = MakePrivateDir(root, /*narrow=*/!(chosen && *chosen)); !made) {
+  if (auto made = MakePrivateDir(root, /*narrow=*/!(chosen && *chosen), kRuntimeDirRole); !made) {
     return Fail(std::move(made).error());
   }
   return root;

@@ -8,6 +8,7 @@
 #include <string>
 #include <utility>
 
+#include "base/private_dir.h"
 #include "base/unique_fd.h"
 #include "vessel/error.h"
 
@@ -17,15 +18,8 @@ namespace vessel::engine {
 // /tmp/vessel-<uid>.
 std::string RuntimeRoot();
 
-// Makes `path` a directory only this user can use, or says why it cannot be one: created
-// with mode 0700 when missing (its parents as usual), then checked through a descriptor
-// opened without following a symlink: a directory, owned by the effective uid, that group
-// and others cannot use. Refused otherwise (kHostIo saying what to do), because whoever
-// owns or shares it could read the sockets and state kept there or plant their own; except
-// that with `narrow`, one of ours with a wider mode (made by an older Vessel) is narrowed
-// to 0700. Only for directories Vessel names itself: a directory the user chose (say /tmp)
-// is never chmod'ed.
-[[nodiscard]] Result<void> MakePrivateDir(const std::string& path, bool narrow);
+// The runtime root's role, for MakePrivateDir's errors.
+extern const PrivateDirRole kRuntimeDirRole;
 // RuntimeRoot(), made private with MakePrivateDir; narrowed unless $VESSEL_RUNTIME_DIR
 // chose it.
 [[nodiscard]] Result<std::string> PrivateRuntimeRoot();

@@ -6,6 +6,7 @@
 // its RNG, sets its clock and forgets the requests of the host it had before.
 #include "snapshot/snapshot.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -36,6 +37,21 @@ void RemoveSnapshotFiles(const std::string& dir) {
   for (const char* name : {snapshot::kManifestFile, snapshot::kStateFile, snapshot::kMemoryFile}) {
     ::unlink((dir + "/" + name).c_str());
   }
+}
+
+// The fork template the parent just saved into its own private directory.
+Result<engine::VmSpec::Saved> OpenTemplate(const std::string& dir) {
+  auto open = [&dir](const char* name) -> Result<std::shared_ptr<const UniqueFd>> {
+    std::string path = dir + "/" + name;
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!fd) return Fail(Error::HostIo("open " + path, errno));
+    return std::make_shared<const UniqueFd>(std::move(fd));
+  };
+  auto memory = open(snapshot::kMemoryFile);
+  if (!memory) return Fail(std::move(memory).error());
+  auto state = open(snapshot::kStateFile);
+  if (!state) return Fail(std::move(state).error());
+  return engine::VmSpec::Saved{std::move(*memory), std::move(*state)};
 }
 
 }  // namespace
@@ -95,7 +111,8 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   if (written) {
     manifest.kernel_sha256 = *kernel;
     manifest.initramfs_sha256 = *initramfs;
-    written = snapshot::WriteManifest(dir, std::move(manifest));
+    auto key = snapshot::ThisHostKey();
+    written = key ? snapshot::WriteManifest(dir, std::move(manifest), *key) : Fail(key.error());
   }
   // So that `vessel image rm` knows this snapshot needs the image.
   if (written && spec_.image_ref) {
@@ -142,8 +159,11 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   if (options.timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("timeout", "must be positive"));
   }
-  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
-  if (!manifest) return Fail(std::move(manifest).error());
+  auto key = snapshot::ThisHostKey();
+  if (!key) return Fail(std::move(key).error());
+  auto opened = snapshot::Open(dir, snapshot::Depth::kRestore, *key);
+  if (!opened) return Fail(std::move(opened).error());
+  const snapshot::Manifest* manifest = &opened->manifest;
   auto engine =
       engine::Make(options.engine == EngineKind::kAuto ? engine::KindOfEngineName(manifest->engine)
                                                        : options.engine);
@@ -168,8 +188,9 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
     if (!use) return Fail(std::move(use).error().Context("restoring " + dir));
     sandbox::AttachImage(*spec, std::make_shared<image::ImageUse>(std::move(*use)), 0);
   }
-  spec->restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
-                                        dir + "/" + snapshot::kStateFile};
+  spec->restore = engine::VmSpec::Saved{
+      std::make_shared<const UniqueFd>(std::move(opened->memory)),
+      std::make_shared<const UniqueFd>(std::move(opened->state))};
   return sandbox::SavedVm{std::move(*engine), std::move(*spec)};
 }
 
@@ -199,8 +220,9 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   if (auto r = SaveTo(dir); !r) return Fail(std::move(r).error());
 
   engine::VmSpec spec = spec_;
-  spec.restore = engine::VmSpec::Saved{dir + "/" + snapshot::kMemoryFile,
-                                       dir + "/" + snapshot::kStateFile};
+  auto saved = OpenTemplate(dir);
+  if (!saved) return Fail(std::move(saved).error());
+  spec.restore = std::move(*saved);
   std::vector<Result<std::unique_ptr<Sandbox>>> children;
   for (uint32_t i = 0; i < n; ++i) children.emplace_back(Fail(Error::Backend("not started")));
   std::vector<std::thread> starters;

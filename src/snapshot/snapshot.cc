@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -37,6 +38,7 @@ constexpr int kMaxManifestDepth = 8;
 // Assets are the kernel and initramfs of a few configurations; forget them all past this.
 constexpr size_t kMaxCachedAssets = 64;
 constexpr const char* kChecksumField = "manifest_sha256";
+constexpr const char* kSignatureField = "manifest_hmac";
 constexpr const char* kSnapshotDirectory = "snapshot directory";
 
 // What holes hash as. Made on first use, not kept in the binary.
@@ -289,7 +291,17 @@ json ToJson(const Manifest& m) {
   if (!m.image_digest.empty()) {
     object["image"] = json{{"digest", m.image_digest}, {"name", m.image_name}};
   }
+  if (m.memory_seal) {
+    object["memory_seal"] = json{{"device", m.memory_seal->device},
+                                 {"inode", m.memory_seal->inode},
+                                 {"mtime_ns", m.memory_seal->mtime_ns}};
+  }
   return object;
+}
+
+FileSeal SealOf(const struct stat& st) {
+  return {static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino),
+          int64_t{st.st_mtim.tv_sec} * 1'000'000'000 + st.st_mtim.tv_nsec};
 }
 
 std::unexpected<Error> FieldError(std::string_view field, std::string_view problem) {
@@ -328,6 +340,20 @@ class FieldReader {
     inner.Read("size", out.size);
     inner.Read("sha256", out.sha256);
     error_ = std::move(inner.error_);
+  }
+
+  // Optional: {"device": n, "inode": n, "mtime_ns": n}.
+  void Read(const char* key, std::optional<FileSeal>& out) {
+    if (error_ || !object_.contains(key)) return;
+    const json* value = Find(key, &json::is_object, "is not an object");
+    if (!value) return;
+    FieldReader inner(*value, prefix_ + key + ".");
+    FileSeal seal;
+    inner.Read("device", seal.device);
+    inner.Read("inode", seal.inode);
+    inner.Read("mtime_ns", seal.mtime_ns);
+    error_ = std::move(inner.error_);
+    if (!error_) out = seal;
   }
 
   // The root image: {"digest": "sha256:<hex>", "name": string}.
@@ -382,6 +408,7 @@ Result<Manifest> FromJson(const json& object) {
   reader.Read("state", m.state);
   reader.Read("memory", m.memory);
   if (m.format_version >= kFormatVersion) reader.Read("image", m.image_digest, m.image_name);
+  reader.Read("memory_seal", m.memory_seal);
   if (reader.error()) return Fail(*reader.error());
   return m;
 }
@@ -488,16 +515,26 @@ Result<void> CheckFormatVersion(const json& object) {
   return {};
 }
 
-// The checksum covers the canonical serialization of everything else: dump() of the
-// object without manifest_sha256, whose keys are sorted.
-Result<void> CheckManifestChecksum(const json& object) {
+// The checksum and the signature cover the canonical serialization of everything else:
+// dump() of the object without either, whose keys are sorted.
+Result<std::string> CanonicalBody(const json& object) {
+  json body = object;
+  body.erase(kChecksumField);
+  body.erase(kSignatureField);
+  try {
+    return body.dump();
+  } catch (const json::type_error&) {
+    return Fail(Error::InvalidConfig(
+        "manifest", "a text field (engine, versions, name, asset paths) is not valid UTF-8"));
+  }
+}
+
+Result<void> CheckManifestChecksum(const json& object, const std::string& body) {
   auto it = object.find(kChecksumField);
   if (it == object.end() || !it->is_string() || !IsSha256Hex(it->get<std::string>())) {
     return FieldError(kChecksumField, "missing or not 64 lowercase hex digits");
   }
-  json body = object;
-  body.erase(kChecksumField);
-  auto actual = Sha256Hex(body.dump());
+  auto actual = Sha256Hex(body);
   if (!actual) return Fail(std::move(actual).error());
   const auto& recorded = it->get_ref<const std::string&>();
   if (*actual != recorded) {
@@ -507,28 +544,60 @@ Result<void> CheckManifestChecksum(const json& object) {
   return {};
 }
 
-Result<void> CheckDataFile(const std::string& dir, const char* name, const FileDigest& expected,
-                           bool check_digest) {
+// After the checksum: a manifest that is intact but not signed here was made elsewhere
+// or rewritten by someone who could compute a checksum but not the HMAC.
+Result<void> CheckManifestSignature(const json& object, const std::string& body,
+                                    const HostKey& key) {
+  auto it = object.find(kSignatureField);
+  if (it == object.end()) {
+    return FormatError(fmt::format(
+        "{}: not signed (made by an older Vessel, or stripped); if you trust it, `vessel "
+        "snapshot import` it",
+        kManifestFile));
+  }
+  auto expected = HmacSha256Hex(key, body);
+  if (!expected) return Fail(std::move(expected).error());
+  const std::string* recorded = it->get_ptr<const std::string*>();
+  if (recorded == nullptr || recorded->size() != expected->size() ||
+      CRYPTO_memcmp(recorded->data(), expected->data(), expected->size()) != 0) {
+    return FormatError(fmt::format(
+        "{}: not signed by this host's key (made on another host, or altered); if you trust "
+        "it, `vessel snapshot import` it",
+        kManifestFile));
+  }
+  return {};
+}
+
+// Opens a data file of the snapshot and checks its size and SHA-256; returns the
+// descriptor it checked. The digest is taken as checked, unread, when the opened file
+// has the seal `skip_if` (the file this host wrote, not written since).
+Result<OpenFile> CheckDataFile(const std::string& dir, const char* name, const FileDigest& expected,
+                               const std::optional<FileSeal>& skip_if = std::nullopt) {
   auto file = OpenSnapshotFile(dir, name);
   if (!file) return Fail(std::move(file).error());
   if (file->size() != expected.size) {
     return FormatError(
         fmt::format("{}: size {}, manifest says {}", name, file->size(), expected.size));
   }
-  if (!check_digest) return {};
+  if (skip_if && SealOf(file->st) == *skip_if) return file;
   auto digest = HashUnchangedFile(*file, dir + "/" + name);
   if (!digest) return Fail(std::move(digest).error());
   if (*digest != expected.sha256) {
     return FormatError(fmt::format("{}: checksum mismatch (SHA-256 {}, manifest says {})", name,
                                    *digest, expected.sha256));
   }
-  return {};
+  return file;
 }
 
 // Writing.
 
+struct Sealed {
+  FileDigest digest;
+  struct stat st {};
+};
+
 // Makes one data file of a snapshot private and durable, and returns its digest.
-Result<FileDigest> SealDataFile(const std::string& dir, const char* name) {
+Result<Sealed> SealDataFile(const std::string& dir, const char* name) {
   std::string path = dir + "/" + name;
   auto file = OpenSnapshotFile(dir, name);
   if (!file) return Fail(std::move(file).error());
@@ -538,7 +607,7 @@ Result<FileDigest> SealDataFile(const std::string& dir, const char* name) {
   auto digest = HashUnchangedFile(*file, path);
   if (!digest) return Fail(std::move(digest).error());
   if (::fsync(file->fd.get()) != 0) return Fail(Error::HostIo("fsync " + path, errno));
-  return FileDigest{file->size(), std::move(*digest)};
+  return Sealed{FileDigest{file->size(), std::move(*digest)}, file->st};
 }
 
 Result<void> SyncDirectory(const std::string& dir) {
@@ -658,50 +727,68 @@ Result<void> PrepareDirectory(const std::string& dir) {
   return {};
 }
 
-Result<void> WriteManifest(const std::string& dir, Manifest manifest) {
+Result<void> WriteManifest(const std::string& dir, Manifest manifest, const HostKey& key) {
   for (auto [name, digest] :
        {std::pair{kStateFile, &manifest.state}, std::pair{kMemoryFile, &manifest.memory}}) {
     auto sealed = SealDataFile(dir, name);
     if (!sealed) return Fail(std::move(sealed).error().Context("writing a snapshot manifest"));
-    *digest = std::move(*sealed);
+    *digest = std::move(sealed->digest);
+    if (digest == &manifest.memory) manifest.memory_seal = SealOf(sealed->st);
   }
   if (auto valid = CheckValues(manifest); !valid) {
     return Fail(std::move(valid).error().Context("refusing to write a snapshot manifest"));
   }
   json object = ToJson(manifest);
-  std::string canonical;
-  try {
-    canonical = object.dump();
-  } catch (const json::type_error&) {
-    return Fail(Error::InvalidConfig(
-        "manifest", "a text field (engine, versions, name, asset paths) is not valid UTF-8"));
-  }
-  auto checksum = Sha256Hex(canonical);
+  auto body = CanonicalBody(object);
+  if (!body) return Fail(std::move(body).error());
+  auto checksum = Sha256Hex(*body);
   if (!checksum) return Fail(std::move(checksum).error());
+  auto signature = HmacSha256Hex(key, *body);
+  if (!signature) return Fail(std::move(signature).error());
   object[kChecksumField] = *checksum;
+  object[kSignatureField] = *signature;
   if (auto r = WriteFileAtomically(dir + "/" + kManifestFile, object.dump(2) + "\n"); !r) return r;
   return SyncDirectory(dir);
 }
 
-Result<Manifest> Open(const std::string& dir, Depth depth) {
+namespace {
+
+// Open, with the signature checked only when `key` is given.
+Result<Opened> OpenChecked(const std::string& dir, Depth depth, const HostKey* key) {
   auto text = ReadManifestText(dir);
   if (!text) return Fail(std::move(text).error());
   auto object = ParseManifest(*text);
   if (!object) return Fail(std::move(object).error());
   if (auto r = CheckFormatVersion(*object); !r) return Fail(std::move(r).error());
-  if (auto r = CheckManifestChecksum(*object); !r) return Fail(std::move(r).error());
+  auto body = CanonicalBody(*object);
+  if (!body) return Fail(std::move(body).error());
+  if (auto r = CheckManifestChecksum(*object, *body); !r) return Fail(std::move(r).error());
+  if (key) {
+    if (auto r = CheckManifestSignature(*object, *body, *key); !r) return Fail(std::move(r).error());
+  }
   auto manifest = FromJson(*object);
-  if (!manifest) return manifest;
+  if (!manifest) return Fail(std::move(manifest).error());
   if (auto r = CheckValues(*manifest); !r) return Fail(std::move(r).error());
-  if (auto r = CheckDataFile(dir, kStateFile, manifest->state, /*check_digest=*/true); !r) {
-    return Fail(std::move(r).error());
-  }
-  if (auto r = CheckDataFile(dir, kMemoryFile, manifest->memory,
-                             /*check_digest=*/depth == Depth::kFull);
-      !r) {
-    return Fail(std::move(r).error());
-  }
-  return manifest;
+  auto state = CheckDataFile(dir, kStateFile, manifest->state);
+  if (!state) return Fail(std::move(state).error());
+  auto memory =
+      CheckDataFile(dir, kMemoryFile, manifest->memory,
+                    depth == Depth::kRestore ? manifest->memory_seal : std::nullopt);
+  if (!memory) return Fail(std::move(memory).error());
+  return Opened{std::move(*manifest), std::move(state->fd), std::move(memory->fd)};
+}
+
+}  // namespace
+
+Result<Opened> Open(const std::string& dir, Depth depth, const HostKey& key) {
+  return OpenChecked(dir, depth, &key);
+}
+
+Result<Manifest> Import(const std::string& dir, const HostKey& key) {
+  auto opened = OpenChecked(dir, Depth::kFull, nullptr);
+  if (!opened) return Fail(std::move(opened).error());
+  if (auto r = WriteManifest(dir, opened->manifest, key); !r) return Fail(std::move(r).error());
+  return std::move(opened->manifest);
 }
 
 Result<void> CheckCompatible(const Manifest& manifest, const std::string& engine_name,

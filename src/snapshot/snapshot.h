@@ -8,8 +8,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 
+#include "base/unique_fd.h"
+#include "snapshot/host_key.h"
 #include "vessel/error.h"
 
 namespace vessel::snapshot {
@@ -29,6 +32,15 @@ inline constexpr uint32_t kMaxVcpus = 64;
 struct FileDigest {
   uint64_t size = 0;
   std::string sha256;  // lowercase hex
+};
+
+// Which file this host sealed as the memory: a restore that opens the same file, not
+// written since, takes the memory's SHA-256 as checked instead of reading gigabytes.
+struct FileSeal {
+  uint64_t device = 0;
+  uint64_t inode = 0;
+  int64_t mtime_ns = 0;
+  bool operator==(const FileSeal&) const = default;
 };
 
 struct Manifest {
@@ -52,6 +64,8 @@ struct Manifest {
   int64_t created_unix_ms = 0;
   FileDigest state;
   FileDigest memory;
+  // Written by WriteManifest; absent in snapshots of older Vessels.
+  std::optional<FileSeal> memory_seal;
 };
 
 // SHA-256 of a whole regular file, lowercase hex. Holes of sparse files are hashed as the
@@ -71,28 +85,45 @@ struct Manifest {
 [[nodiscard]] Result<void> PrepareDirectory(const std::string& dir);
 
 // Seals a snapshot whose `state` and `memory` files the engine has written into `dir`:
-// chmods both 0600, fsyncs them, records their sizes and SHA-256 in `manifest` (the
-// caller's values for those are ignored), then writes dir/manifest.json (mode 0600) via
-// a temporary file that is fsynced and renamed, and fsyncs `dir`. So a manifest on disk
-// always describes data that is on disk.
+// chmods both 0600, fsyncs them, records their sizes and SHA-256 (and the memory file's
+// seal) in `manifest` (the caller's values for those are ignored), signs it with `key`,
+// then writes dir/manifest.json (mode 0600) via a temporary file that is fsynced and
+// renamed, and fsyncs `dir`. So a manifest on disk always describes data that is on disk.
 //
 // `manifest` must pass the checks Open() makes (kSnapshotFormat otherwise, nothing is
 // written), except that format_version is written as given. A text field that is not
 // valid UTF-8 is kInvalidConfig. Hashing reads all of `memory`: seconds for GiBs of RAM.
-[[nodiscard]] Result<void> WriteManifest(const std::string& dir, Manifest manifest);
+[[nodiscard]] Result<void> WriteManifest(const std::string& dir, Manifest manifest,
+                                         const HostKey& key);
 
 enum class Depth {
-  kRestore,  // everything but the memory file's SHA-256: fast enough for every restore
-  kFull,     // also the memory file's SHA-256 (`vessel snapshot verify`)
+  // Everything but the memory file's SHA-256 when the file is the one sealed: fast enough
+  // for every restore. A memory file written or replaced since is hashed in full.
+  kRestore,
+  kFull,  // also the memory file's SHA-256, always (`vessel snapshot verify`)
 };
 
-// Reads and checks the snapshot in `dir`; never modifies it. Any problem with the
-// snapshot itself (a missing, truncated, corrupt or foreign file) is kSnapshotFormat
-// with a message that starts with the file's name within `dir`:
-// "manifest.json: checksum mismatch ...", "state: size 1234, manifest says 5678",
-// "memory: missing". Callers add `dir` as context. kHostIo when a file exists but
+// A checked snapshot, and its data files as they were checked: a restore loads these
+// descriptors, so the files checked are the files loaded.
+struct Opened {
+  Manifest manifest;
+  UniqueFd state;
+  UniqueFd memory;
+};
+
+// Reads and checks the snapshot in `dir`; never modifies it. The manifest must carry an
+// HMAC under `key`, the one this host signs with. Any problem with the snapshot itself (a
+// missing, truncated, corrupt, foreign or unsigned file) is kSnapshotFormat with a message
+// that starts with the file's name within `dir`: "manifest.json: checksum mismatch ...",
+// "manifest.json: not signed by this host's key ...", "state: size 1234, manifest says
+// 5678", "memory: missing". Callers add `dir` as context. kHostIo when a file exists but
 // cannot be read.
-[[nodiscard]] Result<Manifest> Open(const std::string& dir, Depth depth);
+[[nodiscard]] Result<Opened> Open(const std::string& dir, Depth depth, const HostKey& key);
+
+// Makes a snapshot from elsewhere (another host, an older Vessel) this host's: checks it
+// as Open(kFull) does, except for its signature, then signs it with `key`. For a snapshot
+// whose files the caller trusts; anyone can compute a checksum.
+[[nodiscard]] Result<Manifest> Import(const std::string& dir, const HostKey& key);
 
 // Whether a VM restored from `manifest` may run on this engine with these guest assets:
 // the engine's name must be the one that took the snapshot, and the kernel and initramfs

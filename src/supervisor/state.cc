@@ -54,7 +54,7 @@ Result<std::string> PrivateSandboxesDir(bool create) {
   std::string dir = *root + "/sandboxes";
   struct stat st {};
   if (!create && ::lstat(dir.c_str(), &st) != 0 && errno == ENOENT) return dir;
-  if (auto made = engine::MakePrivateDir(dir, /*narrow=*/true); !made) {
+  if (auto made = MakePrivateDir(dir, /*narrow=*/true, engine::kRuntimeDirRole); !made) {
     return Fail(std::move(made).error());
   }
   return dir;

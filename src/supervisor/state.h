@@ -31,7 +31,7 @@ inline constexpr size_t kMaxNameSize = 64;
 
 std::string SandboxesDir();
 // SandboxesDir() and the runtime root above it, checked to be private to this user
-// (engine::MakePrivateDir); sandboxes/ is created when missing only with `create` (a
+// (MakePrivateDir); sandboxes/ is created when missing only with `create` (a
 // reader leaves no empty directory behind). Every command that reads or makes sandbox
 // state goes through it first: state in a directory another user controls is never
 // trusted.

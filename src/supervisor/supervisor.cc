@@ -109,10 +109,12 @@ int ReportFailure(UniqueFd& ready, const Error& error) {
 Result<std::unique_ptr<Sandbox>> BootOrRestore(SupervisorConfig& options) {
   if (options.restore_dir.empty()) return Sandbox::Create(options.sandbox);
   const std::string& dir = options.restore_dir;
-  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
-  if (!manifest) return Fail(std::move(manifest).error().Context("restoring " + dir));
-  options.sandbox.vcpus = manifest->vcpus;
-  options.sandbox.memory_mib = manifest->memory_mib;
+  auto key = snapshot::ThisHostKey();
+  if (!key) return Fail(std::move(key).error().Context("restoring " + dir));
+  auto opened = snapshot::Open(dir, snapshot::Depth::kRestore, *key);
+  if (!opened) return Fail(std::move(opened).error().Context("restoring " + dir));
+  options.sandbox.vcpus = opened->manifest.vcpus;
+  options.sandbox.memory_mib = opened->manifest.memory_mib;
   // The CLI's names are unique: without one of its own, a restored sandbox has none,
   // not the saved one's.
   auto restored =

@@ -22,6 +22,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+// This host's snapshot key, as the library uses it.
+const snapshot::HostKey& HostKey() {
+  static const snapshot::HostKey key = snapshot::ThisHostKey().value();
+  return key;
+}
+
 constexpr const char* kPython = "python";
 
 // A directory removed with the test.
@@ -148,10 +154,10 @@ TEST_F(PythonImageTest, OverlayWritesSurviveSnapshotsAndDivergeAcrossForks) {
   Sh(*sandbox, "echo before > /opt/state");
   std::string dir = snapshots.path() + "/snap";
   ASSERT_TRUE(sandbox->Snapshot(dir).has_value());
-  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore, HostKey());
   ASSERT_TRUE(manifest.has_value()) << manifest.error().ToString();
-  EXPECT_EQ(manifest->image_digest, digest_);
-  EXPECT_EQ(manifest->image_name, kPython);
+  EXPECT_EQ(manifest->manifest.image_digest, digest_);
+  EXPECT_EQ(manifest->manifest.image_name, kPython);
 
   auto restored = Sandbox::Restore(dir);
   ASSERT_TRUE(restored.has_value()) << restored.error().ToString();

@@ -19,6 +19,12 @@ namespace {
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 
+// This host's snapshot key, as the library uses it.
+const snapshot::HostKey& HostKey() {
+  static const snapshot::HostKey key = snapshot::ThisHostKey().value();
+  return key;
+}
+
 // A fresh directory for snapshots, removed with the test.
 class SnapshotDirs {
  public:
@@ -145,7 +151,7 @@ TEST(SnapshotTest, OneSnapshotRestoresIntoFourIndependentSandboxes) {
     }
   }
   // A restore reads the snapshot and never writes it.
-  auto verified = snapshot::Open(dir, snapshot::Depth::kFull);
+  auto verified = snapshot::Open(dir, snapshot::Depth::kFull, HostKey());
   EXPECT_TRUE(verified) << verified.error().ToString();
 }
 
@@ -397,10 +403,10 @@ class CorruptSnapshotTest : public ::testing::Test {
   }
 
   static void Rewrite(const std::string& dir, const std::function<void(snapshot::Manifest&)>& edit) {
-    auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+    auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore, HostKey());
     ASSERT_TRUE(manifest) << manifest.error().ToString();
-    edit(*manifest);
-    ASSERT_TRUE(snapshot::WriteManifest(dir, *manifest));
+    edit(manifest->manifest);
+    ASSERT_TRUE(snapshot::WriteManifest(dir, manifest->manifest, HostKey()));
   }
 
   static SnapshotDirs* dirs_;
@@ -408,7 +414,7 @@ class CorruptSnapshotTest : public ::testing::Test {
 SnapshotDirs* CorruptSnapshotTest::dirs_ = nullptr;
 
 TEST_F(CorruptSnapshotTest, TheGoodOneRestoresAndVerifies) {
-  auto verified = snapshot::Open(dirs_->Path("good"), snapshot::Depth::kFull);
+  auto verified = snapshot::Open(dirs_->Path("good"), snapshot::Depth::kFull, HostKey());
   EXPECT_TRUE(verified) << verified.error().ToString();
   EXPECT_TRUE(MustRestore(Copy("good-copy")));
 }
@@ -448,7 +454,7 @@ TEST_F(CorruptSnapshotTest, FlippedByteInTheState) {
 TEST_F(CorruptSnapshotTest, FlippedByteInTheMemoryFailsVerify) {
   std::string dir = Copy("flipped-memory");
   FlipByte(dir + "/memory", 4096 * 17 + 5);
-  auto verified = snapshot::Open(dir, snapshot::Depth::kFull);
+  auto verified = snapshot::Open(dir, snapshot::Depth::kFull, HostKey());
   ASSERT_FALSE(verified);
   EXPECT_EQ(verified.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(verified.error().message().find("memory"), std::string::npos)
@@ -470,9 +476,9 @@ TEST_F(CorruptSnapshotTest, AnotherEnginesState) {
 TEST_F(CorruptSnapshotTest, AKernelThatChangedSinceTheSnapshot) {
   std::string dir = Copy("changed-kernel");
   std::string kernel = dir + "-vmlinux";
-  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore);
+  auto manifest = snapshot::Open(dir, snapshot::Depth::kRestore, HostKey());
   ASSERT_TRUE(manifest) << manifest.error().ToString();
-  fs::copy_file(manifest->kernel_path, kernel);
+  fs::copy_file(manifest->manifest.kernel_path, kernel);
   std::ofstream(kernel, std::ios::app) << "changed";
   auto restored = Sandbox::Restore(dir, {.kernel = kernel});
   ASSERT_FALSE(restored);

@@ -62,7 +62,7 @@ class PoolTest : public ::testing::Test {
   pool::MakeSandbox FakeTemplate() {
     auto engine = std::make_shared<FakeEngine>(vms_);
     engine::VmSpec spec;
-    spec.restore = engine::VmSpec::Saved{"memory", "state"};
+    spec.restore = engine::VmSpec::Saved{};
     return [engine, spec] {
       return Sandbox::Impl::StartSaved(engine, spec, Deadline::After(kPatience));
     };
@@ -520,7 +520,7 @@ class RestorePoolTest : public PoolTest {
  protected:
   std::unique_ptr<RestorePool> MakeRestorePool(uint32_t size) {
     engine::VmSpec spec;
-    spec.restore = engine::VmSpec::Saved{"memory", "state"};
+    spec.restore = engine::VmSpec::Saved{};
     RestorePoolConfig config;
     config.size = size;
     config.options.timeout = kPatience;
@@ -590,7 +590,7 @@ TEST_F(RestorePoolTest, AWaitingVmThatDiedIsReplaced) {
 
 TEST_F(RestorePoolTest, SizeIsChecked) {
   engine::VmSpec spec;
-  spec.restore = engine::VmSpec::Saved{"memory", "state"};
+  spec.restore = engine::VmSpec::Saved{};
   for (uint32_t size : {0u, kMaxPoolVms + 1}) {
     auto made = pool::MakeRestorePool(std::make_shared<FakeEngine>(vms_), spec, {.size = size});
     ASSERT_FALSE(made.has_value());

@@ -1,5 +1,5 @@
 // The runtime directories and control sockets trust only this user: directories are made
-// 0700 and checked (engine::MakePrivateDir), sandbox state in a directory of another user
+// 0700 and checked (MakePrivateDir), sandbox state in a directory of another user
 // is refused, and both ends of a control socket check their peer's uid. The two-user cases
 // run a child as nobody (65534) and need root; elsewhere they skip.
 #include <fcntl.h>
@@ -83,10 +83,10 @@ class PrivateDirsTest : public ::testing::Test {
 
 TEST_F(PrivateDirsTest, MakesMissingDirectoriesWithMode0700) {
   std::string dir = base_ + "/a/b";
-  ASSERT_TRUE(engine::MakePrivateDir(dir, false).has_value());
+  ASSERT_TRUE(MakePrivateDir(dir, false, engine::kRuntimeDirRole).has_value());
   EXPECT_EQ(ModeOf(dir), 0700u);
   // Again: nothing to do.
-  EXPECT_TRUE(engine::MakePrivateDir(dir, false).has_value());
+  EXPECT_TRUE(MakePrivateDir(dir, false, engine::kRuntimeDirRole).has_value());
 }
 
 TEST_F(PrivateDirsTest, ASymlinkIsRefusedAndItsTargetLeftAlone) {
@@ -95,7 +95,7 @@ TEST_F(PrivateDirsTest, ASymlinkIsRefusedAndItsTargetLeftAlone) {
   ASSERT_EQ(::chmod(target.c_str(), 0755), 0);
   std::string link = base_ + "/link";
   ASSERT_EQ(::symlink(target.c_str(), link.c_str()), 0);
-  auto made = engine::MakePrivateDir(link, true);
+  auto made = MakePrivateDir(link, true, engine::kRuntimeDirRole);
   ASSERT_FALSE(made.has_value());
   EXPECT_NE(made.error().message().find("is a symlink"), std::string::npos)
       << made.error().message();
@@ -107,12 +107,12 @@ TEST_F(PrivateDirsTest, AWideDirectoryOfOursIsNarrowedOnlyWhenVesselNamedIt) {
   std::string dir = base_ + "/wide";
   ASSERT_EQ(::mkdir(dir.c_str(), 0755), 0);
   ASSERT_EQ(::chmod(dir.c_str(), 0755), 0);
-  auto refused = engine::MakePrivateDir(dir, /*narrow=*/false);
+  auto refused = MakePrivateDir(dir, /*narrow=*/false, engine::kRuntimeDirRole);
   ASSERT_FALSE(refused.has_value());
   EXPECT_NE(refused.error().message().find("has mode 755"), std::string::npos)
       << refused.error().message();
   EXPECT_EQ(ModeOf(dir), 0755u);
-  ASSERT_TRUE(engine::MakePrivateDir(dir, /*narrow=*/true).has_value());
+  ASSERT_TRUE(MakePrivateDir(dir, /*narrow=*/true, engine::kRuntimeDirRole).has_value());
   EXPECT_EQ(ModeOf(dir), 0700u);
 }
 

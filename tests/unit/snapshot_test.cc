@@ -118,7 +118,7 @@ class SnapshotTest : public TempDirTest {
     WriteFile(File(kMemoryFile), "");
     ASSERT_EQ(::truncate(File(kMemoryFile).c_str(), kMemoryMib * kMiB), 0);
     WriteAt(File(kMemoryFile), kGuestPageOffset, Pattern(4096, 2));
-    auto written = WriteManifest(dir_, Valid());
+    auto written = WriteManifest(dir_, Valid(), key_);
     ASSERT_TRUE(written.has_value()) << written.error().ToString();
   }
 
@@ -141,7 +141,7 @@ class SnapshotTest : public TempDirTest {
   }
 
   void ExpectFormatError(Depth depth, std::string_view needle) {
-    auto opened = Open(dir_, depth);
+    auto opened = Open(dir_, depth, key_);
     ASSERT_FALSE(opened.has_value()) << "expected an error naming \"" << needle << "\"";
     EXPECT_EQ(opened.error().kind(), ErrorKind::kSnapshotFormat) << opened.error().ToString();
     EXPECT_NE(opened.error().message().find(needle), std::string::npos)
@@ -154,22 +154,30 @@ class SnapshotTest : public TempDirTest {
   void EditManifest(const std::function<void(json&)>& edit) {
     json object = json::parse(ReadFile(File(kManifestFile)));
     object.erase("manifest_sha256");
+    object.erase("manifest_hmac");
     edit(object);
-    object["manifest_sha256"] = Sha256Of(object.dump(), root_ / "canonical");
+    std::string body = object.dump();
+    object["manifest_sha256"] = Sha256Of(body, root_ / "canonical");
+    object["manifest_hmac"] = HmacSha256Hex(key_, body).value_or("");
     WriteFile(File(kManifestFile), object.dump(2));
   }
 
   std::string dir_;
   std::string kernel_;
   std::string initramfs_;
+  HostKey key_ = [] {
+    HostKey key;
+    for (size_t i = 0; i < key.bytes.size(); ++i) key.bytes[i] = static_cast<uint8_t>(i * 7 + 1);
+    return key;
+  }();
 };
 
 TEST_F(SnapshotTest, RoundTrip) {
   for (Depth depth : {Depth::kRestore, Depth::kFull}) {
-    auto opened = Open(dir_, depth);
+    auto opened = Open(dir_, depth, key_);
     ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
     Manifest want = Valid();
-    const Manifest& got = *opened;
+    const Manifest& got = opened->manifest;
     EXPECT_EQ(got.format_version, kFormatVersionWithoutImage);
     EXPECT_EQ(got.engine, want.engine);
     EXPECT_EQ(got.engine_version, want.engine_version);
@@ -189,7 +197,7 @@ TEST_F(SnapshotTest, RoundTrip) {
   }
 }
 
-TEST_F(SnapshotTest, WritesPrivateFilesAndAChecksummedManifest) {
+TEST_F(SnapshotTest, WritesPrivateFilesAndAChecksummedSignedManifest) {
   EXPECT_EQ(ModeOf(dir_), 0700u);
   EXPECT_EQ(ModeOf(File(kManifestFile)), 0600u);
   EXPECT_EQ(ModeOf(File(kStateFile)), 0600u);
@@ -199,8 +207,11 @@ TEST_F(SnapshotTest, WritesPrivateFilesAndAChecksummedManifest) {
   json object = json::parse(ReadFile(File(kManifestFile)));
   ASSERT_TRUE(object.is_object());
   std::string recorded = object.at("manifest_sha256").get<std::string>();
+  std::string signature = object.at("manifest_hmac").get<std::string>();
   object.erase("manifest_sha256");
+  object.erase("manifest_hmac");
   EXPECT_EQ(recorded, Sha256Of(object.dump(), root_ / "canonical"));
+  EXPECT_EQ(signature, HmacSha256Hex(key_, object.dump()).value_or(""));
   EXPECT_EQ(object.at("format_version"), 1);
   EXPECT_EQ(object.at("memory").at("size"), kMemoryMib * kMiB);
 }
@@ -210,18 +221,18 @@ TEST_F(SnapshotTest, ARootImageIsRecordedInFormatTwo) {
   m.format_version = kFormatVersion;
   m.image_digest = "sha256:" + std::string(64, 'a');
   m.image_name = "python";
-  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
-  auto opened = Open(dir_, Depth::kRestore);
+  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
-  EXPECT_EQ(opened->format_version, kFormatVersion);
-  EXPECT_EQ(opened->image_digest, m.image_digest);
-  EXPECT_EQ(opened->image_name, "python");
+  EXPECT_EQ(opened->manifest.format_version, kFormatVersion);
+  EXPECT_EQ(opened->manifest.image_digest, m.image_digest);
+  EXPECT_EQ(opened->manifest.image_name, "python");
 }
 
 TEST_F(SnapshotTest, FormatTwoWithoutItsImageIsRefused) {
   Manifest m = Valid();
   m.format_version = kFormatVersion;
-  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
+  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
   ExpectFormatError("manifest.json: field image missing or not an object");
 }
 
@@ -229,7 +240,7 @@ TEST_F(SnapshotTest, AnImageDigestThatIsNoDigestIsRefused) {
   Manifest m = Valid();
   m.format_version = kFormatVersion;
   m.image_digest = "md5:1234";
-  auto written = WriteManifest(dir_, m);
+  auto written = WriteManifest(dir_, m, key_);
   ASSERT_FALSE(written.has_value());
   EXPECT_EQ(written.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(written.error().message().find("image.digest"), std::string::npos);
@@ -238,10 +249,10 @@ TEST_F(SnapshotTest, AnImageDigestThatIsNoDigestIsRefused) {
 TEST_F(SnapshotTest, RewritingAManifestReplacesIt) {
   Manifest m = Valid();
   m.name = "second";
-  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
-  auto opened = Open(dir_, Depth::kRestore);
+  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
-  EXPECT_EQ(opened->name, "second");
+  EXPECT_EQ(opened->manifest.name, "second");
 }
 
 // The manifest file.
@@ -317,7 +328,7 @@ TEST_F(SnapshotTest, ManifestWithoutChecksum) {
 TEST_F(SnapshotTest, UnknownFormatVersion) {
   Manifest m = Valid();
   m.format_version = 7;
-  ASSERT_TRUE(WriteManifest(dir_, m).has_value());
+  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
   ExpectFormatError("manifest.json: unknown format version 7 (this Vessel reads 1 and 2)");
 }
 
@@ -326,11 +337,11 @@ TEST_F(SnapshotTest, MissingField) {
                             "memory_mib", "name", "kernel_path", "kernel_sha256", "initramfs_path",
                             "initramfs_sha256", "created_unix_ms", "state", "memory"}) {
     SCOPED_TRACE(field);
-    ASSERT_TRUE(WriteManifest(dir_, Valid()).has_value());
+    ASSERT_TRUE(WriteManifest(dir_, Valid(), key_).has_value());
     EditManifest([&](json& object) { object.erase(field); });
     ExpectFormatError(fmt::format("manifest.json: field {} missing", field));
   }
-  ASSERT_TRUE(WriteManifest(dir_, Valid()).has_value());
+  ASSERT_TRUE(WriteManifest(dir_, Valid(), key_).has_value());
   EditManifest([](json& object) { object["memory"].erase("sha256"); });
   ExpectFormatError("manifest.json: field memory.sha256 missing or not a string");
 }
@@ -352,7 +363,7 @@ TEST_F(SnapshotTest, FieldOfTheWrongType) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
-    ASSERT_TRUE(WriteManifest(dir_, Valid()).has_value());
+    ASSERT_TRUE(WriteManifest(dir_, Valid(), key_).has_value());
     EditManifest(c.edit);
     ExpectFormatError("manifest.json: " + c.message);
   }
@@ -381,7 +392,7 @@ TEST_F(SnapshotTest, FieldWithAnInsaneValue) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.message);
-    ASSERT_TRUE(WriteManifest(dir_, Valid()).has_value());
+    ASSERT_TRUE(WriteManifest(dir_, Valid(), key_).has_value());
     EditManifest(c.edit);
     ExpectFormatError("manifest.json: " + c.message);
   }
@@ -389,7 +400,7 @@ TEST_F(SnapshotTest, FieldWithAnInsaneValue) {
 
 TEST_F(SnapshotTest, UnknownFieldsAreIgnored) {
   EditManifest([](json& o) { o["added_later"] = {{"x", 1}}; });
-  EXPECT_TRUE(Open(dir_, Depth::kFull).has_value());
+  EXPECT_TRUE(Open(dir_, Depth::kFull, key_).has_value());
 }
 
 // The state file.
@@ -427,16 +438,112 @@ TEST_F(SnapshotTest, TruncatedMemory) {
   ExpectFormatError("memory: size 1048576, manifest says 2097152");
 }
 
-TEST_F(SnapshotTest, FlippedByteInTheMemoryIsFoundByAFullCheckOnly) {
+TEST_F(SnapshotTest, FlippedByteInTheMemoryIsFoundByARestoreToo) {
   FlipByte(File(kMemoryFile), kGuestPageOffset + 100);
-  EXPECT_TRUE(Open(dir_, Depth::kRestore).has_value());
+  ExpectFormatError(Depth::kRestore, "memory: checksum mismatch");
   ExpectFormatError(Depth::kFull, "memory: checksum mismatch");
 }
 
 TEST_F(SnapshotTest, ByteWrittenIntoAHoleOfTheMemory) {
   WriteAt(File(kMemoryFile), 12345, "x");
-  EXPECT_TRUE(Open(dir_, Depth::kRestore).has_value());
+  ExpectFormatError(Depth::kRestore, "memory: checksum mismatch");
   ExpectFormatError(Depth::kFull, "memory: checksum mismatch");
+}
+
+// A restore skips hashing only the memory file this host sealed, unwritten since; the
+// file's owner can fake that (write, then set the old mtime back), which only a full
+// check sees. That owner is the user whose snapshot it is.
+TEST_F(SnapshotTest, ARestoreTakesTheSealedMemoryFileUnreadAndAFullCheckReadsIt) {
+  struct stat before {};
+  ASSERT_EQ(::stat(File(kMemoryFile).c_str(), &before), 0);
+  FlipByte(File(kMemoryFile), kGuestPageOffset + 100);
+  timespec times[2] = {before.st_atim, before.st_mtim};
+  ASSERT_EQ(::utimensat(AT_FDCWD, File(kMemoryFile).c_str(), times, 0), 0);
+  EXPECT_TRUE(Open(dir_, Depth::kRestore, key_).has_value());
+  ExpectFormatError(Depth::kFull, "memory: checksum mismatch");
+}
+
+TEST_F(SnapshotTest, ACopiedMemoryFileIsHashedAtRestore) {
+  std::string copy = File("memory-copy");
+  ASSERT_TRUE(fs::copy_file(File(kMemoryFile), copy));
+  ASSERT_EQ(::rename(copy.c_str(), File(kMemoryFile).c_str()), 0);
+  EXPECT_TRUE(Open(dir_, Depth::kRestore, key_).has_value());
+  FlipByte(File(kMemoryFile), 7);
+  ExpectFormatError(Depth::kRestore, "memory: checksum mismatch");
+}
+
+TEST_F(SnapshotTest, TheOpenedFilesAreTheOnesChecked) {
+  auto opened = Open(dir_, Depth::kRestore, key_);
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+  struct stat st {};
+  struct stat by_path {};
+  ASSERT_EQ(::fstat(opened->state.get(), &st), 0);
+  ASSERT_EQ(::stat(File(kStateFile).c_str(), &by_path), 0);
+  EXPECT_EQ(st.st_ino, by_path.st_ino);
+  // Swapping the files afterwards changes nothing for the holder of the descriptors.
+  ASSERT_EQ(::rename(File(kMemoryFile).c_str(), File("elsewhere").c_str()), 0);
+  WriteFile(File(kMemoryFile), "swapped");
+  ASSERT_EQ(::fstat(opened->memory.get(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), kMemoryMib * kMiB);
+}
+
+// The signature.
+
+TEST_F(SnapshotTest, AManifestSignedByAnotherHostIsRefused) {
+  HostKey other = key_;
+  other.bytes[0] ^= 1;
+  auto opened = Open(dir_, Depth::kRestore, other);
+  ASSERT_FALSE(opened.has_value());
+  EXPECT_EQ(opened.error().kind(), ErrorKind::kSnapshotFormat);
+  EXPECT_NE(opened.error().message().find("manifest.json: not signed by this host's key"),
+            std::string::npos)
+      << opened.error().message();
+}
+
+// What someone without the key can do: change a field and compute a fresh checksum.
+TEST_F(SnapshotTest, AnAlteredManifestWithAFreshChecksumIsRefused) {
+  json object = json::parse(ReadFile(File(kManifestFile)));
+  std::string signature = object.at("manifest_hmac");
+  object.erase("manifest_sha256");
+  object.erase("manifest_hmac");
+  object["kernel_path"] = "/tmp/their-kernel";
+  std::string body = object.dump();
+  object["manifest_sha256"] = Sha256Of(body, root_ / "canonical");
+  object["manifest_hmac"] = signature;
+  WriteFile(File(kManifestFile), object.dump(2));
+  ExpectFormatError("manifest.json: not signed by this host's key");
+}
+
+TEST_F(SnapshotTest, AnUnsignedManifestIsRefused) {
+  json object = json::parse(ReadFile(File(kManifestFile)));
+  object.erase("manifest_hmac");
+  WriteFile(File(kManifestFile), object.dump(2));
+  ExpectFormatError("manifest.json: not signed (made by an older Vessel, or stripped)");
+  object["manifest_hmac"] = 42;
+  WriteFile(File(kManifestFile), object.dump(2));
+  ExpectFormatError("manifest.json: not signed by this host's key");
+}
+
+TEST_F(SnapshotTest, ImportSignsASnapshotForAnotherHost) {
+  HostKey other = key_;
+  other.bytes[31] ^= 0x80;
+  auto imported = Import(dir_, other);
+  ASSERT_TRUE(imported.has_value()) << imported.error().ToString();
+  EXPECT_EQ(imported->name, "unit test");
+  EXPECT_TRUE(Open(dir_, Depth::kFull, other).has_value());
+  ExpectFormatError("manifest.json: not signed by this host's key");
+}
+
+TEST_F(SnapshotTest, ImportChecksEverythingButTheSignatureAndSignsNothingDamaged) {
+  HostKey other = key_;
+  other.bytes[5] ^= 2;
+  std::string manifest = ReadFile(File(kManifestFile));
+  WriteAt(File(kMemoryFile), 99, "x");
+  auto imported = Import(dir_, other);
+  ASSERT_FALSE(imported.has_value());
+  EXPECT_NE(imported.error().message().find("memory: checksum mismatch"), std::string::npos)
+      << imported.error().message();
+  EXPECT_EQ(ReadFile(File(kManifestFile)), manifest);
 }
 
 // The writer.
@@ -445,7 +552,7 @@ TEST_F(SnapshotTest, WriterRefusesAnInvalidManifest) {
   fs::remove(File(kManifestFile));
   Manifest m = Valid();
   m.vcpus = 0;
-  auto written = WriteManifest(dir_, m);
+  auto written = WriteManifest(dir_, m, key_);
   ASSERT_FALSE(written.has_value());
   EXPECT_EQ(written.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(written.error().message().find("field vcpus is 0"), std::string::npos)
@@ -456,7 +563,7 @@ TEST_F(SnapshotTest, WriterRefusesAnInvalidManifest) {
 TEST_F(SnapshotTest, WriterRefusesMemoryOfTheWrongSize) {
   Manifest m = Valid();
   m.memory_mib = 4;
-  auto written = WriteManifest(dir_, m);
+  auto written = WriteManifest(dir_, m, key_);
   ASSERT_FALSE(written.has_value());
   EXPECT_EQ(written.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(written.error().message().find("memory.size is 2097152, but memory_mib 4"),
@@ -466,7 +573,7 @@ TEST_F(SnapshotTest, WriterRefusesMemoryOfTheWrongSize) {
 
 TEST_F(SnapshotTest, WriterNeedsTheDataFiles) {
   fs::remove(File(kMemoryFile));
-  auto written = WriteManifest(dir_, Valid());
+  auto written = WriteManifest(dir_, Valid(), key_);
   ASSERT_FALSE(written.has_value());
   EXPECT_EQ(written.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(written.error().message().find("memory: missing"), std::string::npos)
@@ -476,7 +583,7 @@ TEST_F(SnapshotTest, WriterNeedsTheDataFiles) {
 TEST_F(SnapshotTest, WriterRefusesTextThatIsNotUtf8) {
   Manifest m = Valid();
   m.name = "bad \xff name";
-  auto written = WriteManifest(dir_, m);
+  auto written = WriteManifest(dir_, m, key_);
   ASSERT_FALSE(written.has_value());
   EXPECT_EQ(written.error().kind(), ErrorKind::kInvalidConfig) << written.error().ToString();
 }
@@ -484,24 +591,24 @@ TEST_F(SnapshotTest, WriterRefusesTextThatIsNotUtf8) {
 // Compatibility.
 
 TEST_F(SnapshotTest, CompatibleWithTheSameEngineAndAssets) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
-  auto compatible = CheckCompatible(*opened, "qemu-tcg", kernel_, initramfs_);
+  auto compatible = CheckCompatible(opened->manifest, "qemu-tcg", kernel_, initramfs_);
   EXPECT_TRUE(compatible.has_value()) << compatible.error().ToString();
 }
 
 TEST_F(SnapshotTest, AssetsMayMoveIfTheirContentStays) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
   std::string moved = At("vmlinux.moved");
   fs::copy_file(kernel_, moved);
-  EXPECT_TRUE(CheckCompatible(*opened, "qemu-tcg", moved, initramfs_).has_value());
+  EXPECT_TRUE(CheckCompatible(opened->manifest, "qemu-tcg", moved, initramfs_).has_value());
 }
 
 TEST_F(SnapshotTest, IncompatibleWithAnotherEngine) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
-  auto compatible = CheckCompatible(*opened, "qemu-kvm", kernel_, initramfs_);
+  auto compatible = CheckCompatible(opened->manifest, "qemu-kvm", kernel_, initramfs_);
   ASSERT_FALSE(compatible.has_value());
   EXPECT_EQ(compatible.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_EQ(compatible.error().message(),
@@ -509,11 +616,11 @@ TEST_F(SnapshotTest, IncompatibleWithAnotherEngine) {
 }
 
 TEST_F(SnapshotTest, IncompatibleWithAChangedKernel) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
   ASSERT_TRUE(AssetSha256(kernel_).has_value());  // cached now
   WriteFile(kernel_, "another kernel");
-  auto compatible = CheckCompatible(*opened, "qemu-tcg", kernel_, initramfs_);
+  auto compatible = CheckCompatible(opened->manifest, "qemu-tcg", kernel_, initramfs_);
   ASSERT_FALSE(compatible.has_value());
   EXPECT_EQ(compatible.error().kind(), ErrorKind::kSnapshotFormat);
   EXPECT_NE(compatible.error().message().find("kernel " + kernel_ + " is not the one the snapshot was taken with"),
@@ -522,14 +629,14 @@ TEST_F(SnapshotTest, IncompatibleWithAChangedKernel) {
 }
 
 TEST_F(SnapshotTest, IncompatibleWithAnInitramfsChangedInPlace) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
   ASSERT_TRUE(AssetSha256(initramfs_).has_value());
   // Same size, same inode; only the timestamps tell.
   WriteAt(initramfs_, 0, "N");
   timespec times[2] = {{0, UTIME_OMIT}, {1'000'000'000, 0}};
   ASSERT_EQ(::utimensat(AT_FDCWD, initramfs_.c_str(), times, 0), 0);
-  auto compatible = CheckCompatible(*opened, "qemu-tcg", kernel_, initramfs_);
+  auto compatible = CheckCompatible(opened->manifest, "qemu-tcg", kernel_, initramfs_);
   ASSERT_FALSE(compatible.has_value());
   EXPECT_NE(compatible.error().message().find("initramfs " + initramfs_ + " is not the one"),
             std::string::npos)
@@ -537,10 +644,10 @@ TEST_F(SnapshotTest, IncompatibleWithAnInitramfsChangedInPlace) {
 }
 
 TEST_F(SnapshotTest, MissingKernelIsAHostError) {
-  auto opened = Open(dir_, Depth::kRestore);
+  auto opened = Open(dir_, Depth::kRestore, key_);
   ASSERT_TRUE(opened.has_value());
   fs::remove(kernel_);
-  auto compatible = CheckCompatible(*opened, "qemu-tcg", kernel_, initramfs_);
+  auto compatible = CheckCompatible(opened->manifest, "qemu-tcg", kernel_, initramfs_);
   ASSERT_FALSE(compatible.has_value());
   EXPECT_EQ(compatible.error().kind(), ErrorKind::kHostIo);
   EXPECT_EQ(compatible.error().errno_value(), ENOENT);
@@ -678,6 +785,78 @@ TEST_F(SnapshotSha256Test, AssetDigestFromManyThreads) {
   }
   for (auto& t : threads) t.join();
   for (const auto& digest : got) EXPECT_EQ(digest, want);
+}
+
+}  // namespace
+}  // namespace vessel::snapshot
+
+namespace vessel::snapshot {
+namespace {
+
+// The host key.
+class HostKeyTest : public TempDirTest {};
+
+TEST_F(HostKeyTest, IsMadeOnceWithPrivateModesAndThenRead) {
+  std::string dir = At("config/vessel");
+  auto made = LoadOrCreateHostKey(dir);
+  ASSERT_TRUE(made.has_value()) << made.error().ToString();
+  EXPECT_EQ(ModeOf(dir), 0700u);
+  EXPECT_EQ(ModeOf(dir + "/" + kHostKeyFile), 0600u);
+  std::string text = ReadFile(dir + "/" + kHostKeyFile);
+  EXPECT_EQ(text.size(), 65u);
+  EXPECT_EQ(text.back(), '\n');
+  auto again = LoadOrCreateHostKey(dir);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->bytes, made->bytes);
+  EXPECT_NE(made->bytes, HostKey{}.bytes);
+}
+
+TEST_F(HostKeyTest, ProcessesRacingToMakeItAgreeOnOne) {
+  std::string dir = At("racing");
+  std::vector<HostKey> keys(8);
+  std::vector<std::thread> threads;
+  for (auto& key : keys) {
+    threads.emplace_back([&dir, &key] { key = LoadOrCreateHostKey(dir).value_or(HostKey{}); });
+  }
+  for (auto& thread : threads) thread.join();
+  for (const auto& key : keys) EXPECT_EQ(key.bytes, keys[0].bytes);
+  EXPECT_NE(keys[0].bytes, HostKey{}.bytes);
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir), fs::directory_iterator()), 1);
+}
+
+TEST_F(HostKeyTest, AKeyOthersCouldReadOrReplaceIsRefused) {
+  std::string dir = At("vessel");
+  ASSERT_TRUE(LoadOrCreateHostKey(dir).has_value());
+  std::string path = dir + "/" + kHostKeyFile;
+  auto refused = [&](std::string_view needle) {
+    auto key = LoadOrCreateHostKey(dir);
+    ASSERT_FALSE(key.has_value()) << needle;
+    EXPECT_NE(key.error().message().find(needle), std::string::npos) << key.error().message();
+  };
+  ASSERT_EQ(::chmod(path.c_str(), 0644), 0);
+  refused("has mode 644");
+  ASSERT_EQ(::chmod(path.c_str(), 0600), 0);
+  WriteFile(path, "short\n");
+  refused("does not hold 64 hex digits and a newline");
+  WriteFile(path, std::string(64, 'Z') + "\n");
+  refused("holds something other than lowercase hex");
+  ASSERT_TRUE(fs::remove(path));
+  WriteFile(At("elsewhere"), std::string(64, 'a') + "\n");
+  ASSERT_EQ(::chmod(At("elsewhere").c_str(), 0600), 0);
+  fs::create_symlink(At("elsewhere"), path);
+  refused("is a symlink");
+  ASSERT_TRUE(fs::remove(path));
+  ASSERT_EQ(::mkfifo(path.c_str(), 0600), 0);
+  refused("is not a regular file");
+}
+
+TEST_F(HostKeyTest, HmacIsHmacSha256) {
+  // printf Vessel | openssl dgst -sha256 -mac HMAC -macopt hexkey:0102...20
+  HostKey key;
+  for (size_t i = 0; i < key.bytes.size(); ++i) key.bytes[i] = static_cast<uint8_t>(i + 1);
+  auto mac = HmacSha256Hex(key, "Vessel");
+  ASSERT_TRUE(mac.has_value());
+  EXPECT_EQ(*mac, "b5c8af7586a876e06ef1a03a0c33c1ab907fb436bd1a3f59fa1ae4c6884a58e8");
 }
 
 }  // namespace

@@ -210,9 +210,7 @@ class QemuVm final : public Vm {
       if (!qemu) return Fail(std::move(qemu).error());
       qemu_ = std::move(*qemu);
       memory_shared_ = true;
-    } else if (auto r = StartRestored(spec_.restore->memory, spec_.restore->state,
-                                      /*load=*/false, Deadline::After(kSaveTimeout));
-               !r) {
+    } else if (auto r = StartSaved(*spec_.restore); !r) {
       return r;
     }
     if (!wake_) return Fail(Error::HostIo("eventfd", errno));
@@ -383,13 +381,29 @@ class QemuVm final : public Vm {
   // Starts QEMU on a private mapping of `memory`, waiting for the machine's state from
   // `state`. With `load`, loading starts at once; else Resume() starts it, so that a VM
   // can be started ahead of time and wait, with its memory mapped, until it is needed.
-  Result<void> StartRestored(const std::string& memory, const std::string& state, bool load,
-                             Deadline deadline) {
-    UniqueFd state_fd(::open(state.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!state_fd) return Fail(Error::HostIo("open " + state, errno));
+  // Starts from the spec's saved VM. QEMU maps the memory through the descriptor it
+  // inherits, and reads the state through a description of its own, so that VMs started
+  // from one spec at once do not share a file offset.
+  Result<void> StartSaved(const VmSpec::Saved& saved) {
+    if (!saved.memory || !*saved.memory || !saved.state || !*saved.state) {
+      return Fail(Error::InvalidConfig("spec", "the saved VM has no open memory or state file"));
+    }
+    std::string state_path = fmt::format("/proc/self/fd/{}", saved.state->get());
+    UniqueFd state_fd(::open(state_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!state_fd) return Fail(Error::HostIo("reopen the saved state", errno));
+    int memory_fd = saved.memory->get();
+    return StartRestored(fmt::format("/proc/self/fd/{}", memory_fd), memory_fd,
+                         std::move(state_fd), /*load=*/false, Deadline::After(kSaveTimeout));
+  }
+
+  // `memory` is QEMU's path to the RAM image; `memory_fd`, when not -1, is inherited so
+  // that a /proc/self/fd path names it.
+  Result<void> StartRestored(const std::string& memory, int memory_fd, UniqueFd state_fd,
+                             bool load, Deadline deadline) {
     Launch launch = MakeLaunch(memory, /*shared=*/false);
     launch.wiring.incoming = true;
     launch.inherit_fds.push_back(state_fd.get());
+    if (memory_fd >= 0) launch.inherit_fds.push_back(memory_fd);
     auto qemu = StartQemu(std::move(launch));
     if (!qemu) return Fail(std::move(qemu).error());
     Replace(std::move(*qemu));
@@ -413,10 +427,14 @@ class QemuVm final : public Vm {
     auto fd = CreateFile(state, O_WRONLY);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
+    UniqueFd state_fd(::open(state.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!state_fd) return Fail(Error::HostIo("open " + state, errno));
     // The agent channel's VMM end is inherited again, so bytes in flight stay in the
     // socket for the new process. The old one is stopped and reads nothing more.
     QemuProcess old = Replace(QemuProcess{});
-    if (auto r = StartRestored(dir_.File(kMemoryFile), state, /*load=*/true, deadline); !r) {
+    if (auto r = StartRestored(dir_.File(kMemoryFile), -1, std::move(state_fd), /*load=*/true,
+                               deadline);
+        !r) {
       Replace(std::move(old));
       return r;
     }
