@@ -91,7 +91,51 @@ std::optional<InboundData> FlowControlled(const proto::Frame& frame) {
     default: return std::nullopt;
   }
 }
+
+const char* KindName(RequestKind kind) {
+  switch (kind) {
+    case RequestKind::kProcess: return "process";
+    case RequestKind::kFile: return "file";
+    case RequestKind::kControl: return "control";
+  }
+  return "unknown";
+}
+
+bool IsOutputStream(uint8_t stream) {
+  return stream == static_cast<uint8_t>(proto::Stream::kStdout) ||
+         stream == static_cast<uint8_t>(proto::Stream::kStderr);
+}
+
+// Whether the agent may send `frame` on a request of `kind`. Only the stream byte of
+// Output and Credit is looked at; the frame's reader decodes the rest.
+bool Expected(RequestKind kind, const proto::Frame& frame) {
+  using proto::MessageType;
+  const auto& payload = frame.payload;
+  auto credit_for = [&payload](proto::Stream stream) {
+    return !payload.empty() && payload[0] == static_cast<uint8_t>(stream);
+  };
+  switch (frame.header.type) {
+    case MessageType::kError: return true;
+    case MessageType::kStarted:
+    case MessageType::kExited: return kind == RequestKind::kProcess;
+    case MessageType::kOutput:
+      return kind == RequestKind::kProcess && !payload.empty() && IsOutputStream(payload[0]);
+    case MessageType::kCredit:
+      return (kind == RequestKind::kProcess && credit_for(proto::Stream::kStdin)) ||
+             (kind == RequestKind::kFile && credit_for(proto::Stream::kFile));
+    case MessageType::kFileInfo:
+    case MessageType::kFileData: return kind == RequestKind::kFile;
+    case MessageType::kDone: return kind == RequestKind::kFile || kind == RequestKind::kControl;
+    case MessageType::kHello: return kind == RequestKind::kControl;
+    default: return false;  // the host's own types, and Pong: the host sends no Ping
+  }
+}
 }  // namespace
+
+Mailbox::~Mailbox() {
+  std::lock_guard lock(budget_->mutex);
+  budget_->queued -= std::min(budget_->queued, queued_bytes_);
+}
 
 Result<proto::Frame> Mailbox::Next(Deadline deadline) {
   std::unique_lock lock(mutex_);
@@ -102,9 +146,7 @@ Result<proto::Frame> Mailbox::Next(Deadline deadline) {
     return Fail(Error::Timeout("waiting for the guest agent: timed out"));
   }
   if (frames_.empty()) return Fail(*failure_);
-  proto::Frame frame = std::move(frames_.front());
-  frames_.pop_front();
-  return frame;
+  return PopLocked();
 }
 
 std::optional<Result<proto::Frame>> Mailbox::TryNext() {
@@ -113,8 +155,17 @@ std::optional<Result<proto::Frame>> Mailbox::TryNext() {
     if (!failure_) return std::nullopt;
     return Fail(*failure_);
   }
+  return PopLocked();
+}
+
+proto::Frame Mailbox::PopLocked() {
   proto::Frame frame = std::move(frames_.front());
   frames_.pop_front();
+  uint64_t cost = frame.payload.size() + kQueuedFrameOverhead;
+  queued_bytes_ -= cost;
+  if (!FlowControlled(frame)) unwindowed_bytes_ -= cost;
+  std::lock_guard lock(budget_->mutex);
+  budget_->queued -= cost;
   return frame;
 }
 
@@ -163,21 +214,39 @@ void Mailbox::Push(proto::Frame frame) {
   if (on_change) on_change();
 }
 
+std::optional<Error> Mailbox::Refusal(const proto::Frame& frame) {
+  if (!Expected(kind_, frame)) {
+    return Error::Backend(fmt::format(
+        "unexpected frame type {} from the guest agent on a {} request, which never gets one",
+        static_cast<int>(frame.header.type), KindName(kind_)));
+  }
+  auto data = FlowControlled(frame);
+  if (inbound_window_ && data) {
+    uint64_t& in_flight = inbound_in_flight_.at(static_cast<size_t>(data->stream));
+    in_flight += data->bytes;
+    if (in_flight > *inbound_window_) {
+      const char* what = data->stream == proto::Stream::kFile ? "file data" : "output";
+      return Error::Backend(
+          fmt::format("the guest agent sent more {} than its window allows", what));
+    }
+  }
+  uint64_t cost = frame.payload.size() + kQueuedFrameOverhead;
+  if (!data && unwindowed_bytes_ + cost > kMaxUnwindowedBytesPerRequest) {
+    return Error::Backend(fmt::format(
+        "the guest agent sent more than {} MiB of frames outside flow control on one request "
+        "before the host read them",
+        kMaxUnwindowedBytesPerRequest >> 20));
+  }
+  return std::nullopt;
+}
+
 bool Mailbox::Queue(proto::Frame frame) {
   // Nobody reads a failed request's frames; keeping them would only grow the queue.
   if (failure_) return false;
-  if (inbound_window_) {
-    if (auto data = FlowControlled(frame)) {
-      uint64_t& in_flight = inbound_in_flight_.at(static_cast<size_t>(data->stream));
-      in_flight += data->bytes;
-      if (in_flight > *inbound_window_) {
-        const char* what = data->stream == proto::Stream::kFile ? "file data" : "output";
-        failure_ = Error::Backend(
-            fmt::format("the guest agent sent more {} than its window allows", what));
-        cv_.notify_all();
-        return true;
-      }
-    }
+  if (auto refused = Refusal(frame)) {
+    failure_ = std::move(*refused);
+    cv_.notify_all();
+    return true;
   }
   if (!raw_ && frame.header.type == proto::MessageType::kCredit) {
     auto credit = proto::DecodeCredit(frame.payload);
@@ -189,6 +258,21 @@ bool Mailbox::Queue(proto::Frame frame) {
       return false;
     }
   }
+  uint64_t cost = frame.payload.size() + kQueuedFrameOverhead;
+  {
+    std::lock_guard lock(budget_->mutex);
+    if (budget_->queued + cost > kMaxQueuedBytesPerConnection) {
+      failure_ = Error::Backend(fmt::format(
+          "the host holds {} MiB of the guest agent's frames that nobody read yet, its limit; "
+          "this request, the one the next frame was for, fails",
+          kMaxQueuedBytesPerConnection >> 20));
+      cv_.notify_all();
+      return true;
+    }
+    budget_->queued += cost;
+  }
+  queued_bytes_ += cost;
+  if (!FlowControlled(frame)) unwindowed_bytes_ += cost;
   if (proto::IsLastFrame(frame.header.type)) ended_ = true;
   frames_.push_back(std::move(frame));
   cv_.notify_all();
@@ -282,7 +366,7 @@ Result<proto::Hello> Connection::StartResumed(const proto::ResumeRequest& reques
 
 Result<void> Connection::Quiesce(Deadline deadline) {
   if (!reader_thread_.joinable()) return Fail(NotStarted());
-  auto mailbox = NewRequest();
+  auto mailbox = NewRequest(RequestKind::kControl);
   {
     std::lock_guard send_lock(send_mutex_);
     {
@@ -322,7 +406,7 @@ Result<void> Connection::Quiesce(Deadline deadline) {
 Result<proto::Hello> Connection::Resume(const proto::ResumeRequest& request, Deadline deadline) {
   if (auto valid = CheckResumeRequest(request); !valid) return Fail(std::move(valid).error());
   if (!reader_thread_.joinable()) return Fail(NotStarted());
-  auto mailbox = NewRequest();
+  auto mailbox = NewRequest(RequestKind::kControl);
   auto hello = [&]() -> Result<proto::Hello> {
     {
       // Not Send(): the senders Quiesce() holds back wait for this very frame's answer.
@@ -386,11 +470,11 @@ void Connection::Route(proto::Frame frame) {
   mailbox->Push(std::move(frame));
 }
 
-std::shared_ptr<Mailbox> Connection::NewRequest(bool raw) {
+std::shared_ptr<Mailbox> Connection::NewRequest(RequestKind kind, bool raw) {
   std::lock_guard lock(mutex_);
   uint32_t id = next_id_++;
   if (next_id_ == 0) next_id_ = 1;
-  auto mailbox = std::make_shared<Mailbox>(id, raw);
+  auto mailbox = std::make_shared<Mailbox>(id, kind, raw, budget_);
   if (failure_) {
     mailbox->Break(*failure_);
   } else {

@@ -27,12 +27,39 @@
 
 namespace vessel::sandbox {
 
+// What a request is, and so which frames the agent may answer it with. A frame of any
+// other type fails the request: the host never queues what nobody will read.
+enum class RequestKind {
+  kProcess,  // Exec: Started, Output (stdout, stderr), Credit (stdin), Exited, Error
+  kFile,     // FileOp: FileInfo, FileData, Credit (file), Done, Error
+  kControl,  // Quiesce, Resume: Done, Hello, Error
+};
+
+// Frames queued for readers and not yet taken, against two budgets: each request's frames
+// outside flow control (a listing's entries, credits, small answers) and every frame of
+// the connection. A frame beyond either fails the request it is for, and only that one.
+inline constexpr uint64_t kMaxUnwindowedBytesPerRequest = 24 * 1024 * 1024;
+inline constexpr uint64_t kMaxQueuedBytesPerConnection = 256 * 1024 * 1024;
+// What a queued frame costs besides its payload: the Frame and the queue's slot.
+inline constexpr uint64_t kQueuedFrameOverhead = 64;
+
+// The connection's share of the budget, which every mailbox of it draws on.
+struct QueueBudget {
+  std::mutex mutex;
+  uint64_t queued = 0;
+};
+
 // The frames of one request, in arrival order.
 class Mailbox {
  public:
   // A raw mailbox receives every frame as it came, stdin credits included: for relaying
   // a request to another party that does its own accounting.
-  Mailbox(uint32_t id, bool raw) : id_(id), raw_(raw) {}
+  Mailbox(uint32_t id, RequestKind kind, bool raw,
+          std::shared_ptr<QueueBudget> budget = std::make_shared<QueueBudget>())
+      : id_(id), kind_(kind), raw_(raw), budget_(std::move(budget)) {}
+  ~Mailbox();
+  Mailbox(const Mailbox&) = delete;
+  Mailbox& operator=(const Mailbox&) = delete;
   [[nodiscard]] uint32_t id() const { return id_; }
 
   // The next frame. Queued frames come first; then the connection's failure, if any; a
@@ -68,9 +95,19 @@ class Mailbox {
   // hear of it.
   bool Queue(protocol::Frame frame);
   void Break(const Error& error);
+  // With mutex_ held: why `frame` may not be queued, if it may not.
+  std::optional<Error> Refusal(const protocol::Frame& frame);
+  // With mutex_ held: takes the front frame, returning its bytes to the budgets.
+  protocol::Frame PopLocked();
 
   const uint32_t id_;
+  const RequestKind kind_;
   const bool raw_;
+  const std::shared_ptr<QueueBudget> budget_;
+  // Bytes of frames_ (with kQueuedFrameOverhead each), and of those the frames outside
+  // flow control.
+  uint64_t queued_bytes_ = 0;
+  uint64_t unwindowed_bytes_ = 0;
   mutable std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<protocol::Frame> frames_;
@@ -121,7 +158,7 @@ class Connection {
                                                Deadline deadline);
 
   // A fresh request id with its mailbox (see Mailbox for `raw`).
-  [[nodiscard]] std::shared_ptr<Mailbox> NewRequest(bool raw = false);
+  [[nodiscard]] std::shared_ptr<Mailbox> NewRequest(RequestKind kind, bool raw = false);
   // Stops routing frames to the request; later frames for it are dropped.
   void EndRequest(uint32_t id);
   // Writes one whole frame; frames from concurrent callers never interleave. While the
@@ -153,6 +190,7 @@ class Connection {
   mutable std::mutex mutex_;  // guards the fields below
   std::condition_variable unpaused_;
   std::map<uint32_t, std::shared_ptr<Mailbox>> mailboxes_;
+  const std::shared_ptr<QueueBudget> budget_ = std::make_shared<QueueBudget>();
   uint32_t next_id_ = 1;
   std::optional<Error> failure_;
   bool paused_ = false;  // between Quiesce() and the end of Resume()

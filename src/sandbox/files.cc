@@ -40,7 +40,7 @@ FileInfo FromWire(const proto::FileInfo& info) {
 class FileRequest {
  public:
   FileRequest(Connection& connection, const proto::FileOp& op)
-      : connection_(connection), op_(op), mailbox_(connection.NewRequest()) {
+      : connection_(connection), op_(op), mailbox_(connection.NewRequest(RequestKind::kFile)) {
     mailbox_->LimitInbound(op_.window);
   }
   ~FileRequest() { connection_.EndRequest(mailbox_->id()); }

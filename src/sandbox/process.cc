@@ -273,7 +273,7 @@ Result<std::unique_ptr<Process>> StartProcess(std::shared_ptr<Connection> connec
                                               bool close_stdin) {
   auto request = MakeExecRequest(command, options);
   if (!request) return Fail(std::move(request).error());
-  auto mailbox = connection->NewRequest();
+  auto mailbox = connection->NewRequest(RequestKind::kProcess);
   mailbox->LimitInbound(request->window);
   auto sent = connection->Send(proto::EncodeExec(mailbox->id(), *request));
   if (!sent) {

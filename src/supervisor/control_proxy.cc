@@ -177,14 +177,17 @@ Result<void> ClientSession::OnFrame(const proto::Frame& frame) {
 Result<void> ClientSession::BeginRequest(const proto::Frame& frame) {
   uint32_t id = frame.header.request_id;
   sandbox::Operation op;
+  sandbox::RequestKind kind;
   uint32_t window;  // what the agent may send ahead of the client's credits
   if (frame.header.type == proto::MessageType::kExec) {
     op = sandbox::Operation::kExecute;
+    kind = sandbox::RequestKind::kProcess;
     auto exec = proto::DecodeExec(frame.payload);
     if (!exec) return Fail(ClientViolation(exec.error().message()));
     window = exec->window;
   } else {
     op = sandbox::Operation::kFiles;
+    kind = sandbox::RequestKind::kFile;
     auto file_op = proto::DecodeFileOp(frame.payload);
     if (!file_op) return Fail(ClientViolation(file_op.error().message()));
     window = file_op->window;
@@ -207,7 +210,7 @@ Result<void> ClientSession::BeginRequest(const proto::Frame& frame) {
   auto relay = std::make_shared<Relay>();
   relay->client_id = id;
   relay->agent = *agent;
-  relay->mailbox = relay->agent->NewRequest(/*raw=*/true);
+  relay->mailbox = relay->agent->NewRequest(kind, /*raw=*/true);
   // What waits here for a slow client is bounded by the window: a guest that ignores
   // flow control fails its request instead of growing the queue.
   relay->mailbox->LimitInbound(window);

@@ -11,6 +11,8 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
+#include <functional>
 #include <optional>
 #include <string>
 #include <thread>
@@ -115,8 +117,8 @@ class ConnectionBrokenHeaderTest : public AgentChannelTest,
 
 TEST_P(ConnectionBrokenHeaderTest, FailsEveryRequestAfterTheHello) {
   StartConnection();
-  auto first = connection_->NewRequest();
-  auto second = connection_->NewRequest();
+  auto first = connection_->NewRequest(RequestKind::kProcess);
+  auto second = connection_->NewRequest(RequestKind::kProcess);
   RunAgent([garbage = GetParam()](FakeAgent& agent) {
     agent.Send(garbage);
     agent.DrainUntilClose();
@@ -143,7 +145,7 @@ TEST_F(ConnectionStartTest, GarbageInTheSameWriteAsTheHelloBreaksTheConnection) 
   auto hello = connection_->Start(Deadline::After(kAgentPatience));
   ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
   // The garbage is already buffered: no further read may be needed to find it.
-  auto frame = connection_->NewRequest()->Next(Deadline::After(5s));
+  auto frame = connection_->NewRequest(RequestKind::kProcess)->Next(Deadline::After(5s));
   JoinAgent();
   ASSERT_FALSE(frame.has_value());
   ExpectBackend(frame.error(), "exceeds the cap");
@@ -218,17 +220,17 @@ class ConnectionTest : public AgentChannelTest {
 };
 
 TEST_F(ConnectionTest, RequestIdsStartAtOneAndIncrease) {
-  auto a = connection_->NewRequest();
-  auto b = connection_->NewRequest();
-  auto c = connection_->NewRequest(/*raw=*/true);
+  auto a = connection_->NewRequest(RequestKind::kProcess);
+  auto b = connection_->NewRequest(RequestKind::kProcess);
+  auto c = connection_->NewRequest(RequestKind::kProcess, /*raw=*/true);
   EXPECT_EQ(a->id(), 1u);
   EXPECT_EQ(b->id(), 2u);
   EXPECT_EQ(c->id(), 3u);
 }
 
 TEST_F(ConnectionTest, FramesAreRoutedByRequestIdInOrder) {
-  auto a = connection_->NewRequest();
-  auto b = connection_->NewRequest();
+  auto a = connection_->NewRequest(RequestKind::kProcess);
+  auto b = connection_->NewRequest(RequestKind::kProcess);
   agent_.Send(Stdout(b->id(), "b1"));
   agent_.Send(Stdout(a->id(), "a1"));
   agent_.Send(Stdout(b->id(), "b2"));
@@ -245,7 +247,7 @@ TEST_F(ConnectionTest, FramesAreRoutedByRequestIdInOrder) {
 }
 
 TEST_F(ConnectionTest, UnknownRequestIdsAreDropped) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   agent_.Send(ExitedWith(mailbox->id() + 41, 0));
   agent_.Send(Stdout(0, "for nobody"));
   agent_.Send(proto::EncodeDone(0xffffffff));
@@ -258,7 +260,7 @@ TEST_F(ConnectionTest, UnknownRequestIdsAreDropped) {
 }
 
 TEST_F(ConnectionTest, FramesAfterTheLastFrameOfARequestAreDropped) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   agent_.Send(ExitedWith(mailbox->id(), 0));
   agent_.Send(Stdout(mailbox->id(), "too late"));
   auto exited = mailbox->Next(Deadline::After(kAgentPatience));
@@ -271,8 +273,8 @@ TEST_F(ConnectionTest, FramesAfterTheLastFrameOfARequestAreDropped) {
 }
 
 TEST_F(ConnectionTest, FramesAfterEndRequestAreDropped) {
-  auto ended = connection_->NewRequest();
-  auto other = connection_->NewRequest();
+  auto ended = connection_->NewRequest(RequestKind::kProcess);
+  auto other = connection_->NewRequest(RequestKind::kProcess);
   connection_->EndRequest(ended->id());
   agent_.Send(Stdout(ended->id(), "dropped"));
   agent_.Send(Stdout(other->id(), "kept"));
@@ -285,7 +287,7 @@ TEST_F(ConnectionTest, FramesAfterEndRequestAreDropped) {
 }
 
 TEST_F(ConnectionTest, HelloAfterTheFirstIsIgnored) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   agent_.SendHello("restarted");
   agent_.Send(Stdout(mailbox->id(), "ok"));
   auto frame = mailbox->Next(Deadline::After(kAgentPatience));
@@ -294,7 +296,7 @@ TEST_F(ConnectionTest, HelloAfterTheFirstIsIgnored) {
 }
 
 TEST_F(ConnectionTest, NextTimesOutAtTheDeadlineAndTheRequestGoesOn) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   auto started = std::chrono::steady_clock::now();
   auto frame = mailbox->Next(Deadline::After(100ms));
   auto elapsed = std::chrono::steady_clock::now() - started;
@@ -308,7 +310,7 @@ TEST_F(ConnectionTest, NextTimesOutAtTheDeadlineAndTheRequestGoesOn) {
 }
 
 TEST_F(ConnectionTest, PeerClosesMidFrame) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   Bytes frame = Stdout(mailbox->id(), "partial");
   frame.resize(frame.size() - 2);
   agent_.Send(frame);
@@ -319,7 +321,7 @@ TEST_F(ConnectionTest, PeerClosesMidFrame) {
 }
 
 TEST_F(ConnectionTest, PeerClosesCleanly) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   agent_.Send(Stdout(mailbox->id(), "whole"));
   agent_.Close();
   // Frames that arrived before the close are still delivered, then the failure.
@@ -335,7 +337,7 @@ TEST_F(ConnectionTest, PeerClosesCleanly) {
 }
 
 TEST_F(ConnectionTest, ShutdownFailsEveryRequestWithTheFirstReason) {
-  auto waiting = connection_->NewRequest();
+  auto waiting = connection_->NewRequest(RequestKind::kProcess);
   std::optional<Result<proto::Frame>> woken;
   std::thread waiter([&] { woken = waiting->Next(Deadline::After(kAgentPatience)); });
   connection_->Shutdown(DestroyedError());
@@ -347,7 +349,7 @@ TEST_F(ConnectionTest, ShutdownFailsEveryRequestWithTheFirstReason) {
   ASSERT_NE(woken->error().lifecycle(), nullptr) << woken->error().ToString();
   EXPECT_TRUE(woken->error().lifecycle()->Is<LifecycleError::Destroyed>());
   // Later requests and sends fail the same way, at once.
-  auto later = connection_->NewRequest();
+  auto later = connection_->NewRequest(RequestKind::kProcess);
   auto frame = later->Next(Deadline::Never());
   ASSERT_FALSE(frame.has_value());
   ASSERT_NE(frame.error().lifecycle(), nullptr);
@@ -390,7 +392,7 @@ TEST_F(ConnectionTest, ConcurrentSendsNeverInterleave) {
 }
 
 TEST_F(ConnectionTest, StdinCreditIsConsumedByTheMailbox) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   constexpr uint32_t kWindow = 100;
   ASSERT_TRUE(mailbox->AcquireStdinCredit(60, kWindow, Deadline::After(kAgentPatience)));
   ASSERT_TRUE(mailbox->AcquireStdinCredit(40, kWindow, Deadline::After(kAgentPatience)));
@@ -413,7 +415,7 @@ TEST_F(ConnectionTest, StdinCreditIsConsumedByTheMailbox) {
 }
 
 TEST_F(ConnectionTest, ARawMailboxReceivesCreditFrames) {
-  auto mailbox = connection_->NewRequest(/*raw=*/true);
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess, /*raw=*/true);
   agent_.Send(proto::EncodeCredit(mailbox->id(), {proto::Stream::kStdin, 7}));
   auto frame = mailbox->Next(Deadline::After(kAgentPatience));
   ASSERT_TRUE(frame.has_value()) << frame.error().ToString();
@@ -421,7 +423,7 @@ TEST_F(ConnectionTest, ARawMailboxReceivesCreditFrames) {
 }
 
 TEST_F(ConnectionTest, StdinCreditWaitEndsWithTheRequest) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   ASSERT_TRUE(mailbox->AcquireStdinCredit(10, 10, Deadline::After(kAgentPatience)));
   std::optional<Result<void>> acquired;
   std::thread writer(
@@ -431,6 +433,227 @@ TEST_F(ConnectionTest, StdinCreditWaitEndsWithTheRequest) {
   ASSERT_TRUE(acquired.has_value());
   ASSERT_FALSE(acquired->has_value());
   EXPECT_EQ(acquired->error().kind(), ErrorKind::kLifecycle) << acquired->error().ToString();
+}
+
+// What a guest can make the host hold: a frame no request of its kind gets fails that
+// request as it arrives; frames outside flow control and the connection's queue as a whole
+// have budgets; in every case only the request the frame was for fails.
+
+struct UnexpectedFrameCase {
+  const char* name;
+  RequestKind kind;
+  std::function<Bytes(uint32_t id)> frame;
+};
+
+class ConnectionUnexpectedFrameTest : public ConnectionTest,
+                                      public ::testing::WithParamInterface<UnexpectedFrameCase> {};
+
+TEST_P(ConnectionUnexpectedFrameTest, FailsOnlyTheRequestItCameFor) {
+  auto victim = connection_->NewRequest(GetParam().kind);
+  auto bystander = connection_->NewRequest(RequestKind::kProcess);
+  agent_.Send(GetParam().frame(victim->id()));
+  agent_.Send(GetParam().frame(victim->id()));  // dropped: the request failed already
+  agent_.Send(ExitedWith(bystander->id(), 0));
+  auto failed = victim->Next(Deadline::After(kAgentPatience));
+  ASSERT_FALSE(failed.has_value()) << "queued a frame of type " << static_cast<int>(failed->header.type);
+  ExpectBackend(failed.error(), "unexpected frame type");
+  auto exited = bystander->Next(Deadline::After(kAgentPatience));
+  ASSERT_TRUE(exited.has_value()) << exited.error().ToString();
+  EXPECT_EQ(exited->header.type, proto::MessageType::kExited);
+  EXPECT_FALSE(connection_->failure().has_value());
+}
+
+Bytes OutputOnStream(uint32_t id, uint8_t stream) {
+  return Join(HeaderBytes(2, static_cast<uint8_t>(proto::MessageType::kOutput), id),
+              Bytes{stream, 'x'});
+}
+
+proto::FileInfo Entry(std::string name) {
+  return {.type = proto::FileType::kRegular, .mode = 0644, .size = 1, .mtime = 0,
+          .name = std::move(name)};
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Frames, ConnectionUnexpectedFrameTest,
+    ::testing::Values(
+        UnexpectedFrameCase{"FileInfoOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodeFileInfo(id, Entry("f")); }},
+        UnexpectedFrameCase{"FileDataOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodeFileData(id, ToBytes("d")); }},
+        UnexpectedFrameCase{"DoneOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodeDone(id); }},
+        UnexpectedFrameCase{"PongOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodePong(id); }},
+        UnexpectedFrameCase{"HelloOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodeHello(id, {}); }},
+        UnexpectedFrameCase{"OutputOnAnUnknownStream", RequestKind::kProcess,
+                            [](uint32_t id) { return OutputOnStream(id, 7); }},
+        UnexpectedFrameCase{"OutputOnStdin", RequestKind::kProcess,
+                            [](uint32_t id) { return OutputOnStream(id, 0); }},
+        UnexpectedFrameCase{"EmptyOutput", RequestKind::kProcess,
+                            [](uint32_t id) {
+                              return HeaderBytes(0, static_cast<uint8_t>(proto::MessageType::kOutput),
+                                                 id);
+                            }},
+        UnexpectedFrameCase{"FileCreditOnAProcess", RequestKind::kProcess,
+                            [](uint32_t id) {
+                              return proto::EncodeCredit(id, {proto::Stream::kFile, 1});
+                            }},
+        UnexpectedFrameCase{"HostBoundExec", RequestKind::kProcess,
+                            [](uint32_t id) {
+                              return proto::EncodeExec(id, {.argv = {"sh"}});
+                            }},
+        UnexpectedFrameCase{"HostBoundStdin", RequestKind::kProcess,
+                            [](uint32_t id) { return proto::EncodeStdin(id, ToBytes("in")); }},
+        UnexpectedFrameCase{"HostBoundQuiesce", RequestKind::kControl,
+                            [](uint32_t id) { return proto::EncodeQuiesce(id); }},
+        UnexpectedFrameCase{"StartedOnAFile", RequestKind::kFile,
+                            [](uint32_t id) { return proto::EncodeStarted(id, {42}); }},
+        UnexpectedFrameCase{"ExitedOnAFile", RequestKind::kFile,
+                            [](uint32_t id) { return ExitedWith(id, 0); }},
+        UnexpectedFrameCase{"OutputOnAFile", RequestKind::kFile,
+                            [](uint32_t id) { return Stdout(id, "out"); }},
+        UnexpectedFrameCase{"StdinCreditOnAFile", RequestKind::kFile,
+                            [](uint32_t id) {
+                              return proto::EncodeCredit(id, {proto::Stream::kStdin, 1});
+                            }},
+        UnexpectedFrameCase{"OutputOnAQuiesce", RequestKind::kControl,
+                            [](uint32_t id) { return Stdout(id, "out"); }},
+        UnexpectedFrameCase{"FileInfoOnAQuiesce", RequestKind::kControl,
+                            [](uint32_t id) { return proto::EncodeFileInfo(id, Entry("f")); }}),
+    [](const ::testing::TestParamInfo<UnexpectedFrameCase>& param) { return param.param.name; });
+
+// Resident memory of this process, in KiB; 0 when unknown.
+uint64_t ResidentKiB() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6));
+  }
+  return 0;
+}
+
+// Memory a frame flood leaves resident: under ASan, freed memory sits in its quarantine,
+// so only an ordinary build can tell.
+void ExpectResidentGrowthBelow(uint64_t before_kib, uint64_t limit_mib) {
+#if defined(__SANITIZE_ADDRESS__)
+  (void)before_kib;
+  (void)limit_mib;
+#else
+  uint64_t after_kib = ResidentKiB();
+  EXPECT_LT(after_kib, before_kib + limit_mib * 1024)
+      << "resident memory grew from " << before_kib << " KiB to " << after_kib << " KiB";
+#endif
+}
+
+// Drains `mailbox` to its failure; returns the payload bytes it had queued.
+uint64_t DrainToFailure(Mailbox& mailbox, std::string_view needle) {
+  uint64_t queued = 0;
+  for (;;) {
+    auto frame = mailbox.Next(Deadline::After(kAgentPatience));
+    if (!frame) {
+      ExpectBackend(frame.error(), needle);
+      return queued;
+    }
+    queued += frame->payload.size();
+  }
+}
+
+TEST_F(ConnectionTest, AFloodOutsideFlowControlFailsOnlyItsRequestAtItsBudget) {
+  auto listing = connection_->NewRequest(RequestKind::kFile);
+  auto bystander = connection_->NewRequest(RequestKind::kProcess);
+  uint64_t before = ResidentKiB();
+  // 128 MiB of directory entries that nobody reads: five times the budget.
+  constexpr size_t kNameSize = 4000;
+  constexpr size_t kEntries = (128u << 20) / kNameSize;
+  RunAgent([&, listing_id = listing->id(), bystander_id = bystander->id()](FakeAgent& agent) {
+    Bytes entry = proto::EncodeFileInfo(listing_id, Entry(std::string(kNameSize, 'n')));
+    for (size_t i = 0; i < kEntries; ++i) agent.Send(entry);
+    agent.Send(ExitedWith(bystander_id, 0));
+    agent.DrainUntilClose();
+  });
+  auto exited = bystander->Next(Deadline::After(60s));
+  ASSERT_TRUE(exited.has_value()) << exited.error().ToString();
+  EXPECT_EQ(exited->header.type, proto::MessageType::kExited);
+  ExpectResidentGrowthBelow(before, 64);
+  uint64_t queued = DrainToFailure(*listing, "frames outside flow control on one request");
+  EXPECT_LE(queued, kMaxUnwindowedBytesPerRequest);
+  EXPECT_GT(queued, kMaxUnwindowedBytesPerRequest / 2);
+  EXPECT_FALSE(connection_->failure().has_value());
+}
+
+TEST_F(ConnectionTest, StrayCreditsAreCountedToo) {
+  auto upload = connection_->NewRequest(RequestKind::kFile);
+  auto bystander = connection_->NewRequest(RequestKind::kProcess);
+  constexpr size_t kBatch = 4096;
+  constexpr size_t kCredits = kMaxUnwindowedBytesPerRequest / kQueuedFrameOverhead + kBatch;
+  RunAgent([&, id = upload->id(), bystander_id = bystander->id()](FakeAgent& agent) {
+    Bytes credit = proto::EncodeCredit(id, {proto::Stream::kFile, 1});
+    Bytes batch;
+    for (size_t i = 0; i < kBatch; ++i) batch.insert(batch.end(), credit.begin(), credit.end());
+    for (size_t sent = 0; sent < kCredits; sent += kBatch) agent.Send(batch);
+    agent.Send(ExitedWith(bystander_id, 0));
+    agent.DrainUntilClose();
+  });
+  // Nothing is read from the upload until every credit was routed.
+  ASSERT_TRUE(bystander->Next(Deadline::After(60s)).has_value());
+  uint64_t credits = 0;
+  for (;;) {
+    auto frame = upload->TryNext();
+    ASSERT_TRUE(frame.has_value()) << "no failure after " << credits << " credits";
+    if (!*frame) {
+      ExpectBackend(frame->error(), "frames outside flow control");
+      break;
+    }
+    ++credits;
+  }
+  EXPECT_LT(credits, kCredits);
+  EXPECT_FALSE(connection_->failure().has_value());
+}
+
+// The connection's budget: requests without a window (a raw relay's client is slow, say)
+// together hold at most kMaxQueuedBytesPerConnection; the request whose frame would go
+// beyond fails, and the others keep what they have.
+TEST_F(ConnectionTest, TheConnectionsQueueHasABudgetAndOnlyTheRequestPastItFails) {
+  constexpr size_t kRequests = 4;
+  constexpr uint64_t kPerRequest = kMaxQueuedBytesPerConnection / 3;  // the 4th goes beyond
+  std::vector<std::shared_ptr<Mailbox>> requests;
+  for (size_t i = 0; i < kRequests; ++i) {
+    requests.push_back(connection_->NewRequest(RequestKind::kProcess));
+  }
+  auto bystander = connection_->NewRequest(RequestKind::kProcess);
+  std::vector<uint32_t> ids;
+  for (auto& request : requests) ids.push_back(request->id());
+  RunAgent([&, ids, bystander_id = bystander->id()](FakeAgent& agent) {
+    for (uint32_t id : ids) {
+      Bytes mine = proto::EncodeOutput(id, proto::Stream::kStdout, Bytes(proto::kMaxOutputChunk, 'o'));
+      for (uint64_t sent = 0; sent < kPerRequest; sent += proto::kMaxOutputChunk) agent.Send(mine);
+    }
+    agent.Send(ExitedWith(bystander_id, 0));
+    agent.DrainUntilClose();
+  });
+  auto exited = bystander->Next(Deadline::After(60s));
+  // The bystander's one frame may be past the budget too: it fails alone, clearly.
+  if (!exited) ExpectBackend(exited.error(), "its limit");
+  uint64_t total = 0;
+  size_t failed = 0;
+  for (auto& request : requests) {
+    uint64_t queued = 0;
+    for (;;) {
+      auto frame = request->TryNext();
+      if (!frame) break;
+      if (!*frame) {
+        ExpectBackend(frame->error(), "frames that nobody read yet, its limit");
+        ++failed;
+        break;
+      }
+      queued += (*frame)->payload.size();
+    }
+    total += queued;
+  }
+  EXPECT_GE(failed, 1u);
+  EXPECT_LE(failed, 2u);
+  EXPECT_LE(total, kMaxQueuedBytesPerConnection);
+  EXPECT_FALSE(connection_->failure().has_value());
 }
 
 // Quiesce and Resume, on a started connection. The test thread is the agent; the host's
@@ -451,7 +674,7 @@ class ConnectionQuiesceTest : public ConnectionTest {
 };
 
 TEST_F(ConnectionQuiesceTest, SendsQuiesceAfterEarlierFramesAndWaitsForDone) {
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   ASSERT_TRUE(connection_->Send(proto::EncodePing(mailbox->id())));
   std::optional<Result<void>> quiesced;
   std::thread quiescer([&] { quiesced = connection_->Quiesce(Deadline::After(kAgentPatience)); });
@@ -513,7 +736,7 @@ TEST_F(ConnectionQuiesceTest, HoldsOtherSendersUntilResumeReturns) {
   ASSERT_TRUE(ping.has_value());
   EXPECT_EQ(ping->header.request_id, 77u);
   // Requests go on as before.
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   agent_.Send(Stdout(mailbox->id(), "after"));
   EXPECT_TRUE(mailbox->Next(Deadline::After(kAgentPatience)).has_value());
 }
@@ -723,7 +946,7 @@ TEST_F(ConnectionStartResumedTest, DropsWhatCameBeforeItsHelloThenRoutes) {
   auto hello = connection_->StartResumed(request, Deadline::After(kAgentPatience));
   ASSERT_TRUE(hello.has_value()) << hello.error().ToString();
   EXPECT_EQ(hello->agent_version, "clone agent");
-  auto mailbox = connection_->NewRequest();
+  auto mailbox = connection_->NewRequest(RequestKind::kProcess);
   ASSERT_TRUE(connection_->Send(proto::EncodePing(mailbox->id())));
   auto frame = mailbox->Next(Deadline::After(kAgentPatience));
   JoinAgent();

@@ -485,7 +485,7 @@ TEST_F(FilesTest, ASinkErrorStopsTheRead) {
 
 TEST_F(FilesTest, ReadBeyondTheWindowWithoutCredit) {
   // A request of its own marks when the agent's frames have all been routed.
-  auto marker = connection_->NewRequest();
+  auto marker = connection_->NewRequest(RequestKind::kFile);
   constexpr size_t kChunks = kFileWindow / proto::kMaxFileChunk + 1;
   RunAgent([marker_id = marker->id()](FakeAgent& agent) {
     auto received = ReceiveFileOp(agent);

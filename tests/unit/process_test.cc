@@ -427,8 +427,9 @@ INSTANTIATE_TEST_SUITE_P(
                        false},
         StartReplyCase{"Output", [](uint32_t id) { return Stdout(id, "early"); }, "did not confirm",
                        false},
-        StartReplyCase{"Done", [](uint32_t id) { return proto::EncodeDone(id); }, "did not confirm",
-                       false},
+        // A process request never gets Done: refused as it arrives.
+        StartReplyCase{"Done", [](uint32_t id) { return proto::EncodeDone(id); },
+                       "unexpected frame type 15", false},
         StartReplyCase{"MalformedStarted",
                        [](uint32_t id) {
                          return Join(
@@ -482,7 +483,7 @@ TEST_F(ProcessTest, CreditsFlowAsTheCallerConsumesOutput) {
 
 TEST_F(ProcessTest, OutputBeyondTheWindowWithoutCredit) {
   // A request of its own marks when the agent's frames have all been routed.
-  auto marker = connection_->NewRequest();
+  auto marker = connection_->NewRequest(RequestKind::kFile);  // its Done marks the end
   constexpr int kChunks = static_cast<int>(kStreamWindow / proto::kMaxOutputChunk) + 1;
   RunAgent([marker_id = marker->id()](FakeAgent& agent) {
     uint32_t id = agent.AcceptExec();
