@@ -1,7 +1,9 @@
 #include "base/subprocess.h"
 
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <linux/close_range.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -81,6 +83,9 @@ class Spawner {
 constexpr int kStageOutput = 1;
 constexpr int kStageExec = 2;
 constexpr int kStageLimits = 3;
+constexpr int kStageJail = 4;
+constexpr int kStageParentGone = 5;
+constexpr int kStageCgroup = 6;
 
 // Between fork and exec only async-signal-safe calls are made; everything the child
 // needs is prepared before the fork.
@@ -90,20 +95,41 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
   argv.push_back(nullptr);
   const char* output = options.output_path.empty() ? "/dev/null" : options.output_path.c_str();
   int output_flags = options.output_path.empty() ? O_WRONLY : O_WRONLY | O_CREAT | O_APPEND;
+  std::optional<JailPlan> jail;
+  if (options.jail) {
+    auto plan = PlanJail(*options.jail, ProbeHost(*options.jail));
+    if (!plan) return Fail(std::move(plan).error());
+    jail = std::move(*plan);
+  }
   pid_t parent = getpid();
   int status_pipe[2];
   if (pipe2(status_pipe, O_CLOEXEC) != 0) return Fail(Error::HostIo("pipe", errno));
 
-  pid_t pid = fork();
+  // A jailed child is cloned into its namespaces: like fork(), it returns twice.
+  pid_t pid = jail ? static_cast<pid_t>(syscall(SYS_clone, jail->clone_flags | SIGCHLD, nullptr,
+                                                nullptr, nullptr, nullptr))
+                   : fork();
   if (pid < 0) {
     int e = errno;
     close(status_pipe[0]);
     close(status_pipe[1]);
-    return Fail(Error::HostIo("fork", e));
+    return Fail(Error::HostIo(jail ? "clone into new namespaces" : "fork", e));
   }
   if (pid == 0) {
+    close(status_pipe[0]);
+    auto fail = [&status_pipe](int stage, int error, int step = 0) {
+      int failure[3] = {stage, error, step};
+      (void)!write(status_pipe[1], failure, sizeof(failure));
+      _exit(127);
+    };
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(127);
+    if (!options.cgroup_procs.empty()) {
+      int procs = open(options.cgroup_procs.c_str(), O_WRONLY | O_CLOEXEC);
+      if (procs < 0 || write(procs, "0\n", 2) != 2) fail(kStageCgroup, errno);
+      close(procs);
+    }
+    // In a new pid namespace the parent is outside it, and getppid() is 0.
+    if (!jail && getppid() != parent) _exit(127);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -111,27 +137,32 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
     int null = open("/dev/null", O_RDONLY);
     int out = open(output, output_flags, 0600);
     if (null < 0 || out < 0 || dup2(null, 0) < 0 || dup2(out, 1) < 0 || dup2(out, 2) < 0) {
-      int failure[2] = {kStageOutput, errno};
-      (void)!write(status_pipe[1], failure, sizeof(failure));
-      _exit(127);
+      fail(kStageOutput, errno);
     }
     for (const auto& [resource, value] : options.rlimits) {
       rlimit limit{.rlim_cur = value, .rlim_max = value};
-      if (setrlimit(resource, &limit) != 0) {
-        int failure[2] = {kStageLimits, errno};
-        (void)!write(status_pipe[1], failure, sizeof(failure));
-        _exit(127);
+      if (setrlimit(resource, &limit) != 0) fail(kStageLimits, errno);
+    }
+    if (jail) {
+      size_t step = 0;
+      if (int error = RunJailSteps(*jail, &step); error != 0) {
+        fail(kStageJail, error, static_cast<int>(step));
+      }
+      // A new uid clears the parent-death signal: set it again, then make sure the parent
+      // did not die before (its end of the status pipe would be closed).
+      prctl(PR_SET_PDEATHSIG, SIGKILL);
+      pollfd parent_end{.fd = status_pipe[1], .events = 0, .revents = 0};
+      if (poll(&parent_end, 1, 0) > 0 && (parent_end.revents & POLLERR)) {
+        fail(kStageParentGone, ESRCH);
       }
     }
     syscall(SYS_close_range, 3, ~0U, CLOSE_RANGE_CLOEXEC);
     for (int fd : options.inherit_fds) fcntl(fd, F_SETFD, 0);
     execvp(argv[0], argv.data());
-    int failure[2] = {kStageExec, errno};
-    (void)!write(status_pipe[1], failure, sizeof(failure));
-    _exit(127);
+    fail(kStageExec, errno);
   }
   close(status_pipe[1]);
-  int failure[2] = {};
+  int failure[3] = {};
   ssize_t n;
   do n = read(status_pipe[0], failure, sizeof(failure));
   while (n < 0 && errno == EINTR);
@@ -140,6 +171,15 @@ Result<pid_t> ForkExec(const SpawnOptions& options) {
     waitpid(pid, nullptr, 0);
     if (failure[0] == kStageLimits) {
       return Fail(Error::HostIo("set the resource limits of " + options.argv[0], failure[1]));
+    }
+    if (failure[0] == kStageJail) {
+      return Fail(Error::HostIo(
+          fmt::format("jail {}: {}", options.argv[0],
+                      DescribeJailStep(*jail, static_cast<size_t>(failure[2]))),
+          failure[1]));
+    }
+    if (failure[0] == kStageCgroup) {
+      return Fail(Error::HostIo("join the cgroup " + options.cgroup_procs, failure[1]));
     }
     if (failure[0] == kStageOutput) {
       return Fail(Error::HostIo("open the child's output " + std::string(output), failure[1]));

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "base/jail.h"
 #include "vessel/error.h"
 
 namespace vessel {
@@ -26,6 +27,12 @@ struct SpawnOptions {
   std::string output_path;
   // Resource limits set in the child before exec, soft and hard alike: {RLIMIT_*, value}.
   std::vector<std::pair<int, uint64_t>> rlimits;
+  // When set, the child starts in this jail (base/jail.h): its paths are the jail's, and
+  // its pid, as the caller sees it, is the pid namespace's init.
+  std::optional<JailSpec> jail;
+  // When set, the child joins this cgroup (the path of its cgroup.procs) before anything
+  // else, so all it starts is accounted there.
+  std::string cgroup_procs;
 };
 
 // The limits every VMM process (QEMU, vessel-vmm) runs under: no core dumps, which would

@@ -15,6 +15,7 @@
 
 #include "base/io.h"
 #include "base/private_dir.h"
+#include "engine/vm_cgroup.h"
 
 namespace vessel::engine {
 namespace {
@@ -103,6 +104,7 @@ int SweepStaleRuntimeDirs() {
     if (!lock) continue;
     if (::flock(lock.get(), LOCK_EX | LOCK_NB) != 0) continue;
     if (RemoveTree(path)) ++removed;
+    RemoveStaleCgroup(name.substr(3));
   }
   ::closedir(d);
   return removed;

@@ -20,6 +20,8 @@
 #include "base/subprocess.h"
 #include "engine/host.h"
 #include "engine/runtime_dir.h"
+#include "engine/vm_cgroup.h"
+#include "engine/vmm_jail.h"
 
 namespace vessel::engine::kvm {
 namespace {
@@ -121,6 +123,18 @@ class KvmVm final : public Vm {
     spawn.inherit_fds = {theirs.get()};
     spawn.output_path = dir_.File("vmm.log");
     spawn.rlimits = VmmLimits();
+    if (JailEnabled()) {
+      auto jail = VmmJail(spec_, {.vm_dir = dir_.path(), .binary = vmm_, .kvm = true,
+                                  .unprivileged = true});
+      if (!jail) return Fail(std::move(jail).error().Context("starting vessel-vmm"));
+      spawn.jail = std::move(*jail);
+    }
+    if (const auto& parent = CgroupParent()) {
+      auto cgroup = VmCgroup::Create(*parent, id_, LimitsFor(spec_));
+      if (!cgroup) return Fail(std::move(cgroup).error().Context("starting vessel-vmm"));
+      cgroup_ = std::move(*cgroup);
+      spawn.cgroup_procs = cgroup_->procs();
+    }
     auto process = Subprocess::Spawn(spawn);
     if (!process) return Fail(std::move(process).error().Context("starting vessel-vmm"));
     // Opened before anyone could reap the child, so it cannot name a recycled pid.
@@ -200,6 +214,7 @@ class KvmVm final : public Vm {
       }
     }
     process_.Kill();
+    cgroup_.reset();
     if (control_) control_->Close();
     agent_.Reset();
     exited_.Reset();
@@ -249,6 +264,7 @@ class KvmVm final : public Vm {
   VmSpec spec_;
   RuntimeDir dir_;
   Subprocess process_;
+  std::optional<VmCgroup> cgroup_;  // the VMM's, where the host offers one
   // A pidfd, readable once the VMM exited. The VMM holds the other end of every channel,
   // so its death ends them by itself: no watcher thread is needed.
   UniqueFd exited_;

@@ -19,6 +19,8 @@
 #include "engine/host.h"
 #include "engine/qemu/qmp_client.h"
 #include "engine/runtime_dir.h"
+#include "engine/vm_cgroup.h"
+#include "engine/vmm_jail.h"
 
 namespace vessel::engine::qemu {
 namespace {
@@ -86,6 +88,8 @@ struct Launch {
   QemuWiring wiring;  // qmp_fd is filled in by StartQemu
   std::vector<int> inherit_fds;
   std::string output_path;
+  std::optional<JailSpec> jail;
+  std::string cgroup_procs;
 };
 
 Result<QemuProcess> StartQemu(Launch launch) {
@@ -98,6 +102,8 @@ Result<QemuProcess> StartQemu(Launch launch) {
   spawn.inherit_fds.push_back(qmp->vmm.get());
   spawn.output_path = launch.output_path;
   spawn.rlimits = VmmLimits();
+  spawn.jail = std::move(launch.jail);
+  spawn.cgroup_procs = std::move(launch.cgroup_procs);
   auto process = Subprocess::Spawn(spawn);
   if (!process) return Fail(std::move(process).error().Context("starting QEMU"));
   QemuProcess started;
@@ -205,6 +211,21 @@ class QemuVm final : public Vm {
 
   // Starts the VM's QEMU: a boot, or a restore from spec_.restore.
   Result<void> Start() {
+    if (JailEnabled()) {
+      // QEMU keeps the caller's uid, without a capability: it opens the snapshot files it
+      // maps by name, and they are the caller's, mode 0600.
+      auto jail = VmmJail(spec_, {.vm_dir = dir_.path(),
+                                  .binary = options_.binary,
+                                  .kvm = accel_ == Accel::kKvm,
+                                  .unprivileged = false});
+      if (!jail) return Fail(std::move(jail).error());
+      jail_ = std::move(*jail);
+    }
+    if (const auto& parent = CgroupParent()) {
+      auto cgroup = VmCgroup::Create(*parent, id_, LimitsFor(spec_));
+      if (!cgroup) return Fail(std::move(cgroup).error());
+      cgroup_ = std::move(*cgroup);
+    }
     if (!spec_.restore) {
       auto qemu = StartQemu(MakeLaunch(dir_.File(kMemoryFile), /*shared=*/true));
       if (!qemu) return Fail(std::move(qemu).error());
@@ -242,6 +263,7 @@ class QemuVm final : public Vm {
     Wake();
     if (watcher_.joinable()) watcher_.join();
     qemu_.process.Kill();
+    cgroup_.reset();
     agent_.host.Reset();
     agent_.vmm.Reset();
     console_.host.Reset();
@@ -314,6 +336,8 @@ class QemuVm final : public Vm {
     launch.wiring.memory_shared = shared;
     launch.inherit_fds = {agent_.vmm.get(), console_.vmm.get()};
     launch.output_path = dir_.File("vmm.log");
+    launch.jail = jail_;
+    if (cgroup_) launch.cgroup_procs = cgroup_->procs();
     return launch;
   }
 
@@ -461,12 +485,14 @@ class QemuVm final : public Vm {
     }
     auto channel = MakeSocketPair();
     if (!channel) return Fail(std::move(channel).error());
-    Launch launch = MakeLaunch(memory, /*shared=*/true);
+    // The snapshot directory is outside the jail: QEMU maps the file through the
+    // descriptor it inherits.
+    Launch launch = MakeLaunch(fmt::format("/proc/self/fd/{}", memory_fd->get()), /*shared=*/true);
     launch.wiring.name += "-save";
     launch.wiring.console_chardev = "null";
     launch.wiring.agent_fd = -1;
     launch.wiring.incoming = true;
-    launch.inherit_fds = {channel->vmm.get()};
+    launch.inherit_fds = {channel->vmm.get(), memory_fd->get()};
     launch.output_path = dir_.File("vmm.log");
     auto writer = StartQemu(std::move(launch));
     if (!writer) return Fail(std::move(writer).error());
@@ -492,6 +518,8 @@ class QemuVm final : public Vm {
   Accel accel_;
   VmSpec spec_;
   RuntimeDir dir_;
+  std::optional<JailSpec> jail_;  // every QEMU of this VM starts in it, and in cgroup_
+  std::optional<VmCgroup> cgroup_;
   SocketPair agent_;  // the VMM end is kept, to hand to the next QEMU of this VM
   SocketPair console_;     // the guest console; the VMM end is every QEMU's serial port
   CappedLog console_log_;  // console.log, written by the watcher thread only

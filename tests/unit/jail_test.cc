@@ -1,0 +1,272 @@
+// The VMM's jail: the plan as data (PlanJail against made-up hosts), and a real child
+// started in one, looked at from outside through /proc.
+#include "base/jail.h"
+
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sched.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "base/subprocess.h"
+
+namespace vessel {
+namespace {
+
+namespace fs = std::filesystem;
+using Op = JailStep::Op;
+
+HostFacts DebianRoot() {
+  HostFacts host;
+  host.root = true;
+  host.symlinks = {
+      {"/bin", "usr/bin"}, {"/lib", "usr/lib"}, {"/lib64", "usr/lib64"}, {"/sbin", "usr/sbin"}};
+  host.devices = {{"/dev/null", {makedev(1, 3), 0666}},
+                  {"/dev/urandom", {makedev(1, 9), 0666}},
+                  {"/dev/kvm", {makedev(10, 232), 0600}}};
+  host.directories = {"/usr", "/run/vessel/vm-1"};
+  host.missing = {"/lib32", "/libx32", "/dev/zero", "/dev/random"};
+  return host;
+}
+
+JailSpec VmSpec() {
+  JailSpec spec;
+  spec.root = "/run/vessel/vm-1/root";
+  spec.writable = {"/run/vessel/vm-1"};
+  spec.read_only = {"/opt/guest/vmlinux", "/opt/guest/initramfs.cpio"};
+  spec.devices = {"/dev/kvm"};
+  spec.uid = 65534;
+  spec.gid = 65534;
+  return spec;
+}
+
+bool Has(const JailPlan& plan, const JailStep& step) {
+  return std::find(plan.steps.begin(), plan.steps.end(), step) != plan.steps.end();
+}
+
+size_t IndexOf(const JailPlan& plan, Op op, const std::string& path) {
+  for (size_t i = 0; i < plan.steps.size(); ++i) {
+    if (plan.steps[i].op == op && plan.steps[i].path == path) return i;
+  }
+  return plan.steps.size();
+}
+
+TEST(JailPlanTest, AsRootEveryNamespaceButUserAndTheUidDropped) {
+  auto plan = PlanJail(VmSpec(), DebianRoot());
+  ASSERT_TRUE(plan.has_value()) << plan.error().ToString();
+  EXPECT_EQ(plan->clone_flags,
+            CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS);
+  EXPECT_EQ(plan->uid, 65534u);
+  EXPECT_EQ(plan->gid, 65534u);
+  EXPECT_EQ(plan->steps.front(), (JailStep{.op = Op::kMountRoot, .path = "/run/vessel/vm-1/root"}));
+  EXPECT_EQ(plan->steps.back(), (JailStep{.op = Op::kPivot, .path = "/run/vessel/vm-1/root"}));
+}
+
+TEST(JailPlanTest, TheVmDirectoryIsWritableAndEverythingElseReadOnly) {
+  auto plan = PlanJail(VmSpec(), DebianRoot());
+  ASSERT_TRUE(plan.has_value());
+  const std::string root = "/run/vessel/vm-1/root";
+  for (const std::string path : {"/usr", "/opt/guest/vmlinux", "/opt/guest/initramfs.cpio"}) {
+    SCOPED_TRACE(path);
+    EXPECT_TRUE(Has(*plan, {.op = Op::kBind, .path = root + path, .source = path}));
+    EXPECT_TRUE(Has(*plan, {.op = Op::kReadOnly, .path = root + path}));
+  }
+  EXPECT_TRUE(Has(*plan, {.op = Op::kFile, .path = root + "/opt/guest/vmlinux"}));
+  EXPECT_TRUE(Has(*plan, {.op = Op::kMkdir, .path = root + "/usr"}));
+  EXPECT_TRUE(Has(
+      *plan, {.op = Op::kBind, .path = root + "/run/vessel/vm-1", .source = "/run/vessel/vm-1"}));
+  EXPECT_FALSE(Has(*plan, {.op = Op::kReadOnly, .path = root + "/run/vessel/vm-1"}));
+  // Parents come before what is made in them.
+  EXPECT_LT(IndexOf(*plan, Op::kMkdir, root + "/opt"),
+            IndexOf(*plan, Op::kMkdir, root + "/opt/guest"));
+  EXPECT_LT(IndexOf(*plan, Op::kMkdir, root + "/opt/guest"),
+            IndexOf(*plan, Op::kFile, root + "/opt/guest/vmlinux"));
+  // Nothing else of the host is bound: no /home, /etc beyond the loader's cache, /tmp.
+  for (const auto& step : plan->steps) {
+    if (step.op != Op::kBind) continue;
+    EXPECT_TRUE(step.source == "/usr" || step.source == "/etc/ld.so.cache" ||
+                step.source.starts_with("/opt/guest/") || step.source == "/run/vessel/vm-1")
+        << step.source;
+  }
+}
+
+TEST(JailPlanTest, MergedUsrLinksAreLinksAndMissingPathsAreLeftOut) {
+  auto plan = PlanJail(VmSpec(), DebianRoot());
+  ASSERT_TRUE(plan.has_value());
+  const std::string root = "/run/vessel/vm-1/root";
+  EXPECT_TRUE(Has(*plan, {.op = Op::kSymlink, .path = root + "/lib", .source = "usr/lib"}));
+  EXPECT_TRUE(Has(*plan, {.op = Op::kSymlink, .path = root + "/bin", .source = "usr/bin"}));
+  for (const auto& step : plan->steps) {
+    EXPECT_NE(step.path, root + "/lib32");
+    EXPECT_NE(step.path, root + "/dev/zero");
+  }
+}
+
+TEST(JailPlanTest, AsRootDevicesAreMadeForTheJailsUid) {
+  auto plan = PlanJail(VmSpec(), DebianRoot());
+  ASSERT_TRUE(plan.has_value());
+  const std::string root = "/run/vessel/vm-1/root";
+  EXPECT_TRUE(Has(*plan, {.op = Op::kMknod,
+                          .path = root + "/dev/kvm",
+                          .rdev = makedev(10, 232),
+                          .mode = 0600,
+                          .uid = 65534,
+                          .gid = 65534}));
+  EXPECT_TRUE(Has(*plan, {.op = Op::kMknod,
+                          .path = root + "/dev/null",
+                          .rdev = makedev(1, 3),
+                          .mode = 0666,
+                          .uid = 65534,
+                          .gid = 65534}));
+  EXPECT_TRUE(Has(*plan, {.op = Op::kProc, .path = root + "/proc"}));
+}
+
+TEST(JailPlanTest, WithoutRootAUserNamespaceMapsOurOwnIds) {
+  HostFacts host = DebianRoot();
+  host.root = false;
+  host.uid = 1000;
+  host.gid = 100;
+  JailSpec spec = VmSpec();
+  auto plan = PlanJail(spec, host);
+  ASSERT_TRUE(plan.has_value());
+  EXPECT_TRUE(plan->clone_flags & CLONE_NEWUSER);
+  EXPECT_FALSE(plan->uid.has_value()) << "a user namespace keeps our uid";
+  ASSERT_GE(plan->steps.size(), 3u);
+  EXPECT_EQ(plan->steps[0],
+            (JailStep{.op = Op::kWrite, .path = "/proc/self/setgroups", .source = "deny"}));
+  EXPECT_EQ(plan->steps[1],
+            (JailStep{.op = Op::kWrite, .path = "/proc/self/uid_map", .source = "1000 1000 1\n"}));
+  EXPECT_EQ(plan->steps[2],
+            (JailStep{.op = Op::kWrite, .path = "/proc/self/gid_map", .source = "100 100 1\n"}));
+  // No mknod in a user namespace: the host's nodes are bound instead.
+  const std::string root = "/run/vessel/vm-1/root";
+  EXPECT_TRUE(Has(*plan, {.op = Op::kBind, .path = root + "/dev/kvm", .source = "/dev/kvm"}));
+  for (const auto& step : plan->steps) EXPECT_NE(step.op, Op::kMknod);
+}
+
+TEST(JailPlanTest, APathInsideABoundDirectoryIsNotBoundAgain) {
+  JailSpec spec = VmSpec();
+  spec.read_only.push_back("/run/vessel/vm-1/image.erofs");
+  auto plan = PlanJail(spec, DebianRoot());
+  ASSERT_TRUE(plan.has_value());
+  for (const auto& step : plan->steps) {
+    EXPECT_NE(step.source, "/run/vessel/vm-1/image.erofs");
+  }
+}
+
+TEST(JailPlanTest, BadSpecsAreRefused) {
+  JailSpec spec = VmSpec();
+  spec.root = "relative/root";
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+  spec = VmSpec();
+  spec.root.clear();
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+  spec = VmSpec();
+  spec.read_only.push_back("opt/vmlinux");
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+  spec = VmSpec();
+  spec.writable.push_back("/run/vessel/../../etc");
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+}
+
+// A real child in a real jail. Needs root (CI has it): the namespaces, mknod and the uid.
+class JailedChildTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (geteuid() != 0) GTEST_SKIP() << "a jail with a uid of its own needs root";
+    std::string pattern = (fs::path(::testing::TempDir()) / "vessel-jail-XXXXXX").string();
+    ASSERT_NE(::mkdtemp(pattern.data()), nullptr);
+    dir_ = pattern;
+    ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
+    ASSERT_EQ(::mkdir((dir_ + "/root").c_str(), 0755), 0);
+    std::ofstream(dir_ + "/asset") << "read only";
+  }
+  void TearDown() override {
+    std::error_code ec;
+    if (!dir_.empty()) fs::remove_all(dir_, ec);
+  }
+
+  std::string dir_;
+};
+
+std::string ReadAll(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST_F(JailedChildTest, SeesOnlyItsPathsHasNoCapabilitiesAndItsOwnNamespaces) {
+  ASSERT_EQ(::chown(dir_.c_str(), 65534, 65534), 0);
+  SpawnOptions options;
+  // What the child finds, written where the test can read it.
+  options.argv = {"/bin/sh", "-c",
+                  "ls / > " + dir_ + "/ls; cat " + dir_ + "/asset > " + dir_ +
+                      "/copy; "
+                      "echo x > " +
+                      dir_ + "/asset 2> /dev/null || echo refused > " + dir_ +
+                      "/write; test -e /etc/passwd || echo hidden > " + dir_ +
+                      "/passwd; exec sleep 30"};
+  options.jail = JailSpec{.root = dir_ + "/root",
+                          .read_only = {dir_ + "/asset"},
+                          .writable = {dir_},
+                          .devices = {},
+                          .uid = 65534,
+                          .gid = 65534};
+  auto child = Subprocess::Spawn(options);
+  ASSERT_TRUE(child.has_value()) << child.error().ToString();
+  pid_t pid = child->pid();
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!fs::exists(dir_ + "/passwd") && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  std::string status = ReadAll(fmt::format("/proc/{}/status", pid));
+  EXPECT_NE(status.find("Uid:\t65534\t65534\t65534\t65534"), std::string::npos) << status;
+  EXPECT_NE(status.find("CapEff:\t0000000000000000"), std::string::npos) << status;
+  EXPECT_NE(status.find("CapBnd:\t0000000000000000"), std::string::npos) << status;
+  EXPECT_NE(status.find("NoNewPrivs:\t1"), std::string::npos) << status;
+  for (const char* ns : {"mnt", "pid", "net", "ipc", "uts"}) {
+    SCOPED_TRACE(ns);
+    EXPECT_NE(fs::read_symlink(fmt::format("/proc/{}/ns/{}", pid, ns)),
+              fs::read_symlink(fmt::format("/proc/self/ns/{}", ns)));
+  }
+  EXPECT_EQ(ReadAll(dir_ + "/copy"), "read only");
+  EXPECT_EQ(ReadAll(dir_ + "/write"), "refused\n");
+  EXPECT_EQ(ReadAll(dir_ + "/passwd"), "hidden\n");
+  std::string listing = ReadAll(dir_ + "/ls");
+  EXPECT_EQ(listing.find("home"), std::string::npos) << listing;
+  EXPECT_NE(listing.find("usr"), std::string::npos) << listing;
+  // Its pid namespace's init: killing it takes everything in it.
+  child->Kill();
+  EXPECT_FALSE(fs::exists(fmt::format("/proc/{}", pid)));
+}
+
+TEST_F(JailedChildTest, AFailedStepIsAnErrorNamingIt) {
+  SpawnOptions options;
+  options.argv = {"/bin/true"};
+  options.jail = JailSpec{.root = dir_ + "/no-such-root",
+                          .read_only = {},
+                          .writable = {},
+                          .devices = {},
+                          .uid = std::nullopt,
+                          .gid = std::nullopt};
+  auto child = Subprocess::Spawn(options);
+  ASSERT_FALSE(child.has_value());
+  EXPECT_NE(child.error().message().find("mount the jail's root on " + dir_ + "/no-such-root"),
+            std::string::npos)
+      << child.error().ToString();
+}
+
+}  // namespace
+}  // namespace vessel
