@@ -113,6 +113,11 @@ int Doctor() {
                              store.root(), names.empty() ? " (vessel image build python)" : ""));
   std::string root = engine::RuntimeRoot();
   line(true, "runtime directory", root);
+  // Missing confinement is reported, and leaves the exit status alone: VMs still run.
+  auto jail = engine::JailConfinement();
+  line(jail.ok, "VMM jail", jail.text);
+  auto cgroups = engine::CgroupConfinement();
+  line(cgroups.ok, "VM cgroups", cgroups.text);
   uint64_t tsc = engine::HostTscKhz();
   line(tsc > 0, "host TSC rate",
        tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");

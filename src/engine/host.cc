@@ -13,6 +13,8 @@
 #include <thread>
 
 #include "base/unique_fd.h"
+#include "engine/vm_cgroup.h"
+#include "engine/vmm_jail.h"
 
 namespace vessel::engine {
 
@@ -71,6 +73,23 @@ uint64_t HostTscKhz() {
     return mhz > 0 ? static_cast<uint64_t>(mhz * 1000) : uint64_t{0};
   }();
   return khz;
+}
+
+Confinement JailConfinement() {
+  if (!JailEnabled()) {
+    return {false, "off (VESSEL_JAIL=off): VMMs see the host's files and network"};
+  }
+  return {true, ::geteuid() == 0 ? "own namespaces and root, no capabilities; vessel-vmm as nobody"
+                                 : "own namespaces (a user namespace) and root, no capabilities"};
+}
+
+Confinement CgroupConfinement() {
+  if (const auto& parent = CgroupParent()) {
+    return {true, "one per VM under " + *parent + " (memory.max, pids.max, cpu.max)"};
+  }
+  return {false,
+          "none: no writable cgroup v2 with memory, pids and cpu here; VMMs run "
+          "without those limits"};
 }
 
 }  // namespace vessel::engine

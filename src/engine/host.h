@@ -33,4 +33,14 @@ uint32_t GuestMemoryLimitMib();
 std::optional<std::string> KvmUnusableReason();
 inline bool KvmUsable() { return !KvmUnusableReason().has_value(); }
 
+// What confines the VMMs here, for `vessel doctor`: whether they start jailed (and as
+// whom), and where their cgroups go, if anywhere. `ok` is false when a confinement is
+// missing.
+struct Confinement {
+  bool ok = false;
+  std::string text;
+};
+Confinement JailConfinement();
+Confinement CgroupConfinement();
+
 }  // namespace vessel::engine

@@ -222,6 +222,9 @@ TEST(CliTest, DoctorReportsTheEngineAndAssets) {
   EXPECT_NE(r.out.find(r.out.find("KVM") != std::string::npos ? "KVM" : "TCG"), std::string::npos);
   // Whether the kvm engine can run, and why not.
   EXPECT_NE(r.out.find("engine kvm: "), std::string::npos) << r.out;
+  // What confines the VMMs: jailed unless turned off; cgroups where the host has v2.
+  EXPECT_NE(r.out.find("ok      VMM jail: own namespaces"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("VM cgroups: "), std::string::npos) << r.out;
   if (testing::TestEngine() == EngineKind::kKvm) {
     EXPECT_NE(r.out.find("ok      engine kvm: vessel-vmm at /"), std::string::npos) << r.out;
   }

@@ -190,7 +190,6 @@ class JailedChildTest : public ::testing::Test {
     dir_ = pattern;
     ASSERT_EQ(::chmod(dir_.c_str(), 0755), 0);
     ASSERT_EQ(::mkdir((dir_ + "/root").c_str(), 0755), 0);
-    std::ofstream(dir_ + "/asset") << "read only";
   }
   void TearDown() override {
     std::error_code ec;
@@ -208,19 +207,30 @@ std::string ReadAll(const std::string& path) {
 }
 
 TEST_F(JailedChildTest, SeesOnlyItsPathsHasNoCapabilitiesAndItsOwnNamespaces) {
-  ASSERT_EQ(::chown(dir_.c_str(), 65534, 65534), 0);
+  // The child writes what it finds into out/, its one writable directory; the asset,
+  // writable by anyone on the host, is bound read-only. `done` comes last.
+  std::string out = dir_ + "/out";
+  std::string asset = dir_ + "/assets/asset";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(out.c_str(), 65534, 65534), 0);
+  ASSERT_EQ(::mkdir((dir_ + "/assets").c_str(), 0755), 0);
+  std::ofstream(asset) << "read only";
+  ASSERT_EQ(::chmod(asset.c_str(), 0666), 0);
   SpawnOptions options;
-  // What the child finds, written where the test can read it.
   options.argv = {"/bin/sh", "-c",
-                  "ls / > " + dir_ + "/ls; cat " + dir_ + "/asset > " + dir_ +
+                  "ls / > " + out + "/ls; cat " + asset + " > " + out +
                       "/copy; "
-                      "echo x > " +
-                      dir_ + "/asset 2> /dev/null || echo refused > " + dir_ +
-                      "/write; test -e /etc/passwd || echo hidden > " + dir_ +
-                      "/passwd; exec sleep 30"};
+                      "if echo x 2> /dev/null > " +
+                      asset +
+                      "; then echo written; else echo refused; "
+                      "fi > " +
+                      out +
+                      "/write; "
+                      "if test -e /etc/passwd; then echo seen; else echo hidden; fi > " +
+                      out + "/passwd; echo > " + out + "/done; exec sleep 30"};
   options.jail = JailSpec{.root = dir_ + "/root",
-                          .read_only = {dir_ + "/asset"},
-                          .writable = {dir_},
+                          .read_only = {asset},
+                          .writable = {out},
                           .devices = {},
                           .uid = 65534,
                           .gid = 65534};
@@ -228,9 +238,10 @@ TEST_F(JailedChildTest, SeesOnlyItsPathsHasNoCapabilitiesAndItsOwnNamespaces) {
   ASSERT_TRUE(child.has_value()) << child.error().ToString();
   pid_t pid = child->pid();
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-  while (!fs::exists(dir_ + "/passwd") && std::chrono::steady_clock::now() < deadline) {
+  while (!fs::exists(out + "/done") && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
+  ASSERT_TRUE(fs::exists(out + "/done"));
   std::string status = ReadAll(fmt::format("/proc/{}/status", pid));
   EXPECT_NE(status.find("Uid:\t65534\t65534\t65534\t65534"), std::string::npos) << status;
   EXPECT_NE(status.find("CapEff:\t0000000000000000"), std::string::npos) << status;
@@ -241,10 +252,11 @@ TEST_F(JailedChildTest, SeesOnlyItsPathsHasNoCapabilitiesAndItsOwnNamespaces) {
     EXPECT_NE(fs::read_symlink(fmt::format("/proc/{}/ns/{}", pid, ns)),
               fs::read_symlink(fmt::format("/proc/self/ns/{}", ns)));
   }
-  EXPECT_EQ(ReadAll(dir_ + "/copy"), "read only");
-  EXPECT_EQ(ReadAll(dir_ + "/write"), "refused\n");
-  EXPECT_EQ(ReadAll(dir_ + "/passwd"), "hidden\n");
-  std::string listing = ReadAll(dir_ + "/ls");
+  EXPECT_EQ(ReadAll(out + "/copy"), "read only");
+  EXPECT_EQ(ReadAll(out + "/write"), "refused\n");
+  EXPECT_EQ(ReadAll(asset), "read only");
+  EXPECT_EQ(ReadAll(out + "/passwd"), "hidden\n");
+  std::string listing = ReadAll(out + "/ls");
   EXPECT_EQ(listing.find("home"), std::string::npos) << listing;
   EXPECT_NE(listing.find("usr"), std::string::npos) << listing;
   // Its pid namespace's init: killing it takes everything in it.
