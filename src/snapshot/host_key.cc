@@ -27,12 +27,6 @@ constexpr PrivateDirRole kConfigDirRole{"the config directory", "the snapshot ke
 // Hex digits and a newline.
 constexpr size_t kKeyFileSize = 2 * kHostKeySize + 1;
 
-std::string Hex(std::span<const uint8_t> bytes) {
-  std::string out;
-  for (uint8_t b : bytes) out += fmt::format("{:02x}", b);
-  return out;
-}
-
 Error NotAKey(const std::string& path, std::string_view why) {
   return Error::HostIo(
       fmt::format("the snapshot key {} {}; remove it to make a new one (snapshots signed with "
@@ -89,7 +83,7 @@ Result<void> CreateKey(const std::string& path) {
     return Fail(Error::HostIo("getrandom for the snapshot key", errno));
   }
   std::string temporary = fmt::format("{}.{}.tmp", path, ::gettid());
-  std::string text = Hex(key.bytes) + "\n";
+  std::string text = LowerHex(key.bytes) + "\n";
   OPENSSL_cleanse(key.bytes.data(), key.bytes.size());
   UniqueFd fd(
       ::open(temporary.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600));
@@ -106,6 +100,17 @@ Result<void> CreateKey(const std::string& path) {
 }
 
 }  // namespace
+
+std::string LowerHex(std::span<const uint8_t> bytes) {
+  static constexpr char kDigits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out.push_back(kDigits[b >> 4]);
+    out.push_back(kDigits[b & 0xf]);
+  }
+  return out;
+}
 
 std::string ConfigDir() {
   if (const char* dir = std::getenv("VESSEL_CONFIG_DIR"); dir && *dir) return dir;
@@ -150,7 +155,7 @@ Result<std::string> HmacSha256Hex(const HostKey& key, std::string_view text) {
              &size) == nullptr) {
     return Fail(Error::HostIo("HMAC-SHA-256", EIO));
   }
-  return Hex(std::span(mac).first(size));
+  return LowerHex(std::span(mac).first(size));
 }
 
 }  // namespace vessel::snapshot

@@ -7,6 +7,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <string>
 #include <string_view>
 
@@ -33,6 +34,9 @@ std::string ConfigDir();
 
 // LoadOrCreateHostKey(ConfigDir()), read once per process.
 [[nodiscard]] Result<HostKey> ThisHostKey();
+
+// `bytes` as lowercase hex digits, two per byte: how digests and the key are written.
+std::string LowerHex(std::span<const uint8_t> bytes);
 
 // HMAC-SHA-256 of `text` under `key`, as 64 lowercase hex digits.
 [[nodiscard]] Result<std::string> HmacSha256Hex(const HostKey& key, std::string_view text);

@@ -51,17 +51,6 @@ std::unexpected<Error> FormatError(std::string message) {
   return Fail(Error::SnapshotFormat(std::move(message)));
 }
 
-std::string Hex(std::span<const uint8_t> bytes) {
-  static constexpr char kDigits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    out.push_back(kDigits[b >> 4]);
-    out.push_back(kDigits[b & 0xf]);
-  }
-  return out;
-}
-
 bool IsSha256Hex(const std::string& s) {
   return s.size() == 64 && std::all_of(s.begin(), s.end(), [](char c) {
            return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
@@ -92,7 +81,7 @@ class Sha256 {
     if (EVP_DigestFinal_ex(context_.get(), digest.data(), &size) != 1) {
       return Fail(Error::HostIo("SHA-256: OpenSSL final failed", EIO));
     }
-    return Hex(std::span(digest).first(size));
+    return LowerHex(std::span(digest).first(size));
   }
 
  private:
