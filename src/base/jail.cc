@@ -85,8 +85,11 @@ int RunStep(const JailStep& step) {
       if (chown(path, step.uid, step.gid) != 0 || chmod(path, step.mode) != 0) return errno;
       return 0;
     case JailStep::Op::kProc:
-      return mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) == 0 ? 0
-                                                                                         : errno;
+      // Only the processes (subset=pid): no /proc/sys, /proc/sysrq-trigger or the like,
+      // which a jailed uid 0 could write without any capability.
+      return mount("proc", path, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, "subset=pid") == 0
+                 ? 0
+                 : errno;
     case JailStep::Op::kPivot:
       // pivot_root(".", ".") stacks the old root under the new one; detaching it leaves
       // only the new.

@@ -64,7 +64,7 @@ struct JailStep {
     kReadOnly,   // remount the bind at `path` read-only
     kSymlink,    // `path` -> `source`
     kMknod,      // a character device `path` with `rdev` and `mode`, owned by `uid`:`gid`
-    kProc,       // mount a proc file system on `path`
+    kProc,       // mount a proc file system of processes only (subset=pid) on `path`
     kPivot,      // make `path` the root; the old root goes
     kWrite,      // write `source` to the file `path` (a user namespace's maps)
   };

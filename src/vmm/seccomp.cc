@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <linux/audit.h>
+#include <linux/kvm.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -16,11 +17,17 @@ namespace vessel::vmm {
 namespace {
 
 constexpr uint32_t kX32SyscallBit = 0x40000000;
+// Load low half, compare, load high half, compare, allow.
+constexpr size_t kInstructionsPerValue = 5;
+
+// The ioctl requests of a running VM. The VM's set-up (KVM_CREATE_*, KVM_SET_*) is over
+// before the filter is installed.
+constexpr uint64_t kRunningVmIoctls[] = {KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS};
 
 // Allowances whose arguments are checked are filled in by VmmSyscallPolicy.
-constexpr SyscallAllowance kPolicy[] = {
+const SyscallAllowance kPolicy[] = {
     // vCPU threads
-    {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU, KVM_GET_REGS and friends to log a failed vCPU"},
+    {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU; KVM_GET_REGS and KVM_GET_SREGS to log a vCPU"},
     {SYS_rt_sigreturn, "rt_sigreturn", "returning from the empty handler of the vCPU kick signal"},
     {SYS_tgkill, "tgkill", "kicking a vCPU thread of this process out of KVM_RUN"},
     {SYS_rt_sigprocmask, "rt_sigprocmask", "glibc masks signals around thread exit"},
@@ -46,8 +53,6 @@ constexpr SyscallAllowance kPolicy[] = {
     {SYS_recvmsg, "recvmsg", "control requests (one SOCK_SEQPACKET message each)"},
     {SYS_sendto, "sendto", "send() of control replies and device data"},
     {SYS_sendmsg, "sendmsg", "control replies and device data"},
-    {SYS_unlink, "unlink", "the agent and vsock sockets are removed when their devices go"},
-    {SYS_unlinkat, "unlinkat", "unlink() as newer glibc implements it"},
     {SYS_close, "close", "connections of the host to the devices' sockets end"},
     {SYS_shutdown, "shutdown", "a vsock stream half-closed by the guest"},
     {SYS_fcntl, "fcntl", "setting a newly accepted socket non-blocking"},
@@ -85,8 +90,11 @@ sock_filter Jump(int code, uint32_t k, uint8_t jt, uint8_t jf) {
 std::vector<SyscallAllowance> VmmSyscallPolicy(pid_t self) {
   std::vector<SyscallAllowance> policy(std::begin(kPolicy), std::end(kPolicy));
   for (SyscallAllowance& a : policy) {
-    if (a.number == SYS_tgkill) a.only_if = ArgEquals{0, static_cast<uint64_t>(self)};
-    if (a.number == SYS_socket) a.only_if = ArgEquals{0, AF_UNIX};
+    if (a.number == SYS_tgkill) a.only_if = ArgOneOf{0, {static_cast<uint64_t>(self)}};
+    if (a.number == SYS_socket) a.only_if = ArgOneOf{0, {AF_UNIX}};
+    if (a.number == SYS_ioctl) {
+      a.only_if = ArgOneOf{1, {std::begin(kRunningVmIoctls), std::end(kRunningVmIoctls)}};
+    }
   }
   return policy;
 }
@@ -105,16 +113,20 @@ std::vector<sock_filter> CompileSeccompFilter(std::span<const SyscallAllowance> 
       prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
       continue;
     }
-    // The number matches: the argument decides, both halves of it; else on to the next
-    // rule with the number still in the accumulator.
+    // The number matches: the argument decides, both halves of it, against each value in
+    // turn; else on to the next rule with the number still in the accumulator.
+    const std::vector<uint64_t>& values = a.only_if->values;
     const uint32_t arg = offsetof(seccomp_data, args) + 8 * a.only_if->index;
-    const uint64_t value = a.only_if->value;
-    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 0, 6));
-    prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg));  // little-endian: low half
-    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value), 0, 3));
-    prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg + 4));
-    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value >> 32), 0, 1));
-    prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    const auto rule_size = static_cast<uint32_t>(kInstructionsPerValue * values.size() + 1);
+    prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(a.number), 1, 0));
+    prog.push_back(Statement(BPF_JMP | BPF_JA, rule_size));  // a 32-bit jump: any length
+    for (uint64_t value : values) {
+      prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg));  // little-endian: low half
+      prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value), 0, 3));
+      prog.push_back(Statement(BPF_LD | BPF_W | BPF_ABS, arg + 4));
+      prog.push_back(Jump(BPF_JMP | BPF_JEQ | BPF_K, static_cast<uint32_t>(value >> 32), 0, 1));
+      prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_ALLOW));
+    }
     prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));
   }
   prog.push_back(Statement(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS));

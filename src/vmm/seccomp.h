@@ -18,26 +18,27 @@
 
 namespace vessel::vmm {
 
-// A system call argument that must have one value (all 64 bits).
-struct ArgEquals {
+// A system call argument that must have one of a few values (all 64 bits of it).
+struct ArgOneOf {
   unsigned index;  // 0..5
-  uint64_t value;
+  std::vector<uint64_t> values;
 };
 
 struct SyscallAllowance {
   long number;
   std::string_view name;
   std::string_view reason;
-  std::optional<ArgEquals> only_if;  // unset: any arguments
+  std::optional<ArgOneOf> only_if;  // unset: any arguments
 };
 
 // The allow-list of a running VMM whose process (thread group) id is `self`: signals
-// only to its own threads, sockets only of AF_UNIX.
+// only to its own threads, sockets only of AF_UNIX, ioctl only the KVM requests a
+// running VM makes.
 [[nodiscard]] std::vector<SyscallAllowance> VmmSyscallPolicy(pid_t self);
 
 // A filter that kills the process for a foreign architecture, an x32 call, a system call
-// missing from `allowed` or one whose checked argument has another value, and allows the
-// rest.
+// missing from `allowed` or one whose checked argument has none of its values, and allows
+// the rest.
 [[nodiscard]] std::vector<sock_filter> CompileSeccompFilter(
     std::span<const SyscallAllowance> allowed);
 

@@ -311,7 +311,7 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
   return {};
 }
 
-Result<void> Vm::Start() {
+Result<void> Vm::Start(const std::function<Result<void>()>& confine) {
   {
     std::lock_guard lock(mutex_);
     if (started_) return Fail(Error::Backend("the VM was already started"));
@@ -334,8 +334,19 @@ Result<void> Vm::Start() {
   }
   // A new thread makes system calls of its own before it runs its function (robust futex
   // list, rseq): wait for them, so that a seccomp filter installed next meets none.
-  std::unique_lock lock(mutex_);
-  changed_.wait(lock, [&] { return threads_ready_ == vcpus_.size() + 1; });
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return threads_ready_ == vcpus_.size() + 1; });
+  }
+  if (confine) {
+    if (auto r = confine(); !r) {
+      Stop();
+      return r;
+    }
+  }
+  std::lock_guard lock(mutex_);
+  guest_released_ = true;
+  changed_.notify_all();
   return {};
 }
 
@@ -440,6 +451,10 @@ void Vm::RunVcpu(Vcpu& vcpu) {
   sigaddset(&set, kKickSignal);
   pthread_sigmask(SIG_UNBLOCK, &set, nullptr);
   ThreadReady();
+  {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return guest_released_ || stop_requested_; });
+  }
 
   for (;;) {
     {

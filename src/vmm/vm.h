@@ -11,6 +11,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -52,8 +53,10 @@ class Vm {
   Vm(const Vm&) = delete;
   Vm& operator=(const Vm&) = delete;
 
-  // Starts the I/O thread and the vCPU threads. Once.
-  [[nodiscard]] Result<void> Start();
+  // Starts the I/O thread and the vCPU threads, runs `confine` once every thread exists
+  // and only then lets the vCPUs enter the guest: the guest's first instruction runs
+  // confined. A failed `confine` stops the VM before it ran. Once.
+  [[nodiscard]] Result<void> Start(const std::function<Result<void>()>& confine = {});
   // Returns once every vCPU is parked outside KVM_RUN.
   [[nodiscard]] Result<void> Pause();
   [[nodiscard]] Result<void> Resume();
@@ -120,6 +123,7 @@ class Vm {
   uint32_t parked_ = 0;
   uint32_t exited_ = 0;
   size_t threads_ready_ = 0;
+  bool guest_released_ = false;  // the vCPUs may enter KVM_RUN
   std::atomic<uint64_t> unknown_pio_ = 0;
   std::atomic<uint64_t> unknown_mmio_ = 0;
 };

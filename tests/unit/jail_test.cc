@@ -264,6 +264,34 @@ TEST_F(JailedChildTest, SeesOnlyItsPathsHasNoCapabilitiesAndItsOwnNamespaces) {
   EXPECT_FALSE(fs::exists(fmt::format("/proc/{}", pid)));
 }
 
+// A jail that keeps uid 0 (as QEMU's does) drops every capability, but files of root's
+// with write permission for their owner stay writable to it: the kernel's settings under
+// /proc/sys, /proc/sysrq-trigger. The jail's /proc has only the processes.
+TEST_F(JailedChildTest, ItsProcHasOnlyProcessesSoUidZeroWritesNoKernelSetting) {
+  std::string out = dir_ + "/out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0700), 0);
+  SpawnOptions options;
+  options.argv = {
+      "/bin/sh", "-c",
+      "for p in /proc/sys /proc/sys/kernel/core_pattern /proc/sysrq-trigger /proc/kcore "
+      "/proc/self/fd /proc/1/status; do if test -e $p; then echo \"$p seen\"; "
+      "else echo \"$p hidden\"; fi; done > " +
+          out + "/seen; echo > " + out + "/done"};
+  options.jail = JailSpec{.root = dir_ + "/root",
+                          .read_only = {},
+                          .writable = {out},
+                          .devices = {},
+                          .uid = std::nullopt,
+                          .gid = std::nullopt};
+  auto child = Subprocess::Spawn(options);
+  ASSERT_TRUE(child.has_value()) << child.error().ToString();
+  ASSERT_TRUE(child->WaitFor(std::chrono::seconds(10)));
+  ASSERT_TRUE(fs::exists(out + "/done"));
+  EXPECT_EQ(ReadAll(out + "/seen"),
+            "/proc/sys hidden\n/proc/sys/kernel/core_pattern hidden\n/proc/sysrq-trigger hidden\n"
+            "/proc/kcore hidden\n/proc/self/fd seen\n/proc/1/status seen\n");
+}
+
 TEST_F(JailedChildTest, AFailedStepIsAnErrorNamingIt) {
   SpawnOptions options;
   options.argv = {"/bin/true"};

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 #include <linux/audit.h>
+#include <linux/kvm.h>
 #include <linux/seccomp.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 
@@ -27,6 +29,7 @@ uint32_t RunFilter(const std::vector<sock_filter>& prog, const seccomp_data& dat
         break;
       case BPF_JMP | BPF_JEQ | BPF_K: pc += acc == ins.k ? ins.jt : ins.jf; break;
       case BPF_JMP | BPF_JGE | BPF_K: pc += acc >= ins.k ? ins.jt : ins.jf; break;
+      case BPF_JMP | BPF_JA: pc += ins.k; break;
       case BPF_RET | BPF_K: return ins.k;
       default: ADD_FAILURE() << "unexpected instruction " << ins.code; return 0;
     }
@@ -38,8 +41,14 @@ uint32_t RunFilter(const std::vector<sock_filter>& prog, const seccomp_data& dat
 // The VMM's pid in these tests.
 constexpr pid_t kSelf = 4242;
 
+// One argument of a call.
+struct Arg {
+  unsigned index;
+  uint64_t value;
+};
+
 uint32_t RunSyscall(long nr, uint32_t arch = AUDIT_ARCH_X86_64,
-                    std::optional<ArgEquals> arg = std::nullopt) {
+                    std::optional<Arg> arg = std::nullopt) {
   seccomp_data data{};
   data.nr = static_cast<int>(nr);
   data.arch = arch;
@@ -49,7 +58,15 @@ uint32_t RunSyscall(long nr, uint32_t arch = AUDIT_ARCH_X86_64,
 
 TEST(Seccomp, AllowsEveryListedSyscall) {
   for (const auto& a : VmmSyscallPolicy(kSelf)) {
-    EXPECT_EQ(RunSyscall(a.number, AUDIT_ARCH_X86_64, a.only_if), SECCOMP_RET_ALLOW) << a.name;
+    if (!a.only_if) {
+      EXPECT_EQ(RunSyscall(a.number), SECCOMP_RET_ALLOW) << a.name;
+      continue;
+    }
+    for (uint64_t value : a.only_if->values) {
+      EXPECT_EQ(RunSyscall(a.number, AUDIT_ARCH_X86_64, Arg{a.only_if->index, value}),
+                SECCOMP_RET_ALLOW)
+          << a.name << " " << value;
+    }
   }
 }
 
@@ -57,27 +74,87 @@ TEST(Seccomp, AllowsEveryListedSyscall) {
 // value, in either half of the 64-bit argument, kills.
 TEST(Seccomp, TgkillOnlyToItselfAndSocketOnlyUnix) {
   const uint64_t self = kSelf;
-  EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, ArgEquals{0, self}), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, Arg{0, self}), SECCOMP_RET_ALLOW);
   for (uint64_t other : {uint64_t{1}, self + 1, self | (uint64_t{1} << 32), uint64_t{0}}) {
-    EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, ArgEquals{0, other}),
-              SECCOMP_RET_KILL_PROCESS)
+    EXPECT_EQ(RunSyscall(SYS_tgkill, AUDIT_ARCH_X86_64, Arg{0, other}), SECCOMP_RET_KILL_PROCESS)
         << other;
   }
-  EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, ArgEquals{0, AF_UNIX}), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, Arg{0, AF_UNIX}), SECCOMP_RET_ALLOW);
   for (uint64_t family : {uint64_t{AF_INET}, uint64_t{AF_INET6}, uint64_t{AF_NETLINK},
                           uint64_t{AF_VSOCK}, uint64_t{AF_UNIX} | (uint64_t{1} << 32)}) {
-    EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, ArgEquals{0, family}),
-              SECCOMP_RET_KILL_PROCESS)
+    EXPECT_EQ(RunSyscall(SYS_socket, AUDIT_ARCH_X86_64, Arg{0, family}), SECCOMP_RET_KILL_PROCESS)
         << family;
   }
   // A rule with an argument leaves the rules after it intact.
   EXPECT_EQ(RunSyscall(SYS_restart_syscall), SECCOMP_RET_ALLOW);
 }
 
+// A running VM asks KVM only to run a vCPU and to read its registers: creating devices,
+// memory slots or vCPUs, setting registers or any other device's ioctl kills.
+TEST(Seccomp, IoctlOnlyForTheRequestsOfARunningVm) {
+  for (uint64_t request : {uint64_t{KVM_RUN}, uint64_t{KVM_GET_REGS}, uint64_t{KVM_GET_SREGS}}) {
+    EXPECT_EQ(RunSyscall(SYS_ioctl, AUDIT_ARCH_X86_64, Arg{1, request}), SECCOMP_RET_ALLOW)
+        << request;
+  }
+  for (uint64_t request :
+       {uint64_t{KVM_CREATE_VM}, uint64_t{KVM_CREATE_VCPU}, uint64_t{KVM_SET_USER_MEMORY_REGION},
+        uint64_t{KVM_SET_REGS}, uint64_t{KVM_SET_SREGS}, uint64_t{KVM_IRQFD},
+        uint64_t{KVM_CHECK_EXTENSION}, uint64_t{TIOCSTI}, uint64_t{FIONREAD}, uint64_t{0},
+        uint64_t{KVM_RUN} | (uint64_t{1} << 32)}) {
+    EXPECT_EQ(RunSyscall(SYS_ioctl, AUDIT_ARCH_X86_64, Arg{1, request}), SECCOMP_RET_KILL_PROCESS)
+        << request;
+  }
+  // The request is argument 1: a KVM_RUN value in the descriptor's place does not help.
+  EXPECT_EQ(RunSyscall(SYS_ioctl, AUDIT_ARCH_X86_64, Arg{0, KVM_RUN}), SECCOMP_RET_KILL_PROCESS);
+}
+
+// A check of many values still reaches the rules after it (the skip is not 8 bits wide).
+TEST(Seccomp, AnArgumentCheckOfManyValuesKeepsTheRulesAfterIt) {
+  std::vector<uint64_t> many;
+  for (uint64_t v = 0; v < 300; ++v) many.push_back(v * 7);
+  const SyscallAllowance policy[] = {
+      {SYS_ioctl, "ioctl", "many requests", ArgOneOf{1, many}},
+      {SYS_read, "read", "after the long rule", std::nullopt},
+  };
+  const auto prog = CompileSeccompFilter(policy);
+  auto run = [&](long nr, uint64_t arg1) {
+    seccomp_data data{};
+    data.nr = static_cast<int>(nr);
+    data.arch = AUDIT_ARCH_X86_64;
+    data.args[1] = arg1;
+    return RunFilter(prog, data);
+  };
+  EXPECT_EQ(run(SYS_ioctl, 0), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(run(SYS_ioctl, 299 * 7), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(run(SYS_ioctl, 299 * 7 + 1), SECCOMP_RET_KILL_PROCESS);
+  EXPECT_EQ(run(SYS_read, 5), SECCOMP_RET_ALLOW);
+  EXPECT_EQ(run(SYS_write, 0), SECCOMP_RET_KILL_PROCESS);
+}
+
 TEST(Seccomp, KillsTheProcessForAnythingElse) {
-  for (long nr : {SYS_execve, SYS_execveat, SYS_openat, SYS_open, SYS_clone, SYS_clone3, SYS_fork,
-                  SYS_ptrace, SYS_mount, SYS_bind, SYS_listen, SYS_rename, SYS_setuid, SYS_prctl,
-                  SYS_seccomp, SYS_kill, SYS_process_vm_writev}) {
+  for (long nr : {SYS_execve,
+                  SYS_execveat,
+                  SYS_openat,
+                  SYS_open,
+                  SYS_clone,
+                  SYS_clone3,
+                  SYS_fork,
+                  SYS_ptrace,
+                  SYS_mount,
+                  SYS_bind,
+                  SYS_listen,
+                  SYS_rename,
+                  SYS_setuid,
+                  SYS_prctl,
+                  SYS_seccomp,
+                  SYS_kill,
+                  SYS_process_vm_writev,
+                  SYS_unlink,
+                  SYS_unlinkat,
+                  SYS_rmdir,
+                  SYS_symlink,
+                  SYS_link,
+                  SYS_chmod}) {
     EXPECT_EQ(RunSyscall(nr), SECCOMP_RET_KILL_PROCESS) << nr;
   }
   EXPECT_EQ(RunSyscall(10'000), SECCOMP_RET_KILL_PROCESS);

@@ -69,17 +69,14 @@ std::vector<iovec> Iovecs(const std::vector<std::span<uint8_t>>& buffers, uint64
 
 class VirtioConsole final : public virtio::VirtioDevice {
  public:
-  VirtioConsole(EventLoop& loop, std::string path, std::string port_name, UniqueFd listener)
-      : loop_(loop),
-        path_(std::move(path)),
-        port_name_(std::move(port_name)),
-        listener_(std::move(listener)) {}
+  VirtioConsole(EventLoop& loop, std::string port_name, UniqueFd listener)
+      : loop_(loop), port_name_(std::move(port_name)), listener_(std::move(listener)) {}
 
   ~VirtioConsole() override {
     std::lock_guard lock(mutex_);
     if (conn_) loop_.Remove(conn_.get());
     loop_.Remove(listener_.get());
-    unlink(path_.c_str());
+    // The socket file stays for the host to remove with the runtime directory.
   }
 
   Result<void> Start() {
@@ -357,7 +354,6 @@ class VirtioConsole final : public virtio::VirtioDevice {
   }
 
   EventLoop& loop_;
-  const std::string path_;
   const std::string port_name_;
   UniqueFd listener_;
 
@@ -384,8 +380,7 @@ Result<std::unique_ptr<virtio::VirtioDevice>> MakeVirtioConsole(
   }
   auto listener = virtio::ListenUnix(agent_socket_path);
   if (!listener) return Fail(std::move(listener.error()).Context("virtio-console agent port"));
-  auto device =
-      std::make_unique<VirtioConsole>(loop, agent_socket_path, port_name, std::move(*listener));
+  auto device = std::make_unique<VirtioConsole>(loop, port_name, std::move(*listener));
   if (auto started = device->Start(); !started) return Fail(started.error());
   return device;
 }

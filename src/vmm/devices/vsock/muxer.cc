@@ -31,7 +31,8 @@ std::optional<uint32_t> ParseConnectLine(std::string_view line) {
 Muxer::~Muxer() {
   CloseAll();
   loop_.Remove(listener_.get());
-  unlink(path_.c_str());
+  // The socket file stays: a confined VMM cannot unlink, and its host removes the runtime
+  // directory the file is in.
 }
 
 Result<void> Muxer::Listen(std::function<void()> on_accept) {
