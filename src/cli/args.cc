@@ -254,6 +254,14 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
       ->expected(1, -1);
 
+  ServeArgs serve_args;
+  auto* serve = app.add_subcommand(
+      "serve", "serve E2B's sandbox API over HTTP, for the e2b SDKs (docs/server.md)");
+  serve->add_option("--listen", serve_args.listen, "HOST:PORT to listen on")->capture_default_str();
+  serve->add_option("--api-key-file", serve_args.api_key_file,
+                    "the API key clients must send (made when missing; default: "
+                    "~/.config/vessel/api-key)");
+
   SuperviseArgs supervise_args;
   // Hidden: started by create, restore and fork.
   auto* supervise = app.add_subcommand("__supervise")->group("");
@@ -292,6 +300,7 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (import->parsed()) return import_args;
     if (image_ls->parsed()) return image_list_args;
     if (image_rm->parsed()) return image_rm_args;
+    if (serve->parsed()) return serve_args;
     if (supervise->parsed()) return supervise_args;
     throw CLI::CallForHelp();
   } catch (const CLI::CallForHelp&) {

@@ -75,6 +75,10 @@ struct ImageListArgs {
 struct ImageRemoveArgs {
   std::vector<std::string> names;
 };
+struct ServeArgs {
+  std::string listen = "127.0.0.1:3000";  // HOST:PORT
+  std::string api_key_file;               // empty: <config dir>/api-key
+};
 // The hidden command that runs a supervisor (supervisor/launch.h).
 struct SuperviseArgs {
   std::string config;  // JSON
@@ -84,10 +88,10 @@ struct HelpArgs {
   std::string text;
 };
 
-using Invocation =
-    std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs, SnapshotArgs,
-                 VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs, DoctorArgs, ImageBuildArgs, ImageImportArgs,
-                 ImageListArgs, ImageRemoveArgs, SuperviseArgs, HelpArgs>;
+using Invocation = std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs,
+                                SnapshotArgs, VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs,
+                                DoctorArgs, ImageBuildArgs, ImageImportArgs, ImageListArgs,
+                                ImageRemoveArgs, ServeArgs, SuperviseArgs, HelpArgs>;
 
 // A command line that makes no sense: what is wrong, and the usage of the command it
 // tried (the whole program's when none).

@@ -44,5 +44,6 @@ int ImageBuild(const ImageBuildArgs& args);
 int ImageImport(const ImageImportArgs& args);
 int ImageList(const ImageListArgs& args);
 int ImageRemove(const ImageRemoveArgs& args);
+int Serve(const ServeArgs& args);
 
 }  // namespace vessel::cli

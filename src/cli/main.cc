@@ -3,6 +3,7 @@
 //   vessel run [options] -- CMD [ARG...]   boot a microVM, run CMD in it, destroy it
 //   vessel create / exec / cp / ls / rm     sandboxes that outlive the command
 //   vessel snapshot / restore / fork        save, restore and copy those sandboxes
+//   vessel serve                           E2B's sandbox API over HTTP
 //   vessel doctor                          what this host can run, and what is missing
 //
 // Exit status of `run` and `exec`: the command's own exit code; 128+N when a signal N
@@ -95,6 +96,7 @@ int main(int argc, char** argv) {
                         [](const cli::ImageImportArgs& a) { return cli::ImageImport(a); },
                         [](const cli::ImageListArgs& a) { return cli::ImageList(a); },
                         [](const cli::ImageRemoveArgs& a) { return cli::ImageRemove(a); },
+                        [](const cli::ServeArgs& a) { return cli::Serve(a); },
                         [](const cli::SuperviseArgs& a) { return cli::Supervise(a); },
                         [](const cli::HelpArgs& a) {
                           std::cout << a.text;

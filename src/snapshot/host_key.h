@@ -22,10 +22,6 @@ struct HostKey {
   std::array<uint8_t, kHostKeySize> bytes{};
 };
 
-// Where Vessel keeps its configuration: $VESSEL_CONFIG_DIR, else $XDG_CONFIG_HOME/vessel,
-// else ~/.config/vessel.
-std::string ConfigDir();
-
 // The key in `dir`/snapshot.key: 64 lowercase hex digits and a newline. Created when
 // missing, from getrandom, mode 0600, in `dir` made 0700; two processes creating it at
 // once end up with the same key. kHostIo when `dir` or the file belongs to another user,
@@ -34,9 +30,6 @@ std::string ConfigDir();
 
 // LoadOrCreateHostKey(ConfigDir()), read once per process.
 [[nodiscard]] Result<HostKey> ThisHostKey();
-
-// `bytes` as lowercase hex digits, two per byte: how digests and the key are written.
-std::string LowerHex(std::span<const uint8_t> bytes);
 
 // HMAC-SHA-256 of `text` under `key`, as 64 lowercase hex digits.
 [[nodiscard]] Result<std::string> HmacSha256Hex(const HostKey& key, std::string_view text);

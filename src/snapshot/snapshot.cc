@@ -22,6 +22,7 @@
 #include <utility>
 
 #include "base/io.h"
+#include "base/secret_file.h"
 #include "base/unique_fd.h"
 
 namespace vessel::snapshot {

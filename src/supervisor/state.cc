@@ -91,15 +91,29 @@ Result<void> WriteRecord(const SandboxRecord& record) {
       {"restored_from", record.restored_from},
       {"forked_from", record.forked_from},
   };
+  return WriteSandboxFile(record.id, kStateFile, json.dump(2) + "\n");
+}
+
+Result<void> WriteSandboxFile(const std::string& id, std::string_view name,
+                              std::string_view content) {
+  if (!IsSafeComponent(id)) return Fail(Error::InvalidConfig("ID", "\"" + id + "\" is not an id"));
   auto dir = PrivateSandboxesDir(/*create=*/true);
   if (!dir) return Fail(std::move(dir).error());
-  std::string path = StateDir(record.id) + "/" + kStateFile;
+  std::string path = fmt::format("{}/{}", StateDir(id), name);
   std::string temporary = path + ".tmp";
-  if (auto written = WriteStringToFile(temporary, json.dump(2) + "\n"); !written) return written;
+  if (auto written = WriteStringToFile(temporary, content); !written) return written;
   if (::rename(temporary.c_str(), path.c_str()) != 0) {
     return Fail(Error::HostIo("rename " + temporary, errno));
   }
   return {};
+}
+
+Result<std::string> ReadSandboxFile(const std::string& id, std::string_view name,
+                                    size_t max_bytes) {
+  if (!IsSafeComponent(id)) return Fail(Error::InvalidConfig("ID", "\"" + id + "\" is not an id"));
+  auto dir = PrivateSandboxesDir(/*create=*/false);
+  if (!dir) return Fail(std::move(dir).error());
+  return ReadFileToString(fmt::format("{}/{}", StateDir(id), name), max_bytes);
 }
 
 Result<SandboxRecord> ReadRecord(const std::string& id) {

@@ -57,6 +57,13 @@ struct SandboxRecord {
 // Writes state.json atomically (a temporary file renamed over it).
 [[nodiscard]] Result<void> WriteRecord(const SandboxRecord& record);
 [[nodiscard]] Result<SandboxRecord> ReadRecord(const std::string& id);
+// A file beside state.json for what another part keeps about the sandbox (the server's
+// API attributes), `name` being a plain file name. Written atomically (a temporary file
+// renamed over it), read with a size cap; they go with the sandbox's directory.
+[[nodiscard]] Result<void> WriteSandboxFile(const std::string& id, std::string_view name,
+                                            std::string_view content);
+[[nodiscard]] Result<std::string> ReadSandboxFile(const std::string& id, std::string_view name,
+                                                  size_t max_bytes);
 // The ids of every sandbox directory, sorted; fails when the directories are not private.
 [[nodiscard]] Result<std::vector<std::string>> ListSandboxIds();
 // The sandbox whose id, else whose name, is `id_or_name`. kInvalidConfig when none is.

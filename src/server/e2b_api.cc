@@ -1,0 +1,452 @@
+#include "server/e2b_api.h"
+
+#include <fmt/chrono.h>
+#include <fmt/format.h>
+#include <openssl/crypto.h>
+
+#include <algorithm>
+#include <charconv>
+#include <ctime>
+#include <expected>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <set>
+#include <vector>
+
+namespace vessel::server {
+namespace {
+
+using http::status;
+using nlohmann::json;
+
+constexpr std::string_view kJson = "application/json";
+constexpr std::string_view kClientId = "vessel";
+// What a sandbox without a timeout reports as its end.
+constexpr std::string_view kNoEnd = "9999-12-31T23:59:59.000Z";
+
+// The fields of E2B's NewSandbox, and Vessel's cpuCount and memoryMB. Those Vessel does
+// not act on yet are accepted when they ask for nothing (docs/api/openapi.yaml).
+const std::set<std::string, std::less<>> kNewSandboxFields = {
+    "templateID", "timeout",  "autoPause", "autoResume", "secure",       "allow_internet_access",
+    "network",    "metadata", "envVars",   "mcp",        "volumeMounts", "cpuCount",
+    "memoryMB"};
+
+// A failure to answer with: a status and its message.
+struct ApiError {
+  status code;
+  std::string message;
+};
+template <typename T>
+using ApiResult = std::expected<T, ApiError>;
+
+// Beast 1.74 speaks boost::string_view.
+std::string_view Sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
+
+ApiError BadRequest(std::string message) { return {status::bad_request, std::move(message)}; }
+
+void Reply(ResponseWriter& writer, status code, const json& body) {
+  (void)writer.Send(code, kJson, body.dump(-1, ' ', false, json::error_handler_t::replace));
+}
+void ReplyError(ResponseWriter& writer, const ApiError& error) {
+  (void)writer.Send(error.code, kJson, ErrorBody(error.code, error.message));
+}
+void ReplyEmpty(ResponseWriter& writer) { (void)writer.Send(status::no_content, {}, {}); }
+
+// A Vessel error as the API's: a config the request chose is the client's fault.
+ApiError FromError(const Error& error) {
+  if (error.kind() == ErrorKind::kInvalidConfig) {
+    if (error.subject() == "templateID") return {status::not_found, error.message()};
+    return BadRequest(error.ToString());
+  }
+  return {status::internal_server_error, error.ToString()};
+}
+
+std::optional<int> HexValue(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return std::nullopt;
+}
+
+// %XX and '+' decoded; nullopt for a broken escape.
+std::optional<std::string> UrlDecode(std::string_view text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (c == '+') {
+      out.push_back(' ');
+    } else if (c == '%') {
+      if (i + 2 >= text.size()) return std::nullopt;
+      auto high = HexValue(text[i + 1]);
+      auto low = HexValue(text[i + 2]);
+      if (!high || !low) return std::nullopt;
+      out.push_back(static_cast<char>(*high << 4 | *low));
+      i += 2;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// The pairs of a query string (`a=1&b=2`), decoded.
+ApiResult<std::vector<std::pair<std::string, std::string>>> ParseQuery(std::string_view query) {
+  std::vector<std::pair<std::string, std::string>> pairs;
+  while (!query.empty()) {
+    size_t amp = query.find('&');
+    std::string_view part = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (part.empty()) continue;
+    size_t eq = part.find('=');
+    auto key = UrlDecode(part.substr(0, eq));
+    auto value = UrlDecode(eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1));
+    if (!key || !value) return std::unexpected(BadRequest("malformed query string"));
+    pairs.emplace_back(std::move(*key), std::move(*value));
+  }
+  return pairs;
+}
+
+ApiResult<json> ParseObject(const Request& request) {
+  if (request.body().empty()) return std::unexpected(BadRequest("the request has no JSON body"));
+  auto body = json::parse(request.body(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return std::unexpected(BadRequest("the body is not valid JSON"));
+  if (!body.is_object()) return std::unexpected(BadRequest("the body is not a JSON object"));
+  return body;
+}
+
+ApiResult<int64_t> IntegerField(const json& body, const char* field, int64_t min, int64_t max) {
+  const json& value = body.at(field);
+  if (!value.is_number_integer()) {
+    return std::unexpected(BadRequest(fmt::format("'{}' must be an integer", field)));
+  }
+  int64_t n = value.get<int64_t>();
+  if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(max)) n = max + 1;
+  if (n < min || n > max) {
+    return std::unexpected(
+        BadRequest(fmt::format("'{}' must be between {} and {}, not {}", field, min, max, n)));
+  }
+  return n;
+}
+
+ApiResult<std::map<std::string, std::string>> StringMap(const json& body, const char* field) {
+  const json& value = body.at(field);
+  std::map<std::string, std::string> out;
+  if (value.is_null()) return out;
+  if (!value.is_object()) {
+    return std::unexpected(BadRequest(fmt::format("'{}' must be an object of strings", field)));
+  }
+  if (value.size() > kMaxMapEntries) {
+    return std::unexpected(BadRequest(
+        fmt::format("'{}' has {} entries; at most {}", field, value.size(), kMaxMapEntries)));
+  }
+  for (const auto& [key, item] : value.items()) {
+    if (!item.is_string()) {
+      return std::unexpected(BadRequest(fmt::format("'{}.{}' must be a string", field, key)));
+    }
+    if (key.empty() || key.size() > kMaxKeyBytes ||
+        item.get_ref<const std::string&>().size() > kMaxValueBytes) {
+      return std::unexpected(
+          BadRequest(fmt::format("'{}' keys must be 1 to {} bytes and values at most {}", field,
+                                 kMaxKeyBytes, kMaxValueBytes)));
+    }
+    out.emplace(key, item.get<std::string>());
+  }
+  return out;
+}
+
+ApiResult<NewSandbox> ParseNewSandbox(const Request& request) {
+  auto body = ParseObject(request);
+  if (!body) return std::unexpected(body.error());
+  for (const auto& [key, value] : body->items()) {
+    if (!kNewSandboxFields.contains(key)) {
+      return std::unexpected(BadRequest(fmt::format("unknown field '{}'", key)));
+    }
+  }
+  NewSandbox out;
+  auto it = body->find("templateID");
+  if (it == body->end() || !it->is_string() || it->get_ref<const std::string&>().empty()) {
+    return std::unexpected(BadRequest("'templateID' is required: a template's name"));
+  }
+  out.template_id = it->get<std::string>();
+  if (body->contains("timeout")) {
+    auto timeout = IntegerField(*body, "timeout", 0, kMaxTimeoutSeconds);
+    if (!timeout) return std::unexpected(timeout.error());
+    out.timeout = std::chrono::seconds(*timeout);
+  }
+  for (const char* field : {"metadata", "envVars"}) {
+    if (!body->contains(field)) continue;
+    auto map = StringMap(*body, field);
+    if (!map) return std::unexpected(map.error());
+    (std::string_view(field) == "metadata" ? out.metadata : out.env_vars) = std::move(*map);
+  }
+  if (body->contains("cpuCount")) {
+    auto n = IntegerField(*body, "cpuCount", 1, 64);
+    if (!n) return std::unexpected(n.error());
+    out.cpu_count = static_cast<uint32_t>(*n);
+  }
+  if (body->contains("memoryMB")) {
+    auto n = IntegerField(*body, "memoryMB", 128, 1 << 20);
+    if (!n) return std::unexpected(n.error());
+    out.memory_mb = static_cast<uint32_t>(*n);
+  }
+  for (const char* field : {"autoPause", "secure", "allow_internet_access"}) {
+    if (body->contains(field) && !body->at(field).is_boolean()) {
+      return std::unexpected(BadRequest(fmt::format("'{}' must be a boolean", field)));
+    }
+  }
+  if (body->value("autoPause", false)) {
+    return std::unexpected(
+        BadRequest("'autoPause' is not served yet: a sandbox is killed at its "
+                   "timeout"));
+  }
+  if (body->contains("volumeMounts") && !body->at("volumeMounts").is_null() &&
+      !body->at("volumeMounts").empty()) {
+    return std::unexpected(BadRequest("'volumeMounts' is not served"));
+  }
+  if (body->contains("mcp") && !body->at("mcp").is_null()) {
+    return std::unexpected(BadRequest("'mcp' is not served"));
+  }
+  return out;
+}
+
+json SandboxJson(const ApiSandbox& s) {
+  json out = {{"templateID", s.attributes.template_id},
+              {"sandboxID", s.id},
+              {"alias", s.attributes.template_id},
+              {"clientID", kClientId},
+              {"envdVersion", kEnvdVersion},
+              {"domain", nullptr}};
+  if (!s.attributes.access_token.empty()) out["envdAccessToken"] = s.attributes.access_token;
+  return out;
+}
+
+json ListedJson(const ApiSandbox& s) {
+  return {{"templateID", s.attributes.template_id},
+          {"alias", s.attributes.template_id},
+          {"sandboxID", s.id},
+          {"clientID", kClientId},
+          {"startedAt", Rfc3339(s.started_at_ms)},
+          {"endAt", s.attributes.end_at_ms ? Rfc3339(s.attributes.end_at_ms) : std::string(kNoEnd)},
+          {"cpuCount", s.cpu_count},
+          {"memoryMB", s.memory_mb},
+          {"diskSizeMB", 0},
+          {"metadata", s.attributes.metadata},
+          {"state", s.state},
+          {"envdVersion", kEnvdVersion}};
+}
+
+json DetailJson(const ApiSandbox& s) {
+  json out = ListedJson(s);
+  out["domain"] = nullptr;
+  if (!s.attributes.access_token.empty()) out["envdAccessToken"] = s.attributes.access_token;
+  return out;
+}
+
+// Sandbox ids are the engine's hex; anything else names none.
+bool LooksLikeId(std::string_view id) {
+  return !id.empty() && id.size() <= 64 &&
+         std::all_of(id.begin(), id.end(), [](char c) { return HexValue(c).has_value(); });
+}
+
+ApiError NotFound(std::string_view id) {
+  return {status::not_found, fmt::format("sandbox \"{}\" doesn't exist or you don't have access "
+                                         "to it",
+                                         id)};
+}
+
+}  // namespace
+
+std::string Rfc3339(int64_t unix_ms) {
+  std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
+  std::tm utc{};
+  ::gmtime_r(&seconds, &utc);
+  return fmt::format("{:%Y-%m-%dT%H:%M:%S}.{:03}Z", utc, unix_ms % 1000);
+}
+
+void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
+  std::string_view target = Sv(request.target());
+  size_t question = target.find('?');
+  std::string_view path = target.substr(0, question);
+  std::string_view query =
+      question == std::string_view::npos ? std::string_view() : target.substr(question + 1);
+  const auto method = request.method();
+
+  if (path == "/health" && method == http::verb::get) return ReplyEmpty(writer);
+
+  std::string_view key = Sv(request["X-API-Key"]);
+  if (key.size() != api_key_.size() ||
+      CRYPTO_memcmp(key.data(), api_key_.data(), key.size()) != 0) {
+    return ReplyError(writer, {status::unauthorized,
+                               key.empty() ? "missing X-API-Key header: the API key is required"
+                                           : "Invalid API key"});
+  }
+
+  auto fail = [&](const ApiError& e) { ReplyError(writer, e); };
+
+  if (path == "/templates" && method == http::verb::get) {
+    auto templates = registry_.Templates();
+    if (!templates) return fail(FromError(templates.error()));
+    json out = json::array();
+    for (const auto& t : *templates) {
+      std::string created = Rfc3339(t.created_ms);
+      out.push_back({{"templateID", t.id},
+                     {"buildID", t.id},
+                     {"cpuCount", t.cpu_count},
+                     {"memoryMB", t.memory_mb},
+                     {"diskSizeMB", 0},
+                     {"public", false},
+                     {"aliases", t.aliases},
+                     {"names", t.aliases},
+                     {"createdAt", created},
+                     {"updatedAt", created},
+                     {"createdBy", nullptr},
+                     {"lastSpawnedAt", nullptr},
+                     {"spawnCount", 0},
+                     {"buildCount", 1},
+                     {"envdVersion", kEnvdVersion},
+                     {"buildStatus", "ready"}});
+    }
+    return Reply(writer, status::ok, out);
+  }
+
+  if (path == "/sandboxes" && method == http::verb::post) {
+    auto wanted = ParseNewSandbox(request);
+    if (!wanted) return fail(wanted.error());
+    auto sandbox = registry_.Create(*wanted);
+    if (!sandbox) return fail(FromError(sandbox.error()));
+    return Reply(writer, status::created, SandboxJson(*sandbox));
+  }
+
+  if ((path == "/sandboxes" || path == "/v2/sandboxes") && method == http::verb::get) {
+    auto params = ParseQuery(query);
+    if (!params) return fail(params.error());
+    std::vector<std::pair<std::string, std::string>> metadata;
+    std::set<std::string, std::less<>> states;
+    size_t limit = kMaxPageSize;
+    std::string after;
+    for (const auto& [name, value] : *params) {
+      if (name == "metadata") {
+        auto pairs = ParseQuery(value);
+        if (!pairs) return fail(pairs.error());
+        metadata.insert(metadata.end(), pairs->begin(), pairs->end());
+      } else if (name == "state") {
+        for (size_t start = 0; start <= value.size();) {
+          size_t comma = value.find(',', start);
+          std::string state = value.substr(start, comma - start);
+          if (state != "running" && state != "paused" && state != "failed") {
+            return fail(BadRequest(fmt::format("unknown state '{}'", state)));
+          }
+          states.insert(state);
+          if (comma == std::string::npos) break;
+          start = comma + 1;
+        }
+      } else if (name == "limit") {
+        unsigned n = 0;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+        if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxPageSize) {
+          return fail(BadRequest(fmt::format("'limit' must be 1 to {}", kMaxPageSize)));
+        }
+        limit = n;
+      } else if (name == "nextToken") {
+        after = value;
+      }
+    }
+    // The legacy list shows running sandboxes only.
+    if (path == "/sandboxes" && states.empty()) states.insert("running");
+    auto sandboxes = registry_.List();
+    if (!sandboxes) return fail(FromError(sandboxes.error()));
+    json out = json::array();
+    std::string next;
+    for (const auto& s : *sandboxes) {
+      if (!after.empty() && s.id <= after) continue;
+      if (!states.empty() && !states.contains(s.state)) continue;
+      bool matches = std::all_of(metadata.begin(), metadata.end(), [&](const auto& kv) {
+        auto found = s.attributes.metadata.find(kv.first);
+        return found != s.attributes.metadata.end() && found->second == kv.second;
+      });
+      if (!matches) continue;
+      if (out.size() == limit) {
+        next = out.back()["sandboxID"].get<std::string>();
+        break;
+      }
+      out.push_back(ListedJson(s));
+    }
+    std::string body = out.dump(-1, ' ', false, json::error_handler_t::replace);
+    if (next.empty()) {
+      (void)writer.Send(status::ok, kJson, std::move(body));
+    } else {
+      (void)writer.Send(status::ok, kJson, std::move(body), {{"X-Next-Token", next}});
+    }
+    return;
+  }
+
+  // /sandboxes/{id}[/action]
+  constexpr std::string_view kPrefix = "/sandboxes/";
+  if (!path.starts_with(kPrefix)) {
+    return fail({status::not_found,
+                 fmt::format("no such endpoint: {} {}", Sv(request.method_string()), path)});
+  }
+  std::string_view rest = path.substr(kPrefix.size());
+  std::string_view id = rest.substr(0, rest.find('/'));
+  std::string_view action =
+      rest.size() > id.size() ? rest.substr(id.size() + 1) : std::string_view();
+  if (!LooksLikeId(id)) return fail(NotFound(id));
+  std::string sandbox_id(id);
+
+  if (action.empty() && method == http::verb::get) {
+    auto sandbox = registry_.Get(sandbox_id);
+    if (!sandbox) return fail(FromError(sandbox.error()));
+    if (!*sandbox) return fail(NotFound(id));
+    return Reply(writer, status::ok, DetailJson(**sandbox));
+  }
+  if (action.empty() && method == http::verb::delete_) {
+    auto killed = registry_.Kill(sandbox_id);
+    if (!killed) return fail(FromError(killed.error()));
+    if (!*killed) return fail(NotFound(id));
+    return ReplyEmpty(writer);
+  }
+  if (method == http::verb::post &&
+      (action == "timeout" || action == "refreshes" || action == "connect")) {
+    // timeout: the TTL from now, as asked; refreshes and connect only extend it.
+    const char* field = action == "refreshes" ? "duration" : "timeout";
+    int64_t seconds = 0;
+    if (!request.body().empty() || action != "refreshes") {
+      auto body = ParseObject(request);
+      if (!body) return fail(body.error());
+      if (!body->contains(field)) {
+        return fail(BadRequest(fmt::format("'{}' is required: seconds from now", field)));
+      }
+      auto n = IntegerField(*body, field, 0, action == "refreshes" ? 3600 : kMaxTimeoutSeconds);
+      if (!n) return fail(n.error());
+      seconds = *n;
+    }
+    auto sandbox = registry_.Get(sandbox_id);
+    if (!sandbox) return fail(FromError(sandbox.error()));
+    if (!*sandbox) return fail(NotFound(id));
+    int64_t end_at = NowMs() + seconds * 1000;
+    int64_t current = (*sandbox)->attributes.end_at_ms;
+    if (action != "timeout" && (current == 0 || current > end_at)) end_at = current;
+    auto set = registry_.SetEndAt(sandbox_id, end_at);
+    if (!set) return fail(FromError(set.error()));
+    if (!*set) return fail(NotFound(id));
+    if (action != "connect") return ReplyEmpty(writer);
+    (*sandbox)->attributes.end_at_ms = end_at;
+    return Reply(writer, status::ok, SandboxJson(**sandbox));
+  }
+  fail({status::not_found,
+        fmt::format("no such endpoint: {} {}", Sv(request.method_string()), path)});
+}
+
+void ControlPlane::ReapExpired() {
+  auto sandboxes = registry_.List();
+  if (!sandboxes) return;
+  const int64_t now = NowMs();
+  for (const auto& s : *sandboxes) {
+    if (s.attributes.end_at_ms != 0 && s.attributes.end_at_ms <= now) {
+      (void)registry_.Kill(s.id);
+    }
+  }
+}
+
+}  // namespace vessel::server

@@ -1,0 +1,201 @@
+#include "server/registry.h"
+
+#include <fmt/format.h>
+#include <sys/random.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <nlohmann/json.hpp>
+
+#include "base/secret_file.h"
+#include "image/image.h"
+#include "supervisor/launch.h"
+#include "supervisor/state.h"
+
+namespace vessel::server {
+namespace {
+
+constexpr std::string_view kAttributesFile = "api.json";
+constexpr size_t kMaxAttributesFile = 1024 * 1024;
+// The SDK's default template; served by the Debian image with Python when there is one.
+constexpr std::string_view kBaseTemplate = "base";
+constexpr std::string_view kBaseImage = "python";
+constexpr uint32_t kMinimalMemoryMb = 256;
+// The template a sandbox that the CLI made is listed with.
+constexpr std::string_view kCliTemplate = "cli";
+constexpr uint32_t kImageMemoryMb = 512;
+
+Result<std::string> NewAccessToken() {
+  uint8_t bytes[24];
+  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
+    return Fail(Error::HostIo("getrandom", errno));
+  }
+  return LowerHex(bytes);
+}
+
+Result<std::optional<ApiSandbox>> Describe(const std::string& id) {
+  auto listing = supervisor::Inspect(id);
+  if (!listing || listing->state == "dead") return std::optional<ApiSandbox>();
+  ApiSandbox sandbox{.id = id,
+                     .state = listing->state,
+                     .engine = listing->record.engine,
+                     .cpu_count = listing->record.vcpus,
+                     .memory_mb = listing->record.memory_mib,
+                     .started_at_ms = listing->record.created * 1000};
+  auto text = supervisor::ReadSandboxFile(id, kAttributesFile, kMaxAttributesFile);
+  if (text) {
+    auto attributes = ParseAttributes(*text);
+    if (!attributes) return Fail(std::move(attributes).error());
+    sandbox.attributes = std::move(*attributes);
+  } else if (text.error().errno_value() != ENOENT) {
+    return Fail(std::move(text).error());
+  } else {
+    // Made by `vessel create`, `restore` or `fork`: no template, no timeout, no token.
+    sandbox.attributes.template_id = std::string(kCliTemplate);
+  }
+  return std::optional<ApiSandbox>(std::move(sandbox));
+}
+
+}  // namespace
+
+int64_t NowMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string EncodeAttributes(const ApiAttributes& a) {
+  nlohmann::json json = {{"template_id", a.template_id},   {"metadata", a.metadata},
+                         {"env_vars", a.env_vars},         {"end_at_ms", a.end_at_ms},
+                         {"access_token", a.access_token}, {"auto_pause", a.auto_pause}};
+  return json.dump(2) + "\n";
+}
+
+Result<ApiAttributes> ParseAttributes(std::string_view text) {
+  auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [](std::string_view what) {
+    return Fail(Error::HostIo(fmt::format("read {}: {}", kAttributesFile, what), EINVAL));
+  };
+  if (!json.is_object()) return bad("not a JSON object");
+  ApiAttributes a;
+  try {
+    a.template_id = json.at("template_id").get<std::string>();
+    a.metadata = json.at("metadata").get<std::map<std::string, std::string>>();
+    a.env_vars = json.at("env_vars").get<std::map<std::string, std::string>>();
+    a.end_at_ms = json.at("end_at_ms").get<int64_t>();
+    a.access_token = json.at("access_token").get<std::string>();
+    a.auto_pause = json.at("auto_pause").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+  return a;
+}
+
+Result<std::vector<TemplateInfo>> SupervisorRegistry::Templates() {
+  auto images = image::Store::Default().List();
+  if (!images) return Fail(std::move(images).error());
+  std::vector<TemplateInfo> templates;
+  bool has_base_image = false;
+  for (const auto& record : *images) has_base_image |= record.name == kBaseImage;
+  templates.push_back(TemplateInfo{
+      .id = std::string(kBaseTemplate),
+      .aliases = {std::string(kBaseTemplate)},
+      .image = has_base_image ? std::string(kBaseImage) : std::string(),
+      .memory_mb = has_base_image ? kImageMemoryMb : kMinimalMemoryMb,
+  });
+  templates.push_back(TemplateInfo{
+      .id = "minimal", .aliases = {"minimal"}, .image = {}, .memory_mb = kMinimalMemoryMb});
+  for (const auto& record : *images) {
+    templates.push_back(TemplateInfo{.id = record.name,
+                                     .aliases = {record.name},
+                                     .image = record.name,
+                                     .memory_mb = kImageMemoryMb,
+                                     .created_ms = record.created_unix_ms});
+  }
+  return templates;
+}
+
+Result<ApiSandbox> SupervisorRegistry::Create(const NewSandbox& request) {
+  auto templates = Templates();
+  if (!templates) return Fail(std::move(templates).error());
+  const TemplateInfo* chosen = nullptr;
+  for (const auto& t : *templates) {
+    if (t.id == request.template_id) {
+      chosen = &t;
+      break;
+    }
+  }
+  if (!chosen) {
+    return Fail(Error::InvalidConfig("templateID",
+                                     fmt::format("template '{}' not found", request.template_id)));
+  }
+  supervisor::SupervisorConfig config;
+  config.sandbox.image = chosen->image;
+  config.sandbox.vcpus = request.cpu_count.value_or(chosen->cpu_count);
+  config.sandbox.memory_mib = request.memory_mb.value_or(chosen->memory_mb);
+  auto token = NewAccessToken();
+  if (!token) return Fail(std::move(token).error());
+  auto id = supervisor::StartSandbox(std::move(config));
+  if (!id) return Fail(std::move(id).error());
+  ApiAttributes attributes{.template_id = chosen->id,
+                           .metadata = request.metadata,
+                           .env_vars = request.env_vars,
+                           .end_at_ms = NowMs() + request.timeout.count() * 1000,
+                           .access_token = std::move(*token),
+                           .auto_pause = request.auto_pause};
+  auto written = supervisor::WriteSandboxFile(*id, kAttributesFile, EncodeAttributes(attributes));
+  auto sandbox = written ? Describe(*id) : Result<std::optional<ApiSandbox>>(Fail(written.error()));
+  if (!sandbox || !*sandbox) {
+    if (auto record = supervisor::ReadRecord(*id)) (void)supervisor::StopAndRemove(*record);
+    if (!sandbox) return Fail(std::move(sandbox).error());
+    return Fail(Error::Backend(fmt::format("sandbox {} stopped as soon as it started", *id)));
+  }
+  return std::move(**sandbox);
+}
+
+Result<std::vector<ApiSandbox>> SupervisorRegistry::List() {
+  auto ids = supervisor::ListSandboxIds();
+  if (!ids) return Fail(std::move(ids).error());
+  std::vector<ApiSandbox> sandboxes;
+  for (const auto& id : *ids) {
+    auto sandbox = Describe(id);
+    if (sandbox && *sandbox) sandboxes.push_back(std::move(**sandbox));
+  }
+  return sandboxes;
+}
+
+Result<std::optional<ApiSandbox>> SupervisorRegistry::Get(const std::string& id) {
+  auto ids = supervisor::ListSandboxIds();
+  if (!ids) return Fail(std::move(ids).error());
+  if (std::find(ids->begin(), ids->end(), id) == ids->end()) return std::optional<ApiSandbox>();
+  return Describe(id);
+}
+
+Result<bool> SupervisorRegistry::Kill(const std::string& id) {
+  auto sandbox = Get(id);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  if (!*sandbox) return false;
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  if (auto stopped = supervisor::StopAndRemove(*record); !stopped) {
+    return Fail(std::move(stopped).error());
+  }
+  return true;
+}
+
+Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_ms) {
+  std::lock_guard lock(mutex_);
+  auto sandbox = Get(id);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  if (!*sandbox) return false;
+  ApiAttributes attributes = (*sandbox)->attributes;
+  attributes.end_at_ms = end_at_ms;
+  if (auto written =
+          supervisor::WriteSandboxFile(id, kAttributesFile, EncodeAttributes(attributes));
+      !written) {
+    return Fail(std::move(written).error());
+  }
+  return true;
+}
+
+}  // namespace vessel::server
