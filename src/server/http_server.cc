@@ -61,22 +61,22 @@ class SocketStream {
     ec = {};
     auto buffer = FirstNonEmpty<asio::mutable_buffer>(buffers);
     if (buffer.size() == 0) return 0;
-    int ready = WaitFor(fd_, POLLIN, stop_fd_, limits_.idle_timeout);
-    if (ready == 0) {
-      ec = beast::error::timeout;
-      return 0;
-    }
-    if (ready < 0) {
-      ec = asio::error::operation_aborted;
-      return 0;
-    }
-    ssize_t n;
-    do {
-      n = ::recv(fd_, buffer.data(), buffer.size(), 0);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      ec = error_code(errno, boost::system::system_category());
-      return 0;
+    ssize_t n = -1;
+    while (n < 0) {
+      int ready = WaitFor(fd_, POLLIN, stop_fd_, limits_.idle_timeout);
+      if (ready == 0) {
+        ec = beast::error::timeout;
+        return 0;
+      }
+      if (ready < 0) {
+        ec = asio::error::operation_aborted;
+        return 0;
+      }
+      n = ::recv(fd_, buffer.data(), buffer.size(), MSG_DONTWAIT);
+      if (n < 0 && errno != EINTR && errno != EAGAIN) {
+        ec = error_code(errno, boost::system::system_category());
+        return 0;
+      }
     }
     if (n == 0) ec = asio::error::eof;
     return static_cast<size_t>(n);
@@ -94,22 +94,22 @@ class SocketStream {
     ec = {};
     auto buffer = FirstNonEmpty<asio::const_buffer>(buffers);
     if (buffer.size() == 0) return 0;
-    int ready = WaitFor(fd_, POLLOUT, stop_fd_, limits_.write_timeout);
-    if (ready <= 0) {
-      if (ready == 0) {
-        ec = beast::error::timeout;
-      } else {
-        ec = asio::error::operation_aborted;
+    ssize_t n = -1;
+    while (n < 0) {
+      int ready = WaitFor(fd_, POLLOUT, stop_fd_, limits_.write_timeout);
+      if (ready <= 0) {
+        if (ready == 0) {
+          ec = beast::error::timeout;
+        } else {
+          ec = asio::error::operation_aborted;
+        }
+        return 0;
       }
-      return 0;
-    }
-    ssize_t n;
-    do {
-      n = ::send(fd_, buffer.data(), buffer.size(), MSG_NOSIGNAL);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) {
-      ec = error_code(errno, boost::system::system_category());
-      return 0;
+      n = ::send(fd_, buffer.data(), buffer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n < 0 && errno != EINTR && errno != EAGAIN) {
+        ec = error_code(errno, boost::system::system_category());
+        return 0;
+      }
     }
     return static_cast<size_t>(n);
   }
@@ -342,6 +342,7 @@ void HttpServer::Accept() {
   }
   raw->thread = std::thread([this, raw] {
     ServeConnection(*raw);
+    raw->fd.Reset();  // the client sees the close now, not at the next reap
     raw->done = true;
   });
 }

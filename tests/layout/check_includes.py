@@ -38,7 +38,10 @@ LAYERS = {
                   "engine/runtime_dir.h", "base/", "vessel/"],
     "src/supervisor/": ["supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",
                         "engine/runtime_dir.h", "base/", "protocol/", "snapshot/", "vessel/"],
-    "src/cli/": ["cli/", "supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",
+    # The server: E2B's API over the supervisors' sandboxes; it names no engine either.
+    "src/server/": ["server/", "supervisor/", "sandbox/", "base/", "protocol/", "image/image.h",
+                    "vessel/"],
+    "src/cli/": ["cli/", "server/server.h", "supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",
                  "engine/runtime_dir.h", "engine/host.h", "base/", "protocol/", "snapshot/",
                  "image/image.h", "vessel/"],
 }

@@ -1,0 +1,301 @@
+// E2B's control plane over a registry fake (the real one, over supervisors and VMs, is
+// exercised by tests/e2b with the e2b SDK): routing, the API key, what a request may ask
+// for, and the shapes of the answers.
+#include "server/e2b_api.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "server/server.h"
+#include "server_test_support.h"
+
+namespace vessel::server {
+namespace {
+
+using nlohmann::json;
+
+constexpr const char* kKey = "0123456789abcdef";
+
+class FakeRegistry final : public Registry {
+ public:
+  Result<ApiSandbox> Create(const NewSandbox& request) override {
+    last_create = request;
+    if (request.template_id != "base" && request.template_id != "python") {
+      return Fail(Error::InvalidConfig("templateID", "template not found"));
+    }
+    ApiSandbox s{.id = fmt::format("{:012x}", next_id++),
+                 .state = "running",
+                 .engine = "fake",
+                 .cpu_count = request.cpu_count.value_or(1),
+                 .memory_mb = request.memory_mb.value_or(256),
+                 .started_at_ms = NowMs(),
+                 .attributes = {.template_id = request.template_id,
+                                .metadata = request.metadata,
+                                .env_vars = request.env_vars,
+                                .end_at_ms = NowMs() + request.timeout.count() * 1000,
+                                .access_token = "token-" + std::to_string(next_id)}};
+    sandboxes[s.id] = s;
+    return s;
+  }
+  Result<std::vector<ApiSandbox>> List() override {
+    std::vector<ApiSandbox> out;
+    for (const auto& [id, s] : sandboxes) out.push_back(s);
+    return out;
+  }
+  Result<std::optional<ApiSandbox>> Get(const std::string& id) override {
+    auto it = sandboxes.find(id);
+    if (it == sandboxes.end()) return std::optional<ApiSandbox>();
+    return std::optional<ApiSandbox>(it->second);
+  }
+  Result<bool> Kill(const std::string& id) override { return sandboxes.erase(id) == 1; }
+  Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override {
+    auto it = sandboxes.find(id);
+    if (it == sandboxes.end()) return false;
+    it->second.attributes.end_at_ms = end_at_ms;
+    return true;
+  }
+  Result<std::vector<TemplateInfo>> Templates() override {
+    return std::vector<TemplateInfo>{{.id = "base", .aliases = {"base"}, .memory_mb = 512}};
+  }
+
+  std::map<std::string, ApiSandbox> sandboxes;
+  std::optional<NewSandbox> last_create;
+  uint64_t next_id = 0xabc000;
+};
+
+class E2bApiTest : public ::testing::Test {
+ protected:
+  E2bApiTest() : router_(registry_, kKey), server_(router_) {}
+
+  // A request with the API key (unless `key` says otherwise); the whole response.
+  std::string Call(std::string method, std::string target, std::string body = {},
+                   std::string key = kKey) {
+    std::string request = method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
+    if (!key.empty()) request += "X-API-Key: " + key + "\r\n";
+    if (!body.empty()) {
+      request +=
+          "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+          "\r\n";
+    }
+    return Exchange(server_.port(), request + "\r\n" + body);
+  }
+  json JsonOf(const std::string& response) {
+    return json::parse(BodyOf(response), nullptr, /*allow_exceptions=*/false);
+  }
+  std::string CreateOne(std::string body = R"({"templateID":"base"})") {
+    auto response = Call("POST", "/sandboxes", body);
+    EXPECT_EQ(StatusOf(response), 201) << response;
+    return JsonOf(response).value("sandboxID", "");
+  }
+
+  FakeRegistry registry_;
+  Router router_;
+  RunningServer server_;
+};
+
+TEST_F(E2bApiTest, EveryRequestButHealthNeedsTheApiKey) {
+  EXPECT_EQ(StatusOf(Call("GET", "/health", {}, "")), 204);
+  for (std::string key : {"", "wrong", "0123456789abcdeF", "0123456789abcdef0"}) {
+    auto response = Call("GET", "/v2/sandboxes", {}, key);
+    EXPECT_EQ(StatusOf(response), 401) << key;
+    EXPECT_EQ(JsonOf(response)["code"], 401) << response;
+    EXPECT_FALSE(JsonOf(response)["message"].get<std::string>().empty());
+  }
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes", R"({"templateID":"base"})", "wrong")), 401);
+  EXPECT_TRUE(registry_.sandboxes.empty());
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes")), 200);
+}
+
+TEST_F(E2bApiTest, CreateReturnsTheSandboxAndItsAccessToken) {
+  auto response = Call("POST", "/sandboxes",
+                       R"({"templateID":"python","timeout":60,"metadata":{"user":"ann"},)"
+                       R"("envVars":{"A":"1"},"cpuCount":2,"memoryMB":1024,"secure":true,)"
+                       R"("allow_internet_access":true,"autoPause":false})");
+  ASSERT_EQ(StatusOf(response), 201) << response;
+  json body = JsonOf(response);
+  EXPECT_EQ(body["templateID"], "python");
+  EXPECT_EQ(body["clientID"], "vessel");
+  EXPECT_EQ(body["envdVersion"], std::string(kEnvdVersion));
+  std::string id = body["sandboxID"];
+  EXPECT_EQ(body["envdAccessToken"], registry_.sandboxes.at(id).attributes.access_token);
+  ASSERT_TRUE(registry_.last_create.has_value());
+  EXPECT_EQ(registry_.last_create->timeout, std::chrono::seconds(60));
+  EXPECT_EQ(registry_.last_create->metadata.at("user"), "ann");
+  EXPECT_EQ(registry_.last_create->env_vars.at("A"), "1");
+  EXPECT_EQ(registry_.last_create->cpu_count, 2u);
+  EXPECT_EQ(registry_.last_create->memory_mb, 1024u);
+  // The SDK's default timeout, when none is given.
+  CreateOne();
+  EXPECT_EQ(registry_.last_create->timeout, std::chrono::seconds(300));
+}
+
+TEST_F(E2bApiTest, ABadCreateIsRefusedWithWhatIsWrong) {
+  struct Case {
+    std::string body;
+    int status;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"{", 400, "not valid JSON"},
+      {"[1]", 400, "not a JSON object"},
+      {"{}", 400, "'templateID' is required"},
+      {R"({"templateID":""})", 400, "'templateID' is required"},
+      {R"({"templateID":7})", 400, "'templateID' is required"},
+      {R"({"templateID":"base","bogus":1})", 400, "unknown field 'bogus'"},
+      {R"({"templateID":"base","timeout":-1})", 400, "'timeout' must be between"},
+      {R"({"templateID":"base","timeout":99999999999})", 400, "'timeout' must be between"},
+      {R"({"templateID":"base","timeout":"5"})", 400, "'timeout' must be an integer"},
+      {R"({"templateID":"base","metadata":{"a":1}})", 400, "'metadata.a' must be a string"},
+      {R"({"templateID":"base","envVars":[]})", 400, "'envVars' must be an object"},
+      {R"({"templateID":"base","cpuCount":0})", 400, "'cpuCount' must be between"},
+      {R"({"templateID":"base","memoryMB":64})", 400, "'memoryMB' must be between"},
+      {R"({"templateID":"base","autoPause":"yes"})", 400, "'autoPause' must be a boolean"},
+      {R"({"templateID":"base","autoPause":true})", 400, "'autoPause' is not served"},
+      {R"({"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]})", 400,
+       "'volumeMounts' is not served"},
+      {R"({"templateID":"nope"})", 404, "template not found"},
+  };
+  for (const auto& c : cases) {
+    auto response = Call("POST", "/sandboxes", c.body);
+    EXPECT_EQ(StatusOf(response), c.status) << c.body << " -> " << response;
+    EXPECT_NE(JsonOf(response).value("message", "").find(c.says), std::string::npos)
+        << c.body << " -> " << response;
+  }
+  std::string many = R"({"templateID":"base","metadata":{)";
+  for (size_t i = 0; i <= kMaxMapEntries; ++i)
+    many += fmt::format(R"({}"k{}":"v")", i ? "," : "", i);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes", many + "}}")), 400);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes",
+                          R"({"templateID":"base","envVars":{"A":")" +
+                              std::string(kMaxValueBytes + 1, 'v') + R"("}})")),
+            400);
+  EXPECT_TRUE(registry_.sandboxes.empty());
+}
+
+TEST_F(E2bApiTest, ListFiltersByMetadataAndStateAndPages) {
+  std::string a = CreateOne(R"({"templateID":"base","metadata":{"user":"ann","app":"x y"}})");
+  std::string b = CreateOne(R"({"templateID":"base","metadata":{"user":"bob"}})");
+  std::string c = CreateOne(R"({"templateID":"base"})");
+  registry_.sandboxes.at(c).state = "failed";
+  auto ids = [&](const std::string& target) {
+    std::vector<std::string> out;
+    auto response = Call("GET", target);
+    EXPECT_EQ(StatusOf(response), 200) << target << " -> " << response;
+    for (const auto& s : JsonOf(response)) out.push_back(s["sandboxID"]);
+    return out;
+  };
+  EXPECT_EQ(ids("/v2/sandboxes"), (std::vector<std::string>{a, b, c}));
+  // metadata=user=ann&app=x y, encoded as the SDK does (twice).
+  EXPECT_EQ(ids("/v2/sandboxes?metadata=user%3Dann%26app%3Dx%2520y"), std::vector<std::string>{a});
+  EXPECT_EQ(ids("/v2/sandboxes?metadata=user%3Dcarl"), std::vector<std::string>{});
+  EXPECT_EQ(ids("/v2/sandboxes?state=running"), (std::vector<std::string>{a, b}));
+  EXPECT_EQ(ids("/v2/sandboxes?state=running,failed"), (std::vector<std::string>{a, b, c}));
+  EXPECT_EQ(ids("/sandboxes"), (std::vector<std::string>{a, b}));  // running only
+  auto page = Call("GET", "/v2/sandboxes?limit=2");
+  EXPECT_NE(page.find("X-Next-Token: " + b), std::string::npos) << page;
+  EXPECT_EQ(ids("/v2/sandboxes?limit=2&nextToken=" + b), std::vector<std::string>{c});
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?state=sleeping")), 400);
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?limit=0")), 400);
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?limit=101")), 400);
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?metadata=%zz")), 400);
+  json listed = JsonOf(Call("GET", "/v2/sandboxes"))[0];
+  for (const char* field : {"templateID", "sandboxID", "clientID", "startedAt", "endAt", "cpuCount",
+                            "memoryMB", "diskSizeMB", "state", "envdVersion"}) {
+    EXPECT_TRUE(listed.contains(field)) << field;
+  }
+  EXPECT_FALSE(listed.contains("envdAccessToken"));
+}
+
+TEST_F(E2bApiTest, GetKillAndTimeoutsOfOneSandbox) {
+  std::string id = CreateOne();
+  auto detail = Call("GET", "/sandboxes/" + id);
+  ASSERT_EQ(StatusOf(detail), 200);
+  EXPECT_EQ(JsonOf(detail)["envdAccessToken"], registry_.sandboxes.at(id).attributes.access_token);
+  EXPECT_EQ(JsonOf(detail)["state"], "running");
+
+  const int64_t before = NowMs();
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/timeout", R"({"timeout":5})")), 204);
+  int64_t end = registry_.sandboxes.at(id).attributes.end_at_ms;
+  EXPECT_GE(end, before + 5000);
+  EXPECT_LE(end, NowMs() + 5000);
+  // connect and refreshes only extend.
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/refreshes", R"({"duration":1})")), 204);
+  EXPECT_EQ(registry_.sandboxes.at(id).attributes.end_at_ms, end);
+  auto connected = Call("POST", "/sandboxes/" + id + "/connect", R"({"timeout":600})");
+  EXPECT_EQ(StatusOf(connected), 200) << connected;
+  EXPECT_EQ(JsonOf(connected)["sandboxID"], id);
+  EXPECT_GE(registry_.sandboxes.at(id).attributes.end_at_ms, before + 600'000);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/timeout", R"({})")), 400);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/timeout", R"({"timeout":-3})")), 400);
+
+  EXPECT_EQ(StatusOf(Call("DELETE", "/sandboxes/" + id)), 204);
+  for (auto [method, target] : std::initializer_list<std::pair<const char*, std::string>>{
+           {"GET", "/sandboxes/" + id},
+           {"DELETE", "/sandboxes/" + id},
+           {"GET", "/sandboxes/not-hex"},
+           {"GET", "/sandboxes/" + std::string(100, 'a')}}) {
+    auto response = Call(method, target);
+    EXPECT_EQ(StatusOf(response), 404) << method << " " << target;
+    EXPECT_EQ(JsonOf(response)["code"], 404);
+  }
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/timeout", R"({"timeout":5})")), 404);
+  EXPECT_EQ(StatusOf(Call("GET", "/no/such/thing")), 404);
+  EXPECT_EQ(StatusOf(Call("PATCH", "/sandboxes")), 404);
+}
+
+TEST_F(E2bApiTest, ExpiredSandboxesAreKilled) {
+  std::string keep = CreateOne();
+  std::string expire = CreateOne(R"({"templateID":"base","timeout":0})");
+  router_.control().ReapExpired();
+  EXPECT_TRUE(registry_.sandboxes.contains(keep));
+  EXPECT_FALSE(registry_.sandboxes.contains(expire));
+}
+
+TEST_F(E2bApiTest, TemplatesAreListed) {
+  auto response = Call("GET", "/templates");
+  ASSERT_EQ(StatusOf(response), 200);
+  json templates = JsonOf(response);
+  ASSERT_EQ(templates.size(), 1u);
+  EXPECT_EQ(templates[0]["templateID"], "base");
+  EXPECT_EQ(templates[0]["buildStatus"], "ready");
+}
+
+TEST(ServerOptionsTest, ListenIsHostColonPort) {
+  ServerOptions options;
+  ASSERT_TRUE(ParseListen("127.0.0.1:8080", options));
+  EXPECT_EQ(options.host, "127.0.0.1");
+  EXPECT_EQ(options.port, 8080);
+  ASSERT_TRUE(ParseListen("[::1]:0", options));
+  EXPECT_EQ(options.host, "::1");
+  EXPECT_EQ(options.port, 0);
+  for (const char* bad : {"", "3000", ":3000", "host:", "h:70000", "h:-1", "h:3x", "[::1:3"}) {
+    EXPECT_FALSE(ParseListen(bad, options)) << bad;
+  }
+}
+
+TEST(ServerOptionsTest, TheApiKeyIsMadeOnceAndPrivate) {
+  std::string dir = ::testing::TempDir() + "/vessel-api-key-" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  ::chmod(dir.c_str(), 0700);
+  auto first = LoadOrCreateApiKey(dir + "/api-key");
+  ASSERT_TRUE(first.has_value()) << first.error().ToString();
+  EXPECT_EQ(first->size(), 64u);
+  auto again = LoadOrCreateApiKey(dir + "/api-key");
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(*first, *again);
+  struct stat st {};
+  ASSERT_EQ(::stat((dir + "/api-key").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ::chmod((dir + "/api-key").c_str(), 0644);
+  auto open_to_others = LoadOrCreateApiKey(dir + "/api-key");
+  ASSERT_FALSE(open_to_others.has_value());
+  EXPECT_NE(open_to_others.error().message().find("the API key"), std::string::npos);
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace vessel::server
