@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <set>
+#include <tuple>
 #include <vector>
 
 namespace vessel::server {
@@ -239,6 +240,7 @@ json ListedJson(const ApiSandbox& s) {
 json DetailJson(const ApiSandbox& s) {
   json out = ListedJson(s);
   out["domain"] = nullptr;
+  out["lifecycle"] = {{"autoResume", false}, {"onTimeout", "kill"}};
   if (!s.attributes.access_token.empty()) out["envdAccessToken"] = s.attributes.access_token;
   return out;
 }
@@ -310,7 +312,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     return Reply(writer, status::ok, out);
   }
 
-  if (path == "/sandboxes" && method == http::verb::post) {
+  if ((path == "/sandboxes" || path == "/v2/sandboxes") && method == http::verb::post) {
     auto wanted = ParseNewSandbox(request);
     if (!wanted) return fail(wanted.error());
     auto sandbox = registry_.Create(*wanted);
@@ -325,11 +327,28 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     std::set<std::string, std::less<>> states;
     size_t limit = kMaxPageSize;
     std::string after;
+    std::string template_id;
+    bool descending = false;
     for (const auto& [name, value] : *params) {
       if (name == "metadata") {
+        // The SDK encodes each key and value, then the pairs as a query string.
         auto pairs = ParseQuery(value);
         if (!pairs) return fail(pairs.error());
-        metadata.insert(metadata.end(), pairs->begin(), pairs->end());
+        for (auto& [k, v] : *pairs) {
+          auto meta_key = UrlDecode(k);
+          auto meta_value = UrlDecode(v);
+          if (!meta_key || !meta_value) return fail(BadRequest("malformed metadata query"));
+          metadata.emplace_back(std::move(*meta_key), std::move(*meta_value));
+        }
+      } else if (name == "template") {
+        template_id = value;
+      } else if (name == "order") {
+        if (value != "asc" && value != "desc") {
+          return fail(BadRequest("'order' is asc or desc"));
+        }
+        descending = value == "desc";
+      } else if (name == "startedAfter") {
+        return fail(BadRequest("'startedAfter' is not served"));
       } else if (name == "state") {
         for (size_t start = 0; start <= value.size();) {
           size_t comma = value.find(',', start);
@@ -356,10 +375,22 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     if (path == "/sandboxes" && states.empty()) states.insert("running");
     auto sandboxes = registry_.List();
     if (!sandboxes) return fail(FromError(sandboxes.error()));
+    // By start, then id: the page token is the last sandbox's id.
+    std::sort(sandboxes->begin(), sandboxes->end(), [&](const ApiSandbox& a, const ApiSandbox& b) {
+      auto ka = std::tie(a.started_at_ms, a.id);
+      auto kb = std::tie(b.started_at_ms, b.id);
+      return descending ? kb < ka : ka < kb;
+    });
+    if (!after.empty()) {
+      auto it = std::find_if(sandboxes->begin(), sandboxes->end(),
+                             [&](const ApiSandbox& s) { return s.id == after; });
+      if (it == sandboxes->end()) return fail(BadRequest("'nextToken' names no sandbox"));
+      sandboxes->erase(sandboxes->begin(), it + 1);
+    }
     json out = json::array();
     std::string next;
     for (const auto& s : *sandboxes) {
-      if (!after.empty() && s.id <= after) continue;
+      if (!template_id.empty() && s.attributes.template_id != template_id) continue;
       if (!states.empty() && !states.contains(s.state)) continue;
       bool matches = std::all_of(metadata.begin(), metadata.end(), [&](const auto& kv) {
         auto found = s.attributes.metadata.find(kv.first);
@@ -381,8 +412,9 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     return;
   }
 
-  // /sandboxes/{id}[/action]
+  // /sandboxes/{id}[/action], /v2/sandboxes/{id}/connect
   constexpr std::string_view kPrefix = "/sandboxes/";
+  if (path.starts_with("/v2/sandboxes/") && path.ends_with("/connect")) path.remove_prefix(3);
   if (!path.starts_with(kPrefix)) {
     return fail({status::not_found,
                  fmt::format("no such endpoint: {} {}", Sv(request.method_string()), path)});

@@ -111,7 +111,7 @@ TEST_F(E2bApiTest, EveryRequestButHealthNeedsTheApiKey) {
 }
 
 TEST_F(E2bApiTest, CreateReturnsTheSandboxAndItsAccessToken) {
-  auto response = Call("POST", "/sandboxes",
+  auto response = Call("POST", "/v2/sandboxes",
                        R"({"templateID":"python","timeout":60,"metadata":{"user":"ann"},)"
                        R"("envVars":{"A":"1"},"cpuCount":2,"memoryMB":1024,"secure":true,)"
                        R"("allow_internet_access":true,"autoPause":false})");
@@ -189,8 +189,10 @@ TEST_F(E2bApiTest, ListFiltersByMetadataAndStateAndPages) {
     return out;
   };
   EXPECT_EQ(ids("/v2/sandboxes"), (std::vector<std::string>{a, b, c}));
-  // metadata=user=ann&app=x y, encoded as the SDK does (twice).
-  EXPECT_EQ(ids("/v2/sandboxes?metadata=user%3Dann%26app%3Dx%2520y"), std::vector<std::string>{a});
+  // metadata=user=ann&app=x y, encoded as the SDK does: each key and value, then the
+  // pairs as a query string, then the parameter.
+  EXPECT_EQ(ids("/v2/sandboxes?metadata=user%3Dann%26app%3Dx%252520y"),
+            std::vector<std::string>{a});
   EXPECT_EQ(ids("/v2/sandboxes?metadata=user%3Dcarl"), std::vector<std::string>{});
   EXPECT_EQ(ids("/v2/sandboxes?state=running"), (std::vector<std::string>{a, b}));
   EXPECT_EQ(ids("/v2/sandboxes?state=running,failed"), (std::vector<std::string>{a, b, c}));
@@ -198,6 +200,11 @@ TEST_F(E2bApiTest, ListFiltersByMetadataAndStateAndPages) {
   auto page = Call("GET", "/v2/sandboxes?limit=2");
   EXPECT_NE(page.find("X-Next-Token: " + b), std::string::npos) << page;
   EXPECT_EQ(ids("/v2/sandboxes?limit=2&nextToken=" + b), std::vector<std::string>{c});
+  EXPECT_EQ(ids("/v2/sandboxes?order=desc"), (std::vector<std::string>{c, b, a}));
+  EXPECT_EQ(ids("/v2/sandboxes?template=base"), (std::vector<std::string>{a, b, c}));
+  EXPECT_EQ(ids("/v2/sandboxes?template=python"), std::vector<std::string>{});
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?nextToken=ffff")), 400);
+  EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?order=sideways")), 400);
   EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?state=sleeping")), 400);
   EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?limit=0")), 400);
   EXPECT_EQ(StatusOf(Call("GET", "/v2/sandboxes?limit=101")), 400);
@@ -225,7 +232,7 @@ TEST_F(E2bApiTest, GetKillAndTimeoutsOfOneSandbox) {
   // connect and refreshes only extend.
   EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/refreshes", R"({"duration":1})")), 204);
   EXPECT_EQ(registry_.sandboxes.at(id).attributes.end_at_ms, end);
-  auto connected = Call("POST", "/sandboxes/" + id + "/connect", R"({"timeout":600})");
+  auto connected = Call("POST", "/v2/sandboxes/" + id + "/connect", R"({"timeout":600})");
   EXPECT_EQ(StatusOf(connected), 200) << connected;
   EXPECT_EQ(JsonOf(connected)["sandboxID"], id);
   EXPECT_GE(registry_.sandboxes.at(id).attributes.end_at_ms, before + 600'000);
