@@ -19,13 +19,12 @@
 #include "sandbox/connection.h"
 #include "sandbox/files.h"
 #include "sandbox/process.h"
+#include "supervisor/client.h"
 #include "supervisor/state.h"
 
 namespace vessel::cli {
 namespace {
 
-// How long the supervisor may take to greet a client.
-constexpr auto kGreetingTimeout = std::chrono::seconds(10);
 constexpr size_t kStdinChunk = 64 * 1024;
 
 struct RemoteSandbox {
@@ -36,14 +35,8 @@ struct RemoteSandbox {
 Result<RemoteSandbox> Connect(const std::string& id_or_name) {
   auto record = supervisor::Resolve(id_or_name);
   if (!record) return Fail(std::move(record).error());
-  auto fd = supervisor::ConnectToRunning(*record);
-  if (!fd) return Fail(std::move(fd).error());
-  auto connection = sandbox::Connection::Open(fd->get());
+  auto connection = supervisor::ConnectAgent(*record);
   if (!connection) return Fail(std::move(connection).error());
-  auto hello = (*connection)->Start(Deadline::After(kGreetingTimeout));
-  if (!hello) {
-    return Fail(std::move(hello).error().Context("connecting to sandbox " + record->id));
-  }
   return RemoteSandbox{std::move(*record), std::move(*connection)};
 }
 

@@ -442,22 +442,24 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
       (action == "timeout" || action == "refreshes" || action == "connect")) {
     // timeout: the TTL from now, as asked; refreshes and connect only extend it.
     const char* field = action == "refreshes" ? "duration" : "timeout";
-    int64_t seconds = 0;
-    if (!request.body().empty() || action != "refreshes") {
+    // Only timeout requires its field; without one, refreshes and connect keep the end.
+    std::optional<int64_t> seconds;
+    if (!request.body().empty() || action == "timeout") {
       auto body = ParseObject(request);
       if (!body) return fail(body.error());
-      if (!body->contains(field)) {
+      if (body->contains(field)) {
+        auto n = IntegerField(*body, field, 0, action == "refreshes" ? 3600 : kMaxTimeoutSeconds);
+        if (!n) return fail(n.error());
+        seconds = *n;
+      } else if (action == "timeout") {
         return fail(BadRequest(fmt::format("'{}' is required: seconds from now", field)));
       }
-      auto n = IntegerField(*body, field, 0, action == "refreshes" ? 3600 : kMaxTimeoutSeconds);
-      if (!n) return fail(n.error());
-      seconds = *n;
     }
     auto sandbox = registry_.Get(sandbox_id);
     if (!sandbox) return fail(FromError(sandbox.error()));
     if (!*sandbox) return fail(NotFound(id));
-    int64_t end_at = NowMs() + seconds * 1000;
     int64_t current = (*sandbox)->attributes.end_at_ms;
+    int64_t end_at = seconds ? NowMs() + *seconds * 1000 : current;
     if (action != "timeout" && (current == 0 || current > end_at)) end_at = current;
     auto set = registry_.SetEndAt(sandbox_id, end_at);
     if (!set) return fail(FromError(set.error()));

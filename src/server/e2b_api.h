@@ -14,8 +14,9 @@
 namespace vessel::server {
 
 // What create and connect return as the version of the in-sandbox daemon; the SDKs
-// enable features by it.
-inline constexpr std::string_view kEnvdVersion = "0.4.0";
+// enable features by it: 0.5.2 closing stdin, 0.5.7 raw-body uploads; below 0.6.2 the
+// SDK itself refuses file metadata, which is not served.
+inline constexpr std::string_view kEnvdVersion = "0.5.7";
 // Control-plane bodies are small JSON objects.
 inline constexpr size_t kMaxControlBody = 1024 * 1024;
 // Limits on what a create may ask for.

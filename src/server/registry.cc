@@ -9,6 +9,7 @@
 
 #include "base/secret_file.h"
 #include "image/image.h"
+#include "supervisor/client.h"
 #include "supervisor/launch.h"
 #include "supervisor/state.h"
 
@@ -196,6 +197,12 @@ Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_
     return Fail(std::move(written).error());
   }
   return true;
+}
+
+Result<std::shared_ptr<sandbox::Connection>> SupervisorRegistry::Connect(const std::string& id) {
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  return supervisor::ConnectAgent(*record);
 }
 
 }  // namespace vessel::server

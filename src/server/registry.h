@@ -8,11 +8,13 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "sandbox/connection.h"
 #include "vessel/error.h"
 
 namespace vessel::server {
@@ -72,6 +74,10 @@ class Registry {
   // Sets its expiry; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) = 0;
   [[nodiscard]] virtual Result<std::vector<TemplateInfo>> Templates() = 0;
+  // A connection to the sandbox's agent (through its supervisor), for its processes and
+  // files.
+  [[nodiscard]] virtual Result<std::shared_ptr<sandbox::Connection>> Connect(
+      const std::string& id) = 0;
 };
 
 // The registry of this host's sandboxes.
@@ -83,6 +89,7 @@ class SupervisorRegistry final : public Registry {
   Result<bool> Kill(const std::string& id) override;
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override;
   Result<std::vector<TemplateInfo>> Templates() override;
+  Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;
 
  private:
   std::mutex mutex_;  // api.json's read-modify-write

@@ -54,9 +54,15 @@ Result<std::string> LoadOrCreateApiKey(const std::string& path) {
   return LowerHex(*secret);
 }
 
-size_t Router::BodyLimit(const RequestHead&) const { return kMaxControlBody; }
+size_t Router::BodyLimit(const RequestHead& head) const {
+  return head.find("E2b-Sandbox-Id") != head.end() ? kMaxConnectMessage : kMaxControlBody;
+}
 
-void Router::Handle(Request& request, ResponseWriter& writer) { control_.Handle(request, writer); }
+void Router::Handle(Request& request, ResponseWriter& writer) {
+  auto sandbox = request.find("E2b-Sandbox-Id");
+  if (sandbox == request.end()) return control_.Handle(request, writer);
+  data_.Handle(request, {sandbox->value().data(), sandbox->value().size()}, writer);
+}
 
 Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Registry& registry) {
   std::unique_ptr<Server> server(new Server(std::make_unique<Router>(registry, options.api_key)));

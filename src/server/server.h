@@ -6,6 +6,7 @@
 #include <memory>
 #include <string>
 
+#include "server/data_plane.h"
 #include "server/e2b_api.h"
 #include "server/http_server.h"
 #include "server/registry.h"
@@ -27,16 +28,19 @@ struct ServerOptions {
 [[nodiscard]] Result<std::string> LoadOrCreateApiKey(const std::string& path);
 std::string DefaultApiKeyPath();
 
-// Routes requests: E2B's control plane for now.
+// Routes requests: those with an E2b-Sandbox-Id header to the data plane, the rest to
+// the control plane.
 class Router final : public HttpHandler {
  public:
-  Router(Registry& registry, std::string api_key) : control_(registry, std::move(api_key)) {}
+  Router(Registry& registry, std::string api_key)
+      : control_(registry, std::move(api_key)), data_(registry) {}
   size_t BodyLimit(const RequestHead& head) const override;
   void Handle(Request& request, ResponseWriter& writer) override;
   ControlPlane& control() { return control_; }
 
  private:
   ControlPlane control_;
+  DataPlane data_;
 };
 
 // The whole server: the listener, its router and the timeout reaper.

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "server/data_plane.h"
 #include "server/server.h"
 #include "server_test_support.h"
 
@@ -60,6 +61,10 @@ class FakeRegistry final : public Registry {
   }
   Result<std::vector<TemplateInfo>> Templates() override {
     return std::vector<TemplateInfo>{{.id = "base", .aliases = {"base"}, .memory_mb = 512}};
+  }
+
+  Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string&) override {
+    return Fail(Error::Backend("the fake registry has no agents"));
   }
 
   std::map<std::string, ApiSandbox> sandboxes;
@@ -269,6 +274,103 @@ TEST_F(E2bApiTest, TemplatesAreListed) {
   ASSERT_EQ(templates.size(), 1u);
   EXPECT_EQ(templates[0]["templateID"], "base");
   EXPECT_EQ(templates[0]["buildStatus"], "ready");
+}
+
+// The data plane: requests with E2b-Sandbox-Id. The fake has no agents, so what is
+// checked is everything before a command would run.
+class DataPlaneTest : public E2bApiTest {
+ protected:
+  std::string Data(std::string id, std::string token, std::string method, std::string target,
+                   std::string content_type, std::string body) {
+    std::string request = method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" +
+                          "E2b-Sandbox-Id: " + id + "\r\n";
+    if (!token.empty()) request += "X-Access-Token: " + token + "\r\n";
+    request += "Content-Type: " + content_type +
+               "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    return Exchange(server_.port(), request);
+  }
+  static std::string Envelope(std::string message, int lie = 0) {
+    uint32_t size = static_cast<uint32_t>(message.size() + static_cast<size_t>(lie));
+    std::string out(5, '\0');
+    for (int i = 0; i < 4; ++i)
+      out[static_cast<size_t>(1 + i)] = static_cast<char>(size >> (24 - 8 * i));
+    return out + message;
+  }
+};
+
+TEST_F(DataPlaneTest, TheAccessTokenIsRequiredAndTheSandboxMustExist) {
+  std::string id = CreateOne();
+  std::string token = registry_.sandboxes.at(id).attributes.access_token;
+  EXPECT_EQ(StatusOf(Data(id, token, "GET", "/health", "text/plain", "")), 204);
+  for (std::string wrong : {std::string(), std::string("nope"), token + "x"}) {
+    auto response = Data(id, wrong, "GET", "/health", "text/plain", "");
+    EXPECT_EQ(StatusOf(response), 401) << wrong;
+    EXPECT_EQ(JsonOf(response)["code"], "unauthenticated") << response;
+  }
+  EXPECT_EQ(StatusOf(Data("abcdef", token, "GET", "/health", "text/plain", "")), 404);
+  auto unknown = Data(id, token, "POST", "/filesystem.Filesystem/Nope", "application/json", "{}");
+  EXPECT_EQ(StatusOf(unknown), 404);
+  EXPECT_EQ(JsonOf(unknown)["code"], "unimplemented");
+}
+
+TEST_F(DataPlaneTest, ABadStartEndsItsStreamWithTheError) {
+  std::string id = CreateOne();
+  std::string token = registry_.sandboxes.at(id).attributes.access_token;
+  const std::string kStream = "application/connect+json";
+  struct Case {
+    std::string body;
+    std::string says;
+  };
+  const Case cases[] = {
+      {"", "not a Connect envelope"},
+      {"\x01", "not a Connect envelope"},
+      {Envelope(R"({"process":{"cmd":"true"}})", 10), "the envelope says"},
+      {Envelope(R"({"process":{"cmd":"true"}})", -3), "the envelope says"},
+      {Envelope("[]"), "not a JSON object"},
+      {Envelope("{"), "not a JSON object"},
+      {Envelope("{}"), "'process.cmd' is required"},
+      {Envelope(R"({"process":{"cmd":1}})"), "'process.cmd' is required"},
+      {Envelope(R"({"process":{"cmd":"x","args":"y"}})"), "'process.args' must be a list"},
+      {Envelope(R"({"process":{"cmd":"x","envs":{"A":1}}})"), "'process.envs' must map"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":80,"rows":24}}})"), "pty"},
+      {Envelope(R"({"process":{"cmd":"x"}})"), "no agents"},
+  };
+  for (const auto& c : cases) {
+    auto response = Data(id, token, "POST", "/process.Process/Start", kStream, c.body);
+    EXPECT_EQ(StatusOf(response), 200) << response;
+    EXPECT_NE(response.find("\"error\""), std::string::npos) << response;
+    EXPECT_NE(response.find(c.says), std::string::npos) << c.says << " in " << response;
+  }
+}
+
+TEST_F(DataPlaneTest, UnaryCallsNameWhatIsMissing) {
+  std::string id = CreateOne();
+  std::string token = registry_.sandboxes.at(id).attributes.access_token;
+  auto call = [&](std::string method, std::string body) {
+    return Data(id, token, "POST", "/process.Process/" + method, "application/json", body);
+  };
+  auto listed = call("List", "{}");
+  EXPECT_EQ(StatusOf(listed), 200);
+  EXPECT_EQ(JsonOf(listed)["processes"].size(), 0u);
+  EXPECT_EQ(StatusOf(call("SendSignal", R"({"process":{"pid":77},"signal":"SIGNAL_SIGKILL"})")),
+            404);
+  EXPECT_EQ(StatusOf(call("SendSignal", R"({"signal":"SIGNAL_SIGKILL"})")), 400);
+  EXPECT_EQ(StatusOf(call("SendInput", R"({"process":{"pid":-1}})")), 400);
+  EXPECT_EQ(StatusOf(call("CloseStdin", "not json")), 400);
+  EXPECT_EQ(StatusOf(call("Update", "{}")), 404);
+}
+
+TEST(Base64Test, RoundTripsAndRefusesWhatIsNotBase64) {
+  for (std::string bytes : {std::string(), std::string("a"), std::string("ab"), std::string("abc"),
+                            std::string("\0\xff\x10 binary", 10)}) {
+    auto decoded = Base64Decode(Base64Encode(bytes));
+    ASSERT_TRUE(decoded.has_value()) << bytes;
+    EXPECT_EQ(*decoded, bytes);
+  }
+  EXPECT_EQ(Base64Encode("hello"), "aGVsbG8=");
+  EXPECT_EQ(Base64Decode("aGVsbG8"), "hello");                  // unpadded
+  EXPECT_EQ(Base64Decode("_-8="), std::string("\xff\xef", 2));  // URL-safe
+  EXPECT_FALSE(Base64Decode("a$b=").has_value());
 }
 
 TEST(ServerOptionsTest, ListenIsHostColonPort) {

@@ -1,0 +1,383 @@
+#include "server/data_plane.h"
+
+#include <fmt/format.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <signal.h>
+
+#include <expected>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "sandbox/process.h"
+
+namespace vessel::server {
+namespace {
+
+using nlohmann::json;
+
+constexpr std::string_view kConnectJson = "application/connect+json";
+constexpr std::string_view kJson = "application/json";
+constexpr uint8_t kEndStreamFlag = 0x02;
+constexpr uint8_t kCompressedFlag = 0x01;
+constexpr size_t kEnvelopeHeader = 5;
+
+std::string_view Sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
+
+// A Connect error: its code (as the protocol names them) and message.
+struct ConnectError {
+  std::string code;
+  std::string message;
+};
+
+http::status HttpStatusOf(std::string_view code) {
+  if (code == "invalid_argument") return http::status::bad_request;
+  if (code == "unauthenticated") return http::status::unauthorized;
+  if (code == "not_found") return http::status::not_found;
+  if (code == "resource_exhausted") return http::status::too_many_requests;
+  if (code == "unimplemented") return http::status::not_found;
+  if (code == "unavailable") return http::status::service_unavailable;
+  return http::status::internal_server_error;
+}
+
+json ErrorJson(const ConnectError& e) { return {{"code", e.code}, {"message", e.message}}; }
+
+std::string Dump(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+void ReplyUnaryError(ResponseWriter& writer, const ConnectError& e) {
+  (void)writer.Send(HttpStatusOf(e.code), kJson, Dump(ErrorJson(e)));
+}
+
+std::string Envelope(uint8_t flags, const std::string& payload) {
+  std::string out(kEnvelopeHeader, '\0');
+  out[0] = static_cast<char>(flags);
+  auto size = static_cast<uint32_t>(payload.size());
+  for (int i = 0; i < 4; ++i)
+    out[static_cast<size_t>(1 + i)] = static_cast<char>(size >> (24 - 8 * i));
+  return out + payload;
+}
+
+// The one message of a client-unary, server-streaming request's body.
+std::expected<json, ConnectError> ParseEnvelope(std::string_view body) {
+  if (body.size() < kEnvelopeHeader) {
+    return std::unexpected(
+        ConnectError{"invalid_argument", "the request is not a Connect envelope"});
+  }
+  auto flags = static_cast<uint8_t>(body[0]);
+  uint32_t size = 0;
+  for (size_t i = 1; i < kEnvelopeHeader; ++i) size = size << 8 | static_cast<uint8_t>(body[i]);
+  if (flags & kCompressedFlag) {
+    return std::unexpected(ConnectError{"invalid_argument", "compressed messages are not served"});
+  }
+  if (size != body.size() - kEnvelopeHeader) {
+    return std::unexpected(
+        ConnectError{"invalid_argument", fmt::format("the envelope says {} bytes but {} follow",
+                                                     size, body.size() - kEnvelopeHeader)});
+  }
+  auto message = json::parse(body.substr(kEnvelopeHeader), nullptr, /*allow_exceptions=*/false);
+  if (!message.is_object()) {
+    return std::unexpected(ConnectError{"invalid_argument", "the message is not a JSON object"});
+  }
+  return message;
+}
+
+std::expected<json, ConnectError> ParseUnary(std::string_view body) {
+  auto message = json::parse(body.empty() ? std::string_view("{}") : body, nullptr, false);
+  if (!message.is_object()) {
+    return std::unexpected(ConnectError{"invalid_argument", "the message is not a JSON object"});
+  }
+  return message;
+}
+
+std::optional<int> PidOf(const json& message) {
+  auto process = message.find("process");
+  if (process == message.end() || !process->is_object()) return std::nullopt;
+  auto pid = process->find("pid");
+  if (pid == process->end() || !pid->is_number_unsigned()) return std::nullopt;
+  uint64_t value = pid->get<uint64_t>();
+  if (value == 0 || value > 1u << 30) return std::nullopt;
+  return static_cast<int>(value);
+}
+
+// A map<string, string> field of a message; nullopt when it is something else.
+std::optional<std::map<std::string, std::string>> StringMapField(const json& object,
+                                                                 const char* field) {
+  std::map<std::string, std::string> out;
+  auto it = object.find(field);
+  if (it == object.end() || it->is_null()) return out;
+  if (!it->is_object()) return std::nullopt;
+  for (const auto& [key, value] : it->items()) {
+    if (!value.is_string()) return std::nullopt;
+    out.emplace(key, value.get<std::string>());
+  }
+  return out;
+}
+
+ConnectError FromError(const Error& error) {
+  if (error.kind() == ErrorKind::kGuestFile) {
+    return {
+        error.guest_file_kind() == GuestFileErrorKind::kNotFound ? "not_found" : "invalid_argument",
+        error.ToString()};
+  }
+  if (error.kind() == ErrorKind::kInvalidConfig) return {"invalid_argument", error.ToString()};
+  return {"unavailable", error.ToString()};
+}
+
+json EventMessage(json event) { return {{"event", std::move(event)}}; }
+
+std::string_view StreamName(ProcessEvent::Kind kind) {
+  return kind == ProcessEvent::Kind::kStderr ? "stderr" : "stdout";
+}
+
+json EndEvent(const ProcessEvent& event) {
+  switch (event.kind) {
+    case ProcessEvent::Kind::kExited:
+      return {{"exitCode", event.code},
+              {"exited", true},
+              {"status", fmt::format("exit status {}", event.code)}};
+    case ProcessEvent::Kind::kSignaled:
+      return {
+          {"exitCode", -1}, {"exited", false}, {"status", fmt::format("signal: {}", event.code)}};
+    default:
+      return {{"exitCode", -1},
+              {"exited", false},
+              {"status", "timed out"},
+              {"error", "the command's timeout passed and it was killed"}};
+  }
+}
+
+}  // namespace
+
+std::string Base64Encode(std::string_view bytes) {
+  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
+  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(bytes.data()),
+                          static_cast<int>(bytes.size()));
+  out.resize(static_cast<size_t>(n));
+  return out;
+}
+
+std::optional<std::string> Base64Decode(std::string_view text) {
+  std::string normal(text);
+  for (char& c : normal) {
+    if (c == '-') c = '+';
+    if (c == '_') c = '/';
+  }
+  while (normal.size() % 4 != 0) normal.push_back('=');
+  size_t padding = 0;
+  if (!normal.empty() && normal.back() == '=') ++padding;
+  if (normal.size() > 1 && normal[normal.size() - 2] == '=') ++padding;
+  std::string out(3 * (normal.size() / 4), '\0');
+  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
+                          reinterpret_cast<const unsigned char*>(normal.data()),
+                          static_cast<int>(normal.size()));
+  if (n < 0 || static_cast<size_t>(n) < padding) return std::nullopt;
+  out.resize(static_cast<size_t>(n) - padding);
+  return out;
+}
+
+void DataPlane::Handle(const Request& request, std::string_view sandbox_id,
+                       ResponseWriter& writer) {
+  std::string_view target = Sv(request.target());
+  std::string_view path = target.substr(0, target.find('?'));
+  std::string id(sandbox_id);
+  auto sandbox = registry_.Get(id);
+  if (!sandbox) return ReplyUnaryError(writer, {"unavailable", sandbox.error().ToString()});
+  if (!*sandbox) {
+    return ReplyUnaryError(writer, {"not_found", fmt::format("sandbox \"{}\" not found", id)});
+  }
+  const std::string& token = (*sandbox)->attributes.access_token;
+  std::string_view given = Sv(request["X-Access-Token"]);
+  if (!token.empty() &&
+      (given.size() != token.size() || CRYPTO_memcmp(given.data(), token.data(), token.size()))) {
+    return ReplyUnaryError(writer, {"unauthenticated", "missing or wrong X-Access-Token"});
+  }
+  if (path == "/health" && request.method() == http::verb::get) {
+    (void)writer.Send(http::status::no_content, {}, {});
+    return;
+  }
+  constexpr std::string_view kService = "/process.Process/";
+  if (request.method() != http::verb::post || !path.starts_with(kService)) {
+    return ReplyUnaryError(writer, {"unimplemented", fmt::format("{} is not served", path)});
+  }
+  std::string_view method = path.substr(kService.size());
+  if (method == "Start") return Start(request, **sandbox, writer);
+  Unary(method, request, **sandbox, writer);
+}
+
+std::shared_ptr<DataPlane::Running> DataPlane::Find(const std::string& sandbox_id, int pid) {
+  std::lock_guard lock(mutex_);
+  auto it = running_.find({sandbox_id, pid});
+  return it == running_.end() ? nullptr : it->second;
+}
+
+void DataPlane::Unary(std::string_view method, const Request& request, const ApiSandbox& sandbox,
+                      ResponseWriter& writer) {
+  auto message = ParseUnary(request.body());
+  if (!message) return ReplyUnaryError(writer, message.error());
+  auto ok = [&](json body = json::object()) {
+    (void)writer.Send(http::status::ok, kJson, Dump(body));
+  };
+  if (method == "List") {
+    json processes = json::array();
+    std::lock_guard lock(mutex_);
+    for (const auto& [key, running] : running_) {
+      if (key.first != sandbox.id) continue;
+      processes.push_back({{"pid", key.second},
+                           {"config",
+                            {{"cmd", running->cmd},
+                             {"args", running->args},
+                             {"envs", running->envs},
+                             {"cwd", running->cwd}}}});
+    }
+    return ok({{"processes", processes}});
+  }
+  if (method != "SendSignal" && method != "SendInput" && method != "CloseStdin") {
+    return ReplyUnaryError(
+        writer, {"unimplemented", fmt::format("process.Process/{} is not served", method)});
+  }
+  auto pid = PidOf(*message);
+  if (!pid) {
+    return ReplyUnaryError(writer, {"invalid_argument", "'process' must select a process by pid"});
+  }
+  auto running = Find(sandbox.id, *pid);
+  if (!running) {
+    return ReplyUnaryError(writer,
+                           {"not_found", fmt::format("process with pid {} not found", *pid)});
+  }
+  Result<void> done;
+  if (method == "SendSignal") {
+    const json& signal = message->value("signal", json());
+    int number = 0;
+    if (signal == "SIGNAL_SIGKILL" || signal == 9) number = SIGKILL;
+    if (signal == "SIGNAL_SIGTERM" || signal == 15) number = SIGTERM;
+    if (number == 0) {
+      return ReplyUnaryError(writer,
+                             {"invalid_argument", "'signal' is SIGNAL_SIGKILL or SIGNAL_SIGTERM"});
+    }
+    done = running->process->Signal(number);
+  } else if (method == "SendInput") {
+    auto input = message->find("input");
+    if (input == message->end() || !input->is_object() || !input->contains("stdin") ||
+        !(*input)["stdin"].is_string()) {
+      return ReplyUnaryError(writer, {"invalid_argument", "'input.stdin' must be base64 bytes"});
+    }
+    auto bytes = Base64Decode((*input)["stdin"].get_ref<const std::string&>());
+    if (!bytes) return ReplyUnaryError(writer, {"invalid_argument", "'input.stdin' is not base64"});
+    done = running->process->WriteStdin(*bytes);
+  } else {
+    done = running->process->CloseStdin();
+  }
+  if (!done) return ReplyUnaryError(writer, FromError(done.error()));
+  ok();
+}
+
+void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, ResponseWriter& writer) {
+  // Every answer from here on is a stream, errors in its end message.
+  auto finish = [&](std::optional<ConnectError> error) {
+    json end = json::object();
+    if (error) end["error"] = ErrorJson(*error);
+    (void)writer.Write(Envelope(kEndStreamFlag, Dump(end)));
+    (void)writer.Finish();
+  };
+  if (!writer.BeginStream(http::status::ok, kConnectJson)) return;
+  auto message = ParseEnvelope(request.body());
+  if (!message) return finish(message.error());
+  const json* process = message->contains("process") ? &(*message)["process"] : nullptr;
+  if (!process || !process->is_object() || !process->contains("cmd") ||
+      !(*process)["cmd"].is_string()) {
+    return finish(ConnectError{"invalid_argument", "'process.cmd' is required"});
+  }
+  if (message->contains("pty") && !(*message)["pty"].is_null()) {
+    return finish(ConnectError{"unimplemented", "terminals (pty) are not served yet"});
+  }
+  auto running = std::make_shared<Running>();
+  running->cmd = (*process)["cmd"].get<std::string>();
+  if (process->contains("args")) {
+    const json& args = (*process)["args"];
+    if (!args.is_array())
+      return finish(ConnectError{"invalid_argument", "'process.args' must be a list"});
+    for (const auto& arg : args) {
+      if (!arg.is_string())
+        return finish(ConnectError{"invalid_argument", "'process.args' are strings"});
+      running->args.push_back(arg.get<std::string>());
+    }
+  }
+  auto envs = StringMapField(*process, "envs");
+  if (!envs) return finish(ConnectError{"invalid_argument", "'process.envs' must map strings"});
+  running->envs = std::move(*envs);
+  if (process->contains("cwd") && (*process)["cwd"].is_string()) {
+    running->cwd = (*process)["cwd"].get<std::string>();
+  }
+  bool open_stdin = message->value("stdin", false);
+
+  ExecOptions options;
+  // The sandbox's own environment, then the command's.
+  std::map<std::string, std::string> environment = sandbox.attributes.env_vars;
+  for (const auto& [key, value] : running->envs) environment[key] = value;
+  for (const auto& [key, value] : environment) options.env.push_back(key + "=" + value);
+  options.cwd = running->cwd;
+  if (open_stdin) options.stdin_data = std::string();
+  std::vector<std::string> argv = {running->cmd};
+  argv.insert(argv.end(), running->args.begin(), running->args.end());
+
+  auto connection = registry_.Connect(sandbox.id);
+  if (!connection) return finish(FromError(connection.error()));
+  running->connection = *connection;
+  auto started = sandbox::StartProcess(running->connection, Command::Argv(argv), options,
+                                       /*close_stdin=*/false);
+  // The SDK runs commands with /bin/bash; a guest without bash runs them with sh.
+  if (!started && started.error().kind() == ErrorKind::kGuestFile && running->cmd == "/bin/bash") {
+    argv[0] = "/bin/sh";
+    started = sandbox::StartProcess(running->connection, Command::Argv(argv), options, false);
+  }
+  if (!started) {
+    running->connection->Shutdown(Error::Backend("the command did not start"));
+    return finish(FromError(started.error()));
+  }
+  running->process = std::move(*started);
+  const int pid = running->process->pid();
+  const Key key{sandbox.id, pid};
+  {
+    std::lock_guard lock(mutex_);
+    running_[key] = running;
+  }
+  auto send = [&](json event) {
+    return writer.Write(Envelope(0, Dump(EventMessage(std::move(event)))));
+  };
+  std::optional<ConnectError> failure;
+  bool client_gone = !send({{"start", {{"pid", pid}}}});
+  while (!client_gone) {
+    auto event = running->process->NextEvent(kKeepAliveInterval);
+    if (!event) {
+      if (event.error().timed_out()) {
+        client_gone = writer.ClientGone() || !send({{"keepalive", json::object()}});
+        continue;
+      }
+      failure = FromError(event.error());
+      break;
+    }
+    if (!*event) break;
+    const ProcessEvent& e = **event;
+    if (e.final()) {
+      client_gone = !send({{"end", EndEvent(e)}});
+      break;
+    }
+    client_gone = !send({{"data", {{StreamName(e.kind), Base64Encode(e.data)}}}});
+  }
+  {
+    std::lock_guard lock(mutex_);
+    running_.erase(key);
+  }
+  if (client_gone) {
+    // Nobody is left to hear of it: the command goes too.
+    (void)running->process->Kill();
+  } else {
+    finish(failure);
+  }
+  running->connection->Shutdown(Error::Backend("the command's stream ended"));
+}
+
+}  // namespace vessel::server

@@ -1,0 +1,77 @@
+// The SDK's `commands` through the data plane (Connect with JSON): a foreground command
+// with streamed output, its environment and directory, exit codes, a background command
+// killed, stdin, and the sandbox's access token.
+import { after, before, test } from 'node:test'
+import assert from 'node:assert/strict'
+import { CommandExitError, Sandbox } from 'e2b'
+import { startServer } from './harness.mjs'
+
+let server
+let sbx
+before(async () => {
+  server = await startServer()
+  sbx = await Sandbox.create('minimal', { ...server.opts, envs: { FROM_CREATE: 'c' } })
+})
+after(async () => {
+  await sbx?.kill()
+  await server.stop()
+})
+
+test('a command streams its output and returns its result', async () => {
+  const streamed = []
+  const result = await sbx.commands.run('echo hello; echo oops >&2; echo "$A $FROM_CREATE"; pwd', {
+    envs: { A: '1' },
+    cwd: '/tmp',
+    onStdout: (data) => streamed.push(data),
+  })
+  assert.equal(result.exitCode, 0)
+  assert.equal(result.stdout, 'hello\n1 c\n/tmp\n')
+  assert.equal(result.stderr, 'oops\n')
+  assert.equal(streamed.join(''), result.stdout)
+})
+
+test('a failing command raises CommandExitError with its exit code and output', async () => {
+  await assert.rejects(sbx.commands.run('echo partial; exit 3'), (e) => {
+    assert.ok(e instanceof CommandExitError, String(e))
+    assert.equal(e.exitCode, 3)
+    assert.equal(e.stdout, 'partial\n')
+    return true
+  })
+})
+
+test('a background command is listed and killed', async () => {
+  const bg = await sbx.commands.run('sleep 100', { background: true })
+  assert.ok(bg.pid > 0)
+  const listed = await sbx.commands.list()
+  assert.ok(listed.some((p) => p.pid === bg.pid), JSON.stringify(listed))
+  assert.equal(await bg.kill(), true)
+  await assert.rejects(bg.wait(), CommandExitError)
+  assert.equal(await sbx.commands.kill(bg.pid), false)
+})
+
+test('stdin reaches a command and closing it ends the input', async () => {
+  const cat = await sbx.commands.run('cat; echo done', { background: true, stdin: true })
+  await sbx.commands.sendStdin(cat.pid, 'ping\n')
+  await sbx.commands.closeStdin(cat.pid)
+  const result = await cat.wait()
+  assert.equal(result.stdout, 'ping\ndone\n')
+})
+
+test('many output lines arrive in order, and large output whole', async () => {
+  const result = await sbx.commands.run('seq 1 20000; head -c 3000000 /dev/zero | tr "\\0" x')
+  const lines = result.stdout.split('\n')
+  assert.equal(lines[0], '1')
+  assert.equal(lines[19999], '20000')
+  assert.equal(lines[20000].length, 3_000_000)
+})
+
+test('the data plane needs the sandbox access token', async () => {
+  const same = await Sandbox.connect(sbx.sandboxId, server.opts)
+  assert.equal((await same.commands.run('echo yes')).stdout, 'yes\n')
+  const other = new Sandbox({ ...server.opts, sandboxId: sbx.sandboxId, envdVersion: '0.5.7',
+                              envdAccessToken: 'wrong-token' })
+  await assert.rejects(other.commands.run('echo no'), (e) => {
+    assert.match(String(e), /unauthenticated|401|X-Access-Token/i)
+    return true
+  })
+})
