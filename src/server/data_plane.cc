@@ -1,15 +1,22 @@
 #include "server/data_plane.h"
 
+#include <fmt/chrono.h>
 #include <fmt/format.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <signal.h>
 
+#include <algorithm>
+#include <cstring>
+#include <ctime>
 #include <expected>
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include "sandbox/files.h"
 #include "sandbox/process.h"
+#include "server/multipart.h"
+#include "server/query.h"
 
 namespace vessel::server {
 namespace {
@@ -148,6 +155,51 @@ json EndEvent(const ProcessEvent& event) {
   }
 }
 
+// Relative paths are taken from the guest's root, where commands start.
+std::string GuestPath(std::string_view path) {
+  return path.starts_with('/') ? std::string(path) : "/" + std::string(path);
+}
+
+std::string Permissions(const FileInfo& info) {
+  std::string out = info.type == FileType::kDirectory ? "d"
+                    : info.type == FileType::kSymlink ? "l"
+                                                      : "-";
+  const char* letters = "rwxrwxrwx";
+  for (int bit = 8; bit >= 0; --bit) {
+    out.push_back((info.mode >> bit) & 1 ? letters[8 - bit] : '-');
+  }
+  return out;
+}
+
+// An EntryInfo of filesystem.proto, as JSON.
+json EntryJson(const FileInfo& info, const std::string& path) {
+  int type = info.type == FileType::kRegular     ? 1
+             : info.type == FileType::kDirectory ? 2
+             : info.type == FileType::kSymlink   ? 3
+                                                 : 0;
+  std::string name = path == "/" ? "/" : path.substr(path.find_last_of('/') + 1);
+  std::time_t seconds = static_cast<std::time_t>(info.mtime);
+  std::tm utc{};
+  ::gmtime_r(&seconds, &utc);
+  return {{"name", name},
+          {"type", type},
+          {"path", path},
+          {"size", info.size},
+          {"mode", info.mode},
+          {"permissions", Permissions(info)},
+          {"owner", "root"},
+          {"group", "root"},
+          {"modifiedTime", fmt::format("{:%Y-%m-%dT%H:%M:%S}Z", utc)}};
+}
+
+std::optional<std::string> PathField(const json& message, const char* field) {
+  auto it = message.find(field);
+  if (it == message.end() || !it->is_string() || it->get_ref<const std::string&>().empty()) {
+    return std::nullopt;
+  }
+  return GuestPath(it->get<std::string>());
+}
+
 }  // namespace
 
 std::string Base64Encode(std::string_view bytes) {
@@ -197,6 +249,11 @@ void DataPlane::Handle(const Request& request, std::string_view sandbox_id,
   if (path == "/health" && request.method() == http::verb::get) {
     (void)writer.Send(http::status::no_content, {}, {});
     return;
+  }
+  if (path == "/files") return Files(request, **sandbox, writer);
+  constexpr std::string_view kFilesystem = "/filesystem.Filesystem/";
+  if (request.method() == http::verb::post && path.starts_with(kFilesystem)) {
+    return Filesystem(path.substr(kFilesystem.size()), request, **sandbox, writer);
   }
   constexpr std::string_view kService = "/process.Process/";
   if (request.method() != http::verb::post || !path.starts_with(kService)) {
@@ -378,6 +435,208 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
     finish(failure);
   }
   running->connection->Shutdown(Error::Backend("the command's stream ended"));
+}
+
+void DataPlane::Filesystem(std::string_view method, const Request& request,
+                           const ApiSandbox& sandbox, ResponseWriter& writer) {
+  auto message = ParseUnary(request.body());
+  if (!message) return ReplyUnaryError(writer, message.error());
+  auto ok = [&](json body) { (void)writer.Send(http::status::ok, kJson, Dump(body)); };
+  auto bad = [&](std::string text) {
+    ReplyUnaryError(writer, {"invalid_argument", std::move(text)});
+  };
+  if (method != "Stat" && method != "ListDir" && method != "MakeDir" && method != "Move" &&
+      method != "Remove") {
+    return ReplyUnaryError(
+        writer, {"unimplemented", fmt::format("filesystem.Filesystem/{} is not served", method)});
+  }
+  auto connection = registry_.Connect(sandbox.id);
+  if (!connection) return ReplyUnaryError(writer, FromError(connection.error()));
+  sandbox::Connection& agent = **connection;
+  auto done = [&] { agent.Shutdown(Error::Backend("the request is answered")); };
+  auto fail = [&](const Error& error) {
+    done();
+    ReplyUnaryError(writer, FromError(error));
+  };
+
+  if (method == "Move") {
+    auto source = PathField(*message, "source");
+    auto destination = PathField(*message, "destination");
+    if (!source || !destination) return done(), bad("'source' and 'destination' are required");
+    if (auto moved = sandbox::RenamePath(agent, *source, *destination); !moved) {
+      return fail(moved.error());
+    }
+    auto info = sandbox::StatFile(agent, *destination);
+    if (!info) return fail(info.error());
+    done();
+    return ok({{"entry", EntryJson(*info, *destination)}});
+  }
+  auto path = PathField(*message, "path");
+  if (!path) return done(), bad("'path' is required");
+  if (method == "Stat") {
+    auto info = sandbox::StatFile(agent, *path);
+    if (!info) return fail(info.error());
+    done();
+    return ok({{"entry", EntryJson(*info, *path)}});
+  }
+  if (method == "MakeDir") {
+    if (auto existing = sandbox::StatFile(agent, *path); existing) {
+      done();
+      return ReplyUnaryError(writer, {"already_exists", *path + " exists"});
+    }
+    if (auto made = sandbox::MakeDirectory(agent, *path, /*parents=*/true, 0755); !made) {
+      return fail(made.error());
+    }
+    auto info = sandbox::StatFile(agent, *path);
+    if (!info) return fail(info.error());
+    done();
+    return ok({{"entry", EntryJson(*info, *path)}});
+  }
+  if (method == "Remove") {
+    if (auto removed = sandbox::RemovePath(agent, *path, /*recursive=*/true); !removed) {
+      return fail(removed.error());
+    }
+    done();
+    return ok(json::object());
+  }
+  // ListDir, to `depth` levels (1: the directory's own entries).
+  int64_t depth = 1;
+  if (message->contains("depth")) {
+    if (!(*message)["depth"].is_number_integer()) return done(), bad("'depth' must be a number");
+    depth = (*message)["depth"].get<int64_t>();
+  }
+  if (depth < 1 || depth > 64) return done(), bad("'depth' must be 1 to 64");
+  json entries = json::array();
+  std::vector<std::pair<std::string, int64_t>> pending = {{*path, 1}};
+  while (!pending.empty()) {
+    auto [dir, level] = pending.back();
+    pending.pop_back();
+    auto listed = sandbox::ListDirectory(agent, dir);
+    if (!listed) return fail(listed.error());
+    for (const auto& entry : *listed) {
+      if (entries.size() == kMaxListedEntries) {
+        done();
+        return ReplyUnaryError(
+            writer, {"resource_exhausted", fmt::format("{} holds more than {} entries to depth {}",
+                                                       *path, kMaxListedEntries, depth)});
+      }
+      std::string child = (dir == "/" ? "" : dir) + "/" + entry.name;
+      entries.push_back(EntryJson(entry, child));
+      if (entry.type == FileType::kDirectory && level < depth)
+        pending.emplace_back(child, level + 1);
+    }
+  }
+  done();
+  ok({{"entries", entries}});
+}
+
+void DataPlane::Files(const Request& request, const ApiSandbox& sandbox, ResponseWriter& writer) {
+  auto error = [&](http::status status, std::string message) {
+    (void)writer.Send(status, kJson, ErrorBody(status, message));
+  };
+  std::string_view target = Sv(request.target());
+  size_t question = target.find('?');
+  auto query = ParseQuery(question == std::string_view::npos ? std::string_view()
+                                                             : target.substr(question + 1));
+  if (!query) return error(http::status::bad_request, "malformed query string");
+  auto path_param = QueryValue(*query, "path");
+  const bool download = request.method() == http::verb::get;
+  if (!download && request.method() != http::verb::post) {
+    return error(http::status::method_not_allowed, "/files takes GET and POST");
+  }
+  if (download && (!path_param || path_param->empty())) {
+    return error(http::status::bad_request, "'path' is required");
+  }
+  auto connection = registry_.Connect(sandbox.id);
+  if (!connection) return error(http::status::bad_gateway, connection.error().ToString());
+  sandbox::Connection& agent = **connection;
+  struct Close {
+    sandbox::Connection& agent;
+    ~Close() { agent.Shutdown(Error::Backend("the request is answered")); }
+  } close{agent};
+  auto file_error = [&](const Error& e) {
+    bool missing =
+        e.kind() == ErrorKind::kGuestFile && e.guest_file_kind() == GuestFileErrorKind::kNotFound;
+    bool refused = e.kind() == ErrorKind::kGuestFile || e.kind() == ErrorKind::kInvalidConfig;
+    error(missing   ? http::status::not_found
+          : refused ? http::status::bad_request
+                    : http::status::bad_gateway,
+          e.ToString());
+  };
+
+  if (download) {
+    std::string path = GuestPath(*path_param);
+    auto info = sandbox::StatFile(agent, path);
+    if (!info) return file_error(info.error());
+    if (info->type == FileType::kDirectory) {
+      return error(http::status::bad_request, path + " is a directory");
+    }
+    bool begun = false;
+    auto sink = [&](std::span<const uint8_t> chunk) -> Result<void> {
+      if (!begun) {
+        if (auto b = writer.BeginStream(http::status::ok, "application/octet-stream", info->size);
+            !b) {
+          return b;
+        }
+        begun = true;
+      }
+      return writer.Write({reinterpret_cast<const char*>(chunk.data()), chunk.size()});
+    };
+    auto read = sandbox::ReadFileChunks(agent, path, sink);
+    if (!begun) {
+      if (!read) return file_error(read.error());
+      if (!writer.BeginStream(http::status::ok, "application/octet-stream", info->size)) return;
+    }
+    (void)writer.Finish();  // a file that changed size fails here, and the connection closes
+    return;
+  }
+
+  // An upload: the body itself, or the files of a multipart form.
+  struct Upload {
+    std::string path;
+    std::string_view data;
+  };
+  std::vector<Upload> uploads;
+  std::string_view content_type = Sv(request[http::field::content_type]);
+  if (auto boundary = MultipartBoundary(content_type)) {
+    auto parts = ParseMultipart(request.body(), *boundary);
+    if (!parts) return error(http::status::bad_request, parts.error().ToString());
+    for (const auto& part : *parts) {
+      if (part.name != "file") continue;
+      std::string path = path_param && !path_param->empty() ? *path_param : part.filename;
+      if (path.empty()) return error(http::status::bad_request, "a file part names no path");
+      uploads.push_back({GuestPath(path), part.data});
+    }
+    if (uploads.empty()) return error(http::status::bad_request, "the form has no 'file' part");
+  } else {
+    if (!path_param || path_param->empty()) {
+      return error(http::status::bad_request, "'path' is required");
+    }
+    uploads.push_back({GuestPath(*path_param), request.body()});
+  }
+  json written = json::array();
+  for (const auto& upload : uploads) {
+    size_t slash = upload.path.find_last_of('/');
+    if (slash > 0) {
+      std::string parent = upload.path.substr(0, slash);
+      if (auto made = sandbox::MakeDirectory(agent, parent, /*parents=*/true, 0755); !made) {
+        return file_error(made.error());
+      }
+    }
+    size_t offset = 0;
+    auto source = [&](std::span<uint8_t> buffer) -> Result<size_t> {
+      size_t n = std::min(buffer.size(), upload.data.size() - offset);
+      std::memcpy(buffer.data(), upload.data.data() + offset, n);
+      offset += n;
+      return n;
+    };
+    if (auto w = sandbox::WriteFileChunks(agent, upload.path, source, 0644); !w) {
+      return file_error(w.error());
+    }
+    std::string name = upload.path.substr(upload.path.find_last_of('/') + 1);
+    written.push_back({{"name", name}, {"type", "file"}, {"path", upload.path}});
+  }
+  (void)writer.Send(http::status::ok, kJson, Dump(written));
 }
 
 }  // namespace vessel::server

@@ -1,7 +1,9 @@
 // E2B's data plane (what E2B calls envd), for the requests the SDK routes to a sandbox
 // with the E2b-Sandbox-Id header: the process service over the Connect protocol with
 // JSON (process.Process: Start as a server stream, SendSignal, SendInput, CloseStdin,
-// List) and /health. Each request must carry the sandbox's access token in
+// List), the file system service (filesystem.Filesystem: Stat, ListDir, MakeDir, Move,
+// Remove), GET and POST /files (downloads; uploads as a raw body or multipart form) and
+// /health. Each request must carry the sandbox's access token in
 // X-Access-Token when it has one.
 //
 // A command runs through the sandbox's supervisor (supervisor/client.h), as `vessel exec`
@@ -22,6 +24,10 @@ namespace vessel::server {
 
 // The most bytes of a Connect message (request or one event) the data plane takes.
 inline constexpr size_t kMaxConnectMessage = 4 * 1024 * 1024;
+// The largest upload to /files (the body is held in memory while it is written).
+inline constexpr size_t kMaxUploadBytes = 128 * 1024 * 1024;
+// The most entries a ListDir answers with, whatever its depth.
+inline constexpr size_t kMaxListedEntries = 10'000;
 // Events sent without output in between, so proxies and the SDK know the stream lives.
 inline constexpr std::chrono::seconds kKeepAliveInterval{30};
 
@@ -48,6 +54,9 @@ class DataPlane {
   void Unary(std::string_view method, const Request& request, const ApiSandbox& sandbox,
              ResponseWriter& writer);
   std::shared_ptr<Running> Find(const std::string& sandbox_id, int pid);
+  void Filesystem(std::string_view method, const Request& request, const ApiSandbox& sandbox,
+                  ResponseWriter& writer);
+  void Files(const Request& request, const ApiSandbox& sandbox, ResponseWriter& writer);
 
   Registry& registry_;
   std::mutex mutex_;

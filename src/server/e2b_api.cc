@@ -14,6 +14,8 @@
 #include <tuple>
 #include <vector>
 
+#include "server/query.h"
+
 namespace vessel::server {
 namespace {
 
@@ -62,50 +64,11 @@ ApiError FromError(const Error& error) {
   return {status::internal_server_error, error.ToString()};
 }
 
-std::optional<int> HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return std::nullopt;
-}
-
-// %XX and '+' decoded; nullopt for a broken escape.
-std::optional<std::string> UrlDecode(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '+') {
-      out.push_back(' ');
-    } else if (c == '%') {
-      if (i + 2 >= text.size()) return std::nullopt;
-      auto high = HexValue(text[i + 1]);
-      auto low = HexValue(text[i + 2]);
-      if (!high || !low) return std::nullopt;
-      out.push_back(static_cast<char>(*high << 4 | *low));
-      i += 2;
-    } else {
-      out.push_back(c);
-    }
-  }
-  return out;
-}
-
-// The pairs of a query string (`a=1&b=2`), decoded.
-ApiResult<std::vector<std::pair<std::string, std::string>>> ParseQuery(std::string_view query) {
-  std::vector<std::pair<std::string, std::string>> pairs;
-  while (!query.empty()) {
-    size_t amp = query.find('&');
-    std::string_view part = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    if (part.empty()) continue;
-    size_t eq = part.find('=');
-    auto key = UrlDecode(part.substr(0, eq));
-    auto value = UrlDecode(eq == std::string_view::npos ? std::string_view() : part.substr(eq + 1));
-    if (!key || !value) return std::unexpected(BadRequest("malformed query string"));
-    pairs.emplace_back(std::move(*key), std::move(*value));
-  }
-  return pairs;
+// The pairs of a query string, or 400.
+ApiResult<QueryPairs> ParseQueryOr400(std::string_view query) {
+  auto pairs = ParseQuery(query);
+  if (!pairs) return std::unexpected(BadRequest("malformed query string"));
+  return std::move(*pairs);
 }
 
 ApiResult<json> ParseObject(const Request& request) {
@@ -321,7 +284,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
   }
 
   if ((path == "/sandboxes" || path == "/v2/sandboxes") && method == http::verb::get) {
-    auto params = ParseQuery(query);
+    auto params = ParseQueryOr400(query);
     if (!params) return fail(params.error());
     std::vector<std::pair<std::string, std::string>> metadata;
     std::set<std::string, std::less<>> states;
@@ -332,7 +295,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     for (const auto& [name, value] : *params) {
       if (name == "metadata") {
         // The SDK encodes each key and value, then the pairs as a query string.
-        auto pairs = ParseQuery(value);
+        auto pairs = ParseQueryOr400(value);
         if (!pairs) return fail(pairs.error());
         for (auto& [k, v] : *pairs) {
           auto meta_key = UrlDecode(k);

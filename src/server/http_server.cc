@@ -171,15 +171,21 @@ class Writer final : public ResponseWriter {
     return {};
   }
 
-  Result<void> BeginStream(http::status status, std::string_view content_type) override {
+  Result<void> BeginStream(http::status status, std::string_view content_type,
+                           std::optional<uint64_t> length) override {
     if (started_) return Fail(Error::Backend("a response was already sent"));
     started_ = true;
     streaming_ = true;
+    length_ = length;
     http::response<http::empty_body> response{status, version_};
     response.set(http::field::server, Bsv(kServerName));
     response.set(http::field::content_type, Bsv(content_type));
     response.keep_alive(keep_alive_);
-    response.chunked(true);
+    if (length) {
+      response.content_length(*length);
+    } else {
+      response.chunked(true);
+    }
     http::response_serializer<http::empty_body> serializer{response};
     error_code ec;
     http::write_header(stream_, serializer, ec);
@@ -194,7 +200,16 @@ class Writer final : public ResponseWriter {
     if (!streaming_ || finished_) return Fail(Error::Backend("no stream is open"));
     if (chunk.empty()) return {};  // an empty chunk would end the stream
     error_code ec;
-    asio::write(stream_, http::make_chunk(asio::const_buffer(chunk.data(), chunk.size())), ec);
+    if (length_) {
+      if (written_ + chunk.size() > *length_) {
+        failed_ = true;
+        return Fail(Error::Backend("the body is longer than the length it was sent with"));
+      }
+      written_ += chunk.size();
+      asio::write(stream_, asio::const_buffer(chunk.data(), chunk.size()), ec);
+    } else {
+      asio::write(stream_, http::make_chunk(asio::const_buffer(chunk.data(), chunk.size())), ec);
+    }
     if (ec) {
       failed_ = true;
       return Fail(WriteError(ec));
@@ -205,6 +220,14 @@ class Writer final : public ResponseWriter {
   Result<void> Finish() override {
     if (!streaming_ || finished_) return Fail(Error::Backend("no stream is open"));
     finished_ = true;
+    if (length_) {
+      if (written_ != *length_) {
+        failed_ = true;
+        return Fail(Error::Backend(
+            fmt::format("the body ended after {} of its {} bytes", written_, *length_)));
+      }
+      return {};
+    }
     error_code ec;
     asio::write(stream_, http::make_chunk_last(), ec);
     if (ec) {
@@ -231,6 +254,8 @@ class Writer final : public ResponseWriter {
   bool streaming_ = false;
   bool finished_ = false;
   bool failed_ = false;
+  std::optional<uint64_t> length_;  // a body of this length rather than chunks
+  uint64_t written_ = 0;
 };
 
 // Answers a request that never reached the handler, and closes.

@@ -16,6 +16,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -47,8 +48,10 @@ class ResponseWriter {
   virtual Result<void> Send(
       http::status status, std::string_view content_type, std::string body,
       std::initializer_list<std::pair<std::string_view, std::string_view>> headers = {}) = 0;
-  // Starts a chunked response; every Write sends one chunk, Finish the last.
-  virtual Result<void> BeginStream(http::status status, std::string_view content_type) = 0;
+  // Starts a response whose body follows in Writes: chunked, or of `length` bytes exactly
+  // when it is given (Finish fails, and the connection closes, when they were not).
+  virtual Result<void> BeginStream(http::status status, std::string_view content_type,
+                                   std::optional<uint64_t> length = std::nullopt) = 0;
   virtual Result<void> Write(std::string_view chunk) = 0;
   virtual Result<void> Finish() = 0;
   // True once the client has closed its end (a stream should stop).

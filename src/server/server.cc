@@ -55,7 +55,11 @@ Result<std::string> LoadOrCreateApiKey(const std::string& path) {
 }
 
 size_t Router::BodyLimit(const RequestHead& head) const {
-  return head.find("E2b-Sandbox-Id") != head.end() ? kMaxConnectMessage : kMaxControlBody;
+  if (head.find("E2b-Sandbox-Id") == head.end()) return kMaxControlBody;
+  std::string_view target(head.target().data(), head.target().size());
+  bool upload =
+      head.method() == http::verb::post && (target == "/files" || target.starts_with("/files?"));
+  return upload ? kMaxUploadBytes : kMaxConnectMessage;
 }
 
 void Router::Handle(Request& request, ResponseWriter& writer) {
