@@ -58,72 +58,63 @@ class SocketStream {
 
   template <typename MutableBuffers>
   size_t read_some(const MutableBuffers& buffers, error_code& ec) {
-    ec = {};
     auto buffer = FirstNonEmpty<asio::mutable_buffer>(buffers);
-    if (buffer.size() == 0) return 0;
-    ssize_t n = -1;
-    while (n < 0) {
-      int ready = WaitFor(fd_, POLLIN, stop_fd_, limits_.idle_timeout);
-      if (ready == 0) {
-        ec = beast::error::timeout;
-        return 0;
-      }
-      if (ready < 0) {
-        ec = asio::error::operation_aborted;
-        return 0;
-      }
-      n = ::recv(fd_, buffer.data(), buffer.size(), MSG_DONTWAIT);
-      if (n < 0 && errno != EINTR && errno != EAGAIN) {
-        ec = error_code(errno, boost::system::system_category());
-        return 0;
-      }
-    }
-    if (n == 0) ec = asio::error::eof;
-    return static_cast<size_t>(n);
+    size_t n = Transfer(POLLIN, limits_.idle_timeout, buffer.size(), ec,
+                        [&] { return ::recv(fd_, buffer.data(), buffer.size(), MSG_DONTWAIT); });
+    if (!ec && n == 0 && buffer.size() > 0) ec = asio::error::eof;
+    return n;
   }
   template <typename MutableBuffers>
   size_t read_some(const MutableBuffers& buffers) {
-    error_code ec;
-    size_t n = read_some(buffers, ec);
-    if (ec) throw boost::system::system_error(ec);
-    return n;
+    return ThrowOnError([&](error_code& ec) { return read_some(buffers, ec); });
   }
 
   template <typename ConstBuffers>
   size_t write_some(const ConstBuffers& buffers, error_code& ec) {
-    ec = {};
     auto buffer = FirstNonEmpty<asio::const_buffer>(buffers);
-    if (buffer.size() == 0) return 0;
-    ssize_t n = -1;
-    while (n < 0) {
-      int ready = WaitFor(fd_, POLLOUT, stop_fd_, limits_.write_timeout);
-      if (ready <= 0) {
-        if (ready == 0) {
-          ec = beast::error::timeout;
-        } else {
-          ec = asio::error::operation_aborted;
-        }
-        return 0;
-      }
-      n = ::send(fd_, buffer.data(), buffer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-      if (n < 0 && errno != EINTR && errno != EAGAIN) {
-        ec = error_code(errno, boost::system::system_category());
-        return 0;
-      }
-    }
-    return static_cast<size_t>(n);
+    return Transfer(POLLOUT, limits_.write_timeout, buffer.size(), ec, [&] {
+      return ::send(fd_, buffer.data(), buffer.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    });
   }
   template <typename ConstBuffers>
   size_t write_some(const ConstBuffers& buffers) {
-    error_code ec;
-    size_t n = write_some(buffers, ec);
-    if (ec) throw boost::system::system_error(ec);
-    return n;
+    return ThrowOnError([&](error_code& ec) { return write_some(buffers, ec); });
   }
 
   [[nodiscard]] int fd() const { return fd_; }
 
  private:
+  // Waits up to `timeout` for `events`, then makes the non-blocking `call` (recv or send),
+  // again while it would block. Nothing to move (`size` 0) is done at once.
+  template <typename Call>
+  size_t Transfer(short events, std::chrono::milliseconds timeout, size_t size, error_code& ec,
+                  Call call) {
+    ec = {};
+    if (size == 0) return 0;
+    for (;;) {
+      int ready = WaitFor(fd_, events, stop_fd_, timeout);
+      if (ready <= 0) {
+        ec = ready == 0 ? beast::make_error_code(beast::error::timeout)
+                        : asio::error::make_error_code(asio::error::operation_aborted);
+        return 0;
+      }
+      ssize_t n = call();
+      if (n >= 0) return static_cast<size_t>(n);
+      if (errno != EINTR && errno != EAGAIN) {
+        ec = error_code(errno, boost::system::system_category());
+        return 0;
+      }
+    }
+  }
+
+  template <typename Operation>
+  static size_t ThrowOnError(Operation operation) {
+    error_code ec;
+    size_t n = operation(ec);
+    if (ec) throw boost::system::system_error(ec);
+    return n;
+  }
+
   // One buffer at a time: Beast asks again for the rest.
   template <typename Buffer, typename Buffers>
   static Buffer FirstNonEmpty(const Buffers& buffers) {
