@@ -1,5 +1,5 @@
 // `vessel serve` through the e2b SDK, against the C++ API, in one run (bench/run api):
-//   create -> first command done, cold (no pool is served yet);
+//   create -> first command done, cold and from a warm pool (vessel serve --pool);
 //   a command's round trip through the API, and through the C++ API (vessel_bench);
 //   32 concurrent SDK clients running commands on 4 sandboxes: throughput and p99.
 // Usage: bench/run api [--cold N] [--exec N] [--clients N] [--per-client N]
@@ -49,6 +49,25 @@ try {
   }
   const cold_ = stats(coldTimes)
   row('API: POST /v2/sandboxes -> first command done (cold)', cold_)
+
+  // The same from a pool of 2, given time to refill between creates.
+  const pooledServer = await startServer({ args: ['--pool', 'minimal=2'] })
+  const warmTimes = []
+  try {
+    for (let i = 0; i < cold; ++i) {
+      await new Promise((resolve) => setTimeout(resolve, 3000))
+      const t0 = performance.now()
+      const sbx = await Sandbox.create('minimal', pooledServer.opts)
+      await sbx.commands.run('true')
+      warmTimes.push(performance.now() - t0)
+      await sbx.kill()
+    }
+  } finally {
+    await pooledServer.stop()
+    await (await startServer()).stop()  // a server without pools stops the warm ones
+  }
+  const warm_ = stats(warmTimes)
+  row('API: POST /v2/sandboxes -> first command done (warm pool)', warm_)
 
   const sbx = await Sandbox.create('minimal', opts)
   for (let i = 0; i < 5; ++i) await sbx.commands.run('true')
@@ -101,7 +120,7 @@ try {
   }
   console.log(`  ${clients} concurrent clients: ${(latencies.length / elapsed).toFixed(1)} commands/s, ` +
               `p99 ${cell(conc.p99)} ms, median ${cell(conc.median)} ms`)
-  console.log('  create from a warm pool: not served yet (vessel serve --pool)')
+  console.log(`  create -> first command, cold / warm pool: ${(cold_.median / warm_.median).toFixed(1)}x median`)
 } finally {
   await server.stop()
 }

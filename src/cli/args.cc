@@ -261,6 +261,10 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
   serve->add_option("--api-key-file", serve_args.api_key_file,
                     "the API key clients must send (made when missing; default: "
                     "~/.config/vessel/api-key)");
+  serve->add_option("--pool", serve_args.pools,
+                    "TEMPLATE=N: keep N booted sandboxes of TEMPLATE, so that creating one takes "
+                    "a warm one (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
   SuperviseArgs supervise_args;
   // Hidden: started by create, restore and fork.

@@ -78,6 +78,7 @@ struct ImageRemoveArgs {
 struct ServeArgs {
   std::string listen = "127.0.0.1:3000";  // HOST:PORT
   std::string api_key_file;               // empty: <config dir>/api-key
+  std::vector<std::string> pools;         // TEMPLATE=N
 };
 // The hidden command that runs a supervisor (supervisor/launch.h).
 struct SuperviseArgs {

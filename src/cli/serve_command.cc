@@ -32,6 +32,9 @@ int Serve(const ServeArgs& args) {
   if (auto parsed = server::ParseListen(args.listen, options); !parsed) {
     return Failure(parsed.error());
   }
+  for (const auto& pool : args.pools) {
+    if (auto parsed = server::ParsePool(pool, options); !parsed) return Failure(parsed.error());
+  }
   std::string key_path =
       args.api_key_file.empty() ? server::DefaultApiKeyPath() : args.api_key_file;
   auto key = server::LoadOrCreateApiKey(key_path);
@@ -50,6 +53,7 @@ int Serve(const ServeArgs& args) {
   ::signal(SIGPIPE, SIG_IGN);
 
   server::SupervisorRegistry registry;
+  if (auto pools = registry.StartPools(options.pools); !pools) return Failure(pools.error());
   auto server = server::Server::Start(options, registry);
   if (!server) return Failure(server.error());
   bool loopback =
@@ -58,6 +62,9 @@ int Serve(const ServeArgs& args) {
       options.host.find(':') != std::string::npos ? "[" + options.host + "]" : options.host;
   fmt::print(stderr, "vessel serve: E2B API on http://{}:{}\n", host, (*server)->port());
   fmt::print(stderr, "vessel serve: API key in {}\n", key_path);
+  for (const auto& [template_id, size] : options.pools) {
+    fmt::print(stderr, "vessel serve: keeping {} warm '{}' sandboxes\n", size, template_id);
+  }
   if (!loopback) {
     fmt::print(stderr,
                "vessel serve: WARNING: listening on {}, not on loopback: anyone who can reach "

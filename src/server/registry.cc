@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <nlohmann/json.hpp>
 
 #include "base/secret_file.h"
@@ -22,6 +23,11 @@ constexpr size_t kMaxAttributesFile = 1024 * 1024;
 constexpr std::string_view kBaseTemplate = "base";
 constexpr std::string_view kBaseImage = "python";
 constexpr uint32_t kMinimalMemoryMb = 256;
+// Names the pools' sandboxes; a name `vessel create` refuses (it starts with '.'), so
+// that a pool's sandbox is known before its api.json is written.
+constexpr std::string_view kPoolNamePrefix = ".pool-";
+// After a failed boot, a pool waits this long before it tries again.
+constexpr std::chrono::seconds kPoolRetryDelay{5};
 // The template a sandbox that the CLI made is listed with.
 constexpr std::string_view kCliTemplate = "cli";
 constexpr uint32_t kImageMemoryMb = 512;
@@ -47,14 +53,36 @@ Result<std::optional<ApiSandbox>> Describe(const std::string& id) {
   if (text) {
     auto attributes = ParseAttributes(*text);
     if (!attributes) return Fail(std::move(attributes).error());
+    if (attributes->pooled) return std::optional<ApiSandbox>();
     sandbox.attributes = std::move(*attributes);
   } else if (text.error().errno_value() != ENOENT) {
     return Fail(std::move(text).error());
+  } else if (listing->record.name.starts_with(kPoolNamePrefix)) {
+    return std::optional<ApiSandbox>();  // a pool's, still booting
   } else {
     // Made by `vessel create`, `restore` or `fork`: no template, no timeout, no token.
     sandbox.attributes.template_id = std::string(kCliTemplate);
   }
   return std::optional<ApiSandbox>(std::move(sandbox));
+}
+
+supervisor::SupervisorConfig MachineFor(const TemplateInfo& chosen, const NewSandbox& request) {
+  supervisor::SupervisorConfig config;
+  config.sandbox.image = chosen.image;
+  config.sandbox.vcpus = request.cpu_count.value_or(chosen.cpu_count);
+  config.sandbox.memory_mib = request.memory_mb.value_or(chosen.memory_mb);
+  return config;
+}
+
+// Gives the running sandbox `id` its API attributes; a sandbox that is gone (or the
+// attributes that could not be written) is stopped and removed, and the error returned.
+Result<ApiSandbox> Claim(const std::string& id, const ApiAttributes& attributes) {
+  auto written = supervisor::WriteSandboxFile(id, kAttributesFile, EncodeAttributes(attributes));
+  auto sandbox = written ? Describe(id) : Result<std::optional<ApiSandbox>>(Fail(written.error()));
+  if (sandbox && *sandbox && (*sandbox)->state == "running") return std::move(**sandbox);
+  if (auto record = supervisor::ReadRecord(id)) (void)supervisor::StopAndRemove(*record);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  return Fail(Error::Backend(fmt::format("sandbox {} stopped as soon as it started", id)));
 }
 
 }  // namespace
@@ -66,9 +94,13 @@ int64_t NowMs() {
 }
 
 std::string EncodeAttributes(const ApiAttributes& a) {
-  nlohmann::json json = {{"template_id", a.template_id},   {"metadata", a.metadata},
-                         {"env_vars", a.env_vars},         {"end_at_ms", a.end_at_ms},
-                         {"access_token", a.access_token}, {"auto_pause", a.auto_pause}};
+  nlohmann::json json = {{"template_id", a.template_id},
+                         {"metadata", a.metadata},
+                         {"env_vars", a.env_vars},
+                         {"end_at_ms", a.end_at_ms},
+                         {"access_token", a.access_token},
+                         {"auto_pause", a.auto_pause},
+                         {"pooled", a.pooled}};
   return json.dump(2) + "\n";
 }
 
@@ -86,10 +118,20 @@ Result<ApiAttributes> ParseAttributes(std::string_view text) {
     a.end_at_ms = json.at("end_at_ms").get<int64_t>();
     a.access_token = json.at("access_token").get<std::string>();
     a.auto_pause = json.at("auto_pause").get<bool>();
+    a.pooled = json.value("pooled", false);
   } catch (const nlohmann::json::exception& e) {
     return bad(e.what());
   }
   return a;
+}
+
+Result<TemplateInfo> SupervisorRegistry::FindTemplate(const std::string& id) {
+  auto templates = Templates();
+  if (!templates) return Fail(std::move(templates).error());
+  for (auto& t : *templates) {
+    if (t.id == id) return std::move(t);
+  }
+  return Fail(Error::InvalidConfig("templateID", fmt::format("template '{}' not found", id)));
 }
 
 Result<std::vector<TemplateInfo>> SupervisorRegistry::Templates() {
@@ -117,41 +159,28 @@ Result<std::vector<TemplateInfo>> SupervisorRegistry::Templates() {
 }
 
 Result<ApiSandbox> SupervisorRegistry::Create(const NewSandbox& request) {
-  auto templates = Templates();
-  if (!templates) return Fail(std::move(templates).error());
-  const TemplateInfo* chosen = nullptr;
-  for (const auto& t : *templates) {
-    if (t.id == request.template_id) {
-      chosen = &t;
-      break;
-    }
-  }
-  if (!chosen) {
-    return Fail(Error::InvalidConfig("templateID",
-                                     fmt::format("template '{}' not found", request.template_id)));
-  }
-  supervisor::SupervisorConfig config;
-  config.sandbox.image = chosen->image;
-  config.sandbox.vcpus = request.cpu_count.value_or(chosen->cpu_count);
-  config.sandbox.memory_mib = request.memory_mb.value_or(chosen->memory_mb);
+  auto chosen = FindTemplate(request.template_id);
+  if (!chosen) return Fail(std::move(chosen).error());
   auto token = NewAccessToken();
   if (!token) return Fail(std::move(token).error());
-  auto id = supervisor::StartSandbox(std::move(config));
-  if (!id) return Fail(std::move(id).error());
   ApiAttributes attributes{.template_id = chosen->id,
                            .metadata = request.metadata,
                            .env_vars = request.env_vars,
-                           .end_at_ms = NowMs() + request.timeout.count() * 1000,
+                           .end_at_ms = 0,
                            .access_token = std::move(*token),
                            .auto_pause = request.auto_pause};
-  auto written = supervisor::WriteSandboxFile(*id, kAttributesFile, EncodeAttributes(attributes));
-  auto sandbox = written ? Describe(*id) : Result<std::optional<ApiSandbox>>(Fail(written.error()));
-  if (!sandbox || !*sandbox) {
-    if (auto record = supervisor::ReadRecord(*id)) (void)supervisor::StopAndRemove(*record);
-    if (!sandbox) return Fail(std::move(sandbox).error());
-    return Fail(Error::Backend(fmt::format("sandbox {} stopped as soon as it started", *id)));
+  // A warm one when the request wants the template's own machine; else, or when the one
+  // taken turns out dead, a boot.
+  if (!request.cpu_count && !request.memory_mb) {
+    while (auto id = TakePooled(chosen->id)) {
+      attributes.end_at_ms = NowMs() + request.timeout.count() * 1000;
+      if (auto claimed = Claim(*id, attributes)) return std::move(*claimed);
+    }
   }
-  return std::move(**sandbox);
+  auto id = supervisor::StartSandbox(MachineFor(*chosen, request));
+  if (!id) return Fail(std::move(id).error());
+  attributes.end_at_ms = NowMs() + request.timeout.count() * 1000;
+  return Claim(*id, attributes);
 }
 
 Result<std::vector<ApiSandbox>> SupervisorRegistry::List() {
@@ -203,6 +232,105 @@ Result<std::shared_ptr<sandbox::Connection>> SupervisorRegistry::Connect(const s
   auto record = supervisor::ReadRecord(id);
   if (!record) return Fail(std::move(record).error());
   return supervisor::ConnectAgent(*record);
+}
+
+SupervisorRegistry::~SupervisorRegistry() {
+  {
+    std::lock_guard lock(pool_mutex_);
+    stopping_ = true;
+  }
+  pool_wake_.notify_all();
+  if (filler_.joinable()) filler_.join();
+}
+
+Result<void> SupervisorRegistry::StartPools(const std::map<std::string, size_t>& sizes) {
+  for (const auto& [template_id, size] : sizes) {
+    if (size > kMaxPoolSize) {
+      return Fail(Error::InvalidConfig("pool", fmt::format("{} warm sandboxes of '{}': at most {}",
+                                                           size, template_id, kMaxPoolSize)));
+    }
+    if (auto found = FindTemplate(template_id); !found) {
+      return Fail(Error::InvalidConfig("pool", found.error().message()));
+    }
+  }
+  auto ids = supervisor::ListSandboxIds();
+  if (!ids) return Fail(std::move(ids).error());
+  std::lock_guard lock(pool_mutex_);
+  pool_sizes_ = sizes;
+  // The warm sandboxes an earlier server left: adopted while a pool wants them.
+  for (const auto& id : *ids) {
+    auto text = supervisor::ReadSandboxFile(id, kAttributesFile, kMaxAttributesFile);
+    if (!text) continue;
+    auto attributes = ParseAttributes(*text);
+    if (!attributes || !attributes->pooled) continue;
+    auto listing = supervisor::Inspect(id);
+    auto want = pool_sizes_.find(attributes->template_id);
+    auto& pool = pooled_[attributes->template_id];
+    if (listing && listing->state == "running" && want != pool_sizes_.end() &&
+        pool.size() < want->second) {
+      pool.push_back(id);
+    } else if (auto record = supervisor::ReadRecord(id)) {
+      (void)supervisor::StopAndRemove(*record);
+    }
+  }
+  filler_ = std::thread([this] { FillPools(); });
+  return {};
+}
+
+std::optional<std::string> SupervisorRegistry::TakePooled(const std::string& template_id) {
+  std::lock_guard lock(pool_mutex_);
+  auto it = pooled_.find(template_id);
+  if (it == pooled_.end() || it->second.empty()) return std::nullopt;
+  std::string id = it->second.front();
+  it->second.erase(it->second.begin());
+  pool_wake_.notify_all();
+  return id;
+}
+
+std::optional<std::string> SupervisorRegistry::UnderfilledPool() {
+  for (const auto& [template_id, size] : pool_sizes_) {
+    if (pooled_[template_id].size() < size) return template_id;
+  }
+  return std::nullopt;
+}
+
+void SupervisorRegistry::FillPools() {
+  std::unique_lock lock(pool_mutex_);
+  while (!stopping_) {
+    std::optional<std::string> wanted = UnderfilledPool();
+    if (!wanted) {
+      pool_wake_.wait(lock, [&] { return stopping_ || UnderfilledPool(); });
+      continue;
+    }
+    lock.unlock();
+    Result<std::string> id = Fail(Error::Backend("no template"));
+    if (auto chosen = FindTemplate(*wanted)) {
+      auto machine = MachineFor(*chosen, NewSandbox{});
+      auto suffix = NewAccessToken();
+      machine.sandbox.name = fmt::format("{}{}-{}", kPoolNamePrefix, *wanted,
+                                         suffix ? suffix->substr(0, 8) : std::string("0"));
+      id = supervisor::StartSandbox(std::move(machine));
+      if (id) {
+        ApiAttributes attributes{.template_id = *wanted, .pooled = true};
+        if (auto written =
+                supervisor::WriteSandboxFile(*id, kAttributesFile, EncodeAttributes(attributes));
+            !written) {
+          if (auto record = supervisor::ReadRecord(*id)) (void)supervisor::StopAndRemove(*record);
+          id = Fail(std::move(written).error());
+        }
+      }
+    } else {
+      id = Fail(std::move(chosen).error());
+    }
+    lock.lock();
+    if (id) {
+      pooled_[*wanted].push_back(*id);
+    } else {
+      std::fprintf(stderr, "vessel serve: warming a '%s' sandbox failed: %s\n", wanted->c_str(),
+                   id.error().ToString().c_str());
+      pool_wake_.wait_for(lock, kPoolRetryDelay, [&] { return stopping_; });
+    }
+  }
 }
 
 }  // namespace vessel::server

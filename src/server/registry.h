@@ -6,12 +6,14 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "sandbox/connection.h"
@@ -27,6 +29,9 @@ struct ApiAttributes {
   int64_t end_at_ms = 0;                        // when it expires; 0: never
   std::string access_token;                     // required on its data plane; empty: none
   bool auto_pause = false;                      // expire by pausing, not killing
+  // A warm sandbox waiting in its template's pool: not yet any client's, hidden from the
+  // API, without an end.
+  bool pooled = false;
 };
 
 // One sandbox as the API shows it.
@@ -80,9 +85,26 @@ class Registry {
       const std::string& id) = 0;
 };
 
-// The registry of this host's sandboxes.
+// The most warm sandboxes one template's pool may keep.
+inline constexpr size_t kMaxPoolSize = 64;
+
+// The registry of this host's sandboxes, with warm pools: a create that asks for a
+// template's own machine takes a booted sandbox of its pool when one waits, and a thread
+// boots its replacement. Pooled sandboxes are supervised like any other (`vessel ls`
+// shows them) and outlive the server; the next server adopts those its pools want and
+// stops the rest.
 class SupervisorRegistry final : public Registry {
  public:
+  SupervisorRegistry() = default;
+  // Stops filling the pools; the pooled sandboxes keep running.
+  ~SupervisorRegistry() override;
+  SupervisorRegistry(const SupervisorRegistry&) = delete;
+  SupervisorRegistry& operator=(const SupervisorRegistry&) = delete;
+
+  // Keeps `sizes[template]` warm sandboxes of each template, from now on. Once.
+  // kInvalidConfig (subject "pool") for an unknown template or a size past kMaxPoolSize.
+  [[nodiscard]] Result<void> StartPools(const std::map<std::string, size_t>& sizes);
+
   Result<ApiSandbox> Create(const NewSandbox& request) override;
   Result<std::vector<ApiSandbox>> List() override;
   Result<std::optional<ApiSandbox>> Get(const std::string& id) override;
@@ -92,7 +114,20 @@ class SupervisorRegistry final : public Registry {
   Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;
 
  private:
+  [[nodiscard]] Result<TemplateInfo> FindTemplate(const std::string& id);
+  // A warm sandbox of `template_id`'s pool, now the caller's; nullopt when none waits.
+  std::optional<std::string> TakePooled(const std::string& template_id);
+  // A template whose pool is short of its size (pool_mutex_ held).
+  std::optional<std::string> UnderfilledPool();
+  void FillPools();
+
   std::mutex mutex_;  // api.json's read-modify-write
+  std::mutex pool_mutex_;
+  std::condition_variable pool_wake_;
+  std::map<std::string, size_t> pool_sizes_;
+  std::map<std::string, std::vector<std::string>> pooled_;  // template -> sandbox ids
+  bool stopping_ = false;
+  std::thread filler_;
 };
 
 // Milliseconds since the epoch.

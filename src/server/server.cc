@@ -41,6 +41,19 @@ Result<void> ParseListen(std::string_view text, ServerOptions& options) {
   return {};
 }
 
+Result<void> ParsePool(std::string_view text, ServerOptions& options) {
+  size_t eq = text.rfind('=');
+  unsigned count = 0;
+  std::string_view number = eq == std::string_view::npos ? std::string_view() : text.substr(eq + 1);
+  auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), count);
+  if (eq == 0 || eq == std::string_view::npos || number.empty() || ec != std::errc() ||
+      end != number.data() + number.size()) {
+    return Fail(Error::InvalidConfig("pool", fmt::format("'{}' is not TEMPLATE=N", text)));
+  }
+  options.pools[std::string(text.substr(0, eq))] = count;
+  return {};
+}
+
 std::string DefaultApiKeyPath() { return ConfigDir() + "/api-key"; }
 
 Result<std::string> LoadOrCreateApiKey(const std::string& path) {

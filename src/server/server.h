@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -17,8 +18,12 @@ namespace vessel::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";
   uint16_t port = 3000;
-  std::string api_key;  // what clients must send in X-API-Key
+  std::string api_key;                  // what clients must send in X-API-Key
+  std::map<std::string, size_t> pools;  // warm sandboxes per template
 };
+
+// TEMPLATE=N into `options.pools`; kInvalidConfig (subject "pool").
+[[nodiscard]] Result<void> ParsePool(std::string_view text, ServerOptions& options);
 
 // HOST:PORT ("[::1]:3000" for IPv6) into `options`; kInvalidConfig (subject "listen").
 [[nodiscard]] Result<void> ParseListen(std::string_view text, ServerOptions& options);

@@ -5,9 +5,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
-export async function startServer({ configDir } = {}) {
+export async function startServer({ configDir, args = [] } = {}) {
   const dir = configDir ?? mkdtempSync(join(tmpdir(), 'e2b-config-'))
-  const child = spawn(process.env.VESSEL_CLI, ['serve', '--listen', '127.0.0.1:0'], {
+  const child = spawn(process.env.VESSEL_CLI, ['serve', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, VESSEL_CONFIG_DIR: dir },
     stdio: ['ignore', 'ignore', 'pipe'],
   })

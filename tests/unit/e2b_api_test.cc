@@ -386,6 +386,17 @@ TEST(ServerOptionsTest, ListenIsHostColonPort) {
   }
 }
 
+TEST(ServerOptionsTest, PoolsAreTemplateEqualsCount) {
+  ServerOptions options;
+  ASSERT_TRUE(ParsePool("python=4", options));
+  ASSERT_TRUE(ParsePool("a=b=0", options));
+  EXPECT_EQ(options.pools.at("python"), 4u);
+  EXPECT_EQ(options.pools.at("a=b"), 0u);
+  for (const char* bad : {"", "python", "=3", "python=", "python=-1", "python=2x"}) {
+    EXPECT_FALSE(ParsePool(bad, options)) << bad;
+  }
+}
+
 TEST(ServerOptionsTest, TheApiKeyIsMadeOnceAndPrivate) {
   std::string dir = ::testing::TempDir() + "/vessel-api-key-" + std::to_string(::getpid());
   std::filesystem::create_directories(dir);
