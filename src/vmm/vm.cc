@@ -494,10 +494,15 @@ bool Vm::HandleExit(Vcpu& vcpu) {
     case KVM_EXIT_HLT:
       GuestStopped(VmState::kShutdown, fmt::format("vCPU {} halted", vcpu.index()));
       return false;
-    case KVM_EXIT_SHUTDOWN:
+    case KVM_EXIT_SHUTDOWN: {
+      // A triple fault: a guest's reboot=t, or a vCPU that faulted while handling a fault.
+      // Where it stood tells the two apart.
+      std::string registers = vcpu.DescribeRegisters();
       GuestStopped(VmState::kShutdown,
-                   fmt::format("the guest reset the VM (shutdown exit on vCPU {})", vcpu.index()));
+                   fmt::format("the guest reset the VM (shutdown exit on vCPU {}{}{})",
+                               vcpu.index(), registers.empty() ? "" : ": ", registers));
       return false;
+    }
     case KVM_EXIT_SYSTEM_EVENT:
       switch (run.system_event.type) {
         case KVM_SYSTEM_EVENT_CRASH:

@@ -164,7 +164,9 @@ TEST_F(ExecTest, OrphansAreReaped) {
 }
 
 TEST_F(ExecTest, GuestSeesTheConfiguredCpus) {
-  EXPECT_EQ(Run(Command::Argv({"nproc"})).stdout_data, "2\n");
+  EXPECT_EQ(Run(Command::Argv({"nproc"})).stdout_data, "2\n")
+      << "the guest's own account of its CPUs:\n"
+      << Sh("cat /sys/devices/system/cpu/online; dmesg | grep -iE 'smp|cpu ?#?1|stall'").stdout_data;
 }
 
 TEST_F(ExecTest, CallerInputThatCannotBeCarriedIsInvalidConfig) {
