@@ -235,6 +235,7 @@ void Agent::Handle(const proto::Frame& frame) {
     case proto::MessageType::kStdin: return OnStdin(id, payload);
     case proto::MessageType::kSignal: return OnSignal(id, payload);
     case proto::MessageType::kCredit: return OnCredit(id, payload);
+    case proto::MessageType::kResize: return OnResize(id, payload);
     case proto::MessageType::kFileOp: return OnFileOp(id, payload);
     case proto::MessageType::kFileData: return OnFileData(id, payload);
     case proto::MessageType::kQuiesce: return OnQuiesce(id, payload);
@@ -300,6 +301,14 @@ void Agent::OnCredit(uint32_t id, std::span<const uint8_t> payload) {
   } else if (credit->stream == proto::Stream::kFile) {
     read->second.OnCredit(credit->bytes);
   }
+}
+
+void Agent::OnResize(uint32_t id, std::span<const uint8_t> payload) {
+  auto process = processes_.find(id);
+  if (process == processes_.end()) return;
+  auto size = proto::DecodeResize(payload);
+  if (!size) return FailRequest(id, size.error().message());
+  if (!process->second.Resize(*size)) FailRequest(id, "resize: the command has no terminal");
 }
 
 void Agent::OnFileOp(uint32_t id, std::span<const uint8_t> payload) {

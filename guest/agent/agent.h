@@ -47,6 +47,7 @@ class Agent {
   void OnStdin(uint32_t id, std::span<const uint8_t> payload);
   void OnSignal(uint32_t id, std::span<const uint8_t> payload);
   void OnCredit(uint32_t id, std::span<const uint8_t> payload);
+  void OnResize(uint32_t id, std::span<const uint8_t> payload);
   void OnFileOp(uint32_t id, std::span<const uint8_t> payload);
   void OnFileData(uint32_t id, std::span<const uint8_t> payload);
   void OnQuiesce(uint32_t id, std::span<const uint8_t> payload);

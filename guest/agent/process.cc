@@ -3,7 +3,9 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -20,6 +22,8 @@ namespace proto = vessel::protocol;
 
 // Largest read from a command's pipe, hence the largest Output chunk the agent sends.
 constexpr size_t kReadChunk = 64 * 1024;
+// What the agent reads from a terminal at most once its command has exited.
+constexpr size_t kTerminalDrainBudget = 256 * 1024;
 
 struct Pipe {
   UniqueFd read;
@@ -34,10 +38,33 @@ std::optional<Pipe> MakePipe() {
 
 void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
+// A new pseudo-terminal of `size`: its master side and the path of its slave side.
+struct Terminal {
+  UniqueFd master;
+  std::string slave;
+};
+
+std::optional<Terminal> OpenTerminal(const proto::TerminalSize& size) {
+  UniqueFd master(posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+  char name[64];
+  if (!master || grantpt(master.get()) != 0 || unlockpt(master.get()) != 0 ||
+      ptsname_r(master.get(), name, sizeof(name)) != 0) {
+    return std::nullopt;
+  }
+  winsize ws{.ws_row = size.rows, .ws_col = size.cols, .ws_xpixel = 0, .ws_ypixel = 0};
+  if (ioctl(master.get(), TIOCSWINSZ, &ws) != 0) return std::nullopt;
+  return Terminal{std::move(master), name};
+}
+
+// What failed in the child before exec, as it reports it.
+enum ChildStep : int { kStepCwd = 0, kStepExec = 1, kStepTerminal = 2 };
+
 // Runs in the forked child: never returns. A failure before exec is reported through
-// `status_fd` (close-on-exec): which step failed (0 cwd, 1 exec) and the errno.
-[[noreturn]] void ExecChild(const char* cwd, char** argv, char** envp, int stdin_fd, int stdout_fd,
-                            int stderr_fd, int status_fd) {
+// `status_fd` (close-on-exec): which step failed and the errno. With a `terminal` (the slave
+// side's path) the child makes it its controlling terminal and its stdin, stdout and
+// stderr; the fds are then unused.
+[[noreturn]] void ExecChild(const char* cwd, char** argv, char** envp, const char* terminal,
+                            int stdin_fd, int stdout_fd, int stderr_fd, int status_fd) {
   sigset_t none;
   sigemptyset(&none);
   sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -46,27 +73,36 @@ void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK
   default_action.sa_handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &default_action, nullptr);
   setsid();
+  int step = kStepTerminal;
+  if (terminal != nullptr) {
+    int fd = open(terminal, O_RDWR);
+    if (fd < 0 || ioctl(fd, TIOCSCTTY, 0) != 0) goto failed;
+    stdin_fd = stdout_fd = stderr_fd = fd;
+  }
   if (stdin_fd < 0) stdin_fd = open("/dev/null", O_RDONLY);
   dup2(stdin_fd, 0);
   dup2(stdout_fd, 1);
   dup2(stderr_fd, 2);
-  int step = 0;
+  step = kStepCwd;
   if (chdir(cwd) == 0) {
-    step = 1;
+    step = kStepExec;
     environ = envp;
     execvp(argv[0], argv);
   }
+failed:
   int report[2] = {step, errno};
   (void)!write(status_fd, report, sizeof(report));
   _exit(127);
 }
-
 
 // "KEY=VALUE" entries a command gets when its own environment lacks KEY.
 std::vector<std::string>& DefaultEnvironment() {
   static std::vector<std::string> defaults = {std::string("PATH=") + kDefaultPath};
   return defaults;
 }
+
+// A command on a terminal whose environment names no terminal type gets this one.
+std::string kDefaultTerm = "TERM=xterm-256color";
 
 }  // namespace
 
@@ -96,39 +132,49 @@ std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequ
                                  {error, "", fmt::format("{}: {}", what, std::strerror(error))}));
     return std::nullopt;
   };
-  auto out = MakePipe();
-  if (!out) return fail("pipe", errno);
-  auto err = MakePipe();
-  if (!err) return fail("pipe", errno);
+  std::optional<Terminal> terminal;
+  std::optional<Pipe> out, err, in;
+  if (request.terminal) {
+    terminal = OpenTerminal(*request.terminal);
+    if (!terminal) return fail("terminal", errno);
+  } else {
+    out = MakePipe();
+    if (!out) return fail("pipe", errno);
+    err = MakePipe();
+    if (!err) return fail("pipe", errno);
+    if (request.stdin_pipe) {
+      in = MakePipe();
+      if (!in) return fail("pipe", errno);
+    }
+  }
   auto status = MakePipe();
   if (!status) return fail("pipe", errno);
-  std::optional<Pipe> in;
-  if (request.stdin_pipe) {
-    in = MakePipe();
-    if (!in) return fail("pipe", errno);
-  }
 
   std::vector<char*> argv, envp;
   for (const auto& a : request.argv) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);
   for (const auto& e : request.env) envp.push_back(const_cast<char*>(e.c_str()));
-  for (std::string& fallback : DefaultEnvironment()) {
-    std::string_view key(fallback.data(), fallback.find('=') + 1);
+  std::vector<std::string*> fallbacks;
+  for (std::string& fallback : DefaultEnvironment()) fallbacks.push_back(&fallback);
+  if (terminal) fallbacks.push_back(&kDefaultTerm);
+  for (std::string* fallback : fallbacks) {
+    std::string_view key(fallback->data(), fallback->find('=') + 1);
     bool given = false;
     for (const auto& e : request.env) given |= e.starts_with(key);
-    if (!given) envp.push_back(fallback.data());
+    if (!given) envp.push_back(fallback->data());
   }
   envp.push_back(nullptr);
   const char* cwd = request.cwd.empty() ? "/" : request.cwd.c_str();
 
   pid_t pid = fork();
   if (pid == 0) {
-    ExecChild(cwd, argv.data(), envp.data(), in ? in->read.get() : -1, out->write.get(),
-              err->write.get(), status->write.get());
+    ExecChild(cwd, argv.data(), envp.data(), terminal ? terminal->slave.c_str() : nullptr,
+              in ? in->read.get() : -1, out ? out->write.get() : -1, err ? err->write.get() : -1,
+              status->write.get());
   }
   int fork_errno = errno;
-  out->write.Reset();
-  err->write.Reset();
+  if (out) out->write.Reset();
+  if (err) err->write.Reset();
   status->write.Reset();
   if (in) in->read.Reset();
   if (pid < 0) return fail("fork", fork_errno);
@@ -141,8 +187,12 @@ std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequ
   while (n < 0 && errno == EINTR);
   if (n == sizeof(report)) {
     waitpid(pid, nullptr, 0);
-    const char* what = report[0] == 0 ? "working directory" : "command";
-    std::string path = report[0] == 0 ? cwd : request.argv[0];
+    const char* what = report[0] == kStepCwd    ? "working directory"
+                       : report[0] == kStepExec ? "command"
+                                                : "terminal";
+    std::string path = report[0] == kStepCwd    ? cwd
+                       : report[0] == kStepExec ? request.argv[0]
+                                                : terminal->slave;
     port.Send(proto::EncodeError(
         request_id, {report[1], path, fmt::format("{}: {}", what, std::strerror(report[1]))}));
     return std::nullopt;
@@ -153,16 +203,21 @@ std::optional<Process> Process::Start(uint32_t request_id, const proto::ExecRequ
   p.pid_ = pid;
   p.output_cap_ = request.output_cap;
   p.window_ = request.window;
-  p.stdout_.fd = std::move(out->read);
-  p.stderr_.fd = std::move(err->read);
+  if (terminal) {
+    SetNonBlocking(terminal->master.get());
+    p.stdout_.fd = UniqueFd(fcntl(terminal->master.get(), F_DUPFD_CLOEXEC, 0));
+    if (request.stdin_pipe) p.stdin_ = UniqueFd(fcntl(terminal->master.get(), F_DUPFD_CLOEXEC, 0));
+    p.terminal_ = std::move(terminal->master);
+  } else {
+    p.stdout_.fd = std::move(out->read);
+    p.stderr_.fd = std::move(err->read);
+    if (in) p.stdin_ = std::move(in->write);
+  }
   for (auto* output : {&p.stdout_, &p.stderr_}) {
-    SetNonBlocking(output->fd.get());
+    if (output->fd) SetNonBlocking(output->fd.get());
     output->credit = request.window;
   }
-  if (in) {
-    p.stdin_ = std::move(in->write);
-    SetNonBlocking(p.stdin_.get());
-  }
+  if (p.stdin_) SetNonBlocking(p.stdin_.get());
   if (request.timeout_ms > 0) {
     p.deadline_ = Clock::now() + std::chrono::milliseconds(request.timeout_ms);
   }
@@ -203,6 +258,13 @@ Process::ReadResult Process::ReadOnce(proto::Stream stream, Port& port) {
   if (n <= 0) {
     p.fd.Reset();
     return ReadResult::kClosed;
+  }
+  // A terminal hands out at most its line discipline's 4 KiB per read: gather what is
+  // there into one frame. An end found here is found again by the next read.
+  if (terminal_) {
+    for (ssize_t more = 1; more > 0 && static_cast<uint64_t>(n) < want; n += more) {
+      more = std::max<ssize_t>(0, read(p.fd.get(), buf + n, want - static_cast<uint64_t>(n)));
+    }
   }
   auto got = static_cast<uint64_t>(n);
   uint64_t keep = std::min(got, output_cap_ - std::min(output_cap_, p.forwarded));
@@ -267,6 +329,14 @@ void Process::OnCredit(const proto::Credit& credit) {
 
 void Process::Signal(int number) const { kill(-pid_, number); }
 
+bool Process::Resize(const proto::TerminalSize& size) const {
+  if (!terminal_) return false;
+  winsize ws{.ws_row = size.rows, .ws_col = size.cols, .ws_xpixel = 0, .ws_ypixel = 0};
+  // Fails only once the terminal is gone, when there is nobody left to tell.
+  (void)ioctl(terminal_.get(), TIOCSWINSZ, &ws);
+  return true;
+}
+
 void Process::OnExit(int status, Port& port) {
   exit_status_ = status;
   DiscardStdin(port);
@@ -275,6 +345,9 @@ void Process::OnExit(int status, Port& port) {
     int size = fcntl(p->fd.get(), F_GETPIPE_SZ);
     p->drain_budget = size > 0 ? static_cast<uint64_t>(size) : kReadChunk;
   }
+  // A terminal holds what the line discipline and the pty's buffers have room for: under
+  // 80 KiB on Linux.
+  if (terminal_) stdout_.drain_budget = kTerminalDrainBudget;
 }
 
 bool Process::FinishAfterExit(Port& port) {

@@ -5,6 +5,11 @@
 // may forward, so a host that reads one command slowly stalls only that command. Stdin
 // bytes from the host wait in a buffer bounded by the same window until the pipe takes
 // them; each write is acknowledged with a Credit frame.
+//
+// A command with a terminal runs as a session leader on a new pseudo-terminal, which is its
+// stdin, stdout and stderr. The master side then stands in for the pipes: what the command
+// writes is read from it as stdout, stdin bytes are written to it (and the line discipline
+// turns ^C into SIGINT for the foreground job), and Resize sets its window size.
 #pragma once
 
 #include <poll.h>
@@ -73,6 +78,9 @@ class Process {
   [[nodiscard]] bool OnStdin(std::span<const uint8_t> data, Port& port);
   void OnCredit(const protocol::Credit& credit);
   void Signal(int number) const;
+  // Sets the terminal's size (the foreground job gets SIGWINCH). False when the command
+  // has no terminal.
+  [[nodiscard]] bool Resize(const protocol::TerminalSize& size) const;
 
   // The main process was reaped with this wait status.
   void OnExit(int status, Port& port);
@@ -119,6 +127,8 @@ class Process {
   OutputPipe stdout_;
   OutputPipe stderr_;
   UniqueFd stdin_;
+  // The terminal's master side (stdout_ and stdin_ hold duplicates of it), else invalid.
+  UniqueFd terminal_;
   ByteQueue stdin_pending_;
   bool stdin_eof_ = false;  // the host sent its empty Stdin frame
   std::optional<Clock::time_point> deadline_;

@@ -83,6 +83,13 @@ struct Command {
   static Command Shell(std::string script) { return Command{{"/bin/sh", "-c", std::move(script)}}; }
 };
 
+// The size of a terminal in character cells.
+struct TerminalSize {
+  uint16_t rows = 24;
+  uint16_t cols = 80;
+  bool operator==(const TerminalSize&) const = default;
+};
+
 struct ExecOptions {
   // "KEY=VALUE" entries: the command's whole environment. PATH defaults to the usual
   // directories when absent.
@@ -95,6 +102,13 @@ struct ExecOptions {
   // nullopt: stdin is /dev/null. Otherwise stdin is a pipe that first carries these bytes;
   // Execute() then closes it, Start() leaves it open for WriteStdin() until CloseStdin().
   std::optional<std::string> stdin_data;
+  // Set: the command runs on a new pseudo-terminal of this size (1..4096 each way), as a
+  // session leader with it as its controlling terminal, like a login shell. The terminal is
+  // its stdin, stdout and stderr: everything it writes arrives as stdout (with a terminal's
+  // \r\n), and stdin bytes are keystrokes (0x03 interrupts the foreground job, 0x04 ends
+  // a line discipline's input). TERM defaults to xterm-256color. Process::Resize changes
+  // the size.
+  std::optional<TerminalSize> terminal;
 };
 
 struct ExecResult {
@@ -151,6 +165,10 @@ class Process {
   // Sends a signal to the command's process group. No effect once it has ended.
   [[nodiscard]] virtual Result<void> Signal(int signal) = 0;
   [[nodiscard]] virtual Result<void> Kill() = 0;
+  // Sets the size of the command's terminal; the foreground job gets SIGWINCH. Fails with
+  // kInvalidConfig when it has none (ExecOptions::terminal) or the size is out of range;
+  // no effect once the command has ended.
+  [[nodiscard]] virtual Result<void> Resize(TerminalSize size) = 0;
   // Collects the remaining events into a result, like Execute().
   [[nodiscard]] virtual Result<ExecResult> Wait() = 0;
 };

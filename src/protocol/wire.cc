@@ -15,6 +15,7 @@ class Writer {
     Put(4 + 4, request_id);
   }
   void U8(uint8_t v) { bytes_.push_back(v); }
+  void U16(uint16_t v) { Append(v); }
   void U32(uint32_t v) { Append(v); }
   void I32(int32_t v) { Append(static_cast<uint32_t>(v)); }
   void U64(uint64_t v) { Append(v); }
@@ -46,6 +47,7 @@ class Reader {
   Reader(std::span<const uint8_t> bytes, const char* what) : bytes_(bytes), what_(what) {}
 
   uint8_t U8() { return static_cast<uint8_t>(Take<uint8_t>()); }
+  uint16_t U16() { return static_cast<uint16_t>(Take<uint16_t>()); }
   uint32_t U32() { return static_cast<uint32_t>(Take<uint32_t>()); }
   int32_t I32() { return static_cast<int32_t>(U32()); }
   uint64_t U64() { return Take<uint64_t>(); }
@@ -120,6 +122,27 @@ class Reader {
   std::string error_;
 };
 
+// Exec flags.
+constexpr uint8_t kExecStdinPipe = 1;
+constexpr uint8_t kExecTerminal = 2;
+
+void PutTerminalSize(Writer& w, const TerminalSize& size) {
+  w.U16(size.rows);
+  w.U16(size.cols);
+}
+
+TerminalSize TakeTerminalSize(Reader& r) {
+  TerminalSize size;
+  size.rows = r.U16();
+  size.cols = r.U16();
+  return size;
+}
+
+bool ValidTerminalSize(const TerminalSize& size) {
+  return size.rows >= 1 && size.rows <= kMaxTerminalSide && size.cols >= 1 &&
+         size.cols <= kMaxTerminalSide;
+}
+
 }  // namespace
 
 std::vector<uint8_t> EncodeHello(const Hello& hello) { return EncodeHello(0, hello); }
@@ -140,8 +163,10 @@ std::vector<uint8_t> EncodeExec(uint32_t request_id, const ExecRequest& request)
   w.String(request.cwd);
   w.U32(request.timeout_ms);
   w.U64(request.output_cap);
-  w.U8(request.stdin_pipe ? 1 : 0);
+  w.U8(static_cast<uint8_t>((request.stdin_pipe ? kExecStdinPipe : 0) |
+                            (request.terminal ? kExecTerminal : 0)));
   w.U32(request.window);
+  if (request.terminal) PutTerminalSize(w, *request.terminal);
   return std::move(w).Finish();
 }
 
@@ -246,6 +271,12 @@ std::vector<uint8_t> EncodeResume(uint32_t request_id, const ResumeRequest& requ
   return std::move(w).Finish();
 }
 
+std::vector<uint8_t> EncodeResize(uint32_t request_id, const TerminalSize& size) {
+  Writer w(MessageType::kResize, request_id);
+  PutTerminalSize(w, size);
+  return std::move(w).Finish();
+}
+
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
   auto u32 = [&](size_t at) {
     return uint32_t{b[at]} | uint32_t{b[at + 1]} << 8 | uint32_t{b[at + 2]} << 16 |
@@ -292,14 +323,20 @@ Result<ExecRequest> DecodeExec(std::span<const uint8_t> payload) {
   req.output_cap = r.U64();
   uint8_t flags = r.U8();
   req.window = r.U32();
+  if (flags & kExecTerminal) req.terminal = TakeTerminalSize(r);
   auto result = r.Done(std::move(req));
   if (!result) return result;
   if (result->argv.empty()) return Fail(Error::Backend("malformed exec request: empty argv"));
-  if (flags > 1) return Fail(Error::Backend("malformed exec request: unknown flags"));
+  if ((flags & ~(kExecStdinPipe | kExecTerminal)) != 0) {
+    return Fail(Error::Backend("malformed exec request: unknown flags"));
+  }
   if (result->window == 0 || result->window > kMaxWindow) {
     return Fail(Error::Backend("malformed exec request: window out of range"));
   }
-  result->stdin_pipe = flags == 1;
+  if (result->terminal && !ValidTerminalSize(*result->terminal)) {
+    return Fail(Error::Backend("malformed exec request: terminal size out of range"));
+  }
+  result->stdin_pipe = (flags & kExecStdinPipe) != 0;
   return result;
 }
 
@@ -445,6 +482,15 @@ Result<ResumeRequest> DecodeResume(std::span<const uint8_t> payload) {
     return Fail(Error::Backend(
         fmt::format("malformed resume: a clone needs at least {} bytes of entropy, got {}",
                     kMinCloneEntropy, result->entropy.size())));
+  }
+  return result;
+}
+
+Result<TerminalSize> DecodeResize(std::span<const uint8_t> payload) {
+  Reader r(payload, "resize");
+  auto result = r.Done(TakeTerminalSize(r));
+  if (result && !ValidTerminalSize(*result)) {
+    return Fail(Error::Backend("malformed resize: terminal size out of range"));
   }
   return result;
 }

@@ -1,4 +1,4 @@
-// The host <-> guest agent wire format, version 3. Shared byte for byte by the host
+// The host <-> guest agent wire format, version 4. Shared byte for byte by the host
 // library and the guest agent; specified in docs/protocol.md.
 //
 // Everything here is pure: no I/O. Decoders treat their input as hostile. Every length
@@ -16,7 +16,7 @@
 
 namespace vessel::protocol {
 
-inline constexpr uint32_t kVersion = 3;
+inline constexpr uint32_t kVersion = 4;
 
 // Frame header: payload size (u32), type (u8), three zero bytes, request id (u32).
 inline constexpr size_t kHeaderSize = 12;
@@ -40,6 +40,8 @@ inline constexpr uint32_t kMaxFileChunk = kMaxPayload;
 // kMinCloneEntropy (256 bits) when the agent wakes in a clone and must reseed its RNG.
 inline constexpr uint32_t kMaxEntropy = 512;
 inline constexpr uint32_t kMinCloneEntropy = 32;
+// Largest terminal a command may be given, in rows and in columns.
+inline constexpr uint16_t kMaxTerminalSide = 4096;
 
 enum class MessageType : uint8_t {
   kHello = 1,      // agent -> host, request id 0: the agent is up; or a kResume's answer
@@ -61,8 +63,9 @@ enum class MessageType : uint8_t {
   kQuiesce = 16,   // host -> agent: stop writing at a frame boundary, answered by kDone
   kResume = 17,    // host -> agent: write again (in a clone: forget the old host), answered
                    // by kHello with the Resume's request id
+  kResize = 18,    // host -> agent: the new size of a command's terminal
 };
-inline constexpr uint8_t kLastMessageType = 17;
+inline constexpr uint8_t kLastMessageType = 18;
 
 struct FrameHeader {
   uint32_t payload_size = 0;
@@ -80,6 +83,13 @@ struct Hello {
   std::string agent_version;
 };
 
+// The size of a terminal, in character cells: 1 .. kMaxTerminalSide each.
+struct TerminalSize {
+  uint16_t rows = 24;
+  uint16_t cols = 80;
+  bool operator==(const TerminalSize&) const = default;
+};
+
 struct ExecRequest {
   std::vector<std::string> argv;  // argv[0] is looked up in PATH when it has no '/'
   std::vector<std::string> env;   // "KEY=VALUE" entries, the whole environment
@@ -91,6 +101,10 @@ struct ExecRequest {
   // frames; also the stdin bytes the host may send before the agent grants more.
   // 1 .. kMaxWindow.
   uint32_t window = 1024 * 1024;
+  // Set: the command runs as a session leader on a new pseudo-terminal of this size, which
+  // is its stdin, stdout and stderr; everything it writes arrives as stdout, and stdin
+  // bytes are what a person types (^C interrupts, ^D ends input).
+  std::optional<TerminalSize> terminal;
 };
 
 // Streams that Credit frames account for.
@@ -195,6 +209,7 @@ std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info);
 std::vector<uint8_t> EncodeDone(uint32_t request_id);
 std::vector<uint8_t> EncodeQuiesce(uint32_t request_id);
 std::vector<uint8_t> EncodeResume(uint32_t request_id, const ResumeRequest& request);
+std::vector<uint8_t> EncodeResize(uint32_t request_id, const TerminalSize& size);
 
 // Decoding. Errors are kBackend with a message that says what was wrong.
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
@@ -209,6 +224,7 @@ Result<Credit> DecodeCredit(std::span<const uint8_t> payload);
 Result<FileOp> DecodeFileOp(std::span<const uint8_t> payload);
 Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload);
 Result<ResumeRequest> DecodeResume(std::span<const uint8_t> payload);
+Result<TerminalSize> DecodeResize(std::span<const uint8_t> payload);
 // Stdin and FileData payloads are raw bytes and Done/Ping/Pong/Quiesce payloads are empty:
 // the header says everything, and DecodeEmpty checks the latter.
 Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what);

@@ -44,9 +44,13 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
   if (options.timeout.count() < 0 || options.timeout.count() > UINT32_MAX) {
     return Fail(Error::InvalidConfig("timeout", "must be between 0 and 2^32-1 ms"));
   }
+  if (options.terminal) {
+    if (auto size = WireTerminalSize(*options.terminal); !size)
+      return Fail(std::move(size).error());
+  }
   // The encoded size, summed before anything is copied: every string is a u32 length and
   // its bytes; then the counts, timeout, output cap, flags and window.
-  size_t payload = 4 + 4 + 4 + options.cwd.size() + 4 + 8 + 1 + 4;
+  size_t payload = 4 + 4 + 4 + options.cwd.size() + 4 + 8 + 1 + 4 + (options.terminal ? 4 : 0);
   for (const auto& arg : command.argv) payload += 4 + arg.size();
   for (const auto& entry : options.env) payload += 4 + entry.size();
   if (payload > proto::kMaxPayload) {
@@ -61,7 +65,18 @@ Result<proto::ExecRequest> MakeExecRequest(const Command& command, const ExecOpt
   request.output_cap = options.output_cap;
   request.stdin_pipe = options.stdin_data.has_value();
   request.window = kStreamWindow;
+  if (options.terminal) request.terminal = *WireTerminalSize(*options.terminal);
   return request;
+}
+
+Result<proto::TerminalSize> WireTerminalSize(TerminalSize size) {
+  if (size.rows < 1 || size.rows > proto::kMaxTerminalSide || size.cols < 1 ||
+      size.cols > proto::kMaxTerminalSide) {
+    return Fail(Error::InvalidConfig(
+        "terminal", fmt::format("{} rows by {} columns: each must be between 1 and {}", size.rows,
+                                size.cols, proto::kMaxTerminalSide)));
+  }
+  return proto::TerminalSize{size.rows, size.cols};
 }
 
 Error ErrorFromAgent(std::span<const uint8_t> payload, std::string_view what) {
@@ -84,6 +99,7 @@ class ProcessImpl final : public Process {
         cap_(request.output_cap),
         timeout_(request.timeout_ms),
         stdin_open_(request.stdin_pipe),
+        terminal_(request.terminal.has_value()),
         pid_(pid) {}
 
   // A command still running when its handle goes is killed: nobody could read it.
@@ -185,6 +201,14 @@ class ProcessImpl final : public Process {
 
   Result<void> Kill() override { return Signal(9); }
 
+  Result<void> Resize(TerminalSize size) override {
+    if (!terminal_) return Fail(Error::InvalidConfig("terminal", "the command has no terminal"));
+    auto wire = WireTerminalSize(size);
+    if (!wire) return Fail(std::move(wire).error());
+    if (mailbox_->ended()) return {};
+    return connection_->Send(proto::EncodeResize(mailbox_->id(), *wire));
+  }
+
   Result<ExecResult> Wait() override {
     ExecResult result;
     auto started = Deadline::Clock::now();
@@ -259,6 +283,7 @@ class ProcessImpl final : public Process {
   const std::chrono::milliseconds timeout_;
   std::mutex stdin_mutex_;  // orders stdin writes; guards stdin_open_
   bool stdin_open_;
+  const bool terminal_;
   std::thread feeder_;
   const int pid_;
   bool finished_ = false;

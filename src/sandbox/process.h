@@ -19,6 +19,9 @@ inline constexpr auto kAgentGrace = std::chrono::seconds(10);
 [[nodiscard]] Result<protocol::ExecRequest> MakeExecRequest(const Command& command,
                                                             const ExecOptions& options);
 
+// A terminal size on the wire, or kInvalidConfig naming the field when out of range.
+[[nodiscard]] Result<protocol::TerminalSize> WireTerminalSize(TerminalSize size);
+
 // Sends the request and waits until the command runs in the guest (or failed to start:
 // a missing program or working directory is kGuestFile). With `close_stdin`, stdin is
 // closed after options.stdin_data has been written.

@@ -143,6 +143,9 @@ Result<void> ClientSession::OnFrame(const proto::Frame& frame) {
       if (auto signal = proto::DecodeSignal(payload); !signal)
         valid = Fail(std::move(signal).error());
       break;
+    case proto::MessageType::kResize:
+      if (auto size = proto::DecodeResize(payload); !size) valid = Fail(std::move(size).error());
+      break;
     case proto::MessageType::kCredit:
       if (auto credit = proto::DecodeCredit(payload); !credit) {
         valid = Fail(std::move(credit).error());

@@ -43,6 +43,10 @@ void DecodeFromHost(const Frame& frame) {
       CheckReencodes(frame, DecodeResume(payload),
                      [&](const ResumeRequest& request) { return EncodeResume(id, request); });
       return;
+    case MessageType::kResize:
+      CheckReencodes(frame, DecodeResize(payload),
+                     [&](const TerminalSize& size) { return EncodeResize(id, size); });
+      return;
     case MessageType::kHello:
     case MessageType::kOutput:
     case MessageType::kExited:

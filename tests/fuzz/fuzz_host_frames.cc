@@ -54,7 +54,8 @@ void DecodeFromAgent(const Frame& frame) {
     case MessageType::kSignal:
     case MessageType::kFileOp:
     case MessageType::kQuiesce:
-    case MessageType::kResume: return;  // host -> agent only: the host never decodes them
+    case MessageType::kResume:
+    case MessageType::kResize: return;  // host -> agent only: the host never decodes them
   }
   Check(false, "DecodeHeader returns only known types");
 }

@@ -110,6 +110,15 @@ std::vector<std::pair<std::string, Bytes>> AgentSeeds() {
       {"exec_credit_signal",
        Seed(0, {EncodeExec(3, Exec({"yes"}, false)), EncodeCredit(3, {Stream::kStdout, 65536}),
                 EncodeCredit(3, {Stream::kStderr, 1}), EncodeSignal(3, 15)})},
+      {"exec_terminal_resize",
+       Seed(3, {EncodeExec(18,
+                           [] {
+                             ExecRequest request = Exec({"sh"}, true);
+                             request.terminal = TerminalSize{.rows = 24, .cols = 80};
+                             return request;
+                           }()),
+                EncodeStdin(18, Text("stty size\n")), EncodeResize(18, {.rows = 50, .cols = 132}),
+                EncodeStdin(18, Text("\x03"))})},
       {"ping", Seed(0, {EncodePing(4)})},
       {"stat", Seed(0, {EncodeFileOp(5, Op(FileOpKind::kStat, "/etc/hostname"))})},
       {"list_dir", Seed(1, {EncodeFileOp(6, Op(FileOpKind::kListDir, "/etc"))})},

@@ -12,21 +12,6 @@
 namespace vessel {
 namespace {
 
-// Resident set of this process, in KiB.
-long RssKib() {
-  std::ifstream status("/proc/self/status");
-  std::string key;
-  long value = 0;
-  while (status >> key) {
-    if (key == "VmRSS:") {
-      status >> value;
-      return value;
-    }
-    status.ignore(256, '\n');
-  }
-  return 0;
-}
-
 class Sha256 {
  public:
   Sha256() : ctx_(EVP_MD_CTX_new()) { EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr); }
@@ -172,7 +157,7 @@ TEST_F(FilesTest, EveryGuestFileErrorKind) {
 
 TEST_F(FilesTest, LargeFileRoundTripStreamsWithBoundedMemory) {
   constexpr uint64_t kSize = 256ull * 1024 * 1024;
-  long rss_before = RssKib();
+  long rss_before = testing::ResidentKib();
   long rss_peak = rss_before;
   std::mt19937_64 rng(42);
   Sha256 sent_hash;
@@ -186,7 +171,7 @@ TEST_F(FilesTest, LargeFileRoundTripStreamsWithBoundedMemory) {
         }
         sent_hash.Update({buf.data(), n});
         produced += n;
-        rss_peak = std::max(rss_peak, RssKib());
+        rss_peak = std::max(rss_peak, testing::ResidentKib());
         return n;
       });
   ASSERT_TRUE(write.has_value()) << write.error().ToString();
@@ -199,7 +184,7 @@ TEST_F(FilesTest, LargeFileRoundTripStreamsWithBoundedMemory) {
       sandbox_->ReadFileStream("/tmp/large", [&](std::span<const uint8_t> chunk) -> Result<void> {
         received_hash.Update(chunk);
         received += chunk.size();
-        rss_peak = std::max(rss_peak, RssKib());
+        rss_peak = std::max(rss_peak, testing::ResidentKib());
         return {};
       });
   ASSERT_TRUE(read.has_value()) << read.error().ToString();

@@ -62,6 +62,20 @@ SandboxConfig TestConfig() {
 
 const std::string& TestRuntimeRoot() { return *runtime_root; }
 
+long ResidentKib() {
+  std::ifstream status("/proc/self/status");
+  std::string key;
+  long value = 0;
+  while (status >> key) {
+    if (key == "VmRSS:") {
+      status >> value;
+      return value;
+    }
+    status.ignore(256, '\n');
+  }
+  return 0;
+}
+
 std::vector<int> LiveVmmProcesses() {
   std::vector<int> pids;
   for (const auto& entry : std::filesystem::directory_iterator("/proc")) {

@@ -32,6 +32,9 @@ std::vector<int> LiveVmmProcesses();
 // Entries left in TestRuntimeRoot().
 std::vector<std::string> RuntimeLeftovers();
 
+// Resident set of this process, in KiB.
+long ResidentKib();
+
 // No VMM process and no runtime file of this test binary is left.
 inline void ExpectNothingLeft() {
   EXPECT_TRUE(LiveVmmProcesses().empty());

@@ -181,6 +181,48 @@ TEST(WireRoundTrip, ExecWindowAtBothEnds) {
   }
 }
 
+TEST(WireRoundTrip, ExecWithATerminal) {
+  ExecRequest req = SampleExec();
+  req.terminal = TerminalSize{.rows = 51, .cols = 213};
+  auto decoded = DecodeExec(PayloadOf(EncodeExec(1, req)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->terminal, req.terminal);
+  EXPECT_TRUE(decoded->stdin_pipe);
+  req.stdin_pipe = false;
+  decoded = DecodeExec(PayloadOf(EncodeExec(1, req)));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_FALSE(decoded->stdin_pipe);
+  EXPECT_EQ(decoded->terminal, req.terminal);
+}
+
+TEST(WireDecode, ATerminalFlagWithoutItsSizeIsTruncatedAndOddSizesAreRefused) {
+  ExecRequest req;
+  req.argv = {"sh"};
+  req.terminal = TerminalSize{.rows = 24, .cols = 80};
+  Bytes frame = EncodeExec(1, req);
+  auto payload = PayloadOf(frame);
+  ExpectMalformed(DecodeExec(payload.first(payload.size() - 4)), "truncated");
+  ExpectMalformed(DecodeExec(payload.first(payload.size() - 1)), "truncated");
+  for (TerminalSize bad : {TerminalSize{0, 80}, TerminalSize{24, 0},
+                           TerminalSize{kMaxTerminalSide + 1, 80}, TerminalSize{24, 0xffff}}) {
+    req.terminal = bad;
+    ExpectMalformed(DecodeExec(PayloadOf(EncodeExec(1, req))), "terminal size out of range");
+    ExpectMalformed(DecodeResize(PayloadOf(EncodeResize(1, bad))), "terminal size out of range");
+  }
+}
+
+TEST(WireRoundTrip, Resize) {
+  for (TerminalSize size : {TerminalSize{1, 1}, TerminalSize{kMaxTerminalSide, kMaxTerminalSide}}) {
+    Bytes frame = EncodeResize(9, size);
+    CheckedHeader(frame, MessageType::kResize, 9);
+    EXPECT_EQ(frame.size(), kHeaderSize + 4);
+    auto decoded = DecodeResize(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(*decoded, size);
+  }
+  ExpectMalformed(DecodeResize({}), "truncated");
+}
+
 TEST(WireRoundTrip, OutputBothStreams) {
   Bytes data = {'o', 'k', '\n', 0x00, 0xff, 0x80, '\r'};
   for (Stream stream : {Stream::kStdout, Stream::kStderr}) {
@@ -516,7 +558,7 @@ TEST(WireHeader, RejectsOversizePayload) {
 }
 
 TEST(WireHeader, RejectsUnknownTypes) {
-  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 18, 19, 128, 255}) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 19, 20, 128, 255}) {
     ExpectMalformed(DecodeHeader(HeaderOf(Header(0, type))), "unknown frame type");
   }
 }
@@ -623,6 +665,10 @@ TEST(WireDecode, TrailingBytesAreRejected) {
                              [](auto p) { return DecodeFileInfo(p); });
   ExpectTrailingByteRejected(EncodeResume(1, {true, 1, Bytes(kMaxEntropy, 2)}),
                              [](auto p) { return DecodeResume(p); });
+  ExecRequest terminal = SampleExec();
+  terminal.terminal = TerminalSize{};
+  ExpectTrailingByteRejected(EncodeExec(1, terminal), [](auto p) { return DecodeExec(p); });
+  ExpectTrailingByteRejected(EncodeResize(1, {24, 80}), [](auto p) { return DecodeResize(p); });
 }
 
 TEST(WireDecode, EmptyPayloadsRejectAnyByte) {
@@ -741,7 +787,7 @@ TEST(WireDecode, ExitedRejectsUnknownFlags) {
 }
 
 TEST(WireDecode, ExecRejectsUnknownFlags) {
-  for (uint8_t flags : std::initializer_list<uint8_t>{2, 3, 0x80, 0xff}) {
+  for (uint8_t flags : std::initializer_list<uint8_t>{4, 5, 0x80, 0xfc}) {
     PayloadBuilder b;
     b.U32(1).String("true").U32(0).String("").U32(0).U64(0).U8(flags).U32(1);
     ExpectMalformed(DecodeExec(b.bytes()), "unknown flags");
