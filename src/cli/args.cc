@@ -159,6 +159,27 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
   exec->add_option("ID", exec_args.target, "the sandbox")->required();
   AddExecOptions(exec, exec_args.options);
   exec->add_flag("--no-stdin", no_stdin, "give the command /dev/null as stdin");
+  bool tty = false;
+  bool interactive = false;
+  exec->add_flag("-t,--tty", tty,
+                 "run the command on a terminal of our terminal's size (TERM from ours); "
+                 "stdin only with -i");
+  exec->add_flag("-i,--interactive", interactive,
+                 "forward our stdin (the default without -t); with -t, our terminal is put in "
+                 "raw mode so that keys such as ^C reach the command");
+
+  ExecArgs shell_args;
+  shell_args.options.output_cap = std::numeric_limits<uint64_t>::max();
+  auto* shell =
+      app.add_subcommand("shell",
+                         "ID: an interactive login shell in sandbox ID on a terminal, like ssh "
+                         "(bash where the guest has it, else sh)");
+  shell->add_option("ID", shell_args.target, "the sandbox")->required();
+  shell
+      ->add_option("--env", shell_args.options.env,
+                   "set an environment variable KEY=VALUE (repeatable)")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->allow_extra_args(false);
 
   CopyArgs copy_args;
   auto* cp = app.add_subcommand(
@@ -282,8 +303,19 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (exec->parsed()) {
       exec_args.command = TrailingCommand(*exec, after_separator);
       if (exec_args.command.empty()) throw CLI::ValidationError("exec needs a command");
-      if (!no_stdin) exec_args.options.stdin_data = std::string();
+      if (interactive && no_stdin) throw CLI::ValidationError("-i and --no-stdin contradict");
+      if (tty) exec_args.options.terminal = TerminalSize{};
+      if (tty ? interactive : !no_stdin) exec_args.options.stdin_data = std::string();
       return exec_args;
+    }
+    if (shell->parsed()) {
+      shell_args.options.terminal = TerminalSize{};
+      shell_args.options.stdin_data = std::string();
+      // A login shell in the home directory, as ssh gives one.
+      shell_args.command = {"/bin/sh", "-c",
+                            "cd \"${HOME:-/}\" 2>/dev/null; "
+                            "if command -v bash >/dev/null; then exec bash -l; fi; exec sh -l"};
+      return shell_args;
     }
     if (create->parsed()) return create_args;
     if (cp->parsed()) return copy_args;

@@ -25,7 +25,9 @@ struct CreateArgs {
 };
 struct ExecArgs {
   std::string target;
-  ExecOptions options;  // stdin_data set (empty) unless --no-stdin; output not capped
+  // stdin_data set (empty) when stdin is forwarded; output not capped. With -t, terminal
+  // is set to a default size that the command replaces with the size of ours.
+  ExecOptions options;
   std::vector<std::string> command;
 };
 struct CopyArgs {

@@ -5,13 +5,16 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cerrno>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <thread>
 
 #include "base/io.h"
@@ -49,12 +52,46 @@ void OnForwardedSignal(int signal) {
   if (fd >= 0) (void)!::write(fd, &byte, 1);
 }
 
+// The size of the terminal our stdout (else stdin) is, if either is one.
+std::optional<TerminalSize> HostTerminalSize() {
+  for (int fd : {STDOUT_FILENO, STDIN_FILENO}) {
+    winsize ws{};
+    if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) {
+      return TerminalSize{ws.ws_row, ws.ws_col};
+    }
+  }
+  return std::nullopt;
+}
+
+// Our terminal in raw mode for as long as this lives: keys go to the command as they are
+// typed, ^C and ^Z included, and nothing is echoed twice. Restored on every way out of
+// Exec, a lost VM included; only SIGKILL leaves it raw (`reset` mends it).
+class RawTerminal {
+ public:
+  RawTerminal() {
+    if (!::isatty(STDIN_FILENO) || ::tcgetattr(STDIN_FILENO, &saved_) != 0) return;
+    termios raw = saved_;
+    ::cfmakeraw(&raw);
+    active_ = ::tcsetattr(STDIN_FILENO, TCSADRAIN, &raw) == 0;
+  }
+  ~RawTerminal() {
+    if (active_) ::tcsetattr(STDIN_FILENO, TCSADRAIN, &saved_);
+  }
+  RawTerminal(const RawTerminal&) = delete;
+  RawTerminal& operator=(const RawTerminal&) = delete;
+
+ private:
+  termios saved_{};
+  bool active_ = false;
+};
+
 // Passes what the user sends the CLI on to the remote command, each on a thread of its
 // own: stdin (until EOF, then closes the command's stdin), and SIGINT, SIGTERM and
-// SIGHUP. Stops when destroyed.
+// SIGHUP; with a terminal, SIGWINCH as the terminal's new size. Stops when destroyed.
 class InputForwarder {
  public:
-  InputForwarder(Process& process, bool forward_stdin) : process_(process) {
+  InputForwarder(Process& process, bool forward_stdin, bool terminal)
+      : process_(process), terminal_(terminal) {
     int stop[2], signals[2];
     if (::pipe2(stop, O_CLOEXEC) != 0 || ::pipe2(signals, O_CLOEXEC | O_NONBLOCK) != 0) return;
     stop_read_.Reset(stop[0]);
@@ -82,7 +119,7 @@ class InputForwarder {
   }
 
  private:
-  static constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP};
+  static constexpr int kForwarded[] = {SIGINT, SIGTERM, SIGHUP, SIGWINCH};
 
   // Waits for `fd` or the stop pipe; false once stopping.
   bool WaitFor(int fd) {
@@ -100,7 +137,13 @@ class InputForwarder {
   void ForwardSignals() {
     while (WaitFor(signal_read_.get())) {
       unsigned char signal = 0;
-      while (::read(signal_read_.get(), &signal, 1) == 1) (void)process_.Signal(signal);
+      while (::read(signal_read_.get(), &signal, 1) == 1) {
+        if (signal != SIGWINCH) {
+          (void)process_.Signal(signal);
+        } else if (auto size = HostTerminalSize(); size && terminal_) {
+          (void)process_.Resize(*size);
+        }
+      }
     }
   }
 
@@ -118,6 +161,7 @@ class InputForwarder {
   }
 
   Process& process_;
+  const bool terminal_;
   UniqueFd stop_read_, stop_write_, signal_read_, signal_write_;
   std::thread signal_thread_;
   std::thread stdin_thread_;
@@ -248,7 +292,15 @@ Result<void> Download(sandbox::Connection& connection, const std::string& remote
 }  // namespace
 
 int Exec(const ExecArgs& args) {
-  const ExecOptions& options = args.options;
+  ExecOptions options = args.options;
+  if (options.terminal) {
+    options.terminal = HostTerminalSize().value_or(*options.terminal);
+    const char* term = ::getenv("TERM");
+    bool given = false;
+    for (const auto& entry : options.env) given |= entry.starts_with("TERM=");
+    if (term != nullptr && *term != '\0' && !given)
+      options.env.push_back(std::string("TERM=") + term);
+  }
   // A reader of our output that goes away is noticed as a failed write, not a signal.
   ::signal(SIGPIPE, SIG_IGN);
   auto remote = Connect(args.target);
@@ -258,7 +310,10 @@ int Exec(const ExecArgs& args) {
   if (!process) return Failure(process.error());
   int status;
   {
-    InputForwarder forwarder(**process, options.stdin_data.has_value());
+    std::optional<RawTerminal> raw;
+    if (options.terminal && options.stdin_data) raw.emplace();
+    InputForwarder forwarder(**process, options.stdin_data.has_value(),
+                             options.terminal.has_value());
     status = StreamUntilExit(**process, options);
     // Whatever ended the stream, the forwarder's threads must not wait on it any more.
     remote->connection->Shutdown(Error::Backend("vessel exec is done"));

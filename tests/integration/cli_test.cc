@@ -1,5 +1,6 @@
 // The vessel CLI end to end: what a user typing the README's commands sees.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -8,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -371,6 +373,142 @@ TEST_F(CliSandboxTest, AnExecThatGoesAwayTakesItsCommandWithIt) {
         return RunCli({"exec", id_, "--", "sh", "-c", "ps | grep -q '[s]leep 1001'"}).status == 1;
       },
       std::chrono::seconds(10)));
+}
+
+TEST_F(CliSandboxTest, ExecWithATerminalButNoStdin) {
+  // Our stdout is a pipe here, so the terminal has the default size.
+  auto r = RunCli({"exec", "-t", id_, "--", "sh", "-c", "tty; stty size; [ -t 0 ] && echo in-tty"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_TRUE(r.out.starts_with("/dev/pts/")) << r.out;
+  EXPECT_NE(r.out.find("\r\n24 80\r\nin-tty\r\n"), std::string::npos) << r.out;
+  // Without -i our stdin is not forwarded: the command reads the terminal, which nobody types
+  // into, so a read times out instead of seeing our input.
+  r = RunCli({"exec", "-t", "--timeout", "2", id_, "--", "cat"}, "typed\n");
+  EXPECT_EQ(r.status, 124);
+  EXPECT_EQ(r.out.find("typed"), std::string::npos) << r.out;
+  // With -i it is; the terminal echoes it, then cat prints it.
+  r = RunCli({"exec", "-it", id_, "--", "sh", "-c", "read line; echo got=$line"}, "typed\n");
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_NE(r.out.find("got=typed\r\n"), std::string::npos) << r.out;
+  r = RunCli({"exec", "-i", "--no-stdin", id_, "--", "true"});
+  EXPECT_EQ(r.status, 125);
+  EXPECT_NE(r.err.find("contradict"), std::string::npos) << r.err;
+}
+
+// A tmux server of its own, with one pane of a known size running `command`.
+class Tmux {
+ public:
+  Tmux(const std::string& command, int cols, int rows)
+      : socket_("vessel-test-" + std::to_string(getpid())) {
+    ok_ = Run(fmt::format("new-session -d -s t -x {} -y {} {}", cols, rows, Quoted(command))) == 0;
+  }
+  ~Tmux() { Run("kill-server"); }
+  [[nodiscard]] bool ok() const { return ok_; }
+
+  void Keys(const std::string& keys) { Run("send-keys -t t " + keys); }
+  void Resize(int cols, int rows) {
+    Run(fmt::format("resize-window -t t -x {} -y {}", cols, rows));
+  }
+  // The pane's text, its scrollback included.
+  std::string Screen() {
+    std::string out;
+    FILE* pipe =
+        popen(fmt::format("tmux -L {} capture-pane -p -J -S - -t t", socket_).c_str(), "r");
+    if (pipe == nullptr) return out;
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) out.append(buf, n);
+    pclose(pipe);
+    return out;
+  }
+  // Waits until the pane shows `text` `times` times; false after 60 s.
+  bool Shows(const std::string& text, int times = 1) {
+    return Eventually(
+        [&] {
+          std::string screen = Screen();
+          int seen = 0;
+          for (size_t at = screen.find(text); at != std::string::npos;
+               at = screen.find(text, at + 1)) {
+            ++seen;
+          }
+          return seen >= times;
+        },
+        std::chrono::seconds(60));
+  }
+
+  static std::string Quoted(const std::string& text) {
+    std::string quoted = "'";
+    for (char c : text) quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return quoted + "'";
+  }
+
+ private:
+  int Run(const std::string& args) {
+    return std::system(fmt::format("tmux -L {} -f /dev/null {}", socket_, args).c_str());
+  }
+  std::string socket_;
+  bool ok_ = false;
+};
+
+TEST_F(CliSandboxTest, ShellInATmuxPaneWorksAsAPersonUsesIt) {
+  ASSERT_EQ(std::system("command -v tmux >/dev/null"), 0) << "tmux is missing: scripts/bootstrap "
+                                                             "installs it";
+  std::string before = TempPath("stty-before"), after = TempPath("stty-after");
+  Tmux tmux(fmt::format("stty -g >{}; VESSEL_RUNTIME_DIR={} {} shell {}; echo vessel-exit=$?; "
+                        "stty -g >{}; sleep 600",
+                        before, testing::TestRuntimeRoot(), VESSEL_CLI, id_, after),
+            100, 30);
+  ASSERT_TRUE(tmux.ok());
+  tmux.Keys("'echo $((6 * 7)); tty' Enter");
+  ASSERT_TRUE(tmux.Shows("\n42\n")) << tmux.Screen();
+  EXPECT_TRUE(tmux.Shows("\n/dev/pts/")) << tmux.Screen();
+  tmux.Keys("'stty size' Enter");
+  EXPECT_TRUE(tmux.Shows("\n30 100\n")) << tmux.Screen();
+  tmux.Resize(120, 40);
+  tmux.Keys("'stty size' Enter");
+  EXPECT_TRUE(tmux.Shows("\n40 120\n")) << tmux.Screen();
+  // ^C stops the foreground job only: the shell goes on.
+  tmux.Keys("'sleep 1000' Enter");
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return RunCli({"exec", id_, "--", "sh", "-c", "ps | grep -q '[s]leep 1000'"}).status == 0;
+      },
+      std::chrono::seconds(30)));
+  tmux.Keys("C-c");
+  tmux.Keys("'echo after=$?' Enter");
+  EXPECT_TRUE(tmux.Shows("\nafter=130\n")) << tmux.Screen();
+  tmux.Keys("'exit 3' Enter");
+  EXPECT_TRUE(tmux.Shows("vessel-exit=3")) << tmux.Screen();
+  // The host terminal is as it was before: not left in raw mode.
+  ASSERT_TRUE(Eventually([&] { return !ReadWholeFile(after).empty(); }, std::chrono::seconds(10)));
+  EXPECT_EQ(ReadWholeFile(after), ReadWholeFile(before));
+  EXPECT_NE(ReadWholeFile(before), "");
+}
+
+TEST(CliTest, AShellWhoseSandboxIsRemovedEndsAndLeavesTheTerminalSane) {
+  auto created = RunCli({"create"});
+  ASSERT_EQ(created.status, 0) << created.err;
+  std::string id = Trimmed(created.out);
+  auto dir = std::filesystem::temp_directory_path() /
+             ("vessel-cli-test-" + std::to_string(getpid()) + "-killed-shell");
+  std::filesystem::create_directories(dir);
+  std::string before = dir / "before", after = dir / "after";
+  {
+    Tmux tmux(fmt::format("stty -g >{}; VESSEL_RUNTIME_DIR={} {} shell {}; echo vessel-exit=$?; "
+                          "stty -g >{}; sleep 600",
+                          before, testing::TestRuntimeRoot(), VESSEL_CLI, id, after),
+              80, 24);
+    ASSERT_TRUE(tmux.ok());
+    tmux.Keys("'echo up-$((1 + 1))' Enter");
+    ASSERT_TRUE(tmux.Shows("\nup-2\n")) << tmux.Screen();
+    EXPECT_EQ(RunCli({"rm", id}).status, 0);
+    EXPECT_TRUE(tmux.Shows("vessel-exit=125")) << tmux.Screen();
+    EXPECT_TRUE(
+        Eventually([&] { return !ReadWholeFile(after).empty(); }, std::chrono::seconds(10)));
+    EXPECT_EQ(ReadWholeFile(after), ReadWholeFile(before));
+  }
+  std::filesystem::remove_all(dir);
+  EXPECT_TRUE(testing::RuntimeLeftovers().empty());
 }
 
 TEST_F(CliSandboxTest, CpCopiesBinaryFilesInAndOut) {
