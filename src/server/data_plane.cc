@@ -122,6 +122,29 @@ std::optional<std::map<std::string, std::string>> StringMapField(const json& obj
   return out;
 }
 
+// A PTY message's size ({"size": {"cols": C, "rows": R}}); an error names what is wrong.
+// The library checks the range a terminal may have (ExecOptions::terminal).
+std::expected<TerminalSize, ConnectError> PtySize(const json& pty) {
+  auto bad = [](const char* text) {
+    return std::unexpected(ConnectError{"invalid_argument", text});
+  };
+  if (!pty.is_object()) return bad("'pty' must be an object");
+  auto size = pty.find("size");
+  if (size == pty.end() || !size->is_object())
+    return bad("'pty.size' with cols and rows is required");
+  TerminalSize out;
+  for (auto [name, side] : {std::pair{"cols", &out.cols}, std::pair{"rows", &out.rows}}) {
+    auto it = size->find(name);
+    if (it == size->end() || !it->is_number_unsigned() || it->get<uint64_t>() == 0 ||
+        it->get<uint64_t>() > UINT16_MAX) {
+      return std::unexpected(ConnectError{
+          "invalid_argument", fmt::format("'pty.size.{}' must be a positive number", name)});
+    }
+    *side = static_cast<uint16_t>(it->get<uint64_t>());
+  }
+  return out;
+}
+
 ConnectError FromError(const Error& error) {
   if (error.kind() == ErrorKind::kGuestFile) {
     return {
@@ -134,7 +157,9 @@ ConnectError FromError(const Error& error) {
 
 json EventMessage(json event) { return {{"event", std::move(event)}}; }
 
-std::string_view StreamName(ProcessEvent::Kind kind) {
+// The data event's field: a terminal's output is "pty", whatever stream carried it.
+std::string_view StreamName(ProcessEvent::Kind kind, bool terminal) {
+  if (terminal) return "pty";
   return kind == ProcessEvent::Kind::kStderr ? "stderr" : "stdout";
 }
 
@@ -291,7 +316,8 @@ void DataPlane::Unary(std::string_view method, const Request& request, const Api
     }
     return ok({{"processes", processes}});
   }
-  if (method != "SendSignal" && method != "SendInput" && method != "CloseStdin") {
+  if (method != "SendSignal" && method != "SendInput" && method != "CloseStdin" &&
+      method != "Update") {
     return ReplyUnaryError(
         writer, {"unimplemented", fmt::format("process.Process/{} is not served", method)});
   }
@@ -316,14 +342,33 @@ void DataPlane::Unary(std::string_view method, const Request& request, const Api
     }
     done = running->process->Signal(number);
   } else if (method == "SendInput") {
+    // Keystrokes for a terminal come as input.pty, a pipe's bytes as input.stdin.
     auto input = message->find("input");
-    if (input == message->end() || !input->is_object() || !input->contains("stdin") ||
-        !(*input)["stdin"].is_string()) {
-      return ReplyUnaryError(writer, {"invalid_argument", "'input.stdin' must be base64 bytes"});
+    const char* field = running->terminal ? "pty" : "stdin";
+    if (input == message->end() || !input->is_object() || !input->contains(field) ||
+        !(*input)[field].is_string()) {
+      return ReplyUnaryError(
+          writer, {"invalid_argument",
+                   fmt::format("'input.{}' must be base64 bytes{}", field,
+                               running->terminal ? " (the process has a terminal)" : "")});
     }
-    auto bytes = Base64Decode((*input)["stdin"].get_ref<const std::string&>());
-    if (!bytes) return ReplyUnaryError(writer, {"invalid_argument", "'input.stdin' is not base64"});
+    auto bytes = Base64Decode((*input)[field].get_ref<const std::string&>());
+    if (!bytes) {
+      return ReplyUnaryError(writer,
+                             {"invalid_argument", fmt::format("'input.{}' is not base64", field)});
+    }
     done = running->process->WriteStdin(*bytes);
+  } else if (method == "Update") {
+    // Update changes what a running process can change: its terminal's size.
+    auto pty = message->find("pty");
+    if (pty == message->end() || pty->is_null()) return ok();
+    if (!running->terminal) {
+      return ReplyUnaryError(writer, {"failed_precondition",
+                                      fmt::format("process with pid {} has no terminal", *pid)});
+    }
+    auto size = PtySize(*pty);
+    if (!size) return ReplyUnaryError(writer, size.error());
+    done = running->process->Resize(*size);
   } else {
     done = running->process->CloseStdin();
   }
@@ -347,10 +392,14 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
       !(*process)["cmd"].is_string()) {
     return finish(ConnectError{"invalid_argument", "'process.cmd' is required"});
   }
-  if (message->contains("pty") && !(*message)["pty"].is_null()) {
-    return finish(ConnectError{"unimplemented", "terminals (pty) are not served yet"});
-  }
   auto running = std::make_shared<Running>();
+  ExecOptions options;
+  if (message->contains("pty") && !(*message)["pty"].is_null()) {
+    auto size = PtySize((*message)["pty"]);
+    if (!size) return finish(size.error());
+    options.terminal = *size;
+    running->terminal = true;
+  }
   running->cmd = (*process)["cmd"].get<std::string>();
   if (process->contains("args")) {
     const json& args = (*process)["args"];
@@ -368,9 +417,9 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
   if (process->contains("cwd") && (*process)["cwd"].is_string()) {
     running->cwd = (*process)["cwd"].get<std::string>();
   }
-  bool open_stdin = message->value("stdin", false);
+  // A terminal always takes keystrokes; a pipe only when asked for.
+  bool open_stdin = running->terminal || message->value("stdin", false);
 
-  ExecOptions options;
   // The sandbox's own environment, then the command's.
   std::map<std::string, std::string> environment = sandbox.attributes.env_vars;
   for (const auto& [key, value] : running->envs) environment[key] = value;
@@ -422,7 +471,8 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
       client_gone = !send({{"end", EndEvent(e)}});
       break;
     }
-    client_gone = !send({{"data", {{StreamName(e.kind), Base64Encode(e.data)}}}});
+    client_gone =
+        !send({{"data", {{StreamName(e.kind, running->terminal), Base64Encode(e.data)}}}});
   }
   {
     std::lock_guard lock(mutex_);

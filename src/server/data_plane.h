@@ -1,10 +1,10 @@
 // E2B's data plane (what E2B calls envd), for the requests the SDK routes to a sandbox
 // with the E2b-Sandbox-Id header: the process service over the Connect protocol with
-// JSON (process.Process: Start as a server stream, SendSignal, SendInput, CloseStdin,
-// List), the file system service (filesystem.Filesystem: Stat, ListDir, MakeDir, Move,
-// Remove), GET and POST /files (downloads; uploads as a raw body or multipart form) and
-// /health. Each request must carry the sandbox's access token in
-// X-Access-Token when it has one.
+// JSON (process.Process: Start as a server stream, with or without a pty; SendSignal,
+// SendInput, CloseStdin, Update to resize a pty, List), the file system service
+// (filesystem.Filesystem: Stat, ListDir, MakeDir, Move, Remove), GET and POST /files (downloads;
+// uploads as a raw body or multipart form) and /health. Each request must carry the sandbox's
+// access token in X-Access-Token when it has one.
 //
 // A command runs through the sandbox's supervisor (supervisor/client.h), as `vessel exec`
 // does. A client that goes away from a Start stream takes its command with it (killed).
@@ -47,6 +47,7 @@ class DataPlane {
     std::vector<std::string> args;
     std::map<std::string, std::string> envs;
     std::string cwd;
+    bool terminal = false;  // started with a pty: its output is "pty", its input too
   };
   using Key = std::pair<std::string, int>;  // sandbox id, pid
 

@@ -332,7 +332,18 @@ TEST_F(DataPlaneTest, ABadStartEndsItsStreamWithTheError) {
       {Envelope(R"({"process":{"cmd":1}})"), "'process.cmd' is required"},
       {Envelope(R"({"process":{"cmd":"x","args":"y"}})"), "'process.args' must be a list"},
       {Envelope(R"({"process":{"cmd":"x","envs":{"A":1}}})"), "'process.envs' must map"},
-      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":80,"rows":24}}})"), "pty"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":"big"})"), "'pty' must be an object"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{}})"), "'pty.size' with cols and rows"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"rows":24}}})"), "'pty.size.cols'"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":0,"rows":24}}})"),
+       "'pty.size.cols' must be a positive number"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":-80,"rows":24}}})"),
+       "'pty.size.cols' must be a positive number"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":80,"rows":65536}}})"),
+       "'pty.size.rows' must be a positive number"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":80,"rows":"24"}}})"),
+       "'pty.size.rows' must be a positive number"},
+      {Envelope(R"({"process":{"cmd":"x"},"pty":{"size":{"cols":80,"rows":24}}})"), "no agents"},
       {Envelope(R"({"process":{"cmd":"x"}})"), "no agents"},
   };
   for (const auto& c : cases) {
@@ -357,7 +368,13 @@ TEST_F(DataPlaneTest, UnaryCallsNameWhatIsMissing) {
   EXPECT_EQ(StatusOf(call("SendSignal", R"({"signal":"SIGNAL_SIGKILL"})")), 400);
   EXPECT_EQ(StatusOf(call("SendInput", R"({"process":{"pid":-1}})")), 400);
   EXPECT_EQ(StatusOf(call("CloseStdin", "not json")), 400);
-  EXPECT_EQ(StatusOf(call("Update", "{}")), 404);
+  EXPECT_EQ(StatusOf(call("Update", "{}")), 400);
+  EXPECT_EQ(
+      StatusOf(call("Update", R"({"process":{"pid":77},"pty":{"size":{"cols":1,"rows":1}}})")),
+      404);
+  auto connect = call("Connect", R"({"process":{"pid":77}})");
+  EXPECT_EQ(StatusOf(connect), 404);
+  EXPECT_EQ(JsonOf(connect)["code"], "unimplemented");
 }
 
 TEST(Base64Test, RoundTripsAndRefusesWhatIsNotBase64) {
