@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "server/query.h"
+#include "vessel/sandbox.h"
 
 namespace vessel::server {
 namespace {
@@ -400,6 +401,31 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     if (!killed) return fail(FromError(killed.error()));
     if (!*killed) return fail(NotFound(id));
     return ReplyEmpty(writer);
+  }
+  if (method == http::verb::post && action == "fork") {
+    // {"count": N (default 1), "timeout": seconds}: N copies of the sandbox as it is now.
+    int64_t count = 1;
+    std::chrono::seconds timeout = NewSandbox{}.timeout;  // a create's default
+    if (!request.body().empty()) {
+      auto body = ParseObject(request);
+      if (!body) return fail(body.error());
+      if (body->contains("count") && !(*body)["count"].is_null()) {
+        auto n = IntegerField(*body, "count", 1, kMaxForks);
+        if (!n) return fail(n.error());
+        count = *n;
+      }
+      if (body->contains("timeout") && !(*body)["timeout"].is_null()) {
+        auto n = IntegerField(*body, "timeout", 0, kMaxTimeoutSeconds);
+        if (!n) return fail(n.error());
+        timeout = std::chrono::seconds(*n);
+      }
+    }
+    auto children = registry_.Fork(sandbox_id, static_cast<uint32_t>(count), timeout);
+    if (!children) return fail(FromError(children.error()));
+    if (!*children) return fail(NotFound(id));
+    json out = json::array();
+    for (const auto& child : **children) out.push_back({{"sandbox", SandboxJson(child)}});
+    return Reply(writer, status::ok, out);
   }
   if (method == http::verb::post &&
       (action == "timeout" || action == "refreshes" || action == "connect")) {

@@ -1,5 +1,5 @@
 // E2B's control plane (docs/api/openapi.yaml says what is served and where Vessel
-// differs): sandboxes created, listed, inspected, killed and given a new timeout, and the
+// differs): sandboxes created, listed, inspected, killed, forked and given a new timeout, and the
 // templates they come from. Every request carries the server's API key in X-API-Key;
 // errors are {"code", "message"} with E2B's status codes, so the SDKs raise the errors
 // they would raise against E2B.

@@ -11,6 +11,7 @@
 #include "base/secret_file.h"
 #include "image/image.h"
 #include "supervisor/client.h"
+#include "supervisor/fork.h"
 #include "supervisor/launch.h"
 #include "supervisor/state.h"
 
@@ -211,6 +212,42 @@ Result<bool> SupervisorRegistry::Kill(const std::string& id) {
     return Fail(std::move(stopped).error());
   }
   return true;
+}
+
+Result<std::optional<std::vector<ApiSandbox>>> SupervisorRegistry::Fork(
+    const std::string& id, uint32_t count, std::chrono::seconds timeout) {
+  using Children = std::optional<std::vector<ApiSandbox>>;
+  auto parent = Get(id);
+  if (!parent) return Fail(std::move(parent).error());
+  if (!*parent) return Children();
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  auto ids = supervisor::ForkSandbox(*record, count);
+  if (!ids) return Fail(std::move(ids).error());
+  std::vector<ApiSandbox> children;
+  for (size_t i = 0; i < ids->size(); ++i) {
+    auto token = NewAccessToken();
+    Result<ApiSandbox> child = Fail(Error::Backend("not claimed"));
+    if (token) {
+      ApiAttributes attributes = (*parent)->attributes;
+      attributes.access_token = std::move(*token);
+      attributes.end_at_ms = NowMs() + timeout.count() * 1000;
+      attributes.pooled = false;
+      child = Claim((*ids)[i], attributes);
+    } else {
+      child = Fail(std::move(token).error());
+    }
+    if (!child) {
+      // All or none: the children not yet claimed go too (Claim removed its own).
+      for (size_t j = i + 1; j < ids->size(); ++j) {
+        if (auto rest = supervisor::ReadRecord((*ids)[j])) (void)supervisor::StopAndRemove(*rest);
+      }
+      for (const auto& made : children) (void)Kill(made.id);
+      return Fail(std::move(child).error());
+    }
+    children.push_back(std::move(*child));
+  }
+  return Children(std::move(children));
 }
 
 Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_ms) {

@@ -76,6 +76,11 @@ class Registry {
   [[nodiscard]] virtual Result<std::optional<ApiSandbox>> Get(const std::string& id) = 0;
   // Stops and removes it; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> Kill(const std::string& id) = 0;
+  // `count` copies of the running sandbox `id` as it is now (1..kMaxForks), each with the
+  // parent's template, metadata and environment, a new access token and an expiry
+  // `timeout` from now; all or none. nullopt: no such sandbox.
+  [[nodiscard]] virtual Result<std::optional<std::vector<ApiSandbox>>> Fork(
+      const std::string& id, uint32_t count, std::chrono::seconds timeout) = 0;
   // Sets its expiry; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) = 0;
   [[nodiscard]] virtual Result<std::vector<TemplateInfo>> Templates() = 0;
@@ -109,6 +114,8 @@ class SupervisorRegistry final : public Registry {
   Result<std::vector<ApiSandbox>> List() override;
   Result<std::optional<ApiSandbox>> Get(const std::string& id) override;
   Result<bool> Kill(const std::string& id) override;
+  Result<std::optional<std::vector<ApiSandbox>>> Fork(const std::string& id, uint32_t count,
+                                                      std::chrono::seconds timeout) override;
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override;
   Result<std::vector<TemplateInfo>> Templates() override;
   Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;

@@ -53,6 +53,20 @@ class FakeRegistry final : public Registry {
     return std::optional<ApiSandbox>(it->second);
   }
   Result<bool> Kill(const std::string& id) override { return sandboxes.erase(id) == 1; }
+  Result<std::optional<std::vector<ApiSandbox>>> Fork(const std::string& id, uint32_t count,
+                                                      std::chrono::seconds timeout) override {
+    auto it = sandboxes.find(id);
+    if (it == sandboxes.end()) return std::optional<std::vector<ApiSandbox>>();
+    std::vector<ApiSandbox> children;
+    for (uint32_t i = 0; i < count; ++i) {
+      ApiSandbox child = it->second;
+      child.id = fmt::format("{:012x}", next_id++);
+      child.attributes.end_at_ms = NowMs() + timeout.count() * 1000;
+      sandboxes[child.id] = child;
+      children.push_back(child);
+    }
+    return std::optional(std::move(children));
+  }
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override {
     auto it = sandboxes.find(id);
     if (it == sandboxes.end()) return false;
@@ -220,6 +234,27 @@ TEST_F(E2bApiTest, ListFiltersByMetadataAndStateAndPages) {
     EXPECT_TRUE(listed.contains(field)) << field;
   }
   EXPECT_FALSE(listed.contains("envdAccessToken"));
+}
+
+TEST_F(E2bApiTest, AForkAnswersWithItsChildrenAndRefusesCountsOutOfRange) {
+  std::string id = CreateOne();
+  auto forked = Call("POST", "/sandboxes/" + id + "/fork", R"({"count":3,"timeout":60})");
+  ASSERT_EQ(StatusOf(forked), 200) << forked;
+  json children = JsonOf(forked);
+  ASSERT_EQ(children.size(), 3u);
+  for (const auto& child : children) {
+    EXPECT_NE(child["sandbox"]["sandboxID"], id);
+    EXPECT_TRUE(child["sandbox"].contains("envdAccessToken")) << child;
+  }
+  // Without a body: one child, with a create's default timeout.
+  auto one = Call("POST", "/sandboxes/" + id + "/fork");
+  ASSERT_EQ(StatusOf(one), 200) << one;
+  EXPECT_EQ(JsonOf(one).size(), 1u);
+  for (const char* body : {R"({"count":0})", R"({"count":65})", R"({"count":"2"})",
+                           R"({"timeout":-1})", R"([])", "{"}) {
+    EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/fork", body)), 400) << body;
+  }
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/0123456789ab/fork", "{}")), 404);
 }
 
 TEST_F(E2bApiTest, GetKillAndTimeoutsOfOneSandbox) {
