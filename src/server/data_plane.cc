@@ -43,6 +43,7 @@ http::status HttpStatusOf(std::string_view code) {
   if (code == "not_found") return http::status::not_found;
   if (code == "resource_exhausted") return http::status::too_many_requests;
   if (code == "unimplemented") return http::status::not_found;
+  if (code == "failed_precondition") return http::status::bad_request;
   if (code == "unavailable") return http::status::service_unavailable;
   return http::status::internal_server_error;
 }
@@ -64,6 +65,14 @@ std::string Envelope(uint8_t flags, const std::string& payload) {
   for (int i = 0; i < 4; ++i)
     out[static_cast<size_t>(1 + i)] = static_cast<char>(size >> (24 - 8 * i));
   return out + payload;
+}
+
+// Ends a stream that has begun: its end message, with the error if there is one.
+void ReplyStreamEnd(ResponseWriter& writer, const std::optional<ConnectError>& error) {
+  json end = json::object();
+  if (error) end["error"] = ErrorJson(*error);
+  (void)writer.Write(Envelope(kEndStreamFlag, Dump(end)));
+  (void)writer.Finish();
 }
 
 // The one message of a client-unary, server-streaming request's body.
@@ -260,16 +269,26 @@ void DataPlane::Handle(const Request& request, std::string_view sandbox_id,
   std::string_view target = Sv(request.target());
   std::string_view path = target.substr(0, target.find('?'));
   std::string id(sandbox_id);
+  // A streaming call (Start) hears of an error in its end message, as a client of a
+  // stream expects; any other call in its body.
+  auto refuse = [&](const ConnectError& error) {
+    if (!Sv(request[http::field::content_type]).starts_with("application/connect+")) {
+      return ReplyUnaryError(writer, error);
+    }
+    if (writer.BeginStream(http::status::ok, kConnectJson)) ReplyStreamEnd(writer, error);
+  };
   auto sandbox = registry_.Get(id);
-  if (!sandbox) return ReplyUnaryError(writer, {"unavailable", sandbox.error().ToString()});
-  if (!*sandbox) {
-    return ReplyUnaryError(writer, {"not_found", fmt::format("sandbox \"{}\" not found", id)});
+  if (!sandbox) return refuse({"unavailable", sandbox.error().ToString()});
+  if (!*sandbox) return refuse({"not_found", fmt::format("sandbox \"{}\" not found", id)});
+  if ((*sandbox)->state == "paused") {
+    return refuse({"failed_precondition",
+                   fmt::format("sandbox \"{}\" is paused: connect to it to resume it", id)});
   }
   const std::string& token = (*sandbox)->attributes.access_token;
   std::string_view given = Sv(request["X-Access-Token"]);
   if (!token.empty() &&
       (given.size() != token.size() || CRYPTO_memcmp(given.data(), token.data(), token.size()))) {
-    return ReplyUnaryError(writer, {"unauthenticated", "missing or wrong X-Access-Token"});
+    return refuse({"unauthenticated", "missing or wrong X-Access-Token"});
   }
   if (path == "/health" && request.method() == http::verb::get) {
     (void)writer.Send(http::status::no_content, {}, {});
@@ -378,12 +397,7 @@ void DataPlane::Unary(std::string_view method, const Request& request, const Api
 
 void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, ResponseWriter& writer) {
   // Every answer from here on is a stream, errors in its end message.
-  auto finish = [&](std::optional<ConnectError> error) {
-    json end = json::object();
-    if (error) end["error"] = ErrorJson(*error);
-    (void)writer.Write(Envelope(kEndStreamFlag, Dump(end)));
-    (void)writer.Finish();
-  };
+  auto finish = [&](std::optional<ConnectError> error) { ReplyStreamEnd(writer, error); };
   if (!writer.BeginStream(http::status::ok, kConnectJson)) return;
   auto message = ParseEnvelope(request.body());
   if (!message) return finish(message.error());

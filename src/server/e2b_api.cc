@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <ctime>
 #include <expected>
 #include <nlohmann/json.hpp>
@@ -160,11 +161,7 @@ ApiResult<NewSandbox> ParseNewSandbox(const Request& request) {
       return std::unexpected(BadRequest(fmt::format("'{}' must be a boolean", field)));
     }
   }
-  if (body->value("autoPause", false)) {
-    return std::unexpected(
-        BadRequest("'autoPause' is not served yet: a sandbox is killed at its "
-                   "timeout"));
-  }
+  out.auto_pause = body->value("autoPause", false);
   if (body->contains("volumeMounts") && !body->at("volumeMounts").is_null() &&
       !body->at("volumeMounts").empty()) {
     return std::unexpected(BadRequest("'volumeMounts' is not served"));
@@ -204,7 +201,8 @@ json ListedJson(const ApiSandbox& s) {
 json DetailJson(const ApiSandbox& s) {
   json out = ListedJson(s);
   out["domain"] = nullptr;
-  out["lifecycle"] = {{"autoResume", false}, {"onTimeout", "kill"}};
+  out["lifecycle"] = {{"autoResume", false},
+                      {"onTimeout", s.attributes.auto_pause ? "pause" : "kill"}};
   if (!s.attributes.access_token.empty()) out["envdAccessToken"] = s.attributes.access_token;
   return out;
 }
@@ -402,6 +400,45 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     if (!*killed) return fail(NotFound(id));
     return ReplyEmpty(writer);
   }
+  if (method == http::verb::post && action == "pause") {
+    // The body ({"memory": keepMemory}) changes nothing: a pause always keeps the memory.
+    auto paused = registry_.Pause(sandbox_id);
+    if (!paused) return fail(FromError(paused.error()));
+    switch (*paused) {
+      case PauseOutcome::kPaused: return ReplyEmpty(writer);
+      case PauseOutcome::kNotFound: return fail(NotFound(id));
+      case PauseOutcome::kAlreadyPaused:
+        return fail({status::conflict, fmt::format("sandbox {} is already paused", id)});
+      case PauseOutcome::kNotRunning:
+        return fail({status::conflict,
+                     fmt::format("sandbox {} is not running (its VM stopped): only a running "
+                                 "sandbox can be paused; kill it",
+                                 id)});
+    }
+  }
+  if (method == http::verb::post && action == "resume") {
+    // The legacy resume: {"timeout": seconds}; a running sandbox is a conflict.
+    std::chrono::seconds timeout = NewSandbox{}.timeout;
+    if (!request.body().empty()) {
+      auto body = ParseObject(request);
+      if (!body) return fail(body.error());
+      if (body->contains("timeout") && !(*body)["timeout"].is_null()) {
+        auto n = IntegerField(*body, "timeout", 0, kMaxTimeoutSeconds);
+        if (!n) return fail(n.error());
+        timeout = std::chrono::seconds(*n);
+      }
+    }
+    auto sandbox = registry_.Get(sandbox_id);
+    if (!sandbox) return fail(FromError(sandbox.error()));
+    if (!*sandbox) return fail(NotFound(id));
+    if ((*sandbox)->state != "paused") {
+      return fail({status::conflict, fmt::format("sandbox {} is not paused", id)});
+    }
+    auto resumed = registry_.Resume(sandbox_id, timeout);
+    if (!resumed) return fail(FromError(resumed.error()));
+    if (!*resumed) return fail(NotFound(id));
+    return Reply(writer, status::created, SandboxJson(**resumed));
+  }
   if (method == http::verb::post && action == "fork") {
     // {"count": N (default 1), "timeout": seconds}: N copies of the sandbox as it is now.
     int64_t count = 1;
@@ -447,6 +484,14 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     auto sandbox = registry_.Get(sandbox_id);
     if (!sandbox) return fail(FromError(sandbox.error()));
     if (!*sandbox) return fail(NotFound(id));
+    if (action == "connect" && (*sandbox)->state == "paused") {
+      // Connecting to a paused sandbox resumes it: 201, as E2B answers.
+      auto resumed = registry_.Resume(
+          sandbox_id, seconds ? std::chrono::seconds(*seconds) : NewSandbox{}.timeout);
+      if (!resumed) return fail(FromError(resumed.error()));
+      if (!*resumed) return fail(NotFound(id));
+      return Reply(writer, status::created, SandboxJson(**resumed));
+    }
     int64_t current = (*sandbox)->attributes.end_at_ms;
     int64_t end_at = seconds ? NowMs() + *seconds * 1000 : current;
     if (action != "timeout" && (current == 0 || current > end_at)) end_at = current;
@@ -466,9 +511,17 @@ void ControlPlane::ReapExpired() {
   if (!sandboxes) return;
   const int64_t now = NowMs();
   for (const auto& s : *sandboxes) {
-    if (s.attributes.end_at_ms != 0 && s.attributes.end_at_ms <= now) {
-      (void)registry_.Kill(s.id);
+    // A paused sandbox waits for its owner, whatever its end.
+    if (s.state == "paused" || s.attributes.end_at_ms == 0 || s.attributes.end_at_ms > now) {
+      continue;
     }
+    if (s.attributes.auto_pause && s.state == "running") {
+      auto paused = registry_.Pause(s.id);
+      if (paused) continue;
+      std::fprintf(stderr, "vessel serve: pausing expired sandbox %s failed, killing it: %s\n",
+                   s.id.c_str(), paused.error().ToString().c_str());
+    }
+    (void)registry_.Kill(s.id);
   }
 }
 

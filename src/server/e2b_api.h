@@ -1,7 +1,7 @@
 // E2B's control plane (docs/api/openapi.yaml says what is served and where Vessel
-// differs): sandboxes created, listed, inspected, killed, forked and given a new timeout, and the
-// templates they come from. Every request carries the server's API key in X-API-Key;
-// errors are {"code", "message"} with E2B's status codes, so the SDKs raise the errors
+// differs): sandboxes created, listed, inspected, paused, resumed, killed, forked and given a new
+// timeout, and the templates they come from. Every request carries the server's API key in
+// X-API-Key; errors are {"code", "message"} with E2B's status codes, so the SDKs raise the errors
 // they would raise against E2B.
 #pragma once
 
@@ -35,7 +35,8 @@ class ControlPlane {
 
   // Answers a control-plane request.
   void Handle(const Request& request, ResponseWriter& writer);
-  // Kills the sandboxes whose timeout has passed. The server calls it every second; a
+  // Kills the sandboxes whose timeout has passed, or pauses those created with autoPause
+  // (paused ones do not expire). The server calls it every second; a
   // sandbox that expired while no server ran goes at the next start.
   void ReapExpired();
 

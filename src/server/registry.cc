@@ -2,18 +2,24 @@
 
 #include <fmt/format.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "base/io.h"
+#include "base/private_dir.h"
 #include "base/secret_file.h"
 #include "image/image.h"
 #include "supervisor/client.h"
 #include "supervisor/fork.h"
 #include "supervisor/launch.h"
 #include "supervisor/state.h"
+#include "supervisor/supervisor_protocol.h"
 
 namespace vessel::server {
 namespace {
@@ -32,6 +38,86 @@ constexpr std::chrono::seconds kPoolRetryDelay{5};
 // The template a sandbox that the CLI made is listed with.
 constexpr std::string_view kCliTemplate = "cli";
 constexpr uint32_t kImageMemoryMb = 512;
+constexpr std::string_view kPausedFile = "paused.json";
+constexpr std::string_view kPausedSnapshot = "snapshot";
+
+bool IsHexId(std::string_view id) {
+  return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+  });
+}
+
+std::string PausedRoot() { return ServerStateDir() + "/paused"; }
+std::string PausedDir(const std::string& id) { return PausedRoot() + "/" + id; }
+
+Result<void> MakePausedRoot() {
+  const char* chosen = std::getenv("VESSEL_STATE_DIR");
+  const PrivateDirRole role{"the state directory", "paused sandboxes", "VESSEL_STATE_DIR"};
+  if (auto made = MakePrivateDir(ServerStateDir(), !(chosen && *chosen), role); !made) {
+    return made;
+  }
+  return MakePrivateDir(PausedRoot(), /*narrow=*/true, role);
+}
+
+// paused.json: the sandbox as it was listed when it was paused.
+std::string EncodePaused(const ApiSandbox& s) {
+  nlohmann::json json = {{"engine", s.engine},
+                         {"cpu_count", s.cpu_count},
+                         {"memory_mb", s.memory_mb},
+                         {"started_at_ms", s.started_at_ms},
+                         {"attributes", nlohmann::json::parse(EncodeAttributes(s.attributes))}};
+  return json.dump(2) + "\n";
+}
+
+// The paused sandbox `id`; nullopt when there is none.
+Result<std::optional<ApiSandbox>> ReadPaused(const std::string& id) {
+  using Paused = std::optional<ApiSandbox>;
+  if (!IsHexId(id)) return Paused();
+  auto text = ReadFileToString(PausedDir(id) + "/" + std::string(kPausedFile), kMaxAttributesFile);
+  if (!text) {
+    int e = text.error().errno_value();
+    if (e == ENOENT || e == ENOTDIR) return Paused();
+    return Fail(std::move(text).error());
+  }
+  auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+  auto bad = [&](std::string_view what) {
+    return Fail(
+        Error::HostIo(fmt::format("read {}/{}: {}", PausedDir(id), kPausedFile, what), EINVAL));
+  };
+  if (!json.is_object() || !json.contains("attributes")) return bad("not a paused sandbox");
+  ApiSandbox s{.id = id, .state = "paused"};
+  try {
+    s.engine = json.at("engine").get<std::string>();
+    s.cpu_count = json.at("cpu_count").get<uint32_t>();
+    s.memory_mb = json.at("memory_mb").get<uint32_t>();
+    s.started_at_ms = json.at("started_at_ms").get<int64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    return bad(e.what());
+  }
+  auto attributes = ParseAttributes(json["attributes"].dump());
+  if (!attributes) return Fail(std::move(attributes).error());
+  s.attributes = std::move(*attributes);
+  return Paused(std::move(s));
+}
+
+Result<void> WritePaused(const ApiSandbox& s) {
+  std::string path = PausedDir(s.id) + "/" + std::string(kPausedFile);
+  if (auto written = WriteStringToFile(path + ".new", EncodePaused(s)); !written) return written;
+  if (std::rename((path + ".new").c_str(), path.c_str()) != 0) {
+    return Fail(Error::HostIo("rename " + path, errno));
+  }
+  return {};
+}
+
+std::vector<std::string> PausedIds() {
+  std::vector<std::string> ids;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(PausedRoot(), ec)) {
+    std::string name = entry.path().filename();
+    if (IsHexId(name)) ids.push_back(std::move(name));
+  }
+  return ids;
+}
 
 Result<std::string> NewAccessToken() {
   uint8_t bytes[24];
@@ -87,6 +173,15 @@ Result<ApiSandbox> Claim(const std::string& id, const ApiAttributes& attributes)
 }
 
 }  // namespace
+
+std::string ServerStateDir() {
+  if (const char* dir = std::getenv("VESSEL_STATE_DIR"); dir && *dir) return dir;
+  if (const char* dir = std::getenv("XDG_STATE_HOME"); dir && *dir) {
+    return std::string(dir) + "/vessel";
+  }
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/root") + "/.local/state/vessel";
+}
 
 int64_t NowMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -192,13 +287,19 @@ Result<std::vector<ApiSandbox>> SupervisorRegistry::List() {
     auto sandbox = Describe(id);
     if (sandbox && *sandbox) sandboxes.push_back(std::move(**sandbox));
   }
+  for (const auto& id : PausedIds()) {
+    // One being resumed is running already.
+    if (std::find(ids->begin(), ids->end(), id) != ids->end()) continue;
+    auto sandbox = ReadPaused(id);
+    if (sandbox && *sandbox) sandboxes.push_back(std::move(**sandbox));
+  }
   return sandboxes;
 }
 
 Result<std::optional<ApiSandbox>> SupervisorRegistry::Get(const std::string& id) {
   auto ids = supervisor::ListSandboxIds();
   if (!ids) return Fail(std::move(ids).error());
-  if (std::find(ids->begin(), ids->end(), id) == ids->end()) return std::optional<ApiSandbox>();
+  if (std::find(ids->begin(), ids->end(), id) == ids->end()) return ReadPaused(id);
   return Describe(id);
 }
 
@@ -206,6 +307,11 @@ Result<bool> SupervisorRegistry::Kill(const std::string& id) {
   auto sandbox = Get(id);
   if (!sandbox) return Fail(std::move(sandbox).error());
   if (!*sandbox) return false;
+  if ((*sandbox)->state == "paused") {
+    std::lock_guard lock(mutex_);
+    if (auto removed = RemoveTree(PausedDir(id)); !removed) return Fail(std::move(removed).error());
+    return true;
+  }
   auto record = supervisor::ReadRecord(id);
   if (!record) return Fail(std::move(record).error());
   if (auto stopped = supervisor::StopAndRemove(*record); !stopped) {
@@ -255,6 +361,11 @@ Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_
   auto sandbox = Get(id);
   if (!sandbox) return Fail(std::move(sandbox).error());
   if (!*sandbox) return false;
+  if ((*sandbox)->state == "paused") {
+    (*sandbox)->attributes.end_at_ms = end_at_ms;
+    if (auto written = WritePaused(**sandbox); !written) return Fail(std::move(written).error());
+    return true;
+  }
   ApiAttributes attributes = (*sandbox)->attributes;
   attributes.end_at_ms = end_at_ms;
   if (auto written =
@@ -263,6 +374,52 @@ Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_
     return Fail(std::move(written).error());
   }
   return true;
+}
+
+Result<PauseOutcome> SupervisorRegistry::Pause(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  auto sandbox = Get(id);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  if (!*sandbox) return PauseOutcome::kNotFound;
+  if ((*sandbox)->state == "paused") return PauseOutcome::kAlreadyPaused;
+  if ((*sandbox)->state != "running") return PauseOutcome::kNotRunning;
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  if (auto made = MakePausedRoot(); !made) return Fail(std::move(made).error());
+  const std::string dir = PausedDir(id);
+  (void)RemoveTree(dir);  // what a pause that died half way left
+  if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
+  auto undo = [&](Error error) {
+    (void)RemoveTree(dir);
+    return Fail(std::move(error).Context("pausing sandbox " + id));
+  };
+  auto saved =
+      supervisor::SendControlRequest(*record, {.op = supervisor::ControlRequest::Op::kSnapshot,
+                                               .dir = dir + "/" + std::string(kPausedSnapshot)});
+  if (!saved) return undo(std::move(saved).error());
+  if (auto written = WritePaused(**sandbox); !written) return undo(std::move(written).error());
+  if (auto stopped = supervisor::StopAndRemove(*record); !stopped) {
+    return undo(std::move(stopped).error());
+  }
+  return PauseOutcome::kPaused;
+}
+
+Result<std::optional<ApiSandbox>> SupervisorRegistry::Resume(const std::string& id,
+                                                             std::chrono::seconds timeout) {
+  std::lock_guard lock(mutex_);
+  auto paused = ReadPaused(id);
+  if (!paused || !*paused) return paused;
+  supervisor::SupervisorConfig config{
+      .restore_dir = PausedDir(id) + "/" + std::string(kPausedSnapshot), .id = id};
+  auto started = supervisor::StartSandbox(std::move(config));
+  if (!started) return Fail(std::move(started).error().Context("resuming sandbox " + id));
+  ApiAttributes attributes = (*paused)->attributes;
+  attributes.end_at_ms = NowMs() + timeout.count() * 1000;
+  auto claimed = Claim(*started, attributes);
+  if (!claimed) return Fail(std::move(claimed).error().Context("resuming sandbox " + id));
+  // The restored VM maps the snapshot's memory copy-on-write: removing it is safe.
+  (void)RemoveTree(PausedDir(id));
+  return std::optional<ApiSandbox>(std::move(*claimed));
 }
 
 Result<std::shared_ptr<sandbox::Connection>> SupervisorRegistry::Connect(const std::string& id) {

@@ -37,7 +37,7 @@ struct ApiAttributes {
 // One sandbox as the API shows it.
 struct ApiSandbox {
   std::string id;
-  std::string state;  // "running", "failed"
+  std::string state;  // "running", "paused", "failed"
   std::string engine;
   uint32_t cpu_count = 0;
   uint32_t memory_mb = 0;
@@ -64,6 +64,8 @@ struct TemplateInfo {
   int64_t created_ms = 0;
 };
 
+enum class PauseOutcome { kPaused, kNotFound, kAlreadyPaused, kNotRunning };
+
 // Kinds of error: kInvalidConfig (subject "templateID") for an unknown template, other
 // kInvalidConfig for a request the sandbox's config refuses; the rest are the server's.
 class Registry {
@@ -81,6 +83,13 @@ class Registry {
   // `timeout` from now; all or none. nullopt: no such sandbox.
   [[nodiscard]] virtual Result<std::optional<std::vector<ApiSandbox>>> Fork(
       const std::string& id, uint32_t count, std::chrono::seconds timeout) = 0;
+  // Saves the running sandbox `id` (memory, files, daemons) to disk and stops its VM; it is
+  // listed as paused until Resume or Kill.
+  [[nodiscard]] virtual Result<PauseOutcome> Pause(const std::string& id) = 0;
+  // Restores the paused sandbox `id` under the same id and access token, to expire
+  // `timeout` from now. nullopt: no paused sandbox of that id.
+  [[nodiscard]] virtual Result<std::optional<ApiSandbox>> Resume(const std::string& id,
+                                                                 std::chrono::seconds timeout) = 0;
   // Sets its expiry; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) = 0;
   [[nodiscard]] virtual Result<std::vector<TemplateInfo>> Templates() = 0;
@@ -92,6 +101,11 @@ class Registry {
 
 // The most warm sandboxes one template's pool may keep.
 inline constexpr size_t kMaxPoolSize = 64;
+
+// Where the server keeps what outlives its sandboxes' VMs: $VESSEL_STATE_DIR, else
+// $XDG_STATE_HOME/vessel, else ~/.local/state/vessel. A paused sandbox is paused/<id>/ in
+// it: its snapshot and paused.json (what the API shows of it).
+std::string ServerStateDir();
 
 // The registry of this host's sandboxes, with warm pools: a create that asks for a
 // template's own machine takes a booted sandbox of its pool when one waits, and a thread
@@ -116,6 +130,9 @@ class SupervisorRegistry final : public Registry {
   Result<bool> Kill(const std::string& id) override;
   Result<std::optional<std::vector<ApiSandbox>>> Fork(const std::string& id, uint32_t count,
                                                       std::chrono::seconds timeout) override;
+  Result<PauseOutcome> Pause(const std::string& id) override;
+  Result<std::optional<ApiSandbox>> Resume(const std::string& id,
+                                           std::chrono::seconds timeout) override;
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override;
   Result<std::vector<TemplateInfo>> Templates() override;
   Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;

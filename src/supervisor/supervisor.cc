@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <filesystem>
@@ -153,7 +154,8 @@ std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
                  {"overlay_mib", sandbox.overlay_mib},
                  {"engine", EngineKindName(sandbox.engine)},
                  {"restore_dir", config.restore_dir},
-                 {"forked_from", config.forked_from}};
+                 {"forked_from", config.forked_from},
+                 {"id", config.id}};
   return object.dump(-1, ' ', false, json::error_handler_t::replace);
 }
 
@@ -193,6 +195,12 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
       config.restore_dir = text_value;
     } else if (key == "forked_from") {
       config.forked_from = text_value;
+    } else if (key == "id") {
+      bool hex = std::all_of(text_value.begin(), text_value.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+      });
+      if (text_value.size() > 64 || !hex) return Fail(BadConfig("id wants up to 64 hex digits"));
+      config.id = text_value;
     } else if (key == "engine") {
       if (text_value == "auto") {
         config.sandbox.engine = EngineKind::kAuto;
@@ -229,7 +237,7 @@ int RunSupervisor(SupervisorConfig config) {
   auto started = BootOrRestore(config);
   if (!started) return ReportFailure(ready, started.error());
   std::unique_ptr<Sandbox> sandbox = std::move(*started);
-  const std::string id = sandbox->id();
+  const std::string id = config.id.empty() ? sandbox->id() : config.id;
 
   auto state_dir = OwnedStateDir::Create(id);
   if (!state_dir) return ReportFailure(ready, state_dir.error());

@@ -24,6 +24,9 @@ struct SupervisorConfig {
   SandboxConfig sandbox;
   std::string restore_dir;  // set: restore the snapshot in it instead of booting; absolute
   std::string forked_from;  // the parent's id, for a child of `fork`
+  // Set: the sandbox's id, which must be free (a paused sandbox resumes under its own);
+  // else the VM's. 1 to 64 lowercase hex digits.
+  std::string id;
 };
 
 [[nodiscard]] std::string EncodeSupervisorConfig(const SupervisorConfig& config);

@@ -8,7 +8,7 @@ import { join } from 'node:path'
 export async function startServer({ configDir, args = [] } = {}) {
   const dir = configDir ?? mkdtempSync(join(tmpdir(), 'e2b-config-'))
   const child = spawn(process.env.VESSEL_CLI, ['serve', '--listen', '127.0.0.1:0', ...args], {
-    env: { ...process.env, VESSEL_CONFIG_DIR: dir },
+    env: { ...process.env, VESSEL_CONFIG_DIR: dir, VESSEL_STATE_DIR: join(dir, 'state') },
     stdio: ['ignore', 'ignore', 'pipe'],
   })
   let log = ''

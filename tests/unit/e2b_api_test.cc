@@ -67,6 +67,21 @@ class FakeRegistry final : public Registry {
     }
     return std::optional(std::move(children));
   }
+  Result<PauseOutcome> Pause(const std::string& id) override {
+    auto it = sandboxes.find(id);
+    if (it == sandboxes.end()) return PauseOutcome::kNotFound;
+    if (it->second.state == "paused") return PauseOutcome::kAlreadyPaused;
+    it->second.state = "paused";
+    return PauseOutcome::kPaused;
+  }
+  Result<std::optional<ApiSandbox>> Resume(const std::string& id,
+                                           std::chrono::seconds timeout) override {
+    auto it = sandboxes.find(id);
+    if (it == sandboxes.end() || it->second.state != "paused") return std::optional<ApiSandbox>();
+    it->second.state = "running";
+    it->second.attributes.end_at_ms = NowMs() + timeout.count() * 1000;
+    return std::optional(it->second);
+  }
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override {
     auto it = sandboxes.find(id);
     if (it == sandboxes.end()) return false;
@@ -173,7 +188,6 @@ TEST_F(E2bApiTest, ABadCreateIsRefusedWithWhatIsWrong) {
       {R"({"templateID":"base","cpuCount":0})", 400, "'cpuCount' must be between"},
       {R"({"templateID":"base","memoryMB":64})", 400, "'memoryMB' must be between"},
       {R"({"templateID":"base","autoPause":"yes"})", 400, "'autoPause' must be a boolean"},
-      {R"({"templateID":"base","autoPause":true})", 400, "'autoPause' is not served"},
       {R"({"templateID":"base","volumeMounts":[{"name":"v","path":"/v"}]})", 400,
        "'volumeMounts' is not served"},
       {R"({"templateID":"nope"})", 404, "template not found"},
@@ -234,6 +248,47 @@ TEST_F(E2bApiTest, ListFiltersByMetadataAndStateAndPages) {
     EXPECT_TRUE(listed.contains(field)) << field;
   }
   EXPECT_FALSE(listed.contains("envdAccessToken"));
+}
+
+TEST_F(E2bApiTest, PauseResumeAndConnectAnswerAsE2bDoes) {
+  std::string id = CreateOne();
+  std::string at = "/sandboxes/" + id;
+  EXPECT_EQ(StatusOf(Call("POST", at + "/resume", "{}")), 409) << "not paused";
+  EXPECT_EQ(StatusOf(Call("POST", at + "/pause", R"({"memory":true})")), 204);
+  EXPECT_EQ(JsonOf(Call("GET", at))["state"], "paused");
+  EXPECT_EQ(StatusOf(Call("POST", at + "/pause")), 409);
+  auto listed = JsonOf(Call("GET", "/v2/sandboxes?state=paused"));
+  ASSERT_EQ(listed.size(), 1u);
+  EXPECT_EQ(listed[0]["sandboxID"], id);
+  EXPECT_EQ(JsonOf(Call("GET", "/v2/sandboxes?state=running")).size(), 0u);
+  // Connecting to a paused sandbox resumes it, with 201; to a running one, 200.
+  auto resumed = Call("POST", "/v2/sandboxes/" + id + "/connect", R"({"timeout":60})");
+  EXPECT_EQ(StatusOf(resumed), 201) << resumed;
+  EXPECT_EQ(JsonOf(resumed)["sandboxID"], id);
+  EXPECT_EQ(registry_.sandboxes.at(id).state, "running");
+  EXPECT_EQ(StatusOf(Call("POST", "/v2/sandboxes/" + id + "/connect", R"({"timeout":60})")), 200);
+  EXPECT_EQ(StatusOf(Call("POST", at + "/pause")), 204);
+  for (const char* body : {R"({"timeout":-1})", "[]", "{"}) {
+    EXPECT_EQ(StatusOf(Call("POST", at + "/resume", body)), 400) << body;
+  }
+  EXPECT_EQ(StatusOf(Call("POST", at + "/resume", R"({"timeout":30})")), 201);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/0123456789ab/pause")), 404);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/0123456789ab/resume")), 404);
+}
+
+TEST_F(E2bApiTest, AnExpiredSandboxWithAutoPauseIsPausedNotKilled) {
+  auto created = Call("POST", "/sandboxes", R"({"templateID":"base","autoPause":true})");
+  ASSERT_EQ(StatusOf(created), 201) << created;
+  std::string id = JsonOf(created)["sandboxID"];
+  EXPECT_TRUE(registry_.last_create->auto_pause);
+  registry_.sandboxes.at(id).attributes.auto_pause = true;
+  EXPECT_EQ(JsonOf(Call("GET", "/sandboxes/" + id))["lifecycle"]["onTimeout"], "pause");
+  registry_.sandboxes.at(id).attributes.end_at_ms = NowMs() - 1;
+  router_.control().ReapExpired();
+  ASSERT_TRUE(registry_.sandboxes.contains(id));
+  EXPECT_EQ(registry_.sandboxes.at(id).state, "paused");
+  router_.control().ReapExpired();  // paused ones do not expire
+  EXPECT_TRUE(registry_.sandboxes.contains(id));
 }
 
 TEST_F(E2bApiTest, AForkAnswersWithItsChildrenAndRefusesCountsOutOfRange) {
@@ -343,6 +398,13 @@ TEST_F(DataPlaneTest, TheAccessTokenIsRequiredAndTheSandboxMustExist) {
     EXPECT_EQ(JsonOf(response)["code"], "unauthenticated") << response;
   }
   EXPECT_EQ(StatusOf(Data("abcdef", token, "GET", "/health", "text/plain", "")), 404);
+  // A streaming call hears of it in its end message, with 200, as Connect streams do.
+  auto stream =
+      Data("abcdef", token, "POST", "/process.Process/Start", "application/connect+json", "");
+  EXPECT_EQ(StatusOf(stream), 200) << stream;
+  EXPECT_NE(stream.find(R"("code":"not_found")"), std::string::npos) << stream;
+  auto wrong = Data(id, "nope", "POST", "/process.Process/Start", "application/connect+json", "");
+  EXPECT_NE(wrong.find(R"("code":"unauthenticated")"), std::string::npos) << wrong;
   auto unknown = Data(id, token, "POST", "/filesystem.Filesystem/Nope", "application/json", "{}");
   EXPECT_EQ(StatusOf(unknown), 404);
   EXPECT_EQ(JsonOf(unknown)["code"], "unimplemented");
