@@ -274,6 +274,69 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     return Reply(writer, status::ok, out);
   }
 
+  if (path == "/snapshots" && method == http::verb::get) {
+    // ?sandboxID= and ?name= filter; ?limit= and ?nextToken= page, by creation.
+    auto params = ParseQueryOr400(query);
+    if (!params) return fail(params.error());
+    std::string sandbox_filter, name_filter, after;
+    size_t limit = kMaxPageSize;
+    for (const auto& [name, value] : *params) {
+      if (name == "sandboxID") sandbox_filter = value;
+      if (name == "name") name_filter = value;
+      if (name == "nextToken") after = value;
+      if (name == "limit") {
+        unsigned n = 0;
+        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+        if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxPageSize) {
+          return fail(BadRequest(fmt::format("'limit' must be 1 to {}", kMaxPageSize)));
+        }
+        limit = n;
+      }
+    }
+    auto snapshots = registry_.Snapshots();
+    if (!snapshots) return fail(FromError(snapshots.error()));
+    json out = json::array();
+    bool skipping = !after.empty();
+    std::string last;
+    bool more = false;
+    for (const auto& s : *snapshots) {
+      if (skipping) {
+        skipping = s.id != after;
+        continue;
+      }
+      if (!sandbox_filter.empty() && s.sandbox_id != sandbox_filter) continue;
+      if (!name_filter.empty() &&
+          std::find(s.names.begin(), s.names.end(), name_filter) == s.names.end()) {
+        continue;
+      }
+      if (out.size() == limit) {
+        more = true;
+        break;
+      }
+      out.push_back({{"snapshotID", s.id}, {"names", s.names}});
+      last = s.id;
+    }
+    if (!more) return Reply(writer, status::ok, out);
+    (void)writer.Send(status::ok, kJson, out.dump(-1, ' ', false, json::error_handler_t::replace),
+                      {{"X-Next-Token", last}});
+    return;
+  }
+
+  if (path.starts_with("/templates/") && method == http::verb::delete_) {
+    std::string template_id(path.substr(std::string_view("/templates/").size()));
+    auto deleted = registry_.DeleteTemplate(template_id);
+    if (!deleted) return fail(FromError(deleted.error()));
+    switch (*deleted) {
+      case DeleteOutcome::kDeleted: return ReplyEmpty(writer);
+      case DeleteOutcome::kNotFound:
+        return fail({status::not_found, fmt::format("template '{}' not found", template_id)});
+      case DeleteOutcome::kNotASnapshot:
+        return fail(BadRequest(fmt::format(
+            "template '{}' is not a snapshot: images are removed with `vessel image rm`",
+            template_id)));
+    }
+  }
+
   if ((path == "/sandboxes" || path == "/v2/sandboxes") && method == http::verb::post) {
     auto wanted = ParseNewSandbox(request);
     if (!wanted) return fail(wanted.error());
@@ -438,6 +501,23 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     if (!resumed) return fail(FromError(resumed.error()));
     if (!*resumed) return fail(NotFound(id));
     return Reply(writer, status::created, SandboxJson(**resumed));
+  }
+  if (method == http::verb::post && action == "snapshots") {
+    // {"name": optional}: the sandbox as it is now, kept as a template; it runs on.
+    std::string name;
+    if (!request.body().empty()) {
+      auto body = ParseObject(request);
+      if (!body) return fail(body.error());
+      if (body->contains("name") && !(*body)["name"].is_null()) {
+        if (!(*body)["name"].is_string()) return fail(BadRequest("'name' must be a string"));
+        name = (*body)["name"].get<std::string>();
+      }
+    }
+    auto snapshot = registry_.Snapshot(sandbox_id, name);
+    if (!snapshot) return fail(FromError(snapshot.error()));
+    if (!*snapshot) return fail(NotFound(id));
+    return Reply(writer, status::created,
+                 {{"snapshotID", (*snapshot)->id}, {"names", (*snapshot)->names}});
   }
   if (method == http::verb::post && action == "fork") {
     // {"count": N (default 1), "timeout": seconds}: N copies of the sandbox as it is now.

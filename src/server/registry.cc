@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "base/io.h"
 #include "base/private_dir.h"
@@ -49,14 +50,64 @@ bool IsHexId(std::string_view id) {
 
 std::string PausedRoot() { return ServerStateDir() + "/paused"; }
 std::string PausedDir(const std::string& id) { return PausedRoot() + "/" + id; }
+std::string SnapshotsRoot() { return ServerStateDir() + "/snapshots"; }
+std::string SnapshotTemplateDir(const std::string& id) { return SnapshotsRoot() + "/" + id; }
 
-Result<void> MakePausedRoot() {
+// Makes the state directory and its `sub`directory, private to this user.
+Result<void> MakeStateSubdir(const std::string& sub) {
   const char* chosen = std::getenv("VESSEL_STATE_DIR");
-  const PrivateDirRole role{"the state directory", "paused sandboxes", "VESSEL_STATE_DIR"};
+  const PrivateDirRole role{"the state directory", "paused sandboxes and snapshot templates",
+                            "VESSEL_STATE_DIR"};
   if (auto made = MakePrivateDir(ServerStateDir(), !(chosen && *chosen), role); !made) {
     return made;
   }
-  return MakePrivateDir(PausedRoot(), /*narrow=*/true, role);
+  return MakePrivateDir(sub, /*narrow=*/true, role);
+}
+
+constexpr std::string_view kTemplateFile = "template.json";
+constexpr std::string_view kSnapshotIdPrefix = "snapshot-";
+
+std::string EncodeSnapshotInfo(const SnapshotInfo& info, uint32_t cpu_count, uint32_t memory_mb) {
+  nlohmann::json json = {{"names", info.names},
+                         {"sandbox_id", info.sandbox_id},
+                         {"created_ms", info.created_ms},
+                         {"cpu_count", cpu_count},
+                         {"memory_mb", memory_mb}};
+  return json.dump(2) + "\n";
+}
+
+// The snapshot templates, each with its machine; those that cannot be read are left out.
+std::vector<std::pair<SnapshotInfo, TemplateInfo>> ReadSnapshotTemplates() {
+  std::vector<std::pair<SnapshotInfo, TemplateInfo>> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(SnapshotsRoot(), ec)) {
+    std::string id = entry.path().filename();
+    if (!id.starts_with(kSnapshotIdPrefix) || !IsHexId(id.substr(kSnapshotIdPrefix.size()))) {
+      continue;
+    }
+    auto text = ReadFileToString(SnapshotTemplateDir(id) + "/" + std::string(kTemplateFile),
+                                 kMaxAttributesFile);
+    if (!text) continue;
+    auto json = nlohmann::json::parse(*text, nullptr, /*allow_exceptions=*/false);
+    SnapshotInfo info{.id = id};
+    TemplateInfo machine{.id = id, .snapshot_dir = SnapshotTemplateDir(id) + "/snapshot"};
+    try {
+      info.names = json.at("names").get<std::vector<std::string>>();
+      info.sandbox_id = json.at("sandbox_id").get<std::string>();
+      info.created_ms = json.at("created_ms").get<int64_t>();
+      machine.cpu_count = json.at("cpu_count").get<uint32_t>();
+      machine.memory_mb = json.at("memory_mb").get<uint32_t>();
+    } catch (const nlohmann::json::exception&) {
+      continue;
+    }
+    machine.aliases = info.names;
+    machine.created_ms = info.created_ms;
+    out.emplace_back(std::move(info), std::move(machine));
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.first.created_ms, a.first.id) < std::tie(b.first.created_ms, b.first.id);
+  });
+  return out;
 }
 
 // paused.json: the sandbox as it was listed when it was paused.
@@ -153,8 +204,14 @@ Result<std::optional<ApiSandbox>> Describe(const std::string& id) {
   return std::optional<ApiSandbox>(std::move(sandbox));
 }
 
+// A snapshot template's sandboxes are restored with the snapshot's machine; the others
+// boot the template's, or the one the request asks for.
 supervisor::SupervisorConfig MachineFor(const TemplateInfo& chosen, const NewSandbox& request) {
   supervisor::SupervisorConfig config;
+  if (!chosen.snapshot_dir.empty()) {
+    config.restore_dir = chosen.snapshot_dir;
+    return config;
+  }
   config.sandbox.image = chosen.image;
   config.sandbox.vcpus = request.cpu_count.value_or(chosen.cpu_count);
   config.sandbox.memory_mib = request.memory_mb.value_or(chosen.memory_mb);
@@ -225,7 +282,9 @@ Result<TemplateInfo> SupervisorRegistry::FindTemplate(const std::string& id) {
   auto templates = Templates();
   if (!templates) return Fail(std::move(templates).error());
   for (auto& t : *templates) {
-    if (t.id == id) return std::move(t);
+    if (t.id == id || std::find(t.aliases.begin(), t.aliases.end(), id) != t.aliases.end()) {
+      return std::move(t);
+    }
   }
   return Fail(Error::InvalidConfig("templateID", fmt::format("template '{}' not found", id)));
 }
@@ -251,12 +310,18 @@ Result<std::vector<TemplateInfo>> SupervisorRegistry::Templates() {
                                      .memory_mb = kImageMemoryMb,
                                      .created_ms = record.created_unix_ms});
   }
+  for (auto& [info, machine] : ReadSnapshotTemplates()) templates.push_back(std::move(machine));
   return templates;
 }
 
 Result<ApiSandbox> SupervisorRegistry::Create(const NewSandbox& request) {
   auto chosen = FindTemplate(request.template_id);
   if (!chosen) return Fail(std::move(chosen).error());
+  if (!chosen->snapshot_dir.empty() && (request.cpu_count || request.memory_mb)) {
+    return Fail(Error::InvalidConfig(
+        "cpuCount", fmt::format("'{}' is a snapshot: its sandboxes have its CPUs and memory",
+                                request.template_id)));
+  }
   auto token = NewAccessToken();
   if (!token) return Fail(std::move(token).error());
   ApiAttributes attributes{.template_id = chosen->id,
@@ -385,7 +450,7 @@ Result<PauseOutcome> SupervisorRegistry::Pause(const std::string& id) {
   if ((*sandbox)->state != "running") return PauseOutcome::kNotRunning;
   auto record = supervisor::ReadRecord(id);
   if (!record) return Fail(std::move(record).error());
-  if (auto made = MakePausedRoot(); !made) return Fail(std::move(made).error());
+  if (auto made = MakeStateSubdir(PausedRoot()); !made) return Fail(std::move(made).error());
   const std::string dir = PausedDir(id);
   (void)RemoveTree(dir);  // what a pause that died half way left
   if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
@@ -420,6 +485,71 @@ Result<std::optional<ApiSandbox>> SupervisorRegistry::Resume(const std::string& 
   // The restored VM maps the snapshot's memory copy-on-write: removing it is safe.
   (void)RemoveTree(PausedDir(id));
   return std::optional<ApiSandbox>(std::move(*claimed));
+}
+
+Result<std::optional<SnapshotInfo>> SupervisorRegistry::Snapshot(const std::string& id,
+                                                                 const std::string& name) {
+  std::lock_guard lock(mutex_);
+  auto sandbox = Get(id);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  if (!*sandbox) return std::optional<SnapshotInfo>();
+  if ((*sandbox)->state != "running") {
+    return Fail(Error::InvalidConfig(
+        "sandbox", fmt::format("sandbox {} is {}: only a running one can be snapshotted", id,
+                               (*sandbox)->state)));
+  }
+  SnapshotInfo info{.sandbox_id = id, .created_ms = NowMs()};
+  if (!name.empty()) {
+    if (auto valid = image::CheckName(name); !valid) {
+      return Fail(Error::InvalidConfig("name", valid.error().message()));
+    }
+    if (FindTemplate(name)) {
+      return Fail(Error::InvalidConfig("name", fmt::format("a template named '{}' exists", name)));
+    }
+    info.names.push_back(name);
+  }
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  if (auto made = MakeStateSubdir(SnapshotsRoot()); !made) return Fail(std::move(made).error());
+  auto suffix = NewAccessToken();
+  if (!suffix) return Fail(std::move(suffix).error());
+  info.id = std::string(kSnapshotIdPrefix) + suffix->substr(0, 12);
+  const std::string dir = SnapshotTemplateDir(info.id);
+  if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
+  auto undo = [&](Error error) {
+    (void)RemoveTree(dir);
+    return Fail(std::move(error).Context("snapshotting sandbox " + id));
+  };
+  auto saved = supervisor::SendControlRequest(
+      *record, {.op = supervisor::ControlRequest::Op::kSnapshot, .dir = dir + "/snapshot"});
+  if (!saved) return undo(std::move(saved).error());
+  if (auto written =
+          WriteStringToFile(dir + "/" + std::string(kTemplateFile),
+                            EncodeSnapshotInfo(info, (*sandbox)->cpu_count, (*sandbox)->memory_mb));
+      !written) {
+    return undo(std::move(written).error());
+  }
+  return std::optional<SnapshotInfo>(std::move(info));
+}
+
+Result<std::vector<SnapshotInfo>> SupervisorRegistry::Snapshots() {
+  std::vector<SnapshotInfo> out;
+  for (auto& [info, machine] : ReadSnapshotTemplates()) out.push_back(std::move(info));
+  return out;
+}
+
+Result<DeleteOutcome> SupervisorRegistry::DeleteTemplate(const std::string& id) {
+  std::lock_guard lock(mutex_);
+  for (const auto& [info, machine] : ReadSnapshotTemplates()) {
+    if (info.id != id && std::find(info.names.begin(), info.names.end(), id) == info.names.end()) {
+      continue;
+    }
+    if (auto removed = RemoveTree(SnapshotTemplateDir(info.id)); !removed) {
+      return Fail(std::move(removed).error());
+    }
+    return DeleteOutcome::kDeleted;
+  }
+  return FindTemplate(id) ? DeleteOutcome::kNotASnapshot : DeleteOutcome::kNotFound;
 }
 
 Result<std::shared_ptr<sandbox::Connection>> SupervisorRegistry::Connect(const std::string& id) {

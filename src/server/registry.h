@@ -59,12 +59,26 @@ struct TemplateInfo {
   std::string id;
   std::vector<std::string> aliases;
   std::string image;  // the Vessel image; empty: the minimal guest
+  // Set: a snapshot template: its sandboxes are restored from the snapshot in this
+  // directory, with its machine (image, CPUs, memory).
+  std::string snapshot_dir;
   uint32_t cpu_count = 1;
   uint32_t memory_mb = 0;
   int64_t created_ms = 0;
 };
 
 enum class PauseOutcome { kPaused, kNotFound, kAlreadyPaused, kNotRunning };
+
+// A snapshot of a sandbox kept as a template: a create that names it (by id or by one of
+// its names) restores it.
+struct SnapshotInfo {
+  std::string id;
+  std::vector<std::string> names;
+  std::string sandbox_id;  // the sandbox it was taken from
+  int64_t created_ms = 0;
+};
+
+enum class DeleteOutcome { kDeleted, kNotFound, kNotASnapshot };
 
 // Kinds of error: kInvalidConfig (subject "templateID") for an unknown template, other
 // kInvalidConfig for a request the sandbox's config refuses; the rest are the server's.
@@ -90,6 +104,14 @@ class Registry {
   // `timeout` from now. nullopt: no paused sandbox of that id.
   [[nodiscard]] virtual Result<std::optional<ApiSandbox>> Resume(const std::string& id,
                                                                  std::chrono::seconds timeout) = 0;
+  // Saves the running sandbox `id` as a new snapshot template, named `name` when not empty
+  // (kInvalidConfig subject "name" for a name that is not one or is taken); the sandbox
+  // runs on. nullopt: no such sandbox.
+  [[nodiscard]] virtual Result<std::optional<SnapshotInfo>> Snapshot(const std::string& id,
+                                                                     const std::string& name) = 0;
+  [[nodiscard]] virtual Result<std::vector<SnapshotInfo>> Snapshots() = 0;
+  // Deletes the snapshot template `id` (its id or a name); sandboxes restored from it run on.
+  [[nodiscard]] virtual Result<DeleteOutcome> DeleteTemplate(const std::string& id) = 0;
   // Sets its expiry; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) = 0;
   [[nodiscard]] virtual Result<std::vector<TemplateInfo>> Templates() = 0;
@@ -104,7 +126,8 @@ inline constexpr size_t kMaxPoolSize = 64;
 
 // Where the server keeps what outlives its sandboxes' VMs: $VESSEL_STATE_DIR, else
 // $XDG_STATE_HOME/vessel, else ~/.local/state/vessel. A paused sandbox is paused/<id>/ in
-// it: its snapshot and paused.json (what the API shows of it).
+// it: its snapshot and paused.json (what the API shows of it); a snapshot template is
+// snapshots/<id>/: its snapshot and template.json.
 std::string ServerStateDir();
 
 // The registry of this host's sandboxes, with warm pools: a create that asks for a
@@ -133,6 +156,10 @@ class SupervisorRegistry final : public Registry {
   Result<PauseOutcome> Pause(const std::string& id) override;
   Result<std::optional<ApiSandbox>> Resume(const std::string& id,
                                            std::chrono::seconds timeout) override;
+  Result<std::optional<SnapshotInfo>> Snapshot(const std::string& id,
+                                               const std::string& name) override;
+  Result<std::vector<SnapshotInfo>> Snapshots() override;
+  Result<DeleteOutcome> DeleteTemplate(const std::string& id) override;
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override;
   Result<std::vector<TemplateInfo>> Templates() override;
   Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;

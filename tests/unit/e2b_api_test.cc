@@ -67,6 +67,25 @@ class FakeRegistry final : public Registry {
     }
     return std::optional(std::move(children));
   }
+  Result<std::optional<SnapshotInfo>> Snapshot(const std::string& id,
+                                               const std::string& name) override {
+    if (!sandboxes.contains(id)) return std::optional<SnapshotInfo>();
+    if (name == "taken")
+      return Fail(Error::InvalidConfig("name", "a template named 'taken' exists"));
+    SnapshotInfo info{.id = fmt::format("snapshot-{:012x}", next_id++), .sandbox_id = id};
+    if (!name.empty()) info.names.push_back(name);
+    snapshots.push_back(info);
+    return std::optional(info);
+  }
+  Result<std::vector<SnapshotInfo>> Snapshots() override { return snapshots; }
+  Result<DeleteOutcome> DeleteTemplate(const std::string& id) override {
+    if (id == "base") return DeleteOutcome::kNotASnapshot;
+    auto it = std::find_if(snapshots.begin(), snapshots.end(),
+                           [&](const SnapshotInfo& s) { return s.id == id; });
+    if (it == snapshots.end()) return DeleteOutcome::kNotFound;
+    snapshots.erase(it);
+    return DeleteOutcome::kDeleted;
+  }
   Result<PauseOutcome> Pause(const std::string& id) override {
     auto it = sandboxes.find(id);
     if (it == sandboxes.end()) return PauseOutcome::kNotFound;
@@ -97,6 +116,7 @@ class FakeRegistry final : public Registry {
   }
 
   std::map<std::string, ApiSandbox> sandboxes;
+  std::vector<SnapshotInfo> snapshots;
   std::optional<NewSandbox> last_create;
   uint64_t next_id = 0xabc000;
 };
@@ -289,6 +309,35 @@ TEST_F(E2bApiTest, AnExpiredSandboxWithAutoPauseIsPausedNotKilled) {
   EXPECT_EQ(registry_.sandboxes.at(id).state, "paused");
   router_.control().ReapExpired();  // paused ones do not expire
   EXPECT_TRUE(registry_.sandboxes.contains(id));
+}
+
+TEST_F(E2bApiTest, SnapshotsAreMadeListedPagedAndDeleted) {
+  std::string id = CreateOne();
+  auto made = Call("POST", "/sandboxes/" + id + "/snapshots", R"({"name":"ready"})");
+  ASSERT_EQ(StatusOf(made), 201) << made;
+  EXPECT_EQ(JsonOf(made)["names"], json::array({"ready"}));
+  std::string first = JsonOf(made)["snapshotID"];
+  ASSERT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/snapshots")), 201);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/snapshots", R"({"name":"taken"})")), 400);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/" + id + "/snapshots", R"({"name":7})")), 400);
+  EXPECT_EQ(StatusOf(Call("POST", "/sandboxes/0123456789ab/snapshots", "{}")), 404);
+
+  EXPECT_EQ(JsonOf(Call("GET", "/snapshots")).size(), 2u);
+  EXPECT_EQ(JsonOf(Call("GET", "/snapshots?name=ready")).size(), 1u);
+  EXPECT_EQ(JsonOf(Call("GET", "/snapshots?sandboxID=" + id)).size(), 2u);
+  EXPECT_EQ(JsonOf(Call("GET", "/snapshots?sandboxID=0123456789ab")).size(), 0u);
+  auto page = Call("GET", "/snapshots?limit=1");
+  ASSERT_EQ(JsonOf(page).size(), 1u);
+  EXPECT_NE(page.find("X-Next-Token: " + first), std::string::npos) << page;
+  auto rest = JsonOf(Call("GET", "/snapshots?limit=1&nextToken=" + first));
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_NE(rest[0]["snapshotID"], first);
+  EXPECT_EQ(StatusOf(Call("GET", "/snapshots?limit=0")), 400);
+
+  EXPECT_EQ(StatusOf(Call("DELETE", "/templates/" + first)), 204);
+  EXPECT_EQ(StatusOf(Call("DELETE", "/templates/" + first)), 404);
+  EXPECT_EQ(StatusOf(Call("DELETE", "/templates/base")), 400);
+  EXPECT_EQ(JsonOf(Call("GET", "/snapshots")).size(), 1u);
 }
 
 TEST_F(E2bApiTest, AForkAnswersWithItsChildrenAndRefusesCountsOutOfRange) {
