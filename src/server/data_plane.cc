@@ -12,6 +12,7 @@
 #include <expected>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <thread>
 
 #include "sandbox/files.h"
 #include "sandbox/process.h"
@@ -305,6 +306,7 @@ void DataPlane::Handle(const Request& request, std::string_view sandbox_id,
   }
   std::string_view method = path.substr(kService.size());
   if (method == "Start") return Start(request, **sandbox, writer);
+  if (method == "Connect") return Connect(request, **sandbox, writer);
   Unary(method, request, **sandbox, writer);
 }
 
@@ -462,43 +464,160 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
   const Key key{sandbox.id, pid};
   {
     std::lock_guard lock(mutex_);
+    if (stopping_ || running_.size() >= kMaxRunningCommands) {
+      (void)running->process->Kill();
+      running->connection->Shutdown(Error::Backend("the command was refused"));
+      return finish(ConnectError{
+          "resource_exhausted",
+          fmt::format("{} commands run already: wait for one to end", kMaxRunningCommands)});
+    }
     running_[key] = running;
+    ++pumps_;
   }
-  auto send = [&](json event) {
-    return writer.Write(Envelope(0, Dump(EventMessage(std::move(event)))));
+  auto listener = std::make_shared<Listener>();
+  running->listeners.push_back(listener);  // before the pump publishes anything
+  std::thread([this, running, key] { Pump(running, key); }).detach();
+  Listen(*running, listener, pid, writer);
+}
+
+void DataPlane::Connect(const Request& request, const ApiSandbox& sandbox, ResponseWriter& writer) {
+  if (!writer.BeginStream(http::status::ok, kConnectJson)) return;
+  auto message = ParseEnvelope(request.body());
+  if (!message) return ReplyStreamEnd(writer, message.error());
+  auto pid = PidOf(*message);
+  if (!pid) {
+    return ReplyStreamEnd(
+        writer, ConnectError{"invalid_argument", "'process' must select a process by pid"});
+  }
+  auto running = Find(sandbox.id, *pid);
+  auto listener = std::make_shared<Listener>();
+  bool over = true;
+  if (running) {
+    std::lock_guard lock(running->mutex);
+    over = running->over;
+    if (!over) running->listeners.push_back(listener);
+  }
+  if (over) {
+    return ReplyStreamEnd(
+        writer, ConnectError{"not_found", fmt::format("process with pid {} not found", *pid)});
+  }
+  Listen(*running, listener, *pid, writer);
+}
+
+void DataPlane::Publish(Running& running, std::string envelope, bool last) {
+  std::lock_guard lock(running.mutex);
+  for (const auto& listener : running.listeners) {
+    if (listener->dropped || listener->closed) continue;
+    if (!last && listener->bytes + envelope.size() > kMaxListenerBacklog) {
+      listener->dropped = true;
+      continue;
+    }
+    listener->bytes += envelope.size();
+    listener->envelopes.push_back(envelope);
+    listener->closed = last;
+  }
+  if (last) running.over = true;
+  running.changed.notify_all();
+}
+
+void DataPlane::Pump(std::shared_ptr<Running> running, Key key) {
+  auto event_envelope = [](json event) {
+    return Envelope(0, Dump(EventMessage(std::move(event))));
   };
   std::optional<ConnectError> failure;
-  bool client_gone = !send({{"start", {{"pid", pid}}}});
-  while (!client_gone) {
-    auto event = running->process->NextEvent(kKeepAliveInterval);
-    if (!event) {
-      if (event.error().timed_out()) {
-        client_gone = writer.ClientGone() || !send({{"keepalive", json::object()}});
-        continue;
+  for (;;) {
+    {
+      std::lock_guard lock(mutex_);
+      if (stopping_) {
+        failure = ConnectError{"unavailable", "the server is stopping"};
+        (void)running->process->Kill();
+        break;
       }
+    }
+    // A short wait, to see the server stop.
+    auto event = running->process->NextEvent(std::chrono::seconds(1));
+    if (!event) {
+      if (event.error().timed_out()) continue;
       failure = FromError(event.error());
       break;
     }
     if (!*event) break;
     const ProcessEvent& e = **event;
     if (e.final()) {
-      client_gone = !send({{"end", EndEvent(e)}});
+      Publish(*running, event_envelope({{"end", EndEvent(e)}}));
       break;
     }
-    client_gone =
-        !send({{"data", {{StreamName(e.kind, running->terminal), Base64Encode(e.data)}}}});
+    Publish(*running,
+            event_envelope(
+                {{"data", {{StreamName(e.kind, running->terminal), Base64Encode(e.data)}}}}));
   }
   {
     std::lock_guard lock(mutex_);
     running_.erase(key);
   }
-  if (client_gone) {
-    // Nobody is left to hear of it: the command goes too.
-    (void)running->process->Kill();
-  } else {
-    finish(failure);
+  json end = json::object();
+  if (failure) end["error"] = ErrorJson(*failure);
+  Publish(*running, Envelope(kEndStreamFlag, Dump(end)), /*last=*/true);
+  running->connection->Shutdown(Error::Backend("the command ended"));
+  std::lock_guard lock(mutex_);
+  if (--pumps_ == 0) pumps_done_.notify_all();
+}
+
+void DataPlane::Listen(Running& running, const std::shared_ptr<Listener>& listener, int pid,
+                       ResponseWriter& writer) {
+  auto leave = [&] {
+    std::lock_guard lock(running.mutex);
+    std::erase(running.listeners, listener);
+  };
+  if (!writer.Write(Envelope(0, Dump(EventMessage({{"start", {{"pid", pid}}}}))))) return leave();
+  for (;;) {
+    std::deque<std::string> envelopes;
+    bool closed = false, dropped = false;
+    {
+      std::unique_lock lock(running.mutex);
+      running.changed.wait_for(lock, kKeepAliveInterval, [&] {
+        return !listener->envelopes.empty() || listener->dropped || listener->closed;
+      });
+      envelopes.swap(listener->envelopes);
+      listener->bytes = 0;
+      closed = listener->closed;
+      dropped = listener->dropped;
+    }
+    if (envelopes.empty() && !closed && !dropped) {
+      // Quiet for a while: a keepalive, which also finds a client that went away.
+      if (writer.ClientGone() ||
+          !writer.Write(Envelope(0, Dump(EventMessage({{"keepalive", json::object()}}))))) {
+        return leave();
+      }
+      continue;
+    }
+    for (const auto& envelope : envelopes) {
+      if (!writer.Write(envelope)) return leave();
+    }
+    if (closed) {
+      (void)writer.Finish();
+      return leave();
+    }
+    if (dropped) {
+      leave();
+      return ReplyStreamEnd(
+          writer, ConnectError{"resource_exhausted",
+                               fmt::format("this client fell more than {} MiB behind the "
+                                           "command's output; it runs on: connect to it again",
+                                           kMaxListenerBacklog >> 20)});
+    }
   }
-  running->connection->Shutdown(Error::Backend("the command's stream ended"));
+}
+
+void DataPlane::Stop() {
+  std::lock_guard lock(mutex_);
+  stopping_ = true;
+}
+
+DataPlane::~DataPlane() {
+  Stop();
+  std::unique_lock lock(mutex_);
+  pumps_done_.wait(lock, [&] { return pumps_ == 0; });
 }
 
 void DataPlane::Filesystem(std::string_view method, const Request& request,

@@ -91,6 +91,8 @@ Result<std::unique_ptr<Server>> Server::Start(const ServerOptions& options, Regi
 
 Server::~Server() {
   if (http_) http_->Stop();
+  // Before the connections' threads are joined: a stream waits for its command's events.
+  router_->StopCommands();
 }
 
 void Server::Run() {

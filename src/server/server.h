@@ -42,6 +42,8 @@ class Router final : public HttpHandler {
   size_t BodyLimit(const RequestHead& head) const override;
   void Handle(Request& request, ResponseWriter& writer) override;
   ControlPlane& control() { return control_; }
+  // Kills the commands the data plane runs, so that their streams end.
+  void StopCommands() { data_.Stop(); }
 
  private:
   ControlPlane control_;

@@ -3,6 +3,7 @@
 // killed, stdin, and the sandbox's access token.
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
+import { readFileSync } from 'node:fs'
 import { CommandExitError, Sandbox } from 'e2b'
 import { startServer } from './harness.mjs'
 
@@ -74,4 +75,70 @@ test('the data plane needs the sandbox access token', async () => {
     assert.match(String(e), /unauthenticated|401|X-Access-Token/i)
     return true
   })
+})
+
+test('a command runs on when its client disconnects, and connect attaches to it again', async () => {
+  const cmd = await sbx.commands.run('for i in $(seq 1 40); do echo line-$i; sleep 0.1; done; exit 4', {
+    background: true,
+  })
+  await cmd.disconnect()
+  const first = []
+  const second = []
+  const a = await sbx.commands.connect(cmd.pid, { onStdout: (d) => first.push(d) })
+  const b = await sbx.commands.connect(cmd.pid, { onStdout: (d) => second.push(d) })
+  for (const handle of [a, b]) {
+    await assert.rejects(handle.wait(), (e) => {
+      assert.ok(e instanceof CommandExitError, String(e))
+      assert.equal(e.exitCode, 4)
+      return true
+    })
+  }
+  // Both listeners heard the end of it, in order.
+  for (const heard of [first.join(''), second.join('')]) {
+    assert.ok(heard.endsWith('line-40\n'), heard)
+    const numbers = heard.trim().split('\n').map((l) => Number(l.slice('line-'.length)))
+    numbers.forEach((n, i) => i === 0 || assert.equal(n, numbers[i - 1] + 1))
+  }
+  // Once it has ended there is nothing to connect to.
+  await assert.rejects(sbx.commands.connect(cmd.pid), /not found/)
+})
+
+test('a client that reads nothing of a flood is dropped; the server stays small, the command ends', async (t) => {
+  const rssMiB = () =>
+    Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${server.pid}/status`, 'utf8'))[1]) / 1024
+  const detail = await (
+    await fetch(`${server.url}/sandboxes/${sbx.sandboxId}`, { headers: { 'X-API-Key': server.key } })
+  ).json()
+  const before = rssMiB()
+  // 40 MiB of output, 53 MiB as events: over three times what one listener may fall behind.
+  const message = Buffer.from(
+    JSON.stringify({
+      process: { cmd: '/bin/sh', args: ['-c', 'head -c 41943040 /dev/zero; echo > /tmp/flood-done'] },
+    }),
+  )
+  const envelope = Buffer.concat([Buffer.from([0, 0, 0, 0, 0]), message])
+  envelope.writeUInt32BE(message.length, 1)
+  const abort = new AbortController()
+  const response = await fetch(`${server.url}/process.Process/Start`, {
+    method: 'POST',
+    headers: {
+      'Content-Type': 'application/connect+json',
+      'E2b-Sandbox-Id': sbx.sandboxId,
+      'X-Access-Token': detail.envdAccessToken,
+    },
+    body: envelope,
+    signal: abort.signal,
+  })
+  assert.equal(response.status, 200)
+  let peak = before
+  let done = false
+  for (let waited = 0; !done && waited < 120_000; waited += 500) {
+    await new Promise((resolve) => setTimeout(resolve, 500))
+    peak = Math.max(peak, rssMiB())
+    done = (await sbx.commands.run('test -f /tmp/flood-done && echo yes || true')).stdout === 'yes\n'
+  }
+  abort.abort()
+  assert.ok(done, 'the command ran to its end with nobody reading it')
+  t.diagnostic(`vessel serve grew by ${(peak - before).toFixed(1)} MiB at most`)
+  assert.ok(peak - before < 48, `vessel serve grew by ${peak - before} MiB`)
 })

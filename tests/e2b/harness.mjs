@@ -30,6 +30,7 @@ export async function startServer({ configDir, args = [] } = {}) {
     url,
     key,
     configDir: dir,
+    pid: child.pid,
     opts: { apiKey: key, apiUrl: url, sandboxUrl: url, requestTimeoutMs: 120_000 },
     log: () => log,
     // SIGTERM, as an operator stops it; resolves with how it exited.

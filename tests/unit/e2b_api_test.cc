@@ -518,9 +518,20 @@ TEST_F(DataPlaneTest, UnaryCallsNameWhatIsMissing) {
   EXPECT_EQ(
       StatusOf(call("Update", R"({"process":{"pid":77},"pty":{"size":{"cols":1,"rows":1}}})")),
       404);
-  auto connect = call("Connect", R"({"process":{"pid":77}})");
-  EXPECT_EQ(StatusOf(connect), 404);
-  EXPECT_EQ(JsonOf(connect)["code"], "unimplemented");
+  auto stream_input = call("StreamInput", R"({"process":{"pid":77}})");
+  EXPECT_EQ(StatusOf(stream_input), 404);
+  EXPECT_EQ(JsonOf(stream_input)["code"], "unimplemented");
+  // Connect is a stream: what is wrong comes in its end message.
+  auto connect = [&](std::string body) {
+    return Data(id, token, "POST", "/process.Process/Connect", "application/connect+json", body);
+  };
+  auto missing = connect(Envelope(R"({"process":{"pid":77}})"));
+  EXPECT_EQ(StatusOf(missing), 200);
+  EXPECT_NE(missing.find("process with pid 77 not found"), std::string::npos) << missing;
+  for (std::string bad : {Envelope(R"({"process":{}})"), Envelope("{}"), std::string("\x01")}) {
+    auto refused = connect(bad);
+    EXPECT_NE(refused.find(R"("code":"invalid_argument")"), std::string::npos) << refused;
+  }
 }
 
 TEST(Base64Test, RoundTripsAndRefusesWhatIsNotBase64) {
