@@ -81,6 +81,25 @@ ApiResult<json> ParseObject(const Request& request) {
   return body;
 }
 
+// A body that may be absent: {} then.
+ApiResult<json> OptionalObject(const Request& request) {
+  if (request.body().empty()) return json::object();
+  return ParseObject(request);
+}
+
+// The seconds a sandbox lives when a request does not say.
+constexpr int64_t kDefaultTimeout = kDefaultSandboxTimeout.count();
+
+// A `limit` query parameter: 1 to kMaxPageSize.
+ApiResult<size_t> PageLimit(std::string_view value) {
+  unsigned n = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxPageSize) {
+    return std::unexpected(BadRequest(fmt::format("'limit' must be 1 to {}", kMaxPageSize)));
+  }
+  return n;
+}
+
 ApiResult<int64_t> IntegerField(const json& body, const char* field, int64_t min, int64_t max) {
   const json& value = body.at(field);
   if (!value.is_number_integer()) {
@@ -93,6 +112,13 @@ ApiResult<int64_t> IntegerField(const json& body, const char* field, int64_t min
         BadRequest(fmt::format("'{}' must be between {} and {}, not {}", field, min, max, n)));
   }
   return n;
+}
+
+// `field` of `body` in min..max when it is there and not null, else `fallback`.
+ApiResult<int64_t> OptionalInteger(const json& body, const char* field, int64_t min, int64_t max,
+                                   int64_t fallback) {
+  if (!body.contains(field) || body.at(field).is_null()) return fallback;
+  return IntegerField(body, field, min, max);
 }
 
 ApiResult<std::map<std::string, std::string>> StringMap(const json& body, const char* field) {
@@ -285,12 +311,9 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
       if (name == "name") name_filter = value;
       if (name == "nextToken") after = value;
       if (name == "limit") {
-        unsigned n = 0;
-        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-        if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxPageSize) {
-          return fail(BadRequest(fmt::format("'limit' must be 1 to {}", kMaxPageSize)));
-        }
-        limit = n;
+        auto n = PageLimit(value);
+        if (!n) return fail(n.error());
+        limit = *n;
       }
     }
     auto snapshots = registry_.Snapshots();
@@ -386,12 +409,9 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
           start = comma + 1;
         }
       } else if (name == "limit") {
-        unsigned n = 0;
-        auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
-        if (ec != std::errc() || end != value.data() + value.size() || n < 1 || n > kMaxPageSize) {
-          return fail(BadRequest(fmt::format("'limit' must be 1 to {}", kMaxPageSize)));
-        }
-        limit = n;
+        auto n = PageLimit(value);
+        if (!n) return fail(n.error());
+        limit = *n;
       } else if (name == "nextToken") {
         after = value;
       }
@@ -481,37 +501,29 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
   }
   if (method == http::verb::post && action == "resume") {
     // The legacy resume: {"timeout": seconds}; a running sandbox is a conflict.
-    std::chrono::seconds timeout = NewSandbox{}.timeout;
-    if (!request.body().empty()) {
-      auto body = ParseObject(request);
-      if (!body) return fail(body.error());
-      if (body->contains("timeout") && !(*body)["timeout"].is_null()) {
-        auto n = IntegerField(*body, "timeout", 0, kMaxTimeoutSeconds);
-        if (!n) return fail(n.error());
-        timeout = std::chrono::seconds(*n);
-      }
-    }
+    auto body = OptionalObject(request);
+    if (!body) return fail(body.error());
+    auto timeout = OptionalInteger(*body, "timeout", 0, kMaxTimeoutSeconds, kDefaultTimeout);
+    if (!timeout) return fail(timeout.error());
     auto sandbox = registry_.Get(sandbox_id);
     if (!sandbox) return fail(FromError(sandbox.error()));
     if (!*sandbox) return fail(NotFound(id));
     if ((*sandbox)->state != "paused") {
       return fail({status::conflict, fmt::format("sandbox {} is not paused", id)});
     }
-    auto resumed = registry_.Resume(sandbox_id, timeout);
+    auto resumed = registry_.Resume(sandbox_id, std::chrono::seconds(*timeout));
     if (!resumed) return fail(FromError(resumed.error()));
     if (!*resumed) return fail(NotFound(id));
     return Reply(writer, status::created, SandboxJson(**resumed));
   }
   if (method == http::verb::post && action == "snapshots") {
     // {"name": optional}: the sandbox as it is now, kept as a template; it runs on.
+    auto body = OptionalObject(request);
+    if (!body) return fail(body.error());
     std::string name;
-    if (!request.body().empty()) {
-      auto body = ParseObject(request);
-      if (!body) return fail(body.error());
-      if (body->contains("name") && !(*body)["name"].is_null()) {
-        if (!(*body)["name"].is_string()) return fail(BadRequest("'name' must be a string"));
-        name = (*body)["name"].get<std::string>();
-      }
+    if (body->contains("name") && !(*body)["name"].is_null()) {
+      if (!(*body)["name"].is_string()) return fail(BadRequest("'name' must be a string"));
+      name = (*body)["name"].get<std::string>();
     }
     auto snapshot = registry_.Snapshot(sandbox_id, name);
     if (!snapshot) return fail(FromError(snapshot.error()));
@@ -521,23 +533,14 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
   }
   if (method == http::verb::post && action == "fork") {
     // {"count": N (default 1), "timeout": seconds}: N copies of the sandbox as it is now.
-    int64_t count = 1;
-    std::chrono::seconds timeout = NewSandbox{}.timeout;  // a create's default
-    if (!request.body().empty()) {
-      auto body = ParseObject(request);
-      if (!body) return fail(body.error());
-      if (body->contains("count") && !(*body)["count"].is_null()) {
-        auto n = IntegerField(*body, "count", 1, kMaxForks);
-        if (!n) return fail(n.error());
-        count = *n;
-      }
-      if (body->contains("timeout") && !(*body)["timeout"].is_null()) {
-        auto n = IntegerField(*body, "timeout", 0, kMaxTimeoutSeconds);
-        if (!n) return fail(n.error());
-        timeout = std::chrono::seconds(*n);
-      }
-    }
-    auto children = registry_.Fork(sandbox_id, static_cast<uint32_t>(count), timeout);
+    auto body = OptionalObject(request);
+    if (!body) return fail(body.error());
+    auto count = OptionalInteger(*body, "count", 1, kMaxForks, 1);
+    if (!count) return fail(count.error());
+    auto timeout = OptionalInteger(*body, "timeout", 0, kMaxTimeoutSeconds, kDefaultTimeout);
+    if (!timeout) return fail(timeout.error());
+    auto children =
+        registry_.Fork(sandbox_id, static_cast<uint32_t>(*count), std::chrono::seconds(*timeout));
     if (!children) return fail(FromError(children.error()));
     if (!*children) return fail(NotFound(id));
     json out = json::array();
@@ -567,7 +570,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     if (action == "connect" && (*sandbox)->state == "paused") {
       // Connecting to a paused sandbox resumes it: 201, as E2B answers.
       auto resumed = registry_.Resume(
-          sandbox_id, seconds ? std::chrono::seconds(*seconds) : NewSandbox{}.timeout);
+          sandbox_id, seconds ? std::chrono::seconds(*seconds) : kDefaultSandboxTimeout);
       if (!resumed) return fail(FromError(resumed.error()));
       if (!*resumed) return fail(NotFound(id));
       return Reply(writer, status::created, SandboxJson(**resumed));

@@ -45,9 +45,12 @@ struct ApiSandbox {
   ApiAttributes attributes;
 };
 
+// How long a sandbox lives when its create does not say (E2B's SDK's default too).
+inline constexpr std::chrono::seconds kDefaultSandboxTimeout{300};
+
 struct NewSandbox {
   std::string template_id;
-  std::chrono::seconds timeout{300};
+  std::chrono::seconds timeout = kDefaultSandboxTimeout;
   std::map<std::string, std::string> metadata;
   std::map<std::string, std::string> env_vars;
   std::optional<uint32_t> cpu_count;
