@@ -1,8 +1,9 @@
 // `vessel serve` through the e2b SDK, against the C++ API, in one run (bench/run api):
 //   create -> first command done, cold and from a warm pool (vessel serve --pool);
 //   a command's round trip through the API, and through the C++ API (vessel_bench);
-//   32 concurrent SDK clients running commands on 4 sandboxes: throughput and p99.
-// Usage: bench/run api [--cold N] [--exec N] [--clients N] [--per-client N]
+//   32 concurrent SDK clients running commands on 4 sandboxes: throughput and p99;
+//   pause, resume (connect) -> first command, and fork -> first command in the copy.
+// Usage: bench/run api [--cold N] [--exec N] [--clients N] [--per-client N] [--lifecycle N]
 import { execFileSync } from 'node:child_process'
 import { Sandbox } from 'e2b'
 import { startServer } from './harness.mjs'
@@ -16,6 +17,7 @@ const cold = option('--cold', 8)
 const execs = option('--exec', 50)
 const clients = option('--clients', 32)
 const perClient = option('--per-client', 10)
+const lifecycle = option('--lifecycle', 5)
 
 function stats(values) {
   const sorted = [...values].sort((a, b) => a - b)
@@ -97,6 +99,33 @@ try {
   row(`API: ${clients} clients x ${perClient} commands on 4 sandboxes`, conc)
   await Promise.all(shared.map((s) => s.kill()))
 
+  // Pause and resume one sandbox, and fork it, a few times.
+  const cycled = await Sandbox.create('minimal', opts)
+  const pauses = []
+  const resumes = []
+  const forks = []
+  for (let i = 0; i < lifecycle; ++i) {
+    let t = performance.now()
+    await cycled.pause()
+    pauses.push(performance.now() - t)
+    t = performance.now()
+    const resumed = await Sandbox.connect(cycled.sandboxId, opts)
+    await resumed.commands.run('true')
+    resumes.push(performance.now() - t)
+    t = performance.now()
+    const [copy] = await cycled.fork({ count: 1 })
+    await copy.commands.run('true')
+    forks.push(performance.now() - t)
+    await copy.kill()
+  }
+  await cycled.kill()
+  const pause_ = stats(pauses)
+  const resume_ = stats(resumes)
+  const fork_ = stats(forks)
+  row('API: pause (snapshot to disk, VM stopped)', pause_)
+  row('API: connect to a paused sandbox -> first command done', resume_)
+  row('API: fork(1) -> first command done in the copy', fork_)
+
   // The C++ API's round trip, measured by vessel_bench in this same run.
   const benchBin = process.env.VESSEL_BENCH_BIN
   let cpp
@@ -121,6 +150,9 @@ try {
   console.log(`  ${clients} concurrent clients: ${(latencies.length / elapsed).toFixed(1)} commands/s, ` +
               `p99 ${cell(conc.p99)} ms, median ${cell(conc.median)} ms`)
   console.log(`  create -> first command, cold / warm pool: ${(cold_.median / warm_.median).toFixed(1)}x median`)
+  console.log(`  resume -> first command / cold create -> first command: ` +
+              `${(resume_.median / cold_.median).toFixed(2)}x median; fork: ` +
+              `${(fork_.median / cold_.median).toFixed(2)}x`)
 } finally {
   await server.stop()
 }

@@ -7,6 +7,7 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cstring>
 #include <ctime>
 #include <expected>
@@ -173,21 +174,15 @@ std::string_view StreamName(ProcessEvent::Kind kind, bool terminal) {
   return kind == ProcessEvent::Kind::kStderr ? "stderr" : "stdout";
 }
 
+// The end event of a command that exited or was signaled (one that timed out ends its
+// stream with deadline_exceeded instead).
 json EndEvent(const ProcessEvent& event) {
-  switch (event.kind) {
-    case ProcessEvent::Kind::kExited:
-      return {{"exitCode", event.code},
-              {"exited", true},
-              {"status", fmt::format("exit status {}", event.code)}};
-    case ProcessEvent::Kind::kSignaled:
-      return {
-          {"exitCode", -1}, {"exited", false}, {"status", fmt::format("signal: {}", event.code)}};
-    default:
-      return {{"exitCode", -1},
-              {"exited", false},
-              {"status", "timed out"},
-              {"error", "the command's timeout passed and it was killed"}};
+  if (event.kind == ProcessEvent::Kind::kExited) {
+    return {{"exitCode", event.code},
+            {"exited", true},
+            {"status", fmt::format("exit status {}", event.code)}};
   }
+  return {{"exitCode", -1}, {"exited", false}, {"status", fmt::format("signal: {}", event.code)}};
 }
 
 // Relative paths are taken from the guest's root, where commands start.
@@ -441,6 +436,17 @@ void DataPlane::Start(const Request& request, const ApiSandbox& sandbox, Respons
   for (const auto& [key, value] : running->envs) environment[key] = value;
   for (const auto& [key, value] : environment) options.env.push_back(key + "=" + value);
   options.cwd = running->cwd;
+  // The client's deadline (the SDK's timeoutMs) is the command's: it is killed then, and
+  // its stream ends with deadline_exceeded.
+  if (auto deadline = Sv(request["Connect-Timeout-Ms"]); !deadline.empty()) {
+    uint64_t ms = 0;
+    auto [end, ec] = std::from_chars(deadline.data(), deadline.data() + deadline.size(), ms);
+    if (ec != std::errc() || end != deadline.data() + deadline.size() || ms > UINT32_MAX) {
+      return finish(ConnectError{"invalid_argument",
+                                 "Connect-Timeout-Ms must be milliseconds, at most 2^32 - 1"});
+    }
+    if (ms > 0) options.timeout = std::chrono::milliseconds(ms);
+  }
   if (open_stdin) options.stdin_data = std::string();
   std::vector<std::string> argv = {running->cmd};
   argv.insert(argv.end(), running->args.begin(), running->args.end());
@@ -543,6 +549,12 @@ void DataPlane::Pump(std::shared_ptr<Running> running, Key key) {
     }
     if (!*event) break;
     const ProcessEvent& e = **event;
+    if (e.kind == ProcessEvent::Kind::kTimedOut) {
+      failure =
+          ConnectError{"deadline_exceeded",
+                       "the command ran past its timeout (Connect-Timeout-Ms) and was killed"};
+      break;
+    }
     if (e.final()) {
       Publish(*running, event_envelope({{"end", EndEvent(e)}}));
       break;

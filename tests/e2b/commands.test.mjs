@@ -4,7 +4,7 @@
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
 import { readFileSync } from 'node:fs'
-import { CommandExitError, Sandbox } from 'e2b'
+import { CommandExitError, Sandbox, TimeoutError } from 'e2b'
 import { startServer } from './harness.mjs'
 
 let server
@@ -48,6 +48,22 @@ test('a background command is listed and killed', async () => {
   assert.equal(await bg.kill(), true)
   await assert.rejects(bg.wait(), CommandExitError)
   assert.equal(await sbx.commands.kill(bg.pid), false)
+})
+
+test('a command past its timeoutMs is killed and raises TimeoutError', async () => {
+  const started = Date.now()
+  await assert.rejects(sbx.commands.run('echo begun; sleep 600', { timeoutMs: 1_500 }), (e) => {
+    assert.ok(e instanceof TimeoutError, String(e))
+    return true
+  })
+  assert.ok(Date.now() - started < 30_000)
+  // Killed in the sandbox too, not only given up on by the client.
+  let left = true
+  for (let waited = 0; left && waited < 30_000; waited += 250) {
+    left = (await sbx.commands.list()).some((p) => p.args.at(-1) === 'echo begun; sleep 600')
+    if (left) await new Promise((resolve) => setTimeout(resolve, 250))
+  }
+  assert.equal(left, false, 'the command outlived its timeout')
 })
 
 test('stdin reaches a command and closing it ends the input', async () => {
