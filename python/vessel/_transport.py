@@ -123,9 +123,13 @@ class DataPlane:
     def stream(
         self, method: str, message: dict[str, Any], timeout: float | None
     ) -> Iterator[dict[str, Any]]:
-        """A server-streaming Connect call: its events, until the end of the stream."""
+        """A server-streaming Connect call: its events, until the end of the stream. With
+        ``timeout`` (seconds) the server ends it then with deadline_exceeded; for Start it
+        kills the command."""
         payload = json.dumps(message).encode()
         headers = dict(self._headers, **{"Content-Type": "application/connect+json"})
+        if timeout:
+            headers["Connect-Timeout-Ms"] = str(max(1, int(timeout * 1000)))
         # Keepalives come every 30 s: a read that waits longer than that finds a dead server.
         response = self._transport.request(
             "POST", "/" + method, struct.pack(">BI", 0, len(payload)) + payload, headers, 90

@@ -254,10 +254,11 @@ class Commands:
     ) -> CommandResult | CommandHandle:
         """Runs ``cmd`` with ``/bin/bash -l -c`` (sh where the guest has no bash).
 
-        In the foreground it returns the result once the command ends (``timeout`` seconds
-        at most, None for none: then it is killed and TimeoutException raised); with
-        ``check`` a non-zero exit raises CommandExitException. With ``background`` it
-        returns a CommandHandle at once. ``stdin`` keeps its stdin open for send_stdin().
+        The command is killed ``timeout`` seconds after it starts (None: never), in the
+        foreground or not, and TimeoutException raised. In the foreground it returns the
+        result once the command ends; with ``check`` a non-zero exit raises
+        CommandExitException. With ``background`` it returns a CommandHandle at once.
+        ``stdin`` keeps its stdin open for send_stdin().
         """
         message: dict[str, Any] = {
             "process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd], "envs": envs or {}},
@@ -265,10 +266,11 @@ class Commands:
         }
         if cwd:
             message["process"]["cwd"] = cwd
-        events = self._data.stream("process.Process/Start", message, None)
+        # The server kills the command at its timeout; wait() gives it a little longer.
+        events = self._data.stream("process.Process/Start", message, timeout)
         pid = _started(events)
         handle = CommandHandle(self, events, pid, on_stdout, on_stderr, check)
-        return handle if background else handle.wait(timeout)
+        return handle if background else handle.wait(None if timeout is None else timeout + 30)
 
     def connect(
         self,
