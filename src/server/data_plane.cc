@@ -532,13 +532,10 @@ void DataPlane::Pump(std::shared_ptr<Running> running, Key key) {
   };
   std::optional<ConnectError> failure;
   for (;;) {
-    {
-      std::lock_guard lock(mutex_);
-      if (stopping_) {
-        failure = ConnectError{"unavailable", "the server is stopping"};
-        (void)running->process->Kill();
-        break;
-      }
+    if (stopping_) {
+      failure = ConnectError{"unavailable", "the server is stopping"};
+      (void)running->process->Kill();
+      break;
     }
     // A short wait, to see the server stop.
     auto event = running->process->NextEvent(std::chrono::seconds(1));
@@ -622,7 +619,7 @@ void DataPlane::Listen(Running& running, const std::shared_ptr<Listener>& listen
 }
 
 void DataPlane::Stop() {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(mutex_);  // so that no Start registers a command after it
   stopping_ = true;
 }
 

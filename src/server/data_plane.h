@@ -14,6 +14,7 @@
 // the server stops.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <map>
@@ -99,7 +100,7 @@ class DataPlane {
   std::condition_variable pumps_done_;
   std::map<Key, std::shared_ptr<Running>> running_;
   size_t pumps_ = 0;  // threads in Pump
-  bool stopping_ = false;
+  std::atomic<bool> stopping_ = false;  // read by each pump without the lock
 };
 
 // Base64 (RFC 4648, with padding), as proto3 JSON writes bytes; Decode accepts the

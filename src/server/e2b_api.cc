@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "server/query.h"
+#include "supervisor/state.h"
 #include "vessel/sandbox.h"
 
 namespace vessel::server {
@@ -231,12 +232,6 @@ json DetailJson(const ApiSandbox& s) {
                       {"onTimeout", s.attributes.auto_pause ? "pause" : "kill"}};
   if (!s.attributes.access_token.empty()) out["envdAccessToken"] = s.attributes.access_token;
   return out;
-}
-
-// Sandbox ids are the engine's hex; anything else names none.
-bool LooksLikeId(std::string_view id) {
-  return !id.empty() && id.size() <= 64 &&
-         std::all_of(id.begin(), id.end(), [](char c) { return HexValue(c).has_value(); });
 }
 
 ApiError NotFound(std::string_view id) {
@@ -468,7 +463,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
   std::string_view id = rest.substr(0, rest.find('/'));
   std::string_view action =
       rest.size() > id.size() ? rest.substr(id.size() + 1) : std::string_view();
-  if (!LooksLikeId(id)) return fail(NotFound(id));
+  if (!supervisor::IsSandboxId(id)) return fail(NotFound(id));
   std::string sandbox_id(id);
 
   if (action.empty() && method == http::verb::get) {

@@ -42,12 +42,6 @@ constexpr uint32_t kImageMemoryMb = 512;
 constexpr std::string_view kPausedFile = "paused.json";
 constexpr std::string_view kPausedSnapshot = "snapshot";
 
-bool IsHexId(std::string_view id) {
-  return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-  });
-}
-
 std::string PausedRoot() { return ServerStateDir() + "/paused"; }
 std::string PausedDir(const std::string& id) { return PausedRoot() + "/" + id; }
 std::string SnapshotsRoot() { return ServerStateDir() + "/snapshots"; }
@@ -82,7 +76,8 @@ std::vector<std::pair<SnapshotInfo, TemplateInfo>> ReadSnapshotTemplates() {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(SnapshotsRoot(), ec)) {
     std::string id = entry.path().filename();
-    if (!id.starts_with(kSnapshotIdPrefix) || !IsHexId(id.substr(kSnapshotIdPrefix.size()))) {
+    if (!id.starts_with(kSnapshotIdPrefix) ||
+        !supervisor::IsSandboxId(id.substr(kSnapshotIdPrefix.size()))) {
       continue;
     }
     auto text = ReadFileToString(SnapshotTemplateDir(id) + "/" + std::string(kTemplateFile),
@@ -123,7 +118,7 @@ std::string EncodePaused(const ApiSandbox& s) {
 // The paused sandbox `id`; nullopt when there is none.
 Result<std::optional<ApiSandbox>> ReadPaused(const std::string& id) {
   using Paused = std::optional<ApiSandbox>;
-  if (!IsHexId(id)) return Paused();
+  if (!supervisor::IsSandboxId(id)) return Paused();
   auto text = ReadFileToString(PausedDir(id) + "/" + std::string(kPausedFile), kMaxAttributesFile);
   if (!text) {
     int e = text.error().errno_value();
@@ -165,7 +160,7 @@ std::vector<std::string> PausedIds() {
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(PausedRoot(), ec)) {
     std::string name = entry.path().filename();
-    if (IsHexId(name)) ids.push_back(std::move(name));
+    if (supervisor::IsSandboxId(name)) ids.push_back(std::move(name));
   }
   return ids;
 }

@@ -74,6 +74,12 @@ Result<pid_t> PeerOfThisUser(int fd) {
   }
   return peer.pid;
 }
+bool IsSandboxId(std::string_view id) {
+  return !id.empty() && id.size() <= 64 && std::all_of(id.begin(), id.end(), [](char c) {
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+  });
+}
+
 std::string StateDir(const std::string& id) { return SandboxesDir() + "/" + id; }
 std::string ControlSocketPath(const std::string& id) { return StateDir(id) + "/control.sock"; }
 std::string SupervisorLogPath(const std::string& id) { return StateDir(id) + "/supervisor.log"; }

@@ -13,11 +13,12 @@
 // its children from: hidden from `ls`, and gone once the children run.
 #pragma once
 
-#include <cstdint>
 #include <sys/types.h>
 
+#include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -36,6 +37,9 @@ std::string SandboxesDir();
 // state goes through it first: state in a directory another user controls is never
 // trusted.
 [[nodiscard]] Result<std::string> PrivateSandboxesDir(bool create);
+// Whether `id` can be a sandbox's id: 1 to 64 lowercase hex digits, as the engines make
+// them. Anything else names no sandbox, and never reaches a path.
+bool IsSandboxId(std::string_view id);
 std::string StateDir(const std::string& id);
 std::string ControlSocketPath(const std::string& id);
 std::string SupervisorLogPath(const std::string& id);

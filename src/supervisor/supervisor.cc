@@ -196,10 +196,9 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
     } else if (key == "forked_from") {
       config.forked_from = text_value;
     } else if (key == "id") {
-      bool hex = std::all_of(text_value.begin(), text_value.end(), [](char c) {
-        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
-      });
-      if (text_value.size() > 64 || !hex) return Fail(BadConfig("id wants up to 64 hex digits"));
+      if (!text_value.empty() && !IsSandboxId(text_value)) {
+        return Fail(BadConfig("id wants up to 64 hex digits, or none"));
+      }
       config.id = text_value;
     } else if (key == "engine") {
       if (text_value == "auto") {

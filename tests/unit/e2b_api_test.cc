@@ -13,6 +13,8 @@
 #include "server/data_plane.h"
 #include "server/server.h"
 #include "server_test_support.h"
+#include "supervisor/state.h"
+#include "supervisor/supervisor.h"
 
 namespace vessel::server {
 namespace {
@@ -593,3 +595,31 @@ TEST(ServerOptionsTest, TheApiKeyIsMadeOnceAndPrivate) {
 
 }  // namespace
 }  // namespace vessel::server
+
+namespace vessel::supervisor {
+namespace {
+
+TEST(SandboxIdTest, OnlyLowercaseHexOfOneTo64Digits) {
+  EXPECT_TRUE(IsSandboxId("0123456789ab"));
+  EXPECT_TRUE(IsSandboxId(std::string(64, 'f')));
+  for (std::string bad : {std::string(), std::string(65, 'a'), std::string("ABCDEF"),
+                          std::string("../etc"), std::string("12 34"), std::string("g")}) {
+    EXPECT_FALSE(IsSandboxId(bad)) << bad;
+  }
+}
+
+TEST(SandboxIdTest, ASupervisorConfigTakesAnIdOrNone) {
+  SupervisorConfig config{.ready_fd = 3};
+  auto none = ParseSupervisorConfig(EncodeSupervisorConfig(config));
+  ASSERT_TRUE(none.has_value()) << none.error().ToString();
+  EXPECT_EQ(none->id, "");
+  config.id = "00ff00ff00ff";
+  auto given = ParseSupervisorConfig(EncodeSupervisorConfig(config));
+  ASSERT_TRUE(given.has_value()) << given.error().ToString();
+  EXPECT_EQ(given->id, "00ff00ff00ff");
+  config.id = "../other";
+  EXPECT_FALSE(ParseSupervisorConfig(EncodeSupervisorConfig(config)).has_value());
+}
+
+}  // namespace
+}  // namespace vessel::supervisor
