@@ -287,6 +287,9 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
                     "a warm one (repeatable)")
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
 
+  auto* mcp = app.add_subcommand(
+      "mcp", "an MCP server on stdin and stdout, for agents that spawn one (docs/mcp.md)");
+
   SuperviseArgs supervise_args;
   // Hidden: started by create, restore and fork.
   auto* supervise = app.add_subcommand("__supervise")->group("");
@@ -337,6 +340,7 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
     if (image_ls->parsed()) return image_list_args;
     if (image_rm->parsed()) return image_rm_args;
     if (serve->parsed()) return serve_args;
+    if (mcp->parsed()) return McpArgs{};
     if (supervise->parsed()) return supervise_args;
     throw CLI::CallForHelp();
   } catch (const CLI::CallForHelp&) {

@@ -82,6 +82,8 @@ struct ServeArgs {
   std::string api_key_file;               // empty: <config dir>/api-key
   std::vector<std::string> pools;         // TEMPLATE=N
 };
+// `vessel mcp`: the MCP server on stdin and stdout.
+struct McpArgs {};
 // The hidden command that runs a supervisor (supervisor/launch.h).
 struct SuperviseArgs {
   std::string config;  // JSON
@@ -94,7 +96,7 @@ struct HelpArgs {
 using Invocation = std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs,
                                 SnapshotArgs, VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs,
                                 DoctorArgs, ImageBuildArgs, ImageImportArgs, ImageListArgs,
-                                ImageRemoveArgs, ServeArgs, SuperviseArgs, HelpArgs>;
+                                ImageRemoveArgs, ServeArgs, McpArgs, SuperviseArgs, HelpArgs>;
 
 // A command line that makes no sense: what is wrong, and the usage of the command it
 // tried (the whole program's when none).

@@ -45,5 +45,6 @@ int ImageImport(const ImageImportArgs& args);
 int ImageList(const ImageListArgs& args);
 int ImageRemove(const ImageRemoveArgs& args);
 int Serve(const ServeArgs& args);
+int Mcp();
 
 }  // namespace vessel::cli

@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
                         [](const cli::ImageListArgs& a) { return cli::ImageList(a); },
                         [](const cli::ImageRemoveArgs& a) { return cli::ImageRemove(a); },
                         [](const cli::ServeArgs& a) { return cli::Serve(a); },
+                        [](const cli::McpArgs&) { return cli::Mcp(); },
                         [](const cli::SuperviseArgs& a) { return cli::Supervise(a); },
                         [](const cli::HelpArgs& a) {
                           std::cout << a.text;
