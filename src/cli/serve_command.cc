@@ -61,6 +61,7 @@ int Serve(const ServeArgs& args) {
   std::string host =
       options.host.find(':') != std::string::npos ? "[" + options.host + "]" : options.host;
   fmt::print(stderr, "vessel serve: E2B API on http://{}:{}\n", host, (*server)->port());
+  fmt::print(stderr, "vessel serve: MCP on http://{}:{}/mcp\n", host, (*server)->port());
   fmt::print(stderr, "vessel serve: API key in {}\n", key_path);
   for (const auto& [template_id, size] : options.pools) {
     fmt::print(stderr, "vessel serve: keeping {} warm '{}' sandboxes\n", size, template_id);
@@ -73,7 +74,8 @@ int Serve(const ServeArgs& args) {
   }
   std::thread stopper([&] {
     int signal = WaitForStopSignal();
-    fmt::print(stderr, "vessel serve: {}: stopping; sandboxes keep running\n",
+    fmt::print(stderr,
+               "vessel serve: {}: stopping; sandboxes keep running, but those MCP sessions made\n",
                signal == SIGTERM ? "SIGTERM" : "SIGINT");
     (*server)->Stop();
   });

@@ -31,8 +31,6 @@ constexpr uint8_t kEndStreamFlag = 0x02;
 constexpr uint8_t kCompressedFlag = 0x01;
 constexpr size_t kEnvelopeHeader = 5;
 
-std::string_view Sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
-
 // A Connect error: its code (as the protocol names them) and message.
 struct ConnectError {
   std::string code;

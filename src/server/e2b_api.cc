@@ -46,7 +46,6 @@ template <typename T>
 using ApiResult = std::expected<T, ApiError>;
 
 // Beast 1.74 speaks boost::string_view.
-std::string_view Sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
 
 ApiError BadRequest(std::string message) { return {status::bad_request, std::move(message)}; }
 
@@ -242,6 +241,10 @@ ApiError NotFound(std::string_view id) {
 
 }  // namespace
 
+bool ApiKeyMatches(std::string_view given, std::string_view key) {
+  return given.size() == key.size() && CRYPTO_memcmp(given.data(), key.data(), key.size()) == 0;
+}
+
 std::string Rfc3339(int64_t unix_ms) {
   std::time_t seconds = static_cast<std::time_t>(unix_ms / 1000);
   std::tm utc{};
@@ -260,8 +263,7 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
   if (path == "/health" && method == http::verb::get) return ReplyEmpty(writer);
 
   std::string_view key = Sv(request["X-API-Key"]);
-  if (key.size() != api_key_.size() ||
-      CRYPTO_memcmp(key.data(), api_key_.data(), key.size()) != 0) {
+  if (!ApiKeyMatches(key, api_key_)) {
     return ReplyError(writer, {status::unauthorized,
                                key.empty() ? "missing X-API-Key header: the API key is required"
                                            : "Invalid API key"});

@@ -45,6 +45,9 @@ class ControlPlane {
   std::string api_key_;
 };
 
+// Whether `given` is the API key `key` (compared in constant time).
+bool ApiKeyMatches(std::string_view given, std::string_view key);
+
 // An RFC 3339 UTC timestamp with milliseconds, as E2B writes them.
 std::string Rfc3339(int64_t unix_ms);
 

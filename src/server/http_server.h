@@ -30,6 +30,9 @@ namespace http = boost::beast::http;
 using Request = http::request<http::string_body>;
 using RequestHead = http::request_header<>;
 
+// Beast's string view as the standard one.
+inline std::string_view Sv(boost::beast::string_view s) { return {s.data(), s.size()}; }
+
 struct HttpLimits {
   size_t max_header_bytes = 16 * 1024;
   uint32_t max_connections = 2048;

@@ -437,8 +437,14 @@ void McpSession::Close() {
 
 void McpSession::Own(const std::string& sandbox_id, bool keep) {
   if (keep) return;
-  std::lock_guard lock(mutex_);
-  owned_.insert(sandbox_id);
+  {
+    std::lock_guard lock(mutex_);
+    if (!closed_) {
+      owned_.insert(sandbox_id);
+      return;
+    }
+  }
+  (void)registry_.Kill(sandbox_id);  // made by a call that outran the session's end
 }
 
 std::optional<json> McpSession::Handle(const json& message, const Notify& notify) {

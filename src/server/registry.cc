@@ -165,14 +165,6 @@ std::vector<std::string> PausedIds() {
   return ids;
 }
 
-Result<std::string> NewAccessToken() {
-  uint8_t bytes[24];
-  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
-    return Fail(Error::HostIo("getrandom", errno));
-  }
-  return LowerHex(bytes);
-}
-
 Result<std::optional<ApiSandbox>> Describe(const std::string& id) {
   auto listing = supervisor::Inspect(id);
   if (!listing || listing->state == "dead") return std::optional<ApiSandbox>();
@@ -225,6 +217,14 @@ Result<ApiSandbox> Claim(const std::string& id, const ApiAttributes& attributes)
 }
 
 }  // namespace
+
+Result<std::string> NewAccessToken() {
+  uint8_t bytes[24];
+  if (::getrandom(bytes, sizeof(bytes), 0) != static_cast<ssize_t>(sizeof(bytes))) {
+    return Fail(Error::HostIo("getrandom", errno));
+  }
+  return LowerHex(bytes);
+}
 
 std::string ServerStateDir() {
   if (const char* dir = std::getenv("VESSEL_STATE_DIR"); dir && *dir) return dir;

@@ -133,6 +133,9 @@ inline constexpr size_t kMaxPoolSize = 64;
 // snapshots/<id>/: its snapshot and template.json.
 std::string ServerStateDir();
 
+// 48 random hex digits, from getrandom: access tokens, id suffixes, MCP session ids.
+[[nodiscard]] Result<std::string> NewAccessToken();
+
 // The registry of this host's sandboxes, with warm pools: a create that asks for a
 // template's own machine takes a booted sandbox of its pool when one waits, and a thread
 // boots its replacement. Pooled sandboxes are supervised like any other (`vessel ls`

@@ -68,6 +68,7 @@ Result<std::string> LoadOrCreateApiKey(const std::string& path) {
 }
 
 size_t Router::BodyLimit(const RequestHead& head) const {
+  if (McpEndpoint::Serves(Sv(head.target()))) return kMaxMcpMessage;
   if (head.find("E2b-Sandbox-Id") == head.end()) return kMaxControlBody;
   std::string_view target(head.target().data(), head.target().size());
   bool upload =
@@ -76,6 +77,7 @@ size_t Router::BodyLimit(const RequestHead& head) const {
 }
 
 void Router::Handle(Request& request, ResponseWriter& writer) {
+  if (McpEndpoint::Serves(Sv(request.target()))) return mcp_.Handle(request, writer);
   auto sandbox = request.find("E2b-Sandbox-Id");
   if (sandbox == request.end()) return control_.Handle(request, writer);
   data_.Handle(request, {sandbox->value().data(), sandbox->value().size()}, writer);
@@ -104,6 +106,7 @@ void Server::Run() {
     while (!stopping) {
       lock.unlock();
       router_->control().ReapExpired();
+      router_->mcp().ReapIdle();
       lock.lock();
       wake.wait_for(lock, kReapInterval, [&] { return stopping; });
     }

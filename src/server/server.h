@@ -10,6 +10,7 @@
 #include "server/data_plane.h"
 #include "server/e2b_api.h"
 #include "server/http_server.h"
+#include "server/mcp_http.h"
 #include "server/registry.h"
 #include "vessel/error.h"
 
@@ -33,21 +34,27 @@ struct ServerOptions {
 [[nodiscard]] Result<std::string> LoadOrCreateApiKey(const std::string& path);
 std::string DefaultApiKeyPath();
 
-// Routes requests: those with an E2b-Sandbox-Id header to the data plane, the rest to
-// the control plane.
+// Routes requests: /mcp to the MCP endpoint, those with an E2b-Sandbox-Id header to the
+// data plane, the rest to the control plane.
 class Router final : public HttpHandler {
  public:
-  Router(Registry& registry, std::string api_key)
-      : control_(registry, std::move(api_key)), data_(registry) {}
+  Router(Registry& registry, const std::string& api_key)
+      : control_(registry, api_key), data_(registry), mcp_(registry, api_key) {}
   size_t BodyLimit(const RequestHead& head) const override;
   void Handle(Request& request, ResponseWriter& writer) override;
   ControlPlane& control() { return control_; }
-  // Kills the commands the data plane runs, so that their streams end.
-  void StopCommands() { data_.Stop(); }
+  McpEndpoint& mcp() { return mcp_; }
+  // Kills the commands the data plane runs, so that their streams end, and closes the
+  // MCP sessions.
+  void StopCommands() {
+    data_.Stop();
+    mcp_.CloseAll();
+  }
 
  private:
   ControlPlane control_;
   DataPlane data_;
+  McpEndpoint mcp_;
 };
 
 // The whole server: the listener, its router and the timeout reaper.
