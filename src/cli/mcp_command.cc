@@ -72,7 +72,8 @@ int Mcp() {
       send(server::McpSession::ParseError("the line is not JSON"));
       continue;
     }
-    bool long_call = message.is_object() && message.value("method", "") == "tools/call";
+    bool long_call =
+        message.is_object() && message.contains("method") && message["method"] == "tools/call";
     if (!long_call) {
       if (auto answer = session.Handle(message, send)) send(*answer);
       continue;

@@ -24,6 +24,7 @@ constexpr int kParseError = -32700;
 constexpr int kInvalidRequest = -32600;
 constexpr int kMethodNotFound = -32601;
 constexpr int kInvalidParams = -32602;
+constexpr int kInternalError = -32603;
 // A tool's answer, or why it failed: a failure is a result with isError (MCP reports tool
 // errors to the model, not as protocol errors).
 using ToolResult = std::expected<json, std::string>;
@@ -448,7 +449,19 @@ void McpSession::Own(const std::string& sandbox_id, bool keep) {
 }
 
 std::optional<json> McpSession::Handle(const json& message, const Notify& notify) {
-  if (!message.is_object() || message.value("jsonrpc", "") != "2.0") {
+  // Each field a message gives is checked before it is used; should one slip through, the
+  // client gets an error, not the end of the server.
+  try {
+    return Dispatch(message, notify);
+  } catch (const json::exception& e) {
+    json id = message.is_object() && message.contains("id") ? message["id"] : json();
+    return ErrorResponse(id.is_string() || id.is_number_integer() ? id : json(), kInternalError,
+                         fmt::format("the message could not be handled: {}", e.what()));
+  }
+}
+
+std::optional<json> McpSession::Dispatch(const json& message, const Notify& notify) {
+  if (!message.is_object() || !message.contains("jsonrpc") || message["jsonrpc"] != "2.0") {
     return ErrorResponse(nullptr, kInvalidRequest, "not a JSON-RPC 2.0 message");
   }
   const bool request = message.contains("id");
@@ -476,7 +489,11 @@ std::optional<json> McpSession::Handle(const json& message, const Notify& notify
     return std::nullopt;  // notifications/initialized, and any other, need nothing
   }
   if (method == "initialize") {
-    std::string asked = params.is_object() ? params.value("protocolVersion", "") : "";
+    std::string asked;
+    if (params.is_object() && params.contains("protocolVersion") &&
+        params["protocolVersion"].is_string()) {
+      asked = params["protocolVersion"];
+    }
     return reply({{"protocolVersion",
                    McpSupportsVersion(asked) ? asked : std::string(kMcpLatestVersion)},
                   {"capabilities", {{"tools", {{"listChanged", false}}}}},

@@ -69,6 +69,7 @@ class McpSession {
   // A tool's structured answer, or why it failed (told to the model as a tool error).
   using Outcome = std::expected<Json, std::string>;
 
+  std::optional<nlohmann::json> Dispatch(const nlohmann::json& message, const Notify& notify);
   Outcome CallTool(const std::string& name, const Json& arguments, Call& call,
                    const Notify& notify);
   Outcome Exec(const Json& arguments, Call& call, const Notify& notify);
