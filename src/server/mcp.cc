@@ -1,7 +1,6 @@
 #include "server/mcp.h"
 
 #include <fmt/format.h>
-#include <openssl/evp.h>
 #include <signal.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 
 #include "sandbox/files.h"
 #include "sandbox/process.h"
+#include "server/data_plane.h"
 
 namespace vessel::server {
 namespace {
@@ -30,10 +30,10 @@ constexpr int kInternalError = -32603;
 using ToolResult = std::expected<json, std::string>;
 // How often a running command is looked at: for cancellation, and progress.
 constexpr auto kTick = 250ms;
-constexpr size_t kMaxListedEntries = 10'000;
 
 json ErrorResponse(const json& id, int code, std::string message) {
-  return {{"jsonrpc", "2.0"}, {"id", id}, {"error", {{"code", code}, {"message", std::move(message)}}}};
+  return {
+      {"jsonrpc", "2.0"}, {"id", id}, {"error", {{"code", code}, {"message", std::move(message)}}}};
 }
 
 // Reads a tool's arguments; the first one that is wrong is remembered, the rest then read
@@ -100,27 +100,6 @@ class Args {
   const json& args_;
   std::string error_;
 };
-
-std::string Base64(std::string_view bytes) {
-  std::string out(4 * ((bytes.size() + 2) / 3), '\0');
-  int n = EVP_EncodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(bytes.data()),
-                          static_cast<int>(bytes.size()));
-  out.resize(static_cast<size_t>(n));
-  return out;
-}
-
-std::optional<std::string> FromBase64(std::string_view text) {
-  if (text.size() % 4 != 0) return std::nullopt;
-  std::string out(text.size() / 4 * 3, '\0');
-  int n = EVP_DecodeBlock(reinterpret_cast<unsigned char*>(out.data()),
-                          reinterpret_cast<const unsigned char*>(text.data()),
-                          static_cast<int>(text.size()));
-  if (n < 0) return std::nullopt;
-  size_t padding = text.ends_with("==") ? 2 : text.ends_with('=') ? 1 : 0;
-  out.resize(static_cast<size_t>(n) - padding);
-  return out;
-}
 
 bool IsUtf8(std::string_view s) {
   for (size_t i = 0; i < s.size();) {
@@ -931,7 +910,7 @@ McpSession::Outcome McpSession::FilesRead(const json& arguments) {
     }
   }
   bool text = IsUtf8(content);
-  return json{{"content", text ? content : Base64(content)},
+  return json{{"content", text ? content : Base64Encode(content)},
               {"encoding", text ? "utf-8" : "base64"},
               {"size", size},
               {"truncated", truncated}};
@@ -945,7 +924,7 @@ McpSession::Outcome McpSession::FilesWrite(const json& arguments) {
   std::string encoding = args.Optional("encoding").value_or("utf-8");
   if (args.failed()) return std::unexpected(args.error());
   if (encoding == "base64") {
-    auto decoded = FromBase64(content);
+    auto decoded = Base64Decode(content);
     if (!decoded) return std::unexpected("'content' is not base64");
     content = std::move(*decoded);
   } else if (encoding != "utf-8") {
