@@ -2,9 +2,12 @@
 //   create -> first command done, cold and from a warm pool (vessel serve --pool);
 //   a command's round trip through the API, and through the C++ API (vessel_bench);
 //   32 concurrent SDK clients running commands on 4 sandboxes: throughput and p99;
-//   pause, resume (connect) -> first command, and fork -> first command in the copy.
+//   pause, resume (connect) -> first command, and fork -> first command in the copy;
+//   MCP's run_code, over stdio (`vessel mcp`) and over HTTP (/mcp), in a fresh sandbox and
+//   in a warm one, spoken as raw JSON-RPC: the server's share, without a client library's.
 // Usage: bench/run api [--cold N] [--exec N] [--clients N] [--per-client N] [--lifecycle N]
-import { execFileSync } from 'node:child_process'
+import { execFileSync, spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
 import { Sandbox } from 'e2b'
 import { startServer } from './harness.mjs'
 
@@ -36,6 +39,65 @@ const rows = []
 function row(label, s) {
   rows.push(`${label.padEnd(62)}${String(s.n).padStart(5)}${[s.min, s.median, s.p90, s.p99, s.max]
     .map((v) => cell(v).padStart(11)).join('')}`)
+}
+
+// An MCP session over `vessel mcp`'s stdin and stdout.
+async function mcpStdio(env) {
+  const child = spawn(process.env.VESSEL_CLI, ['mcp'], { env, stdio: ['pipe', 'pipe', 'inherit'] })
+  const waiting = new Map()
+  createInterface({ input: child.stdout }).on('line', (line) => {
+    const message = JSON.parse(line)
+    waiting.get(message.id)?.(message)
+    waiting.delete(message.id)
+  })
+  let next = 1
+  const call = (method, params) => new Promise((resolve) => {
+    const id = next++
+    waiting.set(id, resolve)
+    child.stdin.write(JSON.stringify({ jsonrpc: '2.0', id, method, params }) + '\n')
+  })
+  await call('initialize', { protocolVersion: '2025-11-25', capabilities: {},
+                             clientInfo: { name: 'bench', version: '1' } })
+  child.stdin.write(JSON.stringify({ jsonrpc: '2.0', method: 'notifications/initialized' }) + '\n')
+  return { call, close: () => new Promise((resolve) => { child.on('exit', resolve); child.stdin.end() }) }
+}
+
+// An MCP session at /mcp, each tools/call answered as events, as SDK clients ask.
+async function mcpHttp(url, key) {
+  let session
+  let next = 1
+  const post = async (body) => {
+    const headers = { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json',
+                      Accept: 'application/json, text/event-stream' }
+    if (session) headers['Mcp-Session-Id'] = session
+    const response = await fetch(`${url}/mcp`, { method: 'POST', headers, body: JSON.stringify(body) })
+    session ??= response.headers.get('mcp-session-id')
+    const text = await response.text()
+    if (!response.headers.get('content-type')?.startsWith('text/event-stream')) {
+      return text ? JSON.parse(text) : undefined
+    }
+    const events = text.split('\n').filter((l) => l.startsWith('data: ')).map((l) => JSON.parse(l.slice(6)))
+    return events.find((e) => e.id === body.id)
+  }
+  const call = (method, params) => post({ jsonrpc: '2.0', id: next++, method, params })
+  await call('initialize', { protocolVersion: '2025-11-25', capabilities: {},
+                             clientInfo: { name: 'bench', version: '1' } })
+  await post({ jsonrpc: '2.0', method: 'notifications/initialized' })
+  return {
+    call,
+    close: () => fetch(`${url}/mcp`, { method: 'DELETE',
+                                       headers: { Authorization: `Bearer ${key}`, 'Mcp-Session-Id': session } }),
+  }
+}
+
+// run_code's answer, or a thrown error when the call failed.
+async function runCode(mcp, args) {
+  const answer = await mcp.call('tools/call', { name: 'run_code', arguments: { language: 'shell', code: 'true', ...args } })
+  const result = answer?.result
+  if (!result || result.isError || result.structuredContent.exit_code !== 0) {
+    throw new Error(`run_code failed: ${JSON.stringify(answer)}`)
+  }
+  return result.structuredContent
 }
 
 const server = await startServer()
@@ -126,6 +188,35 @@ try {
   row('API: connect to a paused sandbox -> first command done', resume_)
   row('API: fork(1) -> first command done in the copy', fork_)
 
+  // MCP: run_code in a fresh sandbox (made and removed by the call), and in a warm one.
+  const mcpRows = {}
+  const transports = {
+    stdio: () => mcpStdio({ ...process.env, VESSEL_CONFIG_DIR: server.configDir }),
+    HTTP: () => mcpHttp(server.url, server.key),
+  }
+  for (const [name, open] of Object.entries(transports)) {
+    const mcp = await open()
+    const fresh = []
+    for (let i = 0; i < cold; ++i) {
+      const t = performance.now()
+      await runCode(mcp, { template: 'minimal' })
+      fresh.push(performance.now() - t)
+    }
+    const warmBox = await Sandbox.create('minimal', opts)
+    for (let i = 0; i < 5; ++i) await runCode(mcp, { sandbox_id: warmBox.sandboxId })
+    const warm = []
+    for (let i = 0; i < execs; ++i) {
+      const t = performance.now()
+      await runCode(mcp, { sandbox_id: warmBox.sandboxId })
+      warm.push(performance.now() - t)
+    }
+    await warmBox.kill()
+    await mcp.close()
+    mcpRows[name] = { fresh: stats(fresh), warm: stats(warm) }
+    row(`MCP ${name}: run_code (shell \`true\`, fresh sandbox) -> answer`, mcpRows[name].fresh)
+    row(`MCP ${name}: run_code (shell \`true\`) round trip (warm sandbox)`, mcpRows[name].warm)
+  }
+
   // The C++ API's round trip, measured by vessel_bench in this same run.
   const benchBin = process.env.VESSEL_BENCH_BIN
   let cpp
@@ -146,6 +237,11 @@ try {
   for (const r of rows) console.log(r)
   if (cpp) {
     console.log(`  command round trip, API / C++ API: ${(api.median / cpp.median).toFixed(2)}x median`)
+  }
+  for (const [name, r] of Object.entries(mcpRows)) {
+    console.log(`  MCP ${name} run_code / API commands.run, warm sandbox: ` +
+                `${(r.warm.median / api.median).toFixed(2)}x median; fresh sandbox / API cold ` +
+                `create -> first command: ${(r.fresh.median / cold_.median).toFixed(2)}x`)
   }
   console.log(`  ${clients} concurrent clients: ${(latencies.length / elapsed).toFixed(1)} commands/s, ` +
               `p99 ${cell(conc.p99)} ms, median ${cell(conc.median)} ms`)
