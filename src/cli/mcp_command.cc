@@ -1,14 +1,16 @@
 // `vessel mcp`: the MCP server (server/mcp.h) on stdin and stdout, one JSON-RPC message a
 // line, for clients that spawn their server. Requests are answered as they finish, each
 // tools/call on a thread of its own, so that a long command does not hold up a ping or
-// the cancellation of it. At the end of stdin the session closes: its calls stop and the
-// sandboxes it made (but those kept) are removed.
+// the cancellation of it. At the end of stdin, or at SIGTERM, SIGINT or SIGHUP (how
+// clients stop a server that does not leave at once), the session closes: its calls stop
+// and the sandboxes it made (but those kept) are removed.
 #include <fmt/format.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <condition_variable>
 #include <cstdio>
+#include <cstdlib>
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -44,6 +46,11 @@ int Mcp() {
   if (auto prepared = supervisor::PrepareToSupervise(); !prepared) {
     return Failure(prepared.error());
   }
+  // The stop signals are taken by sigwait below, in every thread.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  for (int signal : {SIGTERM, SIGINT, SIGHUP}) sigaddset(&stop_signals, signal);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
   server::SupervisorRegistry registry;
   server::McpSession session(registry);
@@ -58,6 +65,25 @@ int Mcp() {
   std::mutex calls_mutex;
   std::condition_variable calls_done;
   size_t calls = 0;
+  // Whoever leaves first, the main thread at the end of stdin or the signal thread, closes
+  // the session; the other then waits here until the process is gone.
+  static std::mutex leaving;
+  auto close = [&] {
+    leaving.lock();
+    session.Close();
+    std::unique_lock lock(calls_mutex);
+    calls_done.wait(lock, [&] { return calls == 0; });
+  };
+  // The main thread may be blocked reading stdin: a signal closes the session from here,
+  // and leaves at once.
+  std::thread([&] {
+    int received = 0;
+    sigwait(&stop_signals, &received);
+    close();
+    std::lock_guard lock(out_mutex);
+    std::fflush(stdout);
+    std::_Exit(128 + received);
+  }).detach();
   std::string line;
   bool too_long = false;
   while (ReadLine(line, server::kMaxMcpMessage, too_long)) {
@@ -88,9 +114,7 @@ int Mcp() {
       if (--calls == 0) calls_done.notify_all();
     }).detach();
   }
-  session.Close();
-  std::unique_lock lock(calls_mutex);
-  calls_done.wait(lock, [&] { return calls == 0; });
+  close();
   return 0;
 }
 

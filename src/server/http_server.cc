@@ -32,6 +32,9 @@ namespace beast = boost::beast;
 using boost::system::error_code;
 
 constexpr std::string_view kServerName = "vessel";
+// How long, and how much, a refused request's unread body is taken before closing.
+constexpr std::chrono::seconds kLingerTime{2};
+constexpr size_t kMaxLingerBytes = 64 * 1024 * 1024;
 
 // Beast 1.74 speaks boost::string_view.
 beast::string_view Bsv(std::string_view s) { return {s.data(), s.size()}; }
@@ -82,6 +85,25 @@ class SocketStream {
   }
 
   [[nodiscard]] int fd() const { return fd_; }
+
+  // After a refusal of a request whose body was not read: ends the writing side, then
+  // takes and drops what the client still sends, for a while and up to a size, so that
+  // closing does not reset the connection before the client has read the answer (a
+  // lingering close, RFC 9112 section 9.6).
+  void Linger() {
+    ::shutdown(fd_, SHUT_WR);
+    const auto deadline = std::chrono::steady_clock::now() + kLingerTime;
+    size_t dropped = 0;
+    char sink[16384];
+    while (dropped < kMaxLingerBytes) {
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0 || WaitFor(fd_, POLLIN, stop_fd_, left) <= 0) return;
+      ssize_t n = ::recv(fd_, sink, sizeof(sink), MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN)) return;
+      if (n > 0) dropped += static_cast<size_t>(n);
+    }
+  }
 
  private:
   // Waits up to `timeout` for `events`, then makes the non-blocking `call` (recv or send),
@@ -412,6 +434,7 @@ void HttpServer::ServeConnection(Connection& connection) {
       Refuse(stream, http::status::payload_too_large,
              fmt::format("the request's body of {} bytes is larger than {} bytes, the limit here",
                          *length, limit));
+      stream.Linger();
       return;
     }
     parser.body_limit(limit);
@@ -424,6 +447,7 @@ void HttpServer::ServeConnection(Connection& connection) {
     if (ec == http::error::body_limit) {
       Refuse(stream, http::status::payload_too_large,
              fmt::format("the request's body is larger than {} bytes, the limit here", limit));
+      stream.Linger();
       return;
     }
     if (ec == beast::error::timeout) {

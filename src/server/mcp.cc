@@ -540,7 +540,7 @@ McpSession::Outcome McpSession::CallTool(const std::string& name, const json& ar
   if (name == "sandbox_exec_write_stdin") return ExecWriteStdin(arguments);
   if (name == "sandbox_exec_signal") return ExecSignal(arguments);
   if (name == "sandbox_create") return Create(arguments);
-  if (name == "sandbox_list") return List();
+  if (name == "sandbox_list") return List(arguments);
   if (name == "sandbox_kill") return Kill(arguments);
   if (name == "sandbox_fork") return Fork(arguments);
   if (name == "snapshot_create") return Snapshot(arguments);
@@ -819,7 +819,8 @@ McpSession::Outcome McpSession::Create(const json& arguments) {
   return json{{"sandbox_id", made->id}, {"template", made->attributes.template_id}};
 }
 
-McpSession::Outcome McpSession::List() {
+McpSession::Outcome McpSession::List(const json& arguments) {
+  if (Args args(arguments); args.failed()) return std::unexpected(args.error());
   auto sandboxes = registry_.List();
   if (!sandboxes) return std::unexpected(Message(sandboxes.error()));
   json out = json::array();

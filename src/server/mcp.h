@@ -79,7 +79,7 @@ class McpSession {
   Outcome ExecWriteStdin(const Json& arguments);
   Outcome ExecSignal(const Json& arguments);
   Outcome Create(const Json& arguments);
-  Outcome List();
+  Outcome List(const Json& arguments);
   Outcome Kill(const Json& arguments);
   Outcome Fork(const Json& arguments);
   Outcome Snapshot(const Json& arguments);

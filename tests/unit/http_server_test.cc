@@ -83,6 +83,23 @@ TEST(HttpServerTest, AHeaderPastItsLimitGets431) {
   EXPECT_EQ(StatusOf(Exchange(server.port(), request)), 431);
 }
 
+// A client that sends its whole body before it reads still gets the 413: the server takes
+// and drops the rest before closing, rather than resetting the connection under the answer.
+TEST(HttpServerTest, A413ReachesAClientThatSendsItsWholeBodyFirst) {
+  TestHandler handler;
+  RunningServer server(handler);
+  ASSERT_TRUE(server.ok());
+  const std::string body(4 * 1024 * 1024, 'z');
+  for (int i = 0; i < 3; ++i) {
+    UniqueFd fd = ConnectTo(server.port());
+    ASSERT_TRUE(fd);
+    ASSERT_TRUE(SendAll(fd.get(), "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+                                      std::to_string(body.size()) + "\r\n\r\n" + body));
+    std::string response = ReadUntilClosed(fd.get(), 10s);
+    EXPECT_EQ(StatusOf(response), 413) << i << ": " << response;
+  }
+}
+
 // A 1 GiB body is refused from its Content-Length alone: nothing of it is read or held.
 TEST(HttpServerTest, ABodyPastItsLimitGets413Unread) {
   TestHandler handler;

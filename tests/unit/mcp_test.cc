@@ -150,6 +150,7 @@ TEST_F(McpSessionTest, BadToolCallsSayWhatIsWrong) {
 
   EXPECT_NE(ToolError(Handle(CallTool("sandbox_exec", json::array()))).find("object"),
             std::string::npos);
+  EXPECT_NE(ToolError(Handle(CallTool("sandbox_list", "all"))).find("object"), std::string::npos);
   EXPECT_NE(ToolError(Handle(CallTool("sandbox_exec", {{"command", "true"}}))).find("sandbox_id"),
             std::string::npos);
   EXPECT_NE(ToolError(Handle(CallTool("sandbox_create", {{"timeout_seconds", "60"}})))
