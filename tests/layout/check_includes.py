@@ -26,6 +26,8 @@ LAYERS = {
     "src/vmm/": ["vmm/", "base/", "protocol/", "vessel/error.h"],
     # The guest agent links base and protocol only.
     "guest/agent/": ["base/", "protocol/", "vessel/error.h"],
+    # The egress policy: decisions as data, on base alone.
+    "src/egress/": ["base/", "vessel/error.h"],
     "src/snapshot/": ["base/", "vessel/"],
     # Guest images: a store of files and the tools that make them; no VMs.
     "src/image/": ["image/", "snapshot/snapshot.h", "base/", "vessel/"],
@@ -41,7 +43,8 @@ LAYERS = {
     # The server: E2B's API over the supervisors' sandboxes; it names no engine either.
     "src/server/": ["server/", "supervisor/", "sandbox/", "base/", "protocol/", "image/image.h",
                     "vessel/"],
-    "src/cli/": ["cli/", "server/server.h", "supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",
+    # The CLI's doors into the server: `vessel serve` (server.h) and `vessel mcp` (mcp.h).
+    "src/cli/": ["cli/", "server/server.h", "server/mcp.h", "supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",
                  "engine/runtime_dir.h", "engine/host.h", "base/", "protocol/", "snapshot/",
                  "image/image.h", "vessel/"],
 }
