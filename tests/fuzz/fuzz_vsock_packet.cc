@@ -148,7 +148,9 @@ void FuzzDevice(const uint8_t* data, size_t size) {
   w.device->QueueNotify(vsock::kTxQueue);
   w.device->QueueNotify(vsock::kRxQueue);
   if (!tx.broken() && !rx.broken() && tx_avail <= kVsockQueueSize) {
-    Check(Load16(w.memory, kVsockTxUsed + 2) == tx_avail, "every transmit chain is taken");
+    // Counted by the device: a receive buffer the guest aims at the transmit ring's used
+    // index may overwrite what the device wrote there, which only harms the guest.
+    Check(tx.next_used() == tx_avail, "every transmit chain is taken");
   }
   // Every used receive element is a whole packet header plus at most its buffer.
   uint16_t rx_used = Load16(w.memory, kVsockRxUsed + 2);

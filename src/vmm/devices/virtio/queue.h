@@ -62,6 +62,9 @@ class Queue {
   // Driver-side configuration (transport registers).
   [[nodiscard]] uint16_t max_size() const { return max_size_; }
   [[nodiscard]] uint16_t size() const { return size_; }
+  // How many chains the device has handed back (modulo 2^16): its own count, whatever the
+  // guest has since written over its used ring.
+  [[nodiscard]] uint16_t next_used() const { return next_used_; }
   void set_size(uint16_t size) { size_ = size; }
   [[nodiscard]] bool ready() const { return ready_; }
   void set_ready(bool ready) { ready_ = ready; }
