@@ -34,6 +34,9 @@ test('pause frees the VM; connect resumes it with its files and daemons', async 
       "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done' " +
         '</dev/null >/dev/null 2>&1 &',
     )
+    // Paused only once the daemon has counted: a pause that came before its first write
+    // would find no /tmp/count to carry over.
+    await sbx.commands.run('while [ ! -s /tmp/count ]; do sleep 0.05; done', { timeoutMs: 10_000 })
     assert.equal(await sbx.pause(), true)
     const info = await Sandbox.getInfo(sbx.sandboxId, server.opts)
     assert.equal(info.state, 'paused')
