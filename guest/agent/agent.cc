@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 
@@ -23,8 +24,9 @@ namespace {
 namespace proto = vessel::protocol;
 
 constexpr const char* kAgentVersion = "vessel-agent 0.1.0";
-// Commands running or finishing at once. Each holds up to three pipes, so together with
-// the file transfers the agent stays well below the default limit of 1024 descriptors.
+// Commands running or finishing at once. Each holds up to three pipes: together with the
+// file transfers and proxied connections more than the default limit of 1024 descriptors,
+// which main() raises (RaiseDescriptorLimit).
 constexpr size_t kMaxProcesses = 256;
 // File reads and writes open at once.
 constexpr size_t kMaxFileTransfers = 64;
@@ -32,6 +34,8 @@ constexpr size_t kMaxFileTransfers = 64;
 constexpr int kReconnectPollMs = 50;
 // Longest sleep while a deadline is pending.
 constexpr int kMaxSleepMs = 60'000;
+// How long accepting proxied connections pauses after it failed for want of resources.
+constexpr auto kAcceptRetry = std::chrono::milliseconds(100);
 
 std::vector<uint8_t> HelloFrame(uint32_t request_id = 0) {
   return proto::EncodeHello(request_id, {proto::kVersion, kAgentVersion});
@@ -78,6 +82,8 @@ void Agent::Run() {
   sigaddset(&mask, SIGCHLD);
   sigprocmask(SIG_BLOCK, &mask, nullptr);
   sigchld_ = UniqueFd(signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK));
+  proxy_ = ListenProxy();
+  if (proxy_) SetProxyEnvironment(kProxyPort);
   port_.SendHello(HelloFrame());
   for (;;) Turn();
 }
@@ -85,7 +91,7 @@ void Agent::Run() {
 void Agent::Turn() {
   // Polled descriptors are named by request id, not pointer: handling one event may end
   // another request.
-  enum class Source { kStdout, kStderr, kStdin, kFile };
+  enum class Source { kStdout, kStderr, kStdin, kFile, kProxy, kConnection };
   struct Slot {
     Source source;
     uint32_t id;
@@ -104,6 +110,10 @@ void Agent::Turn() {
     add(process.PollStdin(), Source::kStdin, id);
   }
   for (const auto& [id, transfer] : reads_) add(transfer.PollEvents(port_), Source::kFile, id);
+  if (MayAccept(Clock::now())) add({proxy_.get(), POLLIN, 0}, Source::kProxy, 0);
+  for (const auto& [id, connection] : connections_) {
+    add(connection.PollEvents(port_), Source::kConnection, id);
+  }
 
   if (poll(fds.data(), fds.size(), NextTimeoutMs()) < 0 && errno != EINTR) {
     Log("poll: {}", std::strerror(errno));
@@ -119,13 +129,26 @@ void Agent::Turn() {
       if (it != reads_.end() && it->second.SendChunk(port_)) reads_.erase(it);
       continue;
     }
+    if (source == Source::kProxy) {
+      AcceptConnection();
+      continue;
+    }
+    if (source == Source::kConnection) {
+      auto it = connections_.find(id);
+      if (it != connections_.end() && it->second.OnPoll(fds[i + 3].revents, port_)) {
+        connections_.erase(it);
+      }
+      continue;
+    }
     auto it = processes_.find(id);
     if (it == processes_.end()) continue;
     switch (source) {
       case Source::kStdout: it->second.ReadOutput(proto::Stream::kStdout, port_); break;
       case Source::kStderr: it->second.ReadOutput(proto::Stream::kStderr, port_); break;
       case Source::kStdin: it->second.WriteStdin(port_); break;
-      case Source::kFile: break;
+      case Source::kFile:
+      case Source::kProxy:
+      case Source::kConnection: break;
     }
   }
   FinishExited();
@@ -153,10 +176,14 @@ void Agent::OnDumpRequest() {
       continue;
     }
     if (dump_line_ == kDumpRequest) {
-      Log("state dump: {} command(s), {} file read(s), {} file write(s); {}", processes_.size(),
-          reads_.size(), writes_.size(), port_.Describe());
+      Log("state dump: {} command(s), {} file read(s), {} file write(s), {} proxied "
+          "connection(s); {}",
+          processes_.size(), reads_.size(), writes_.size(), connections_.size(), port_.Describe());
       for (const auto& [id, process] : processes_) {
         for (const std::string& line : process.Describe()) Log("request {} {}", id, line);
+      }
+      for (const auto& [id, connection] : connections_) {
+        Log("connection {:#x} {}", id, connection.Describe());
       }
     }
     dump_line_.clear();
@@ -169,6 +196,10 @@ int Agent::NextTimeoutMs() const {
     if (process.CanFinishNow(port_)) return 0;
     auto deadline = process.PendingDeadline();
     if (deadline && (!next || *deadline < *next)) next = deadline;
+  }
+  // Once it has passed, the listener is polled again: no need to wake for it.
+  if (accept_retry_ && *accept_retry_ > Clock::now() && (!next || *accept_retry_ < *next)) {
+    next = accept_retry_;
   }
   int timeout = -1;
   if (next) {
@@ -224,6 +255,32 @@ void Agent::OnReconnect() {
   reads_.clear();
   for (auto& [id, transfer] : writes_) transfer.Abort(port_, ECONNRESET, "the host reconnected");
   writes_.clear();
+  // Nor can proxied connections. Their NetClose reaches a host that heard of them (a
+  // NetOpen may still have been queued); one that did not drops it.
+  for (auto& [id, connection] : connections_) connection.Abort(port_);
+  connections_.clear();
+}
+
+bool Agent::MayAccept(Clock::time_point now) const {
+  return proxy_ && port_.connected() && !port_.quiesced() &&
+         connections_.size() < kMaxNetConnections && (!accept_retry_ || now >= *accept_retry_);
+}
+
+void Agent::AcceptConnection() {
+  UniqueFd socket(accept4(proxy_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+  if (!socket) {
+    // Anything else concerned the connection being accepted, which is gone.
+    if (errno != EMFILE && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM) return;
+    if (!accept_retry_) Log("cannot accept a proxied connection: {}", std::strerror(errno));
+    accept_retry_ = Clock::now() + kAcceptRetry;
+    return;
+  }
+  accept_retry_.reset();
+  uint32_t id;
+  do id = proto::kAgentIdBit | (next_connection_++ & ~proto::kAgentIdBit);
+  while (InUse(id));
+  connections_.try_emplace(id, id, std::move(socket));
+  port_.Send(proto::EncodeNetOpen(id));
 }
 
 void Agent::Handle(const proto::Frame& frame) {
@@ -240,6 +297,8 @@ void Agent::Handle(const proto::Frame& frame) {
     case proto::MessageType::kFileData: return OnFileData(id, payload);
     case proto::MessageType::kQuiesce: return OnQuiesce(id, payload);
     case proto::MessageType::kResume: return OnResume(id, payload);
+    case proto::MessageType::kNetData: return OnNetData(id, payload);
+    case proto::MessageType::kNetClose: return OnNetClose(id, payload);
     default: port_.Send(proto::EncodeError(id, {EPROTO, "", "unexpected frame type from host"}));
   }
 }
@@ -263,9 +322,9 @@ void Agent::OnExec(uint32_t id, std::span<const uint8_t> payload) {
   }
 }
 
-// Stdin, Signal, Credit and FileData frames may trail a request that has just ended: the
-// host sends them without waiting for replies. Those for unknown ids are dropped. Signal
-// also cancels a file transfer (the host abandons a write that way).
+// Stdin, Signal, Credit, FileData, NetData and NetClose frames may trail a request that has
+// just ended: the host sends them without waiting for replies. Those for unknown ids are
+// dropped. Signal also cancels a file transfer (the host abandons a write that way).
 void Agent::OnStdin(uint32_t id, std::span<const uint8_t> payload) {
   auto it = processes_.find(id);
   if (it == processes_.end()) return;
@@ -291,6 +350,17 @@ void Agent::OnSignal(uint32_t id, std::span<const uint8_t> payload) {
 }
 
 void Agent::OnCredit(uint32_t id, std::span<const uint8_t> payload) {
+  if (auto connection = connections_.find(id); connection != connections_.end()) {
+    auto credit = proto::DecodeCredit(payload);
+    if (!credit) {
+      connection->second.Abort(port_);
+      connections_.erase(connection);
+    } else if (credit->stream == proto::Stream::kNet &&
+               connection->second.OnCredit(credit->bytes, port_)) {
+      connections_.erase(connection);
+    }
+    return;
+  }
   auto process = processes_.find(id);
   auto read = reads_.find(id);
   if (process == processes_.end() && read == reads_.end()) return;
@@ -372,12 +442,25 @@ void Agent::OnResume(uint32_t id, std::span<const uint8_t> payload) {
   port_.Resume(std::move(reply), request->clone);
 }
 
+void Agent::OnNetData(uint32_t id, std::span<const uint8_t> payload) {
+  auto it = connections_.find(id);
+  if (it != connections_.end() && it->second.OnData(payload, port_)) connections_.erase(it);
+}
+
+void Agent::OnNetClose(uint32_t id, std::span<const uint8_t> payload) {
+  auto it = connections_.find(id);
+  if (it == connections_.end()) return;
+  // A malformed NetClose still ends the connection, but nothing pending is written.
+  if (!proto::DecodeEmpty(payload, "net close") || it->second.OnClose()) connections_.erase(it);
+}
+
 void Agent::ForgetRequests() {
   // Reap() takes them as orphans: nothing is reported.
   for (auto& [id, process] : processes_) process.Signal(SIGKILL);
   processes_.clear();
   reads_.clear();
-  writes_.clear();  // removes their temporary files
+  writes_.clear();       // removes their temporary files
+  connections_.clear();  // closes their sockets
 }
 
 void Agent::FailRequest(uint32_t id, const std::string& message) {
@@ -395,7 +478,8 @@ void Agent::FailRequest(uint32_t id, const std::string& message) {
 }
 
 bool Agent::InUse(uint32_t id) const {
-  return processes_.contains(id) || reads_.contains(id) || writes_.contains(id);
+  return processes_.contains(id) || reads_.contains(id) || writes_.contains(id) ||
+         connections_.contains(id);
 }
 
 size_t Agent::OpenTransfers() const { return reads_.size() + writes_.size(); }

@@ -1,17 +1,20 @@
 // The agent's event loop: one poll() over the port to the host, a signalfd for SIGCHLD,
-// the pipes of running commands and the files being read. No threads: every step is
-// non-blocking (apart from fork-to-exec and synchronous file system calls), and every
-// source of bulk data waits for credit and room in the port instead of blocking.
+// the pipes of running commands, the files being read, the egress proxy's listening
+// socket and the guest connections to it. No threads: every step is non-blocking (apart
+// from fork-to-exec and synchronous file system calls), and every source of bulk data
+// waits for credit and room in the port instead of blocking.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 
 #include "base/unique_fd.h"
 #include "files.h"
+#include "net.h"
 #include "port.h"
 #include "process.h"
 #include "protocol/wire.h"
@@ -41,6 +44,8 @@ class Agent {
   void CheckDeadlines();
   void OnReconnect();
   void OnDumpRequest();
+  [[nodiscard]] bool MayAccept(Clock::time_point now) const;
+  void AcceptConnection();
 
   void Handle(const protocol::Frame& frame);
   void OnExec(uint32_t id, std::span<const uint8_t> payload);
@@ -52,8 +57,10 @@ class Agent {
   void OnFileData(uint32_t id, std::span<const uint8_t> payload);
   void OnQuiesce(uint32_t id, std::span<const uint8_t> payload);
   void OnResume(uint32_t id, std::span<const uint8_t> payload);
-  // In a clone: kills every command's process group and drops every file transfer, without
-  // a word to the new host, which never asked for them.
+  void OnNetData(uint32_t id, std::span<const uint8_t> payload);
+  void OnNetClose(uint32_t id, std::span<const uint8_t> payload);
+  // In a clone: kills every command's process group and drops every file transfer and
+  // proxied connection, without a word to the new host, which never asked for them.
   void ForgetRequests();
 
   // The host broke the protocol within a command or a file transfer: end that request with
@@ -71,6 +78,13 @@ class Agent {
   // Transfers are neither copied nor moved: the maps construct them in place.
   std::map<uint32_t, ReadFileTransfer> reads_;
   std::map<uint32_t, WriteFileTransfer> writes_;
+  // Invalid when the proxy could not listen: commands then get no proxy variables.
+  UniqueFd proxy_;
+  std::map<uint32_t, NetConnection> connections_;
+  uint32_t next_connection_ = 1;  // the low bits of the next connection's id
+  // Set while accepting failed for want of resources: the pending guest connection stays
+  // in the backlog, and the listener is polled again at this time, not in a busy loop.
+  std::optional<Clock::time_point> accept_retry_;
 };
 
 }  // namespace vessel::agent

@@ -2,10 +2,10 @@
 //
 // Mounts the basic filesystems, opens the dedicated channel to the host (never the
 // console) and hands it to the Agent (agent.h), which serves the host's commands and file
-// operations and, as PID 1 must, reaps every orphan. The channel is a vsock port when the
-// kernel command line says vessel.channel=vsock:<port>, else the virtio-serial port
-// named org.vessel.agent. With vessel.image=<device> the agent first moves into the root
-// image on that disk (root.h).
+// operations, pipes the guest's proxied connections to the host (net.h) and, as PID 1
+// must, reaps every orphan. The channel is a vsock port when the kernel command line says
+// vessel.channel=vsock:<port>, else the virtio-serial port named org.vessel.agent. With
+// vessel.image=<device> the agent first moves into the root image on that disk (root.h).
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/vm_sockets.h>
@@ -174,6 +174,7 @@ int main() {
   vessel::agent::MountBasics();
   LoopbackUp();
   setenv("PATH", kDefaultPath, 1);
+  RaiseDescriptorLimit();
 
   RootImageRequest root = ParseRootImage(ReadSmallFile("/proc/cmdline"));
   if (root.error.empty() && root.image) root.error = EnterRootImage(*root.image);

@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -14,6 +15,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "log.h"
 
 namespace vessel::agent {
 namespace {
@@ -56,6 +59,9 @@ std::optional<Terminal> OpenTerminal(const proto::TerminalSize& size) {
   return Terminal{std::move(master), name};
 }
 
+// The descriptor limit commands start with: the agent's own, before it raised it.
+std::optional<rlimit> command_descriptor_limit;
+
 // What failed in the child before exec, as it reports it.
 enum ChildStep : int { kStepCwd = 0, kStepExec = 1, kStepTerminal = 2 };
 
@@ -73,6 +79,7 @@ enum ChildStep : int { kStepCwd = 0, kStepExec = 1, kStepTerminal = 2 };
   default_action.sa_handler = SIG_DFL;
   for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &default_action, nullptr);
   setsid();
+  if (command_descriptor_limit) setrlimit(RLIMIT_NOFILE, &*command_descriptor_limit);
   int step = kStepTerminal;
   if (terminal != nullptr) {
     int fd = open(terminal, O_RDWR);
@@ -415,6 +422,28 @@ void Process::CheckDeadline(Clock::time_point now) {
 
 void SetImageEnvironment() {
   DefaultEnvironment().insert(DefaultEnvironment().end(), {"HOME=/root", "LANG=C.UTF-8"});
+}
+
+void SetProxyEnvironment(uint16_t proxy_port) {
+  std::string proxy = fmt::format("http://127.0.0.1:{}", proxy_port);
+  for (const char* key : {"HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"}) {
+    DefaultEnvironment().push_back(fmt::format("{}={}", key, proxy));
+  }
+  for (const char* key : {"NO_PROXY", "no_proxy"}) {
+    DefaultEnvironment().push_back(fmt::format("{}=localhost,127.0.0.1", key));
+  }
+}
+
+void RaiseDescriptorLimit() {
+  rlimit limit{};
+  if (getrlimit(RLIMIT_NOFILE, &limit) != 0 || limit.rlim_cur >= limit.rlim_max) return;
+  rlimit raised = limit;
+  raised.rlim_cur = limit.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &raised) != 0) {
+    Log("cannot raise the descriptor limit to {}: {}", limit.rlim_max, std::strerror(errno));
+    return;
+  }
+  command_descriptor_limit = limit;
 }
 
 }  // namespace vessel::agent

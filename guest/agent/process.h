@@ -37,6 +37,16 @@ inline constexpr const char* kDefaultPath =
 // ones (HOME=/root, LANG=C.UTF-8), as a login would give them. Call before serving.
 void SetImageEnvironment();
 
+// From now on, commands whose environment lacks any of HTTP_PROXY, HTTPS_PROXY, NO_PROXY
+// (or their lower-case forms) get it, pointing at the agent's proxy on `proxy_port` of
+// 127.0.0.1 and exempting localhost. Call before serving.
+void SetProxyEnvironment(uint16_t proxy_port);
+
+// Raises the agent's soft limit on open descriptors to its hard limit: the commands, file
+// transfers and proxied connections open at once need more than the usual 1024. Commands
+// still start with the limit the agent was started with. Call before serving.
+void RaiseDescriptorLimit();
+
 // Bytes waiting to be written, taken from the front.
 class ByteQueue {
  public:

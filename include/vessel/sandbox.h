@@ -35,6 +35,38 @@ enum class Channel {
 // The most children one Sandbox::Fork() makes.
 inline constexpr uint32_t kMaxForks = 64;
 
+// Where a sandbox's guest may connect (docs/egress.md). The guest has no network
+// interface: every command gets HTTP_PROXY and HTTPS_PROXY pointing at the agent's proxy
+// on the guest's 127.0.0.1:3128, and the host decides each connection: the host name
+// against `allow`, then every address the host resolved it to. Nothing else reaches the
+// network; the guest does no DNS of its own.
+struct NetworkPolicy {
+  // Allowlist rules: `api.example.com`, `*.example.com` (names below it, not the name
+  // itself), an IPv4 or [IPv6] address; each with an optional `:PORT` (else 80 and 443).
+  // Empty: no egress at all. At most 1024 rules.
+  std::vector<std::string> allow;
+  // Proxied connections open at once; more are answered 503. 1 .. 256.
+  uint32_t max_connections = 64;
+  // A connection that moves no byte either way for this long is closed (504 when its
+  // plain-HTTP request got no answer yet). At least 1 s.
+  std::chrono::seconds idle_timeout{300};
+  // Bytes both ways, over all connections, after which new and open connections are cut;
+  // 0: no limit.
+  uint64_t max_bytes = 0;
+};
+
+// What a sandbox's egress did so far.
+struct NetworkStats {
+  uint64_t allowed = 0;         // connections made to an upstream
+  uint64_t refused = 0;         // requests answered with an error status instead
+  uint64_t bytes_sent = 0;      // guest -> upstream, after the request head
+  uint64_t bytes_received = 0;  // upstream -> guest
+  uint32_t open = 0;            // proxied connections open now
+  // The most recent refusals, oldest first, one line each: "403 example.org: not in
+  // this sandbox's allowlist". At most 32.
+  std::vector<std::string> recent_refusals;
+};
+
 struct SandboxConfig {
   uint32_t vcpus = 1;         // 1 .. the host's CPU count (at most 8)
   uint32_t memory_mib = 256;  // 64 .. the engine's ceiling
@@ -57,6 +89,8 @@ struct SandboxConfig {
   // kVsock on an engine without it: LifecycleError::VsockUnavailable.
   Channel channel = Channel::kAuto;
   std::string name;  // free text for logs and listings
+  // Egress; the default allows none.
+  NetworkPolicy network;
 };
 
 // What a restored sandbox may change from the saved one. The machine itself (vCPUs,
@@ -72,6 +106,9 @@ struct RestoreOptions {
   // in a snapshot's manifest are only a record: nothing is loaded from them.
   std::string kernel;
   std::string initramfs;
+  // The restored sandbox's egress policy. A snapshot does not carry one: the default
+  // allows nothing.
+  NetworkPolicy network;
 };
 
 // What to run. Argv runs a program (looked up in the guest's PATH when it has no '/');
@@ -275,6 +312,14 @@ class Sandbox {
   // kReady. Otherwise: NotReadyForFork (Destroyed after Destroy()). Children do not
   // depend on this sandbox: destroying it leaves them running.
   [[nodiscard]] Result<std::vector<std::unique_ptr<Sandbox>>> Fork(uint32_t n);
+
+  // Replaces the egress policy. Connections open now keep going; every later one is
+  // decided by `policy`. Valid in kReady (failing like Execute()); kInvalidConfig
+  // (subject "network") for a bad rule or limit, with the old policy kept.
+  [[nodiscard]] Result<void> SetNetwork(const NetworkPolicy& policy);
+  // The egress policy in force, its rules in canonical spelling.
+  [[nodiscard]] NetworkPolicy network() const;
+  [[nodiscard]] NetworkStats network_stats() const;
 
   // Kills the VM and removes its files. Valid in every state but kDestroyed (then:
   // Destroyed).

@@ -409,7 +409,8 @@ std::unexpected<Error> BadRequest(std::string_view why) {
 }
 
 // The head for the origin server: `head` (already accepted by Beast) with the origin-form
-// target, without the proxy's own headers, and with Host set to `authority`.
+// target, without the proxy's own headers and the guest's Connection and Keep-Alive, with
+// Host set to `authority` and `Connection: close` last.
 Result<std::string> RewriteHead(std::string_view head, std::string_view target,
                                 std::string_view origin_target, std::string_view authority) {
   size_t line_end = head.find("\r\n");
@@ -435,7 +436,8 @@ Result<std::string> RewriteHead(std::string_view head, std::string_view target,
     }
     std::string_view name = line.substr(0, line.find(':'));
     if (EqualsIgnoringCase(name, "Proxy-Connection") ||
-        EqualsIgnoringCase(name, "Proxy-Authorization")) {
+        EqualsIgnoringCase(name, "Proxy-Authorization") || EqualsIgnoringCase(name, "Connection") ||
+        EqualsIgnoringCase(name, "Keep-Alive")) {
       continue;
     }
     if (EqualsIgnoringCase(name, "Host")) {
@@ -448,7 +450,7 @@ Result<std::string> RewriteHead(std::string_view head, std::string_view target,
     out.append("\r\n");
   }
   if (!host_written) out.insert(host_at, host_line);
-  out.append("\r\n");
+  out.append("Connection: close\r\n\r\n");
   return out;
 }
 

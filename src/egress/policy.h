@@ -213,8 +213,11 @@ struct ProxyRequest {
   // For a plain-HTTP request: the head to send the origin server. Its request target is
   // the origin form (/path?query), Proxy-Connection and Proxy-Authorization are dropped
   // (they are for the proxy, and the latter is a credential), the Host header is the URI's
-  // authority (RFC 9112 3.2.2: a proxy replaces it), and every other byte is as the guest
-  // sent it. Empty for CONNECT.
+  // authority (RFC 9112 3.2.2: a proxy replaces it), Connection and Keep-Alive give way to
+  // a last `Connection: close`, and every other byte is as the guest sent it. Empty for
+  // CONNECT. One request per proxied connection: the origin closes after its answer, so a
+  // client's next request, perhaps for another host, comes on a connection of its own and
+  // is checked like the first.
   std::string head;
   // The bytes of the input the request head took; whatever follows (a body, or the first
   // tunnel bytes) belongs to the connection and is relayed as it is.

@@ -16,6 +16,7 @@
 #include "base/unique_fd.h"
 #include "engine/host.h"
 #include "vessel/error.h"
+#include "vessel/sandbox.h"
 
 namespace vessel::engine {
 
@@ -49,6 +50,9 @@ struct VmSpec {
     std::shared_ptr<const void> hold;
   };
   std::optional<ImageRef> image_ref;
+  // The sandbox's egress policy, checked, for the layers above the engine (a fork's
+  // children and a restored sandbox start with it); engines ignore it.
+  NetworkPolicy network;
 
   // A saved VM to start from instead of booting (see Vm::Save): guest RAM becomes a
   // private copy-on-write mapping of `memory`, which is never written, and the machine's

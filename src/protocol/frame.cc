@@ -6,7 +6,8 @@ namespace vessel::protocol {
 
 bool IsLastFrame(MessageType type) {
   return type == MessageType::kExited || type == MessageType::kError ||
-         type == MessageType::kDone || type == MessageType::kHello;
+         type == MessageType::kDone || type == MessageType::kHello ||
+         type == MessageType::kNetClose;
 }
 
 std::vector<uint8_t> EncodeFrame(const Frame& frame, uint32_t request_id) {

@@ -9,8 +9,8 @@
 
 namespace vessel::protocol {
 
-// True for the frame types that end their request: Exited, Error and Done; and Hello,
-// which with a request id answers a Resume (the only request a Hello can belong to).
+// True for the frame types that end their request: Exited, Error, Done and NetClose; and
+// Hello, which with a request id answers a Resume (the only request a Hello can belong to).
 bool IsLastFrame(MessageType type);
 
 // `frame` as bytes again, ready to write, with `request_id` in place of its own.

@@ -277,6 +277,20 @@ std::vector<uint8_t> EncodeResize(uint32_t request_id, const TerminalSize& size)
   return std::move(w).Finish();
 }
 
+std::vector<uint8_t> EncodeNetOpen(uint32_t request_id) {
+  return Writer(MessageType::kNetOpen, request_id).Finish();
+}
+
+std::vector<uint8_t> EncodeNetData(uint32_t request_id, std::span<const uint8_t> data) {
+  Writer w(MessageType::kNetData, request_id);
+  w.Raw(data);
+  return std::move(w).Finish();
+}
+
+std::vector<uint8_t> EncodeNetClose(uint32_t request_id) {
+  return Writer(MessageType::kNetClose, request_id).Finish();
+}
+
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> b) {
   auto u32 = [&](size_t at) {
     return uint32_t{b[at]} | uint32_t{b[at + 1]} << 8 | uint32_t{b[at + 2]} << 16 |
@@ -407,7 +421,8 @@ Result<Credit> DecodeCredit(std::span<const uint8_t> payload) {
   credit.bytes = r.U32();
   auto result = r.Done(credit);
   if (!result) return result;
-  if (stream < static_cast<uint8_t>(Stream::kStdout) || stream > static_cast<uint8_t>(Stream::kFile)) {
+  if (stream < static_cast<uint8_t>(Stream::kStdout) ||
+      stream > static_cast<uint8_t>(Stream::kNet)) {
     return Fail(Error::Backend(fmt::format("malformed credit: unknown stream {}", stream)));
   }
   if (result->bytes > kMaxWindow) return Fail(Error::Backend("malformed credit: more than a window"));

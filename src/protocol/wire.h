@@ -1,4 +1,4 @@
-// The host <-> guest agent wire format, version 4. Shared byte for byte by the host
+// The host <-> guest agent wire format, version 5. Shared byte for byte by the host
 // library and the guest agent; specified in docs/protocol.md.
 //
 // Everything here is pure: no I/O. Decoders treat their input as hostile. Every length
@@ -16,7 +16,7 @@
 
 namespace vessel::protocol {
 
-inline constexpr uint32_t kVersion = 4;
+inline constexpr uint32_t kVersion = 5;
 
 // Frame header: payload size (u32), type (u8), three zero bytes, request id (u32).
 inline constexpr size_t kHeaderSize = 12;
@@ -42,6 +42,12 @@ inline constexpr uint32_t kMaxEntropy = 512;
 inline constexpr uint32_t kMinCloneEntropy = 32;
 // Largest terminal a command may be given, in rows and in columns.
 inline constexpr uint16_t kMaxTerminalSide = 4096;
+// Request ids with this bit set are chosen by the agent (NetOpen); the host's own ids
+// stay below it.
+inline constexpr uint32_t kAgentIdBit = 0x8000'0000;
+// Bytes of NetData each side may send on a proxied connection before the other grants
+// more with Credit (Stream::kNet); both windows start full.
+inline constexpr uint32_t kNetWindow = 256 * 1024;
 
 enum class MessageType : uint8_t {
   kHello = 1,      // agent -> host, request id 0: the agent is up; or a kResume's answer
@@ -64,8 +70,11 @@ enum class MessageType : uint8_t {
   kResume = 17,    // host -> agent: write again (in a clone: forget the old host), answered
                    // by kHello with the Resume's request id
   kResize = 18,    // host -> agent: the new size of a command's terminal
+  kNetOpen = 19,   // agent -> host, a new agent id: a guest program connected to the proxy
+  kNetData = 20,   // either way: bytes of a proxied connection; empty: that direction ended
+  kNetClose = 21,  // either way: the proxied connection is over; last frame of its request
 };
-inline constexpr uint8_t kLastMessageType = 18;
+inline constexpr uint8_t kLastMessageType = 21;
 
 struct FrameHeader {
   uint32_t payload_size = 0;
@@ -108,7 +117,7 @@ struct ExecRequest {
 };
 
 // Streams that Credit frames account for.
-enum class Stream : uint8_t { kStdout = 1, kStderr = 2, kStdin = 3, kFile = 4 };
+enum class Stream : uint8_t { kStdout = 1, kStderr = 2, kStdin = 3, kFile = 4, kNet = 5 };
 
 struct Started {
   int32_t pid = 0;
@@ -210,6 +219,9 @@ std::vector<uint8_t> EncodeDone(uint32_t request_id);
 std::vector<uint8_t> EncodeQuiesce(uint32_t request_id);
 std::vector<uint8_t> EncodeResume(uint32_t request_id, const ResumeRequest& request);
 std::vector<uint8_t> EncodeResize(uint32_t request_id, const TerminalSize& size);
+std::vector<uint8_t> EncodeNetOpen(uint32_t request_id);
+std::vector<uint8_t> EncodeNetData(uint32_t request_id, std::span<const uint8_t> data);
+std::vector<uint8_t> EncodeNetClose(uint32_t request_id);
 
 // Decoding. Errors are kBackend with a message that says what was wrong.
 Result<FrameHeader> DecodeHeader(std::span<const uint8_t, kHeaderSize> bytes);
@@ -225,7 +237,8 @@ Result<FileOp> DecodeFileOp(std::span<const uint8_t> payload);
 Result<FileInfo> DecodeFileInfo(std::span<const uint8_t> payload);
 Result<ResumeRequest> DecodeResume(std::span<const uint8_t> payload);
 Result<TerminalSize> DecodeResize(std::span<const uint8_t> payload);
-// Stdin and FileData payloads are raw bytes and Done/Ping/Pong/Quiesce payloads are empty:
+// Stdin, FileData and NetData payloads are raw bytes and Done/Ping/Pong/Quiesce/NetOpen/
+// NetClose payloads are empty:
 // the header says everything, and DecodeEmpty checks the latter.
 Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what);
 

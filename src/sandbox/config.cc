@@ -6,6 +6,7 @@
 
 #include "base/io.h"
 #include "image/image.h"
+#include "sandbox/egress.h"
 
 namespace vessel {
 
@@ -73,6 +74,9 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
   spec.vcpus = config.vcpus;
   spec.memory_mib = config.memory_mib;
   spec.name = config.name;
+  auto network = CheckNetworkPolicy(config.network);
+  if (!network) return Fail(std::move(network).error());
+  spec.network = std::move(network->policy);
   if (config.overlay_mib != 0 && config.image.empty()) {
     return Fail(Error::InvalidConfig("overlay_mib", "is for a root image, and there is none"));
   }

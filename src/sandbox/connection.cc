@@ -88,6 +88,7 @@ std::optional<InboundData> FlowControlled(const proto::Frame& frame) {
       }
       return InboundData{static_cast<proto::Stream>(payload[0]), payload.size() - 1};
     case proto::MessageType::kFileData: return InboundData{proto::Stream::kFile, payload.size()};
+    case proto::MessageType::kNetData: return InboundData{proto::Stream::kNet, payload.size()};
     default: return std::nullopt;
   }
 }
@@ -97,6 +98,7 @@ const char* KindName(RequestKind kind) {
     case RequestKind::kProcess: return "process";
     case RequestKind::kFile: return "file";
     case RequestKind::kControl: return "control";
+    case RequestKind::kNet: return "proxied connection";
   }
   return "unknown";
 }
@@ -122,11 +124,14 @@ bool Expected(RequestKind kind, const proto::Frame& frame) {
       return kind == RequestKind::kProcess && !payload.empty() && IsOutputStream(payload[0]);
     case MessageType::kCredit:
       return (kind == RequestKind::kProcess && credit_for(proto::Stream::kStdin)) ||
-             (kind == RequestKind::kFile && credit_for(proto::Stream::kFile));
+             (kind == RequestKind::kFile && credit_for(proto::Stream::kFile)) ||
+             (kind == RequestKind::kNet && credit_for(proto::Stream::kNet));
     case MessageType::kFileInfo:
     case MessageType::kFileData: return kind == RequestKind::kFile;
     case MessageType::kDone: return kind == RequestKind::kFile || kind == RequestKind::kControl;
     case MessageType::kHello: return kind == RequestKind::kControl;
+    case MessageType::kNetData:
+    case MessageType::kNetClose: return kind == RequestKind::kNet;
     default: return false;  // the host's own types, and Pong: the host sends no Ping
   }
 }
@@ -339,7 +344,7 @@ Result<proto::Hello> Connection::StartResumed(const proto::ResumeRequest& reques
   {
     std::lock_guard lock(mutex_);
     id = next_id_++;
-    if (next_id_ == 0) next_id_ = 1;
+    if (next_id_ == proto::kAgentIdBit) next_id_ = 1;
   }
   {
     std::lock_guard send_lock(send_mutex_);
@@ -459,6 +464,7 @@ void Connection::Route(proto::Frame frame) {
   // An unsolicited hello after the first: the agent saw the channel reconnect. Nothing to
   // route. (A hello with a request id answers a Resume.)
   if (frame.header.type == proto::MessageType::kHello && frame.header.request_id == 0) return;
+  if (frame.header.type == proto::MessageType::kNetOpen) return OpenNet(frame.header.request_id);
   std::shared_ptr<Mailbox> mailbox;
   {
     std::lock_guard lock(mutex_);
@@ -470,10 +476,23 @@ void Connection::Route(proto::Frame frame) {
   mailbox->Push(std::move(frame));
 }
 
+void Connection::OpenNet(uint32_t id) {
+  // Ids below the bit are the host's; a NetOpen for an id in use, or with a payload, is
+  // one the agent never sends: dropped like any frame nobody waits for.
+  if (!net_handler_ || (id & proto::kAgentIdBit) == 0) return;
+  auto mailbox = std::make_shared<Mailbox>(id, RequestKind::kNet, /*raw=*/false, budget_);
+  mailbox->LimitInbound(proto::kNetWindow);
+  {
+    std::lock_guard lock(mutex_);
+    if (failure_ || !mailboxes_.try_emplace(id, mailbox).second) return;
+  }
+  net_handler_(std::move(mailbox));
+}
+
 std::shared_ptr<Mailbox> Connection::NewRequest(RequestKind kind, bool raw) {
   std::lock_guard lock(mutex_);
   uint32_t id = next_id_++;
-  if (next_id_ == 0) next_id_ = 1;
+  if (next_id_ == proto::kAgentIdBit) next_id_ = 1;
   auto mailbox = std::make_shared<Mailbox>(id, kind, raw, budget_);
   if (failure_) {
     mailbox->Break(*failure_);

@@ -33,6 +33,7 @@ enum class RequestKind {
   kProcess,  // Exec: Started, Output (stdout, stderr), Credit (stdin), Exited, Error
   kFile,     // FileOp: FileInfo, FileData, Credit (file), Done, Error
   kControl,  // Quiesce, Resume: Done, Hello, Error
+  kNet,      // NetOpen, the agent's: NetData, Credit (net), NetClose
 };
 
 // Frames queued for readers and not yet taken, against two budgets: each request's frames
@@ -116,7 +117,7 @@ class Mailbox {
   uint64_t stdin_in_flight_ = 0;
   std::optional<uint32_t> inbound_window_;
   // Indexed by protocol::Stream.
-  std::array<uint64_t, 5> inbound_in_flight_{};
+  std::array<uint64_t, 6> inbound_in_flight_{};
   bool ended_ = false;
 };
 
@@ -157,6 +158,14 @@ class Connection {
   [[nodiscard]] Result<protocol::Hello> Resume(const protocol::ResumeRequest& request,
                                                Deadline deadline);
 
+  // Called on the reader thread with the mailbox of each connection a guest program makes
+  // to the agent's proxy (a NetOpen): the mailbox is registered, limited to kNetWindow
+  // inbound and receives every later frame of it. The handler must not block, nor Send:
+  // it hands the mailbox to a thread of its own. Without a handler NetOpens are dropped.
+  using NetHandler = std::function<void(std::shared_ptr<Mailbox>)>;
+  // Call once, before Start() or StartResumed().
+  void ServeNet(NetHandler handler) { net_handler_ = std::move(handler); }
+
   // A fresh request id with its mailbox (see Mailbox for `raw`).
   [[nodiscard]] std::shared_ptr<Mailbox> NewRequest(RequestKind kind, bool raw = false);
   // Stops routing frames to the request; later frames for it are dropped.
@@ -181,7 +190,11 @@ class Connection {
   [[nodiscard]] Result<void> WriteLocked(std::span<const uint8_t> frame);
   void Unpause();
 
+  // A NetOpen for an id nobody uses: a mailbox for it, handed to net_handler_.
+  void OpenNet(uint32_t id);
+
   UniqueFd fd_;
+  NetHandler net_handler_;
   protocol::FrameReader reader_;
   std::thread reader_thread_;
   // Held while writing a frame, and while checking `paused_` before it: Quiesce's frame

@@ -47,15 +47,28 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
   if (auto r = (*vm)->ConnectAgent(deadline); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open((*vm)->agent_fd());
   if (!connection) return fail(connection.error());
+  auto egress = ServeEgress(*spec, *connection);
   auto hello = (*connection)->Start(deadline);
   if (!hello) return fail(hello.error());
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), std::move(*connection),
-                                     hello->agent_version, std::move(*spec));
+                                     std::move(egress), hello->agent_version, std::move(*spec));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
+std::shared_ptr<sandbox::Egress> Sandbox::Impl::ServeEgress(
+    const engine::VmSpec& spec, const std::shared_ptr<sandbox::Connection>& connection) {
+  // The spec's policy was checked when it was made; should it not pass again, nothing is
+  // allowed.
+  auto policy = sandbox::CheckNetworkPolicy(spec.network);
+  auto egress = std::make_shared<sandbox::Egress>(
+      policy ? std::move(*policy) : *sandbox::CheckNetworkPolicy(NetworkPolicy{}));
+  egress->Attach(connection);
+  return egress;
+}
+
 Sandbox::Impl::Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
-                    std::shared_ptr<sandbox::Connection> connection, std::string agent_version,
+                    std::shared_ptr<sandbox::Connection> connection,
+                    std::shared_ptr<sandbox::Egress> egress, std::string agent_version,
                     engine::VmSpec spec)
     : id_(vm->id()),
       engine_name_(engine->name()),
@@ -63,9 +76,13 @@ Sandbox::Impl::Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engi
       spec_(std::move(spec)),
       engine_(std::move(engine)),
       vm_(std::move(vm)),
-      connection_(std::move(connection)) {}
+      connection_(std::move(connection)),
+      egress_(std::move(egress)) {}
 
-Sandbox::Impl::~Impl() { (void)Destroy(); }
+Sandbox::Impl::~Impl() {
+  (void)Destroy();
+  egress_->Stop();
+}
 
 void Sandbox::Impl::NoteChannelFailure() const {
   if (state_ != SandboxState::kReady) return;
@@ -124,6 +141,7 @@ Result<void> Sandbox::Impl::Reconnect() {
   }
   auto connection = sandbox::Connection::Open(vm_->agent_fd());
   if (!connection) return Fail(std::move(connection).error());
+  egress_->Attach(*connection);
   auto hello = (*connection)->Start(deadline);
   if (!hello) {
     (*connection)->Shutdown(hello.error());
@@ -166,6 +184,7 @@ Result<void> Sandbox::Impl::Destroy() {
   }
   // Every waiter, here or in a Process handle, wakes up with Destroyed.
   connection->Shutdown(DestroyedError());
+  egress_->Stop();
   std::lock_guard reconnect_lock(reconnect_mutex_);
   vm_->Destroy();
   return {};
@@ -287,5 +306,18 @@ SandboxState Sandbox::state() const { return impl_->state(); }
 const std::string& Sandbox::id() const { return impl_->id_; }
 const std::string& Sandbox::engine_name() const { return impl_->engine_name_; }
 const std::string& Sandbox::agent_version() const { return impl_->agent_version_; }
+
+Result<void> Sandbox::SetNetwork(const NetworkPolicy& policy) {
+  auto connection = impl_->Begin(sandbox::Operation::kExecute);
+  if (!connection) return Fail(std::move(connection).error());
+  auto checked = sandbox::CheckNetworkPolicy(policy);
+  if (!checked) return Fail(std::move(checked).error());
+  impl_->egress_->SetPolicy(std::move(*checked));
+  return {};
+}
+
+NetworkPolicy Sandbox::network() const { return impl_->egress_->policy(); }
+
+NetworkStats Sandbox::network_stats() const { return impl_->egress_->stats(); }
 
 }  // namespace vessel

@@ -7,6 +7,7 @@
 #include "base/deadline.h"
 #include "engine/engine.h"
 #include "sandbox/connection.h"
+#include "sandbox/egress.h"
 #include "sandbox/lifecycle.h"
 #include "sandbox/saved_vm.h"
 #include "vessel/sandbox.h"
@@ -32,8 +33,11 @@ class Sandbox::Impl {
       const engine::VmSpec& spec, Deadline deadline);
 
   Impl(std::shared_ptr<engine::Engine> engine, std::unique_ptr<engine::Vm> vm,
-       std::shared_ptr<sandbox::Connection> connection, std::string agent_version,
-       engine::VmSpec spec);
+       std::shared_ptr<sandbox::Connection> connection, std::shared_ptr<sandbox::Egress> egress,
+       std::string agent_version, engine::VmSpec spec);
+  // The egress relay for `spec`'s policy, serving `connection`, which is not started yet.
+  static std::shared_ptr<sandbox::Egress> ServeEgress(
+      const engine::VmSpec& spec, const std::shared_ptr<sandbox::Connection>& connection);
   ~Impl();
 
   // Checks `op` against the lifecycle table; on success returns the connection to use.
@@ -82,6 +86,10 @@ class Sandbox::Impl {
   std::shared_ptr<engine::Engine> engine_;
   std::unique_ptr<engine::Vm> vm_;
   std::shared_ptr<sandbox::Connection> connection_;
+
+ public:
+  // Serves every connection the sandbox has, the first and those after a reconnect.
+  const std::shared_ptr<sandbox::Egress> egress_;
 };
 
 }  // namespace vessel

@@ -145,12 +145,13 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
   if (auto r = vm->Resume(); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open(vm->agent_fd());
   if (!connection) return fail(connection.error());
+  auto egress = ServeEgress(spec, *connection);
   auto hello = (*connection)->StartResumed(sandbox::MakeResumeRequest(true), deadline);
   if (!hello) return fail(hello.error());
   engine::VmSpec running = spec;
   running.restore.reset();
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(vm), std::move(*connection),
-                                     hello->agent_version, std::move(running));
+                                     std::move(egress), hello->agent_version, std::move(running));
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
@@ -176,6 +177,7 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   config.kernel = options.kernel;
   config.initramfs = options.initramfs;
   config.name = options.name.empty() ? manifest->name : options.name;
+  config.network = options.network;
   auto spec = sandbox::ValidateConfig(config, **engine);
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
   if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), spec->kernel,
@@ -220,6 +222,7 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   if (auto r = SaveTo(dir); !r) return Fail(std::move(r).error());
 
   engine::VmSpec spec = spec_;
+  spec.network = egress_->policy();  // the children start with the policy in force now
   auto saved = OpenTemplate(dir);
   if (!saved) return Fail(std::move(saved).error());
   spec.restore = std::move(*saved);

@@ -47,6 +47,13 @@ void DecodeFromHost(const Frame& frame) {
       CheckReencodes(frame, DecodeResize(payload),
                      [&](const TerminalSize& size) { return EncodeResize(id, size); });
       return;
+    case MessageType::kNetData:
+      Check(EncodeNetData(id, payload) == WireBytes(frame), "net data re-encodes");
+      return;
+    case MessageType::kNetClose:
+      if (DecodeEmpty(payload, "net close"))
+        Check(EncodeNetClose(id) == WireBytes(frame), "net close re-encodes");
+      return;
     case MessageType::kHello:
     case MessageType::kOutput:
     case MessageType::kExited:
@@ -54,7 +61,8 @@ void DecodeFromHost(const Frame& frame) {
     case MessageType::kPong:
     case MessageType::kStarted:
     case MessageType::kFileInfo:
-    case MessageType::kDone: return;  // agent -> host only: the agent never decodes them
+    case MessageType::kDone:
+    case MessageType::kNetOpen: return;  // agent -> host only: the agent never decodes them
   }
   Check(false, "DecodeHeader returns only known types");
 }

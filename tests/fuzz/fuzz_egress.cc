@@ -181,9 +181,12 @@ void CheckRequest(std::string_view input) {
   }
   // The target loses "http://" and keeps its authority only in the Host header, which may
   // be new: at most 2 bytes more ("/" for an empty path, and the Host line's 8 bytes against
-  // the scheme's 7).
-  Check(request->head.size() <= request->head_size + 2,
-        "the rewritten head is no longer than the input and its Host header");
+  // the scheme's 7), and the closing "Connection: close" line (19 bytes).
+  constexpr size_t kConnectionClose = sizeof("Connection: close\r\n") - 1;
+  Check(request->head.size() <= request->head_size + 2 + kConnectionClose,
+        "the rewritten head is no longer than the input, its Host header and Connection: close");
+  Check(request->head.ends_with("\r\nConnection: close\r\n\r\n"),
+        "the rewritten head asks the origin to close after its answer");
   Check(vessel::egress::ProxyHeadSize(request->head) == request->head.size(),
         "the rewritten head ends at its one blank line");
   Check(!vessel::egress::ParseProxyRequest(request->head),

@@ -48,6 +48,17 @@ void DecodeFromAgent(const Frame& frame) {
       if (DecodeEmpty(payload, "pong"))
         Check(EncodePong(id) == WireBytes(frame), "pong re-encodes");
       return;
+    case MessageType::kNetOpen:
+      if (DecodeEmpty(payload, "net open"))
+        Check(EncodeNetOpen(id) == WireBytes(frame), "net open re-encodes");
+      return;
+    case MessageType::kNetData:
+      Check(EncodeNetData(id, payload) == WireBytes(frame), "net data re-encodes");
+      return;
+    case MessageType::kNetClose:
+      if (DecodeEmpty(payload, "net close"))
+        Check(EncodeNetClose(id) == WireBytes(frame), "net close re-encodes");
+      return;
     case MessageType::kExec:
     case MessageType::kPing:
     case MessageType::kStdin:

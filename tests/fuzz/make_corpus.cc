@@ -91,6 +91,11 @@ std::vector<std::pair<std::string, Bytes>> HostSeeds() {
                              EncodeDone(8)})},
       {"write_file", Seed(0, {EncodeCredit(9, {Stream::kFile, 65536}), EncodeDone(9)})},
       {"pong", Seed(0, {EncodePong(10)})},
+      {"net", Seed(6, {EncodeNetOpen(kAgentIdBit | 1),
+                       EncodeNetData(kAgentIdBit | 1, Text("CONNECT example.com:443 HTTP/1.1\r\n"
+                                                           "Host: example.com:443\r\n\r\n")),
+                       EncodeCredit(kAgentIdBit | 1, {Stream::kNet, 65536}),
+                       EncodeNetData(kAgentIdBit | 1, {}), EncodeNetClose(kAgentIdBit | 1)})},
       {"quiesce_resume", Seed(2, {EncodeOutput(1, Stream::kStdout, out), EncodeDone(13),
                                   EncodeHello(14, {kVersion, "vessel-agent 0.1.0"}),
                                   EncodeExited(1, {ExitHow::kExited, 0, false, false})})},
@@ -144,6 +149,10 @@ std::vector<std::pair<std::string, Bytes>> AgentSeeds() {
        Seed(4, {EncodeQuiesce(14),
                 EncodeResume(15, {true, 1'700'000'000'123'456'789, Bytes(64, 0xa5)})})},
       {"resume_parent", Seed(0, {EncodeQuiesce(16), EncodeResume(17, {false, 42, {}})})},
+      {"net",
+       Seed(5, {EncodeNetData(kAgentIdBit | 1, Text("HTTP/1.1 200 Connection established\r\n\r\n")),
+                EncodeCredit(kAgentIdBit | 1, {Stream::kNet, 4096}),
+                EncodeNetData(kAgentIdBit | 1, {}), EncodeNetClose(kAgentIdBit | 1)})},
       {"bad_type", Seed(0, {EncodePing(12), BadHeader(0, 0)})},
       {"truncated", Seed(5, {EncodePing(13), Bytes{9, 0, 0, 0, 2, 0, 0}})},
   };

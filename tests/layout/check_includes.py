@@ -35,7 +35,7 @@ LAYERS = {
     # Above the engines nobody names one: sandbox, pool, supervisor and the CLI see the
     # Engine interface and its one front door.
     "src/sandbox/": ["sandbox/", "engine/engine.h", "engine/select.h", "engine/runtime_dir.h",
-                     "base/", "protocol/", "snapshot/", "image/image.h", "vessel/"],
+                     "egress/", "base/", "protocol/", "snapshot/", "image/image.h", "vessel/"],
     "src/pool/": ["pool/", "sandbox/", "engine/engine.h", "engine/select.h",
                   "engine/runtime_dir.h", "base/", "vessel/"],
     "src/supervisor/": ["supervisor/", "sandbox/", "engine/engine.h", "engine/select.h",

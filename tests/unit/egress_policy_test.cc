@@ -553,7 +553,9 @@ TEST(EgressProxyRequestTest, BytesAfterTheHeadAreNotPartOfIt) {
   std::string post = "POST http://example.com/f HTTP/1.1\r\nContent-Length: 4\r\n\r\n";
   ProxyRequest with_body = MustParseRequest(post + "body");
   EXPECT_EQ(with_body.head_size, post.size());
-  EXPECT_EQ(with_body.head, "POST /f HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\n\r\n");
+  EXPECT_EQ(
+      with_body.head,
+      "POST /f HTTP/1.1\r\nHost: example.com\r\nContent-Length: 4\r\nConnection: close\r\n\r\n");
 }
 
 TEST(EgressProxyRequestTest, ConnectNeedsAValidHostAndPort) {
@@ -584,6 +586,8 @@ TEST(EgressProxyRequestTest, AbsoluteGetIsRewrittenForTheOrigin) {
       "Host: example.com\r\n"
       "User-Agent: curl/8.0\r\n"
       "Proxy-Connection: Keep-Alive\r\n"
+      "Connection: keep-alive\r\n"
+      "Keep-Alive: timeout=5\r\n"
       "Accept:  */*  \r\n"
       "proxy-authorization: Basic eDp5\r\n"
       "X-Empty:\r\n"
@@ -598,6 +602,7 @@ TEST(EgressProxyRequestTest, AbsoluteGetIsRewrittenForTheOrigin) {
             "User-Agent: curl/8.0\r\n"
             "Accept:  */*  \r\n"
             "X-Empty:\r\n"
+            "Connection: close\r\n"
             "\r\n");
   EXPECT_EQ(request.head_size, head.size());
 }
@@ -607,21 +612,24 @@ TEST(EgressProxyRequestTest, HostIsTheUriAuthority) {
   ProxyRequest lying = MustParseRequest(
       "GET http://example.com:8080/ HTTP/1.1\r\nAccept: */*\r\nhost: evil.example\r\nX: y\r\n\r\n");
   EXPECT_EQ(lying.port, 8080);
-  EXPECT_EQ(lying.head, "GET / HTTP/1.1\r\nAccept: */*\r\nHost: example.com:8080\r\nX: y\r\n\r\n");
+  EXPECT_EQ(lying.head,
+            "GET / HTTP/1.1\r\nAccept: */*\r\nHost: example.com:8080\r\nX: y\r\nConnection: "
+            "close\r\n\r\n");
   // No Host header (HTTP/1.0): one is added after the request line.
   ProxyRequest missing = MustParseRequest("GET http://Example.COM HTTP/1.0\r\nX: y\r\n\r\n");
   EXPECT_EQ(missing.host, "Example.COM");
-  EXPECT_EQ(missing.head, "GET / HTTP/1.0\r\nHost: Example.COM\r\nX: y\r\n\r\n");
+  EXPECT_EQ(missing.head,
+            "GET / HTTP/1.0\r\nHost: Example.COM\r\nX: y\r\nConnection: close\r\n\r\n");
   ProxyRequest query_only = MustParseRequest("HEAD http://example.com?x HTTP/1.1\r\n\r\n");
-  EXPECT_EQ(query_only.head, "HEAD /?x HTTP/1.1\r\nHost: example.com\r\n\r\n");
+  EXPECT_EQ(query_only.head, "HEAD /?x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
   ProxyRequest v6 = MustParseRequest("GET http://[2001:db8::1]:81/a HTTP/1.1\r\n\r\n");
   EXPECT_EQ(v6.host, "2001:db8::1");
   EXPECT_EQ(v6.port, 81);
-  EXPECT_EQ(v6.head, "GET /a HTTP/1.1\r\nHost: [2001:db8::1]:81\r\n\r\n");
+  EXPECT_EQ(v6.head, "GET /a HTTP/1.1\r\nHost: [2001:db8::1]:81\r\nConnection: close\r\n\r\n");
   ProxyRequest upper_scheme = MustParseRequest("GET HTTP://example.com/ HTTP/1.1\r\n\r\n");
   EXPECT_EQ(upper_scheme.host, "example.com");
   ProxyRequest custom = MustParseRequest("PURGE http://example.com/x HTTP/1.1\r\n\r\n");
-  EXPECT_EQ(custom.head, "PURGE /x HTTP/1.1\r\nHost: example.com\r\n\r\n");
+  EXPECT_EQ(custom.head, "PURGE /x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
 }
 
 TEST(EgressProxyRequestTest, WhatIsNotAProxyRequestIsRefused) {
@@ -641,7 +649,7 @@ TEST(EgressProxyRequestTest, WhatIsNotAProxyRequestIsRefused) {
             std::string::npos);
   // '@' in the path is no user information.
   EXPECT_EQ(MustParseRequest("GET http://example.com/@x HTTP/1.1\r\n\r\n").head,
-            "GET /@x HTTP/1.1\r\nHost: example.com\r\n\r\n");
+            "GET /@x HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n");
   EXPECT_NE(BadHead("GET http:///path HTTP/1.1\r\n\r\n").find("names no host"), std::string::npos);
   EXPECT_NE(BadHead("GET http://example.com:0/ HTTP/1.1\r\n\r\n").find("port '0'"),
             std::string::npos);

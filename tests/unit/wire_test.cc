@@ -336,7 +336,8 @@ TEST(WireRoundTrip, SignalEveryNumber) {
 }
 
 TEST(WireRoundTrip, CreditEveryStream) {
-  for (Stream stream : {Stream::kStdout, Stream::kStderr, Stream::kStdin, Stream::kFile}) {
+  for (Stream stream :
+       {Stream::kStdout, Stream::kStderr, Stream::kStdin, Stream::kFile, Stream::kNet}) {
     for (uint32_t bytes : {0u, 1u, 65536u, kMaxWindow}) {
       Bytes frame = EncodeCredit(14, {stream, bytes});
       CheckedHeader(frame, MessageType::kCredit, 14);
@@ -445,6 +446,45 @@ TEST(WireRoundTrip, QuiesceIsEmpty) {
   EXPECT_TRUE(DecodeEmpty(PayloadOf(quiesce), "quiesce").has_value());
 }
 
+TEST(WireRoundTrip, NetOpenAndNetCloseAreEmpty) {
+  const uint32_t id = kAgentIdBit | 0x1234;
+  Bytes open = EncodeNetOpen(id);
+  EXPECT_EQ(open.size(), kHeaderSize);
+  CheckedHeader(open, MessageType::kNetOpen, id);
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(open), "net open").has_value());
+  Bytes close = EncodeNetClose(id);
+  EXPECT_EQ(close.size(), kHeaderSize);
+  CheckedHeader(close, MessageType::kNetClose, id);
+  EXPECT_TRUE(DecodeEmpty(PayloadOf(close), "net close").has_value());
+}
+
+TEST(WireRoundTrip, NetDataIsRawBytesUpToThePayloadCapAndEmptyEndsADirection) {
+  const uint32_t id = kAgentIdBit | 1;
+  Bytes request = {'C', 'O', 'N', 'N', 'E', 'C', 'T', ' ', 0x00, 0xff, '\r', '\n'};
+  Bytes frame = EncodeNetData(id, request);
+  EXPECT_EQ(CheckedHeader(frame, MessageType::kNetData, id).payload_size, request.size());
+  EXPECT_EQ(Bytes(PayloadOf(frame).begin(), PayloadOf(frame).end()), request);
+
+  Bytes largest(kMaxPayload, 0x5a);
+  Bytes big = EncodeNetData(id, largest);
+  EXPECT_EQ(CheckedHeader(big, MessageType::kNetData, id).payload_size, kMaxPayload);
+  EXPECT_EQ(Bytes(PayloadOf(big).begin(), PayloadOf(big).end()), largest);
+
+  Bytes end = EncodeNetData(id, {});
+  EXPECT_EQ(CheckedHeader(end, MessageType::kNetData, id).payload_size, 0u);
+}
+
+TEST(WireRoundTrip, NetCreditUpToTheNetWindow) {
+  for (uint32_t bytes : {0u, 1u, 65536u, kNetWindow}) {
+    Bytes frame = EncodeCredit(kAgentIdBit | 2, {Stream::kNet, bytes});
+    CheckedHeader(frame, MessageType::kCredit, kAgentIdBit | 2);
+    auto decoded = DecodeCredit(PayloadOf(frame));
+    ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+    EXPECT_EQ(decoded->stream, Stream::kNet);
+    EXPECT_EQ(decoded->bytes, bytes);
+  }
+}
+
 TEST(WireRoundTrip, ResumeCloneAndParent) {
   Bytes entropy;
   for (size_t i = 0; i < kMaxEntropy; ++i) entropy.push_back(static_cast<uint8_t>(i * 7));
@@ -529,6 +569,16 @@ TEST(WireFormat, QuiesceAndResumeLayouts) {
             (Bytes{8, 0, 0, 0, 1, 0, 0, 0, 5, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0}));
 }
 
+TEST(WireFormat, NetLayouts) {
+  EXPECT_EQ(EncodeNetOpen(kAgentIdBit | 1), (Bytes{0, 0, 0, 0, 19, 0, 0, 0, 1, 0, 0, 0x80}));
+  EXPECT_EQ(EncodeNetData(kAgentIdBit | 1, Bytes{'a', 'b'}),
+            (Bytes{2, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x80, 'a', 'b'}));
+  EXPECT_EQ(EncodeNetData(kAgentIdBit | 1, {}), (Bytes{0, 0, 0, 0, 20, 0, 0, 0, 1, 0, 0, 0x80}));
+  EXPECT_EQ(EncodeCredit(kAgentIdBit | 1, {Stream::kNet, 0x00040000}),
+            (Bytes{5, 0, 0, 0, 11, 0, 0, 0, 1, 0, 0, 0x80, 5, 0, 0, 4, 0}));
+  EXPECT_EQ(EncodeNetClose(kAgentIdBit | 1), (Bytes{0, 0, 0, 0, 21, 0, 0, 0, 1, 0, 0, 0x80}));
+}
+
 TEST(WireFormat, FileInfoLayout) {
   FileInfo info{FileType::kDirectory, 0755, 0x0102030405060708ULL, -1, "x"};
   EXPECT_EQ(EncodeFileInfo(7, info),
@@ -557,8 +607,19 @@ TEST(WireHeader, RejectsOversizePayload) {
   ExpectMalformed(DecodeHeader(HeaderOf(Header(kMaxPayload + 1, 3))), "exceeds the cap");
 }
 
+TEST(WireHeader, TheNetMessagesAreTheLastKnownTypes) {
+  static_assert(kLastMessageType == static_cast<uint8_t>(MessageType::kNetClose));
+  for (MessageType type : {MessageType::kNetOpen, MessageType::kNetData, MessageType::kNetClose}) {
+    auto h = DecodeHeader(HeaderOf(Header(0, static_cast<uint8_t>(type), kAgentIdBit | 3)));
+    ASSERT_TRUE(h.has_value()) << h.error().ToString();
+    EXPECT_EQ(h->type, type);
+    EXPECT_EQ(h->request_id, kAgentIdBit | 3);
+  }
+  ExpectMalformed(DecodeHeader(HeaderOf(Header(0, 22))), "unknown frame type 22");
+}
+
 TEST(WireHeader, RejectsUnknownTypes) {
-  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 19, 20, 128, 255}) {
+  for (uint8_t type : std::initializer_list<uint8_t>{0, kLastMessageType + 1, 22, 23, 128, 255}) {
     ExpectMalformed(DecodeHeader(HeaderOf(Header(0, type))), "unknown frame type");
   }
 }
@@ -678,6 +739,15 @@ TEST(WireDecode, EmptyPayloadsRejectAnyByte) {
   ExpectMalformed(DecodeEmpty(many, "pong"), "malformed pong: 12 unexpected bytes");
   EXPECT_TRUE(DecodeEmpty(PayloadOf(EncodePing(1)), "ping").has_value());
   EXPECT_TRUE(DecodeEmpty(PayloadOf(EncodePong(1)), "pong").has_value());
+  // A NetOpen or NetClose carrying bytes, as a hostile peer would frame it.
+  for (uint8_t type : {static_cast<uint8_t>(MessageType::kNetOpen),
+                       static_cast<uint8_t>(MessageType::kNetClose)}) {
+    Bytes frame = Header(1, type, kAgentIdBit | 4);
+    frame.push_back('x');
+    ASSERT_TRUE(DecodeHeader(HeaderOf(frame)).has_value());
+    ExpectMalformed(DecodeEmpty(PayloadOf(frame), "net close"),
+                    "malformed net close: 1 unexpected bytes");
+  }
 }
 
 TEST(WireDecode, ExecRejectsTooManyArgs) {
@@ -803,8 +873,8 @@ TEST(WireDecode, ExecRejectsWindowOutOfRange) {
   }
 }
 
-TEST(WireDecode, OutputRejectsStdinAndFileStreams) {
-  for (Stream stream : {Stream::kStdin, Stream::kFile}) {
+TEST(WireDecode, OutputRejectsStdinFileAndNetStreams) {
+  for (Stream stream : {Stream::kStdin, Stream::kFile, Stream::kNet}) {
     ExpectMalformed(DecodeOutput(PayloadOf(EncodeOutput(1, stream, Bytes{'x'}))), "unknown stream");
   }
 }
@@ -822,7 +892,7 @@ TEST(WireDecode, SignalRejectsNumbersOutsideOneTo64) {
 }
 
 TEST(WireDecode, CreditRejectsUnknownStreams) {
-  for (uint8_t stream : std::initializer_list<uint8_t>{0, 5, 255}) {
+  for (uint8_t stream : std::initializer_list<uint8_t>{0, 6, 255}) {
     PayloadBuilder b;
     b.U8(stream).U32(1);
     ExpectMalformed(DecodeCredit(b.bytes()), "unknown stream");
