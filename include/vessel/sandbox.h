@@ -58,7 +58,7 @@ struct NetworkPolicy {
 // What a sandbox's egress did so far.
 struct NetworkStats {
   uint64_t allowed = 0;         // connections made to an upstream
-  uint64_t refused = 0;         // requests answered with an error status instead
+  uint64_t refused = 0;         // requests answered with an error status, and cut connections
   uint64_t bytes_sent = 0;      // guest -> upstream, after the request head
   uint64_t bytes_received = 0;  // upstream -> guest
   uint32_t open = 0;            // proxied connections open now

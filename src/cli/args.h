@@ -40,6 +40,15 @@ struct ListArgs {
 struct RemoveArgs {
   std::vector<std::string> targets;
 };
+// `net ID`, `net allow ID RULE...`, `net deny ID RULE...`.
+struct NetArgs {
+  std::string target;
+  // Allowlist rules to add and to take out, comma-separated ones split; both empty for
+  // `net ID`.
+  std::vector<std::string> allow;
+  std::vector<std::string> deny;
+  bool json = false;
+};
 struct SnapshotArgs {
   std::string target;
   std::string dir;
@@ -93,10 +102,11 @@ struct HelpArgs {
   std::string text;
 };
 
-using Invocation = std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs,
-                                SnapshotArgs, VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs,
-                                DoctorArgs, ImageBuildArgs, ImageImportArgs, ImageListArgs,
-                                ImageRemoveArgs, ServeArgs, McpArgs, SuperviseArgs, HelpArgs>;
+using Invocation =
+    std::variant<RunArgs, CreateArgs, ExecArgs, CopyArgs, ListArgs, RemoveArgs, NetArgs,
+                 SnapshotArgs, VerifyArgs, SnapshotImportArgs, RestoreArgs, ForkArgs, DoctorArgs,
+                 ImageBuildArgs, ImageImportArgs, ImageListArgs, ImageRemoveArgs, ServeArgs,
+                 McpArgs, SuperviseArgs, HelpArgs>;
 
 // A command line that makes no sense: what is wrong, and the usage of the command it
 // tried (the whole program's when none).

@@ -35,6 +35,7 @@ int Exec(const ExecArgs& args);
 int Copy(const CopyArgs& args);
 int List(const ListArgs& args);
 int Remove(const RemoveArgs& args);
+int Net(const NetArgs& args);
 int Snapshot(const SnapshotArgs& args);
 int Verify(const VerifyArgs& args);
 int SnapshotImport(const SnapshotImportArgs& args);

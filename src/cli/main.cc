@@ -3,6 +3,7 @@
 //   vessel run [options] -- CMD [ARG...]   boot a microVM, run CMD in it, destroy it
 //   vessel create / exec / cp / ls / rm     sandboxes that outlive the command
 //   vessel snapshot / restore / fork        save, restore and copy those sandboxes
+//   vessel net                             their egress: allowlist, counters, refusals
 //   vessel serve                           E2B's sandbox API over HTTP
 //   vessel doctor                          what this host can run, and what is missing
 //
@@ -86,6 +87,7 @@ int main(int argc, char** argv) {
                         [](const cli::CopyArgs& a) { return cli::Copy(a); },
                         [](const cli::ListArgs& a) { return cli::List(a); },
                         [](const cli::RemoveArgs& a) { return cli::Remove(a); },
+                        [](const cli::NetArgs& a) { return cli::Net(a); },
                         [](const cli::SnapshotArgs& a) { return cli::Snapshot(a); },
                         [](const cli::VerifyArgs& a) { return cli::Verify(a); },
                         [](const cli::SnapshotImportArgs& a) { return cli::SnapshotImport(a); },

@@ -1,9 +1,10 @@
-// `vessel snapshot`, `snapshot verify`, `restore` and `fork`.
+// `vessel snapshot`, `snapshot verify`, `restore`, `fork` and `net`.
 //
 // A snapshot is taken by the sandbox's supervisor, which owns the VM, at the request of
 // the command (a control request on its socket). A restore is a `create` whose supervisor
 // restores the snapshot instead of booting. A fork is both: the parent's supervisor saves
-// into a private directory, then that many restores start from it at once.
+// into a private directory, then that many restores start from it at once. `net` asks
+// the supervisor the same way for the sandbox's egress policy, or changes it.
 #include <fmt/chrono.h>
 #include <fmt/format.h>
 
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <optional>
+#include <string_view>
 
 #include "cli/cli.h"
 #include "snapshot/snapshot.h"
@@ -49,6 +51,30 @@ void PrintManifest(const std::string& dir, const snapshot::Manifest& manifest) {
   fmt::print("initramfs  {}\n", manifest.initramfs_path);
   fmt::print("files      state {}, memory {}\n", Mib(manifest.state.size),
              Mib(manifest.memory.size));
+}
+
+void PrintNetwork(const supervisor::NetworkReport& report) {
+  const NetworkPolicy& policy = report.policy;
+  const NetworkStats& stats = report.stats;
+  // Each label's column, then lines of its own for each further item.
+  auto print_list = [](std::string_view label, const std::vector<std::string>& items) {
+    for (size_t i = 0; i < items.size(); ++i) {
+      fmt::print("{:<12} {}\n", i == 0 ? label : "", items[i]);
+    }
+  };
+  if (policy.allow.empty()) {
+    fmt::print("{:<12} {}\n", "allow", "nothing: the guest has no egress");
+  } else {
+    print_list("allow", policy.allow);
+  }
+  fmt::print("{:<12} {} connections at once; idle ones closed after {} s; {}\n", "limits",
+             policy.max_connections, policy.idle_timeout.count(),
+             policy.max_bytes == 0 ? std::string("no byte limit")
+                                   : fmt::format("at most {} bytes in all", policy.max_bytes));
+  fmt::print("{:<12} {} made, {} refused, {} open now\n", "connections", stats.allowed,
+             stats.refused, stats.open);
+  fmt::print("{:<12} {} sent, {} received\n", "bytes", stats.bytes_sent, stats.bytes_received);
+  print_list("refused", stats.recent_refusals);
 }
 
 // A damaged snapshot, or none, is kExitSnapshotDamaged; failing to check is the usual.
@@ -140,6 +166,35 @@ int Fork(const ForkArgs& args) {
   auto children = supervisor::ForkSandbox(*parent, *count);
   if (!children) return Failure(children.error());
   for (const auto& child : *children) fmt::print("{}\n", child);
+  return 0;
+}
+
+int Net(const NetArgs& args) {
+  auto record = supervisor::Resolve(args.target);
+  if (!record) return Failure(record.error());
+  auto reply = supervisor::SendControlRequest(
+      *record,
+      {.op = supervisor::ControlRequest::Op::kNetwork, .allow = args.allow, .deny = args.deny});
+  if (!reply) {
+    const Error& error = reply.error();
+    if (error.kind() == ErrorKind::kInvalidConfig && error.subject() == "control request" &&
+        error.message().find("unknown op") != std::string::npos) {
+      return Failure(fmt::format(
+          "the supervisor of sandbox {} was started by a vessel without `vessel net`: recreate "
+          "the sandbox to see or change its egress ({})",
+          record->id, error.ToString()));
+    }
+    return Failure(error);
+  }
+  if (!reply->network) {
+    return Failure(
+        fmt::format("the supervisor of sandbox {} answered without its egress policy", record->id));
+  }
+  if (args.json) {
+    fmt::print("{}\n", supervisor::EncodeNetworkReport(*reply->network, 2));
+  } else {
+    PrintNetwork(*reply->network);
+  }
   return 0;
 }
 

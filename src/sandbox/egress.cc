@@ -346,6 +346,7 @@ void Egress::Relay::Pump() {
     if (upstream_ended_ && guest_ended_ && guest_bytes_.empty()) return Close();
     if (OverByteLimit()) {
       std::lock_guard lock(egress_.mutex_);
+      egress_.stats_.refused++;
       auto& recent = egress_.stats_.recent_refusals;
       recent.push_back("cut: the sandbox's egress byte limit was reached");
       if (recent.size() > kRecentRefusals) recent.erase(recent.begin());

@@ -104,7 +104,11 @@ Result<void> ClientSession::Serve() {
 
 Result<void> ClientSession::ServeControlRequest(std::string received) {
   std::vector<uint8_t> buf(kReadChunk);
-  while (received.find('\n') == std::string::npos && received.size() <= kMaxControlRequestSize) {
+  // Where the search for '\n' goes on: a long request is scanned once.
+  size_t searched = 0;
+  while (received.find('\n', searched) == std::string::npos &&
+         received.size() <= kMaxControlRequestSize) {
+    searched = received.size();
     auto n = ReadSome(fd_.get(), buf, Deadline::Never(), "reading from a client");
     if (!n) return Fail(std::move(n).error());
     if (*n == 0) return Fail(ClientViolation("the connection closed inside a control request"));
@@ -115,7 +119,7 @@ Result<void> ClientSession::ServeControlRequest(std::string received) {
     (void)ToClient(AsBytes(EncodeControlReply(Fail(request.error()))));
     return Fail(ClientViolation(request.error().message()));
   }
-  Result<void> outcome = on_control_(*request);
+  Result<ControlReply> outcome = on_control_(*request);
   // The client may have given up meanwhile; what was done stands either way.
   (void)ToClient(AsBytes(EncodeControlReply(outcome)));
   return {};

@@ -12,8 +12,8 @@
 // running killed (SIGKILL), so nothing it started outlives it.
 //
 // A client may instead send one control request (supervisor_protocol.h), which the
-// supervisor carries out itself, such as a snapshot; agent requests of other clients wait
-// meanwhile where they must.
+// supervisor carries out itself, such as a snapshot or a change of the egress policy;
+// agent requests of other clients wait meanwhile where they must.
 //
 // The process must ignore SIGPIPE: a client that goes away is a failed write.
 #pragma once
@@ -40,9 +40,10 @@ namespace vessel::supervisor {
 inline constexpr size_t kMaxClients = 64;
 inline constexpr size_t kMaxRequestsPerClient = 256;
 
-// Carries out a control request for a client, as long as it takes. Called on the
-// client's session thread; several clients may call it at once.
-using ControlHandler = std::function<Result<void>(const ControlRequest&)>;
+// Carries out a control request for a client, as long as it takes, and says what the
+// reply carries. Called on the client's session thread; several clients may call it at
+// once.
+using ControlHandler = std::function<Result<ControlReply>(const ControlRequest&)>;
 
 // One client connection: a thread reads the client's frames and relays them to the
 // agent; one writer thread sends the client everything it is owed, the agent's frames

@@ -13,9 +13,11 @@
 #include <chrono>
 #include <filesystem>
 #include <limits>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "base/io.h"
+#include "sandbox/egress.h"
 #include "sandbox/raw_agent.h"
 #include "snapshot/snapshot.h"
 #include "supervisor/control_proxy.h"
@@ -118,8 +120,9 @@ Result<std::unique_ptr<Sandbox>> BootOrRestore(SupervisorConfig& options) {
   options.sandbox.memory_mib = opened->manifest.memory_mib;
   // The CLI's names are unique: without one of its own, a restored sandbox has none,
   // not the saved one's.
-  auto restored =
-      Sandbox::Restore(dir, {.name = options.sandbox.name, .engine = options.sandbox.engine});
+  auto restored = Sandbox::Restore(dir, {.name = options.sandbox.name,
+                                         .engine = options.sandbox.engine,
+                                         .network = options.sandbox.network});
   if (!restored) return Fail(std::move(restored).error().Context("restoring " + dir));
   return restored;
 }
@@ -140,6 +143,63 @@ Result<void> SnapshotFor(Sandbox& sandbox, const std::string& dir) {
   return saved;
 }
 
+// Changes the sandbox's egress for a client: its allowlist gains the rules of `allow` it
+// lacks and loses every rule equal to one of `deny`, both compared in canonical spelling;
+// its limits stay. Nothing changes when a rule is invalid or a rule to deny is not in the
+// list. `mutex` serialises changes, so that two clients' do not undo each other.
+Result<ControlReply> ChangeNetwork(Sandbox& sandbox, std::mutex& mutex,
+                                   const ControlRequest& request) {
+  std::lock_guard lock(mutex);
+  if (!request.allow.empty() || !request.deny.empty()) {
+    auto added = sandbox::CheckNetworkPolicy({.allow = request.allow});
+    if (!added) return Fail(std::move(added).error());
+    auto denied = sandbox::CheckNetworkPolicy({.allow = request.deny});
+    if (!denied) return Fail(std::move(denied).error());
+    NetworkPolicy policy = sandbox.network();
+    auto listed = [&policy](const std::string& rule) {
+      return std::find(policy.allow.begin(), policy.allow.end(), rule) != policy.allow.end();
+    };
+    std::vector<std::string> newly_allowed;
+    for (const std::string& rule : added->policy.allow) {
+      if (listed(rule)) continue;
+      policy.allow.push_back(rule);
+      newly_allowed.push_back(rule);
+    }
+    const std::vector<std::string>& to_deny = denied->policy.allow;
+    for (size_t i = 0; i < to_deny.size(); ++i) {
+      if (listed(to_deny[i])) continue;
+      std::string spelled = request.deny[i] == to_deny[i] ? "" : " (" + to_deny[i] + ")";
+      return Fail(Error::InvalidConfig(
+          "network", fmt::format("{}{} is not in the sandbox's allowlist; nothing was changed",
+                                 request.deny[i], spelled)));
+    }
+    std::erase_if(policy.allow, [&to_deny](const std::string& rule) {
+      return std::find(to_deny.begin(), to_deny.end(), rule) != to_deny.end();
+    });
+    if (auto set = sandbox.SetNetwork(policy); !set) return Fail(std::move(set).error());
+    Log(fmt::format("egress allowlist changed: allowed [{}], denied [{}]",
+                    fmt::join(newly_allowed, ", "), fmt::join(to_deny, ", ")));
+  }
+  return ControlReply{.network = NetworkReport{sandbox.network(), sandbox.network_stats()}};
+}
+
+// Logs the refusals of the sandbox's egress since the first `seen`, so that none is
+// silent: those still among the recent ones line by line, the others counted.
+void LogNewRefusals(const Sandbox& sandbox, uint64_t& seen) {
+  NetworkStats stats = sandbox.network_stats();
+  if (stats.refused <= seen) return;
+  uint64_t fresh = stats.refused - seen;
+  seen = stats.refused;
+  size_t kept = stats.recent_refusals.size();
+  size_t shown = static_cast<size_t>(std::min<uint64_t>(fresh, kept));
+  if (fresh > shown) {
+    Log(fmt::format("egress refused {} more connections, no longer kept to show", fresh - shown));
+  }
+  for (size_t i = kept - shown; i < kept; ++i) {
+    Log("egress refused: " + stats.recent_refusals[i]);
+  }
+}
+
 }  // namespace
 
 std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
@@ -152,6 +212,7 @@ std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
                  {"initramfs", sandbox.initramfs},
                  {"image", sandbox.image},
                  {"overlay_mib", sandbox.overlay_mib},
+                 {"allow_net", sandbox.network.allow},
                  {"engine", EngineKindName(sandbox.engine)},
                  {"restore_dir", config.restore_dir},
                  {"forked_from", config.forked_from},
@@ -179,6 +240,16 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
       if (key == "memory_mib") config.sandbox.memory_mib = static_cast<uint32_t>(*n);
       if (key == "vcpus") config.sandbox.vcpus = static_cast<uint32_t>(*n);
       if (key == "overlay_mib") config.sandbox.overlay_mib = static_cast<uint32_t>(*n);
+      continue;
+    }
+    if (key == "allow_net") {
+      if (!value.is_array() || value.size() > 1024) {
+        return Fail(BadConfig("allow_net wants a list of at most 1024 rules"));
+      }
+      for (const auto& rule : value) {
+        if (!rule.is_string()) return Fail(BadConfig("allow_net wants strings"));
+        config.sandbox.network.allow.push_back(rule.get<std::string>());
+      }
       continue;
     }
     if (!value.is_string()) return Fail(BadConfig(key + " wants a string"));
@@ -270,15 +341,22 @@ int RunSupervisor(SupervisorConfig config) {
   }
 
   auto agent = sandbox::RawAgentOf(*sandbox);
+  std::mutex network_mutex;
   ControlServer server(
       *agent,
-      [&sandbox](const ControlRequest& request) -> Result<void> {
+      [&sandbox, &network_mutex](const ControlRequest& request) -> Result<ControlReply> {
         switch (request.op) {
-          case ControlRequest::Op::kSnapshot: return SnapshotFor(*sandbox, request.dir);
+          case ControlRequest::Op::kSnapshot: {
+            auto saved = SnapshotFor(*sandbox, request.dir);
+            if (!saved) return Fail(std::move(saved).error());
+            return ControlReply{};
+          }
+          case ControlRequest::Op::kNetwork: return ChangeNetwork(*sandbox, network_mutex, request);
         }
         return Fail(Error::InvalidConfig("control request", "unknown operation"));
       },
       std::move(*listener));
+  uint64_t refusals_logged = 0;
   for (;;) {
     pollfd fds[2] = {{server.fd(), POLLIN, 0}, {signals.get(), POLLIN, 0}};
     int n = ::poll(fds, 2, kHealthCheckMs);
@@ -293,6 +371,7 @@ int RunSupervisor(SupervisorConfig config) {
       break;
     }
     if (n > 0 && fds[0].revents) server.AcceptPending();
+    LogNewRefusals(*sandbox, refusals_logged);
     if (!record.failed && sandbox->state() == SandboxState::kFailed) {
       record.failed = true;
       Log("the VM failed; every request is answered with an error until `vessel rm`");

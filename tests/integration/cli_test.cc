@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "protocol/wire.h"
+#include "supervisor/supervisor_protocol.h"
 #include "vm_test_env.h"
 
 namespace vessel {
@@ -650,7 +651,9 @@ TEST_F(CliSandboxTest, TheControlSocketAnswersABadControlRequestWithAnErrorAndHa
        "one request per connection"},
       {line(R"({"op":[[[[[[[[1]]]]]]]],"dir":"/tmp/vessel-cli-test-never-made"})"),
        "not a JSON object"},
-      {"{" + std::string(20000, ' '), "longer than"},
+      {line(R"({"op":"network","allow":"example.com"})"), "wants a list"},
+      {line(R"({"op":"network","allow":["example.com"],"max_bytes":1})"), "unknown field"},
+      {"{" + std::string(supervisor::kMaxControlRequestSize + 1, ' '), "longer than"},
   };
   for (const auto& c : cases) {
     RawControlClient client(id_);
@@ -1087,6 +1090,88 @@ TEST(CliSnapshotTest, BadRequestsFailWithOneLineAndLeaveNothingBehind) {
   EXPECT_EQ(RunCli({"rm", "snap-errors"}).status, 0);
   EXPECT_FALSE(std::filesystem::exists(stale));
   EXPECT_FALSE(ListedSandbox(id).has_value());
+}
+
+// `vessel net`: the egress policy of a running sandbox, read and changed by its supervisor.
+TEST(CliNetTest, NetShowsAllowsAndDeniesRulesOfARunningSandbox) {
+  std::string id =
+      CreateSandbox({"--memory", "128", "--name", "net-test", "--allow-net", "127.0.0.1:18080"});
+  ASSERT_FALSE(id.empty());
+  // Removed however the test ends.
+  struct Removal {
+    std::string id;
+    ~Removal() {
+      if (!id.empty()) RunCli({"rm", id});
+    }
+  } removal{id};
+  // The allowlist `vessel net ARGS... --json` prints, or a failure.
+  auto allowlist = [](std::vector<std::string> args) -> std::vector<std::string> {
+    args.insert(args.begin(), "net");
+    args.push_back("--json");
+    auto r = RunCli(args);
+    EXPECT_EQ(r.status, 0) << r.err;
+    auto net = nlohmann::json::parse(r.out, nullptr, false);
+    if (!net.is_object() || !net["allow"].is_array()) {
+      ADD_FAILURE() << "not a network object: " << r.out;
+      return {};
+    }
+    for (const char* key : {"max_connections", "idle_timeout_s", "max_bytes", "allowed", "refused",
+                            "bytes_sent", "bytes_received", "open"}) {
+      EXPECT_TRUE(net[key].is_number_unsigned()) << key << " in " << r.out;
+    }
+    EXPECT_TRUE(net["recent_refusals"].is_array()) << r.out;
+    return net["allow"].get<std::vector<std::string>>();
+  };
+  using Rules = std::vector<std::string>;
+  EXPECT_EQ(allowlist({id}), Rules{"127.0.0.1:18080"});
+  // By name too; rules are kept in their canonical spelling.
+  EXPECT_EQ(allowlist({"allow", "net-test", "EXAMPLE.com"}),
+            (Rules{"127.0.0.1:18080", "example.com"}));
+  EXPECT_EQ(allowlist({"deny", id, "127.0.0.1:18080"}), Rules{"example.com"});
+  EXPECT_EQ(allowlist({id}), Rules{"example.com"});
+
+  auto r = RunCli({"net", id});
+  EXPECT_EQ(r.status, 0) << r.err;
+  EXPECT_EQ(r.out.rfind("allow        example.com\n", 0), 0u) << r.out;
+  EXPECT_NE(r.out.find("connections  0 made"), std::string::npos) << r.out;
+
+  // What cannot be done fails in one line and changes nothing.
+  auto one_line_failure = [](const CliResult& failed, const std::string& mentions) {
+    EXPECT_EQ(failed.status, 125);
+    EXPECT_EQ(failed.out, "");
+    EXPECT_EQ(Lines(failed.err).size(), 1u) << failed.err;
+    EXPECT_NE(failed.err.find(mentions), std::string::npos) << failed.err;
+  };
+  one_line_failure(RunCli({"net", "deny", id, "nothere.example"}),
+                   "nothere.example is not in the sandbox's allowlist");
+  one_line_failure(RunCli({"net", "allow", id, "good.example,http://bad.example/"}),
+                   "http://bad.example/");
+  one_line_failure(RunCli({"net", "no-such-sandbox"}), "no-such-sandbox");
+  EXPECT_EQ(allowlist({id}), Rules{"example.com"});
+
+  // A refusal shows in the counters and in the supervisor's log.
+  r = RunCli({"exec", id, "--", "sh", "-c", "wget -q -O - http://denied.example/ 2>&1; true"});
+  EXPECT_EQ(r.status, 0) << r.err;
+  r = RunCli({"net", id, "--json"});
+  auto net = nlohmann::json::parse(r.out, nullptr, false);
+  ASSERT_TRUE(net.is_object()) << r.out;
+  EXPECT_GE(net.value("refused", 0), 1) << r.out;
+  ASSERT_FALSE(net["recent_refusals"].empty()) << r.out;
+  EXPECT_NE(net["recent_refusals"].back().get<std::string>().find("denied.example"),
+            std::string::npos)
+      << r.out;
+  std::string log_path = testing::TestRuntimeRoot() + "/sandboxes/" + id + "/supervisor.log";
+  EXPECT_TRUE(Eventually(
+      [&] {
+        return ReadWholeFile(log_path).find("egress refused: 403 denied.example") !=
+               std::string::npos;
+      },
+      std::chrono::seconds(5)))
+      << ReadWholeFile(log_path);
+
+  removal.id.clear();
+  EXPECT_EQ(RunCli({"rm", id}).status, 0);
+  one_line_failure(RunCli({"net", id}), id);
 }
 
 }  // namespace

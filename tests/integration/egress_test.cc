@@ -313,6 +313,22 @@ TEST_F(EgressTest, ManyParallelConnectionsAreAnsweredAndLeaveNothingBehind) {
   EXPECT_LT(testing::ResidentKib(), rss_before + 64 * 1024);
 }
 
+TEST_F(EgressTest, AForkStartsWithThePolicyInForce) {
+  VESSEL_REQUIRE_SNAPSHOTS();
+  Allow({Loopback(http_->port())});
+  auto children = sandbox_->Fork(1);
+  ASSERT_TRUE(children.has_value()) << children.error().ToString();
+  Sandbox& child = *children->front();
+  EXPECT_EQ(child.network().allow, std::vector<std::string>{Loopback(http_->port())});
+  auto r = child.Execute(
+      Command::Shell(fmt::format("wget -q -O - http://{}/child", Loopback(http_->port()))));
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  EXPECT_EQ(r->stdout_data, "served GET /child HTTP/1.1\n");
+  // The child's policy is its own from then on.
+  ASSERT_TRUE(child.SetNetwork({}).has_value());
+  EXPECT_EQ(sandbox_->network().allow, std::vector<std::string>{Loopback(http_->port())});
+}
+
 TEST_F(EgressTest, ABadRuleIsRefusedAndThePolicyKept) {
   Allow({Loopback(http_->port())});
   NetworkPolicy bad;

@@ -96,5 +96,44 @@ TEST(CliArgsTest, SnapshotVerifyRestoreAndForkParse) {
   EXPECT_NE(Parsed<HelpArgs>({"--help"}).text.find("usage"), std::string::npos);
 }
 
+TEST(CliArgsTest, AllowNetTakesCommaSeparatedAndRepeatedRules) {
+  auto create = Parsed<CreateArgs>(
+      {"create", "--allow-net", "example.com,*.example.org:8080", "--allow-net", "127.0.0.1:80"});
+  EXPECT_EQ(create.config.network.allow,
+            (Args{"example.com", "*.example.org:8080", "127.0.0.1:80"}));
+  EXPECT_TRUE(Parsed<RunArgs>({"run", "true"}).config.network.allow.empty());
+  EXPECT_EQ(UsageMessage({"create", "--allow-net", "a.example,,b.example"}),
+            "--allow-net has an empty rule in 'a.example,,b.example'");
+}
+
+TEST(CliArgsTest, NetShowsAllowsAndDeniesRules) {
+  auto show = Parsed<NetArgs>({"net", "box"});
+  EXPECT_EQ(show.target, "box");
+  EXPECT_TRUE(show.allow.empty());
+  EXPECT_TRUE(show.deny.empty());
+  EXPECT_FALSE(show.json);
+  EXPECT_TRUE(Parsed<NetArgs>({"net", "box", "--json"}).json);
+  EXPECT_TRUE(Parsed<NetArgs>({"net", "--json", "box"}).json);
+
+  // Rules come one per argument, comma-separated, or both.
+  auto allow = Parsed<NetArgs>({"net", "allow", "box", "example.com,*.example.org", "[::1]:3000"});
+  EXPECT_EQ(allow.target, "box");
+  EXPECT_EQ(allow.allow, (Args{"example.com", "*.example.org", "[::1]:3000"}));
+  EXPECT_TRUE(allow.deny.empty());
+  auto deny = Parsed<NetArgs>({"net", "deny", "--json", "box", "127.0.0.1:8080"});
+  EXPECT_EQ(deny.target, "box");
+  EXPECT_EQ(deny.deny, (Args{"127.0.0.1:8080"}));
+  EXPECT_TRUE(deny.allow.empty());
+  EXPECT_TRUE(deny.json);
+  EXPECT_TRUE(Parsed<NetArgs>({"net", "allow", "box", "example.com", "--json"}).json);
+
+  EXPECT_EQ(UsageMessage({"net"}), "net wants a sandbox id or name");
+  EXPECT_NE(UsageMessage({"net", "allow", "box"}), "(parsed)");
+  EXPECT_NE(UsageMessage({"net", "deny"}), "(parsed)");
+  EXPECT_EQ(UsageMessage({"net", "deny", "box", "a.example,"}),
+            "net deny has an empty rule in 'a.example,'");
+  EXPECT_NE(UsageMessage({"net", "box", "--frob"}).find("--frob"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace vessel::cli
