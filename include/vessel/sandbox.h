@@ -11,6 +11,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -40,10 +41,11 @@ inline constexpr uint32_t kMaxForks = 64;
 // on the guest's 127.0.0.1:3128, and the host decides each connection: the host name
 // against `allow`, then every address the host resolved it to. Nothing else reaches the
 // network; the guest does no DNS of its own.
+inline constexpr size_t kMaxNetworkRules = 1024;
 struct NetworkPolicy {
   // Allowlist rules: `api.example.com`, `*.example.com` (names below it, not the name
   // itself), an IPv4 or [IPv6] address; each with an optional `:PORT` (else 80 and 443).
-  // Empty: no egress at all. At most 1024 rules.
+  // Empty: no egress at all. At most kMaxNetworkRules.
   std::vector<std::string> allow;
   // Proxied connections open at once; more are answered 503. 1 .. 256.
   uint32_t max_connections = 64;
@@ -106,9 +108,9 @@ struct RestoreOptions {
   // in a snapshot's manifest are only a record: nothing is loaded from them.
   std::string kernel;
   std::string initramfs;
-  // The restored sandbox's egress policy. A snapshot does not carry one: the default
-  // allows nothing.
-  NetworkPolicy network;
+  // The restored sandbox's egress policy, replacing the one the snapshot carries (the
+  // policy in force when it was taken); unset: that one.
+  std::optional<NetworkPolicy> network;
 };
 
 // What to run. Argv runs a program (looked up in the guest's PATH when it has no '/');

@@ -293,6 +293,23 @@ std::variant<Invocation, UsageError> ParseArgs(const std::vector<std::string>& a
   restore->add_option("--name", restore_args.name, "a name to use instead of the id");
   AddEngine(restore, restore_args.engine,
             "must be the engine that saved it (default auto: that one)");
+  auto* restore_allow_net =
+      restore
+          ->add_option_function<std::vector<std::string>>(
+              "--allow-net",
+              [&restore_args](const std::vector<std::string>& values) {
+                auto& rules = restore_args.allow_net.emplace();
+                for (const std::string& value : values) AppendRules("--allow-net", value, rules);
+              },
+              "replace the allowlist the snapshot carries with these hosts, as create's "
+              "--allow-net takes them (default: the snapshot's)")
+          ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+          ->allow_extra_args(false);
+  restore
+      ->add_flag_callback(
+          "--no-net", [&restore_args] { restore_args.allow_net.emplace(); },
+          "restore with no egress, whatever the snapshot allowed")
+      ->excludes(restore_allow_net);
 
   ForkArgs fork_args;
   auto* fork = app.add_subcommand(

@@ -63,6 +63,8 @@ struct RestoreArgs {
   std::string dir;
   std::string name;
   EngineKind engine = EngineKind::kAuto;
+  // Set: the allowlist that replaces the snapshot's (empty: no egress).
+  std::optional<std::vector<std::string>> allow_net;
 };
 struct ForkArgs {
   std::string target;

@@ -10,6 +10,7 @@
 #include "cli/cli.h"
 #include "supervisor/launch.h"
 #include "supervisor/state.h"
+#include "supervisor/supervisor_protocol.h"
 
 namespace vessel::cli {
 namespace {
@@ -20,6 +21,16 @@ std::string Age(int64_t seconds) {
   if (seconds < 3600) return fmt::format("{}m", seconds / 60);
   if (seconds < 86400) return fmt::format("{}h", seconds / 3600);
   return fmt::format("{}d", seconds / 86400);
+}
+
+// A running sandbox's egress policy and counters, asked of its supervisor; null when it
+// does not answer (it may have just stopped, or predate `vessel net`).
+nlohmann::json NetworkOf(const supervisor::Listing& listing) {
+  if (listing.state != "running") return nullptr;
+  auto reply = supervisor::SendControlRequest(listing.record,
+                                              {.op = supervisor::ControlRequest::Op::kNetwork});
+  if (!reply || !reply->network) return nullptr;
+  return nlohmann::json::parse(supervisor::EncodeNetworkReport(*reply->network));
 }
 
 }  // namespace
@@ -66,7 +77,8 @@ int List(const ListArgs& args) {
                      {"age_seconds", l.age_seconds},
                      {"pid", l.record.pid},
                      {"restored_from", l.record.restored_from},
-                     {"forked_from", l.record.forked_from}});
+                     {"forked_from", l.record.forked_from},
+                     {"network", NetworkOf(l)}});
     }
     fmt::print("{}\n", out.dump(2));
     return 0;

@@ -130,6 +130,10 @@ int Restore(const RestoreArgs& args) {
   supervisor::SupervisorConfig config{.restore_dir = *dir};
   config.sandbox.name = args.name;
   config.sandbox.engine = args.engine;
+  if (args.allow_net) {
+    config.replace_network = true;
+    config.sandbox.network.allow = *args.allow_net;
+  }
   if (!args.name.empty()) {
     if (auto free = supervisor::CheckNameIsFree(args.name); !free) return Failure(free.error());
   }

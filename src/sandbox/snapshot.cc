@@ -98,6 +98,7 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   manifest.kernel_path = spec_.kernel;
   manifest.initramfs_path = spec_.initramfs;
   manifest.created_unix_ms = NowUnixMs();
+  manifest.network = egress_->policy();
   if (spec_.image_ref) {
     manifest.format_version = snapshot::kFormatVersion;
     manifest.image_digest = spec_.image_ref->digest;
@@ -177,7 +178,7 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   config.kernel = options.kernel;
   config.initramfs = options.initramfs;
   config.name = options.name.empty() ? manifest->name : options.name;
-  config.network = options.network;
+  config.network = options.network.value_or(manifest->network);
   auto spec = sandbox::ValidateConfig(config, **engine);
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
   if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), spec->kernel,

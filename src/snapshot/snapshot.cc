@@ -281,6 +281,10 @@ json ToJson(const Manifest& m) {
   if (!m.image_digest.empty()) {
     object["image"] = json{{"digest", m.image_digest}, {"name", m.image_name}};
   }
+  object["network"] = json{{"allow", m.network.allow},
+                           {"max_connections", m.network.max_connections},
+                           {"idle_timeout_s", m.network.idle_timeout.count()},
+                           {"max_bytes", m.network.max_bytes}};
   if (m.memory_seal) {
     object["memory_seal"] = json{{"device", m.memory_seal->device},
                                  {"inode", m.memory_seal->inode},
@@ -346,6 +350,34 @@ class FieldReader {
     if (!error_) out = seal;
   }
 
+  // Optional: {"allow": [string], "max_connections": n, "idle_timeout_s": n, "max_bytes": n}.
+  void Read(const char* key, NetworkPolicy& out) {
+    if (error_ || !object_.contains(key)) return;
+    const json* value = Find(key, &json::is_object, "is not an object");
+    if (!value) return;
+    FieldReader inner(*value, prefix_ + key + ".");
+    inner.Read("allow", out.allow, kMaxNetworkRules);
+    inner.Read("max_connections", out.max_connections);
+    int64_t idle_timeout_s = 0;
+    inner.Read("idle_timeout_s", idle_timeout_s);
+    out.idle_timeout = std::chrono::seconds(idle_timeout_s);
+    inner.Read("max_bytes", out.max_bytes);
+    error_ = std::move(inner.error_);
+  }
+
+  // An array of at most `max` strings.
+  void Read(const char* key, std::vector<std::string>& out, size_t max) {
+    const json* value = Find(key, &json::is_array, "missing or not an array");
+    if (!value) return;
+    if (value->size() > max) {
+      return Problem(key, fmt::format("has {} entries, more than {}", value->size(), max));
+    }
+    for (const json& entry : *value) {
+      if (!entry.is_string()) return Problem(key, "has an entry that is not a string");
+      out.push_back(entry.get<std::string>());
+    }
+  }
+
   // The root image: {"digest": "sha256:<hex>", "name": string}.
   void Read(const char* key, std::string& digest, std::string& name) {
     const json* value = Find(key, &json::is_object, "missing or not an object");
@@ -399,6 +431,7 @@ Result<Manifest> FromJson(const json& object) {
   reader.Read("memory", m.memory);
   if (m.format_version >= kFormatVersion) reader.Read("image", m.image_digest, m.image_name);
   reader.Read("memory_seal", m.memory_seal);
+  reader.Read("network", m.network);
   if (reader.error()) return Fail(*reader.error());
   return m;
 }

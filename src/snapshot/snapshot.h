@@ -14,6 +14,7 @@
 #include "base/unique_fd.h"
 #include "snapshot/host_key.h"
 #include "vessel/error.h"
+#include "vessel/sandbox.h"
 
 namespace vessel::snapshot {
 
@@ -25,7 +26,8 @@ inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kStateFile = "state";
 inline constexpr const char* kMemoryFile = "memory";
 
-// A manifest is a few hundred bytes; a larger file is not one, and is not parsed.
+// A manifest is a few hundred bytes and an allowlist of at most kMaxNetworkRules host
+// names; a larger file is not one, and is not parsed.
 inline constexpr size_t kMaxManifestSize = 1024 * 1024;
 inline constexpr uint32_t kMaxVcpus = 64;
 
@@ -66,6 +68,11 @@ struct Manifest {
   FileDigest memory;
   // Written by WriteManifest; absent in snapshots of older Vessels.
   std::optional<FileSeal> memory_seal;
+  // The egress policy in force when the snapshot was taken, which a restore keeps unless
+  // told otherwise. Absent in snapshots of older Vessels: no egress. The rules are only
+  // checked for shape here (strings, at most egress::kMaxRules); a restore checks them as
+  // it checks a SandboxConfig's.
+  NetworkPolicy network;
 };
 
 // SHA-256 of a whole regular file, lowercase hex. Holes of sparse files are hashed as the

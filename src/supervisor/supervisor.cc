@@ -120,9 +120,10 @@ Result<std::unique_ptr<Sandbox>> BootOrRestore(SupervisorConfig& options) {
   options.sandbox.memory_mib = opened->manifest.memory_mib;
   // The CLI's names are unique: without one of its own, a restored sandbox has none,
   // not the saved one's.
-  auto restored = Sandbox::Restore(dir, {.name = options.sandbox.name,
-                                         .engine = options.sandbox.engine,
-                                         .network = options.sandbox.network});
+  std::optional<NetworkPolicy> network;
+  if (options.replace_network) network = options.sandbox.network;
+  auto restored = Sandbox::Restore(
+      dir, {.name = options.sandbox.name, .engine = options.sandbox.engine, .network = network});
   if (!restored) return Fail(std::move(restored).error().Context("restoring " + dir));
   return restored;
 }
@@ -150,7 +151,14 @@ Result<void> SnapshotFor(Sandbox& sandbox, const std::string& dir) {
 Result<ControlReply> ChangeNetwork(Sandbox& sandbox, std::mutex& mutex,
                                    const ControlRequest& request) {
   std::lock_guard lock(mutex);
-  if (!request.allow.empty() || !request.deny.empty()) {
+  if (request.replace) {
+    auto replacement = sandbox::CheckNetworkPolicy({.allow = request.allow});
+    if (!replacement) return Fail(std::move(replacement).error());
+    NetworkPolicy policy = sandbox.network();
+    policy.allow = std::move(replacement->policy.allow);
+    if (auto set = sandbox.SetNetwork(policy); !set) return Fail(std::move(set).error());
+    Log(fmt::format("egress allowlist replaced: [{}]", fmt::join(policy.allow, ", ")));
+  } else if (!request.allow.empty() || !request.deny.empty()) {
     auto added = sandbox::CheckNetworkPolicy({.allow = request.allow});
     if (!added) return Fail(std::move(added).error());
     auto denied = sandbox::CheckNetworkPolicy({.allow = request.deny});
@@ -215,6 +223,7 @@ std::string EncodeSupervisorConfig(const SupervisorConfig& config) {
                  {"allow_net", sandbox.network.allow},
                  {"engine", EngineKindName(sandbox.engine)},
                  {"restore_dir", config.restore_dir},
+                 {"replace_net", config.replace_network},
                  {"forked_from", config.forked_from},
                  {"id", config.id}};
   return object.dump(-1, ' ', false, json::error_handler_t::replace);
@@ -243,13 +252,19 @@ Result<SupervisorConfig> ParseSupervisorConfig(std::string_view text) {
       continue;
     }
     if (key == "allow_net") {
-      if (!value.is_array() || value.size() > 1024) {
-        return Fail(BadConfig("allow_net wants a list of at most 1024 rules"));
+      if (!value.is_array() || value.size() > kMaxNetworkRules) {
+        return Fail(
+            BadConfig(fmt::format("allow_net wants a list of at most {} rules", kMaxNetworkRules)));
       }
       for (const auto& rule : value) {
         if (!rule.is_string()) return Fail(BadConfig("allow_net wants strings"));
         config.sandbox.network.allow.push_back(rule.get<std::string>());
       }
+      continue;
+    }
+    if (key == "replace_net") {
+      if (!value.is_boolean()) return Fail(BadConfig("replace_net wants true or false"));
+      config.replace_network = value.get<bool>();
       continue;
     }
     if (!value.is_string()) return Fail(BadConfig(key + " wants a string"));

@@ -23,6 +23,8 @@ struct SupervisorConfig {
   // snapshot's).
   SandboxConfig sandbox;
   std::string restore_dir;  // set: restore the snapshot in it instead of booting; absolute
+  // For a restore: sandbox.network replaces the egress policy the snapshot carries.
+  bool replace_network = false;
   std::string forked_from;  // the parent's id, for a child of `fork`
   // Set: the sandbox's id, which must be free (a paused sandbox resumes under its own);
   // else the VM's. 1 to 64 lowercase hex digits.

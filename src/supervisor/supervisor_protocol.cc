@@ -328,9 +328,13 @@ Result<std::string> EncodeControlRequest(const ControlRequest& request) {
           }
         }
       }
+      if (request.replace && !request.deny.empty()) {
+        return Fail(Error::InvalidConfig("network", "a replacement allowlist takes no deny rules"));
+      }
       line = {{"op", "network"}};
       if (!request.allow.empty()) line["allow"] = request.allow;
       if (!request.deny.empty()) line["deny"] = request.deny;
+      if (request.replace) line["replace"] = true;
       break;
     }
   }
@@ -379,6 +383,11 @@ Result<ControlRequest> ParseNetworkRequest(const json& value) {
   for (const auto& field : value.items()) {
     const std::string& key = field.key();
     if (key == "op") continue;
+    if (key == "replace") {
+      if (!field.value().is_boolean()) return Fail(InvalidRequest("replace wants true or false"));
+      request.replace = field.value().get<bool>();
+      continue;
+    }
     if (key != "allow" && key != "deny") {
       return Fail(InvalidRequest("unknown field " + Quoted(key) + " in a network request"));
     }
@@ -389,6 +398,9 @@ Result<ControlRequest> ParseNetworkRequest(const json& value) {
                       kMaxNetworkRules, kMaxNetworkRuleSize)));
     }
     (key == "allow" ? request.allow : request.deny) = std::move(*rules);
+  }
+  if (request.replace && !request.deny.empty()) {
+    return Fail(InvalidRequest("a network request that replaces the allowlist takes no deny"));
   }
   return request;
 }

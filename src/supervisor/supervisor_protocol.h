@@ -29,7 +29,7 @@ namespace vessel::supervisor {
 inline constexpr size_t kMaxReportSize = 1024 * 1024;
 // A network request adds and removes at most this many rules each, of at most this many
 // bytes each: a whole allowlist (NetworkPolicy).
-inline constexpr size_t kMaxNetworkRules = 1024;
+using vessel::kMaxNetworkRules;
 inline constexpr size_t kMaxNetworkRuleSize = 1024;
 // A reply carries at most this many recent refusals (NetworkStats keeps 32), each clipped
 // to this many bytes.
@@ -70,6 +70,8 @@ struct ControlRequest {
   // change, only the answer.
   std::vector<std::string> allow;
   std::vector<std::string> deny;
+  // kNetwork: `allow` is the whole new allowlist (empty: none); `deny` must be empty.
+  bool replace = false;
 };
 
 // A sandbox's egress as its supervisor sees it.

@@ -1169,6 +1169,39 @@ TEST(CliNetTest, NetShowsAllowsAndDeniesRulesOfARunningSandbox) {
       std::chrono::seconds(5)))
       << ReadWholeFile(log_path);
 
+  // `ls --json` carries the same policy and counters.
+  auto listed = ListedSandbox(id);
+  ASSERT_TRUE(listed.has_value());
+  ASSERT_TRUE((*listed)["network"].is_object()) << listed->dump();
+  EXPECT_EQ((*listed)["network"]["allow"], nlohmann::json::array({"example.com"}));
+  EXPECT_GE((*listed)["network"].value("refused", 0), 1) << listed->dump();
+
+  // The policy travels with a snapshot and into forks; a restore may replace it.
+  SnapshotDir dir("net");
+  r = RunCli({"snapshot", id, dir.path()});
+  ASSERT_EQ(r.status, 0) << r.err;
+  std::vector<std::string> copies;
+  struct Removals {
+    std::vector<std::string>& ids;
+    ~Removals() {
+      for (const auto& copy : ids) RunCli({"rm", copy});
+    }
+  } copy_removal{copies};
+  r = RunCli({"restore", dir.path()});
+  ASSERT_EQ(r.status, 0) << r.err;
+  copies.push_back(Trimmed(r.out));
+  EXPECT_EQ(allowlist({copies.back()}), Rules{"example.com"});
+  r = RunCli({"restore", dir.path(), "--allow-net", "pypi.org,*.pythonhosted.org"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  copies.push_back(Trimmed(r.out));
+  EXPECT_EQ(allowlist({copies.back()}), (Rules{"pypi.org", "*.pythonhosted.org"}));
+  r = RunCli({"fork", id, "-n", "1"});
+  ASSERT_EQ(r.status, 0) << r.err;
+  copies.push_back(Trimmed(r.out));
+  EXPECT_EQ(allowlist({copies.back()}), Rules{"example.com"});
+  one_line_failure(RunCli({"restore", dir.path(), "--allow-net", "http://bad.example/"}),
+                   "http://bad.example/");
+
   removal.id.clear();
   EXPECT_EQ(RunCli({"rm", id}).status, 0);
   one_line_failure(RunCli({"net", id}), id);

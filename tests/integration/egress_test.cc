@@ -329,6 +329,38 @@ TEST_F(EgressTest, AForkStartsWithThePolicyInForce) {
   EXPECT_EQ(sandbox_->network().allow, std::vector<std::string>{Loopback(http_->port())});
 }
 
+TEST_F(EgressTest, ASnapshotCarriesThePolicyAndARestoreMayReplaceIt) {
+  VESSEL_REQUIRE_SNAPSHOTS();
+  Allow({Loopback(http_->port())});
+  std::string dir =
+      std::filesystem::temp_directory_path() / fmt::format("vessel-egress-snapshot-{}", ::getpid());
+  struct Removal {
+    std::string path;
+    ~Removal() { std::filesystem::remove_all(path); }
+  } removal{dir};
+  auto saved = sandbox_->Snapshot(dir);
+  ASSERT_TRUE(saved.has_value()) << saved.error().ToString();
+
+  auto kept = Sandbox::Restore(dir);
+  ASSERT_TRUE(kept.has_value()) << kept.error().ToString();
+  EXPECT_EQ((*kept)->network().allow, std::vector<std::string>{Loopback(http_->port())});
+  auto r = (*kept)->Execute(
+      Command::Shell(fmt::format("wget -q -O - http://{}/restored", Loopback(http_->port()))));
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  EXPECT_EQ(r->stdout_data, "served GET /restored HTTP/1.1\n");
+  kept->reset();
+
+  // Replaced by nothing: no egress.
+  auto replaced = Sandbox::Restore(dir, {.network = NetworkPolicy{}});
+  ASSERT_TRUE(replaced.has_value()) << replaced.error().ToString();
+  EXPECT_TRUE((*replaced)->network().allow.empty());
+  r = (*replaced)->Execute(
+      Command::Shell(fmt::format("wget -q -O - http://{}/replaced 2>&1", Loopback(http_->port()))));
+  ASSERT_TRUE(r.has_value()) << r.error().ToString();
+  EXPECT_NE(r->stdout_data.find("403"), std::string::npos) << r->stdout_data;
+  EXPECT_EQ((*replaced)->network_stats().refused, 1u);
+}
+
 TEST_F(EgressTest, ABadRuleIsRefusedAndThePolicyKept) {
   Allow({Loopback(http_->port())});
   NetworkPolicy bad;

@@ -106,6 +106,17 @@ TEST(CliArgsTest, AllowNetTakesCommaSeparatedAndRepeatedRules) {
             "--allow-net has an empty rule in 'a.example,,b.example'");
 }
 
+TEST(CliArgsTest, RestoreKeepsOrReplacesTheSnapshotsAllowlist) {
+  EXPECT_FALSE(Parsed<RestoreArgs>({"restore", "dir"}).allow_net.has_value());
+  auto replaced = Parsed<RestoreArgs>(
+      {"restore", "dir", "--allow-net", "a.example,b.example:8443", "--allow-net", "c.example"});
+  EXPECT_EQ(replaced.allow_net, (Args{"a.example", "b.example:8443", "c.example"}));
+  EXPECT_EQ(Parsed<RestoreArgs>({"restore", "dir", "--no-net"}).allow_net, Args{});
+  EXPECT_NE(
+      UsageMessage({"restore", "dir", "--no-net", "--allow-net", "a.example"}).find("excludes"),
+      std::string::npos);
+}
+
 TEST(CliArgsTest, NetShowsAllowsAndDeniesRules) {
   auto show = Parsed<NetArgs>({"net", "box"});
   EXPECT_EQ(show.target, "box");

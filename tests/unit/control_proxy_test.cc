@@ -327,6 +327,32 @@ TEST(ControlRequestTest, ANetworkRequestRoundTrips) {
   EXPECT_TRUE(parsed->deny.empty());
 }
 
+TEST(ControlRequestTest, ANetworkRequestMayReplaceTheWholeAllowlist) {
+  ControlRequest request{
+      .op = ControlRequest::Op::kNetwork, .allow = {"pypi.org"}, .replace = true};
+  auto line = supervisor::EncodeControlRequest(request);
+  ASSERT_TRUE(line.has_value()) << line.error().ToString();
+  auto parsed = supervisor::ParseControlRequest(*line);
+  ASSERT_TRUE(parsed.has_value()) << parsed.error().ToString();
+  EXPECT_TRUE(parsed->replace);
+  EXPECT_EQ(parsed->allow, request.allow);
+  // Replaced by nothing: no egress.
+  parsed = supervisor::ParseControlRequest(Line(R"({"op":"network","replace":true})"));
+  ASSERT_TRUE(parsed.has_value()) << parsed.error().ToString();
+  EXPECT_TRUE(parsed->replace);
+  EXPECT_TRUE(parsed->allow.empty());
+
+  // A replacement has nothing to deny; replace is a boolean.
+  request.deny = {"example.com"};
+  EXPECT_FALSE(supervisor::EncodeControlRequest(request).has_value());
+  EXPECT_NE(RequestComplaint(Line(R"({"op":"network","replace":true,"deny":["example.com"]})"))
+                .find("takes no deny"),
+            std::string::npos);
+  EXPECT_NE(RequestComplaint(Line(R"({"op":"network","replace":"yes"})"))
+                .find("replace wants true or false"),
+            std::string::npos);
+}
+
 TEST(ControlRequestTest, FieldsAnOpDoesNotDefineAreRefused) {
   EXPECT_NE(RequestComplaint(Line(R"({"op":"network","allow":[],"dir":"/tmp/x"})"))
                 .find("unknown field \"dir\" in a network request"),

@@ -246,6 +246,61 @@ TEST_F(SnapshotTest, AnImageDigestThatIsNoDigestIsRefused) {
   EXPECT_NE(written.error().message().find("image.digest"), std::string::npos);
 }
 
+TEST_F(SnapshotTest, TheEgressPolicyIsRecordedAndAnOlderManifestHasNone) {
+  Manifest m = Valid();
+  m.network = {.allow = {"example.com", "*.pythonhosted.org:8443"},
+               .max_connections = 8,
+               .idle_timeout = std::chrono::seconds(30),
+               .max_bytes = 1 << 20};
+  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
+  auto opened = Open(dir_, Depth::kRestore, key_);
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+  const NetworkPolicy& got = opened->manifest.network;
+  EXPECT_EQ(got.allow, m.network.allow);
+  EXPECT_EQ(got.max_connections, 8u);
+  EXPECT_EQ(got.idle_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(got.max_bytes, uint64_t{1} << 20);
+
+  // A snapshot of a Vessel without egress: none.
+  EditManifest([](json& o) { o.erase("network"); });
+  opened = Open(dir_, Depth::kRestore, key_);
+  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+  EXPECT_TRUE(opened->manifest.network.allow.empty());
+  EXPECT_EQ(opened->manifest.network.max_connections, NetworkPolicy{}.max_connections);
+}
+
+TEST_F(SnapshotTest, AMalformedEgressPolicyIsRefused) {
+  struct Case {
+    std::function<void(json&)> edit;
+    std::string message;
+  };
+  std::vector<Case> cases = {
+      {[](json& o) { o["network"] = "example.com"; }, "field network is not an object"},
+      {[](json& o) { o["network"].erase("allow"); }, "field network.allow missing or not an array"},
+      {[](json& o) {
+         o["network"]["allow"] = {"example.com", 80};
+       },
+       "field network.allow has an entry that is not a string"},
+      {[](json& o) {
+         o["network"]["allow"] = std::vector<std::string>(kMaxNetworkRules + 1, "example.com");
+       },
+       fmt::format("field network.allow has {} entries, more than {}", kMaxNetworkRules + 1,
+                   kMaxNetworkRules)},
+      {[](json& o) { o["network"]["max_connections"] = -1; },
+       "field network.max_connections is -1, out of range"},
+      {[](json& o) { o["network"]["idle_timeout_s"] = "300"; },
+       "field network.idle_timeout_s missing or not a number"},
+      {[](json& o) { o["network"].erase("max_bytes"); },
+       "field network.max_bytes missing or not a number"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    ASSERT_TRUE(WriteManifest(dir_, Valid(), key_).has_value());
+    EditManifest(c.edit);
+    ExpectFormatError("manifest.json: " + c.message);
+  }
+}
+
 TEST_F(SnapshotTest, RewritingAManifestReplacesIt) {
   Manifest m = Valid();
   m.name = "second";
