@@ -15,6 +15,7 @@
 #include <tuple>
 #include <vector>
 
+#include "sandbox/egress.h"
 #include "server/query.h"
 #include "supervisor/state.h"
 #include "vessel/sandbox.h"
@@ -147,6 +148,67 @@ ApiResult<std::map<std::string, std::string>> StringMap(const json& body, const 
   return out;
 }
 
+// E2B's network settings (SandboxNetworkConfig, and SandboxNetworkUpdateConfig's
+// top-level fields) as a Vessel allowlist, checked: `allowOut` names the hosts (a bare
+// address, a /32 or /128, or a name, with Vessel's optional :PORT); the rest of the
+// network is denied, so `denyOut` adds nothing, and `allow_internet_access` alone allows
+// nothing (docs/server.md). Unset when neither `network` nor `allow_internet_access`
+// says anything.
+ApiResult<std::optional<std::vector<std::string>>> AllowOut(const json* network,
+                                                            const json* internet) {
+  if (internet && !internet->is_null() && !internet->is_boolean()) {
+    return std::unexpected(BadRequest("'allow_internet_access' must be a boolean"));
+  }
+  bool said = internet && !internet->is_null();
+  std::vector<std::string> allow;
+  if (network && !network->is_null()) {
+    if (!network->is_object()) return std::unexpected(BadRequest("'network' must be an object"));
+    said = true;
+    for (const auto& [key, value] : network->items()) {
+      if (key == "allowOut" || key == "denyOut") {
+        if (!value.is_null() && (!value.is_array() || value.size() > kMaxNetworkRules)) {
+          return std::unexpected(BadRequest(fmt::format(
+              "'network.{}' must be a list of at most {} strings", key, kMaxNetworkRules)));
+        }
+        for (const json& entry : value.is_null() ? json::array() : value) {
+          if (!entry.is_string()) {
+            return std::unexpected(BadRequest(fmt::format("'network.{}' holds strings", key)));
+          }
+        }
+        if (key == "allowOut" && !value.is_null()) {
+          for (const json& entry : value) {
+            std::string rule = entry.get<std::string>();
+            size_t slash = rule.find('/');
+            if (slash != std::string::npos) {
+              std::string_view bits = std::string_view(rule).substr(slash + 1);
+              bool v6 = rule.find(':') != std::string::npos;
+              if (bits != (v6 ? "128" : "32")) {
+                return std::unexpected(BadRequest(fmt::format(
+                    "'network.allowOut' entry {}: address ranges are not served; name the "
+                    "hosts or single addresses",
+                    rule)));
+              }
+              rule.resize(slash);
+              if (v6) rule = "[" + rule + "]";
+            }
+            allow.push_back(std::move(rule));
+          }
+        }
+      } else if (key == "rules" || key == "egressProxy") {
+        if (!value.is_null() && !value.empty()) {
+          return std::unexpected(BadRequest(fmt::format("'network.{}' is not served", key)));
+        }
+      } else if (key != "allowPublicTraffic" && key != "maskRequestHost" && key != "httpsPorts") {
+        return std::unexpected(BadRequest(fmt::format("unknown field 'network.{}'", key)));
+      }
+    }
+  }
+  if (!said) return std::optional<std::vector<std::string>>();
+  auto checked = sandbox::CheckNetworkPolicy({.allow = allow});
+  if (!checked) return std::unexpected(BadRequest(checked.error().message()));
+  return std::optional(std::move(checked->policy.allow));
+}
+
 ApiResult<NewSandbox> ParseNewSandbox(const Request& request) {
   auto body = ParseObject(request);
   if (!body) return std::unexpected(body.error());
@@ -182,12 +244,19 @@ ApiResult<NewSandbox> ParseNewSandbox(const Request& request) {
     if (!n) return std::unexpected(n.error());
     out.memory_mb = static_cast<uint32_t>(*n);
   }
-  for (const char* field : {"autoPause", "secure", "allow_internet_access"}) {
+  for (const char* field : {"autoPause", "secure"}) {
     if (body->contains(field) && !body->at(field).is_boolean()) {
       return std::unexpected(BadRequest(fmt::format("'{}' must be a boolean", field)));
     }
   }
   out.auto_pause = body->value("autoPause", false);
+  auto field = [&body](const char* key) {
+    auto found = body->find(key);
+    return found == body->end() ? nullptr : &*found;
+  };
+  auto allow_out = AllowOut(field("network"), field("allow_internet_access"));
+  if (!allow_out) return std::unexpected(allow_out.error());
+  out.allow_out = std::move(*allow_out);
   if (body->contains("volumeMounts") && !body->at("volumeMounts").is_null() &&
       !body->at("volumeMounts").empty()) {
     return std::unexpected(BadRequest("'volumeMounts' is not served"));
@@ -478,6 +547,26 @@ void ControlPlane::Handle(const Request& request, ResponseWriter& writer) {
     auto killed = registry_.Kill(sandbox_id);
     if (!killed) return fail(FromError(killed.error()));
     if (!*killed) return fail(NotFound(id));
+    return ReplyEmpty(writer);
+  }
+  if (method == http::verb::put && action == "network") {
+    // Replaces the allowlist: a field left out is cleared, as E2B's update does.
+    auto body = ParseObject(request);
+    if (!body) return fail(body.error());
+    json network = json::object();
+    const json* internet = nullptr;
+    for (const auto& [field, value] : body->items()) {
+      if (field == "allow_internet_access") {
+        internet = &value;
+      } else {
+        network[field] = value;
+      }
+    }
+    auto allow_out = AllowOut(&network, internet);
+    if (!allow_out) return fail(allow_out.error());
+    auto set = registry_.SetNetwork(sandbox_id, allow_out->value_or(std::vector<std::string>{}));
+    if (!set) return fail(FromError(set.error()));
+    if (!*set) return fail(NotFound(id));
     return ReplyEmpty(writer);
   }
   if (method == http::verb::post && action == "pause") {

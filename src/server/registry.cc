@@ -195,6 +195,10 @@ Result<std::optional<ApiSandbox>> Describe(const std::string& id) {
 // boot the template's, or the one the request asks for.
 supervisor::SupervisorConfig MachineFor(const TemplateInfo& chosen, const NewSandbox& request) {
   supervisor::SupervisorConfig config;
+  if (request.allow_out) {
+    config.sandbox.network.allow = *request.allow_out;
+    config.replace_network = true;
+  }
   if (!chosen.snapshot_dir.empty()) {
     config.restore_dir = chosen.snapshot_dir;
     return config;
@@ -330,7 +334,14 @@ Result<ApiSandbox> SupervisorRegistry::Create(const NewSandbox& request) {
   if (!request.cpu_count && !request.memory_mb) {
     while (auto id = TakePooled(chosen->id)) {
       attributes.end_at_ms = NowMs() + request.timeout.count() * 1000;
-      if (auto claimed = Claim(*id, attributes)) return std::move(*claimed);
+      auto claimed = Claim(*id, attributes);
+      if (!claimed) continue;
+      if (!request.allow_out) return std::move(*claimed);
+      // A warm sandbox booted with its template's allowlist: this request's replaces it.
+      auto set = SetNetwork(*id, *request.allow_out);
+      if (set && *set) return std::move(*claimed);
+      (void)Kill(*id);
+      if (!set) return Fail(std::move(set).error());
     }
   }
   auto id = supervisor::StartSandbox(MachineFor(*chosen, request));
@@ -433,6 +444,23 @@ Result<bool> SupervisorRegistry::SetEndAt(const std::string& id, int64_t end_at_
       !written) {
     return Fail(std::move(written).error());
   }
+  return true;
+}
+
+Result<bool> SupervisorRegistry::SetNetwork(const std::string& id,
+                                            const std::vector<std::string>& allow) {
+  auto sandbox = Get(id);
+  if (!sandbox) return Fail(std::move(sandbox).error());
+  if (!*sandbox) return false;
+  if ((*sandbox)->state == "paused") {
+    return Fail(Error::InvalidConfig(
+        "network", fmt::format("sandbox {} is paused: resume it to change its network", id)));
+  }
+  auto record = supervisor::ReadRecord(id);
+  if (!record) return Fail(std::move(record).error());
+  auto set = supervisor::SendControlRequest(
+      *record, {.op = supervisor::ControlRequest::Op::kNetwork, .allow = allow, .replace = true});
+  if (!set) return Fail(std::move(set).error());
   return true;
 }
 

@@ -56,6 +56,9 @@ struct NewSandbox {
   std::optional<uint32_t> cpu_count;
   std::optional<uint32_t> memory_mb;
   bool auto_pause = false;
+  // Set: the sandbox's egress allowlist (docs/egress.md); empty: no egress. Unset: none,
+  // or a snapshot template's own.
+  std::optional<std::vector<std::string>> allow_out;
 };
 
 struct TemplateInfo {
@@ -117,6 +120,11 @@ class Registry {
   [[nodiscard]] virtual Result<DeleteOutcome> DeleteTemplate(const std::string& id) = 0;
   // Sets its expiry; false when there is no such sandbox.
   [[nodiscard]] virtual Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) = 0;
+  // Replaces the egress allowlist of the running sandbox `id` (empty: no egress); false
+  // when there is no such sandbox. kInvalidConfig (subject "network") for a bad rule, with
+  // the allowlist unchanged, or for a paused sandbox.
+  [[nodiscard]] virtual Result<bool> SetNetwork(const std::string& id,
+                                                const std::vector<std::string>& allow) = 0;
   [[nodiscard]] virtual Result<std::vector<TemplateInfo>> Templates() = 0;
   // A connection to the sandbox's agent (through its supervisor), for its processes and
   // files.
@@ -167,6 +175,7 @@ class SupervisorRegistry final : public Registry {
   Result<std::vector<SnapshotInfo>> Snapshots() override;
   Result<DeleteOutcome> DeleteTemplate(const std::string& id) override;
   Result<bool> SetEndAt(const std::string& id, int64_t end_at_ms) override;
+  Result<bool> SetNetwork(const std::string& id, const std::vector<std::string>& allow) override;
   Result<std::vector<TemplateInfo>> Templates() override;
   Result<std::shared_ptr<sandbox::Connection>> Connect(const std::string& id) override;
 

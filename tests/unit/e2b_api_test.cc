@@ -90,6 +90,72 @@ TEST_F(E2bApiTest, CreateReturnsTheSandboxAndItsAccessToken) {
   EXPECT_EQ(registry_.last_create->timeout, std::chrono::seconds(300));
 }
 
+TEST_F(E2bApiTest, NetworkSettingsBecomeTheSandboxsAllowlist) {
+  using Rules = std::vector<std::string>;
+  auto created_with = [&](const std::string& fields) -> std::optional<Rules> {
+    auto response = Call("POST", "/sandboxes", R"({"templateID":"base",)" + fields + "}");
+    EXPECT_EQ(StatusOf(response), 201) << fields << " -> " << response;
+    return registry_.last_create ? registry_.last_create->allow_out : std::nullopt;
+  };
+  // allowOut names hosts and single addresses, in canonical spelling; the rest is denied.
+  EXPECT_EQ(created_with(R"("network":{"allowOut":["PyPI.org","*.pythonhosted.org",)"
+                         R"("1.2.3.4/32","::1/128","127.0.0.1:8080"],"denyOut":["0.0.0.0/0"]})"),
+            (Rules{"pypi.org", "*.pythonhosted.org", "1.2.3.4", "[::1]", "127.0.0.1:8080"}));
+  // Internet access alone allows nothing; so does a network without allowOut.
+  EXPECT_EQ(created_with(R"("allow_internet_access":true)"), Rules{});
+  EXPECT_EQ(created_with(R"("allow_internet_access":false)"), Rules{});
+  EXPECT_EQ(created_with(R"("network":{"allowPublicTraffic":false})"), Rules{});
+  // Nothing said: unset, the template's own.
+  EXPECT_EQ(created_with(R"("network":null)"), std::nullopt);
+  EXPECT_EQ(created_with(R"("timeout":10)"), std::nullopt);
+
+  struct Case {
+    std::string fields;
+    std::string says;
+  };
+  const Case bad[] = {
+      {R"("allow_internet_access":"yes")", "'allow_internet_access' must be a boolean"},
+      {R"("network":[])", "'network' must be an object"},
+      {R"("network":{"allowOut":"pypi.org"})", "'network.allowOut' must be a list"},
+      {R"("network":{"allowOut":[1]})", "'network.allowOut' holds strings"},
+      {R"("network":{"denyOut":[{}]})", "'network.denyOut' holds strings"},
+      {R"("network":{"allowOut":["10.0.0.0/8"]})", "address ranges are not served"},
+      {R"("network":{"allowOut":["http://pypi.org/"]})", "http://pypi.org/"},
+      {R"("network":{"rules":{"api.example.com":[{}]}})", "'network.rules' is not served"},
+      {R"("network":{"egressProxy":{"address":"p:1080"}})", "'network.egressProxy' is not served"},
+      {R"("network":{"allowEverything":true})", "unknown field 'network.allowEverything'"},
+  };
+  for (const auto& c : bad) {
+    auto response = Call("POST", "/sandboxes", R"({"templateID":"base",)" + c.fields + "}");
+    EXPECT_EQ(StatusOf(response), 400) << c.fields << " -> " << response;
+    EXPECT_NE(JsonOf(response).value("message", "").find(c.says), std::string::npos)
+        << c.fields << " -> " << response;
+  }
+  std::string many = R"({"templateID":"base","network":{"allowOut":[)";
+  for (size_t i = 0; i <= kMaxNetworkRules; ++i)
+    many += (i ? "," : "") + std::string("\"a.example\"");
+  auto response = Call("POST", "/sandboxes", many + "]}}");
+  EXPECT_EQ(StatusOf(response), 400) << response;
+}
+
+TEST_F(E2bApiTest, UpdatingTheNetworkReplacesTheAllowlist) {
+  std::string id = CreateOne();
+  auto response = Call("PUT", "/sandboxes/" + id + "/network",
+                       R"({"allowOut":["api.example.com"],"denyOut":["0.0.0.0/0"]})");
+  EXPECT_EQ(StatusOf(response), 204) << response;
+  EXPECT_EQ(registry_.networks.at(id), std::vector<std::string>{"api.example.com"});
+  // A field left out is cleared: no allowOut, no egress.
+  response = Call("PUT", "/sandboxes/" + id + "/network", R"({"allow_internet_access":true})");
+  EXPECT_EQ(StatusOf(response), 204) << response;
+  EXPECT_TRUE(registry_.networks.at(id).empty());
+
+  response = Call("PUT", "/sandboxes/" + id + "/network", R"({"allowOut":["10.0.0.0/24"]})");
+  EXPECT_EQ(StatusOf(response), 400) << response;
+  EXPECT_TRUE(registry_.networks.at(id).empty());
+  EXPECT_EQ(StatusOf(Call("PUT", "/sandboxes/" + id + "/network", "[]")), 400);
+  EXPECT_EQ(StatusOf(Call("PUT", "/sandboxes/00000000dead/network", "{}")), 404);
+}
+
 TEST_F(E2bApiTest, ABadCreateIsRefusedWithWhatIsWrong) {
   struct Case {
     std::string body;

@@ -100,6 +100,16 @@ class FakeRegistry final : public Registry {
     it->second.attributes.end_at_ms = end_at_ms;
     return true;
   }
+  Result<bool> SetNetwork(const std::string& id, const std::vector<std::string>& allow) override {
+    if (!sandboxes.contains(id)) return false;
+    for (const auto& rule : allow) {
+      if (rule.find('/') != std::string::npos) {
+        return Fail(Error::InvalidConfig("network", rule + " is not a rule"));
+      }
+    }
+    networks[id] = allow;
+    return true;
+  }
   Result<std::vector<TemplateInfo>> Templates() override {
     return std::vector<TemplateInfo>{{.id = "base", .aliases = {"base"}, .memory_mb = 512}};
   }
@@ -111,6 +121,7 @@ class FakeRegistry final : public Registry {
   std::map<std::string, ApiSandbox> sandboxes;
   std::vector<SnapshotInfo> snapshots;
   std::optional<NewSandbox> last_create;
+  std::map<std::string, std::vector<std::string>> networks;  // by SetNetwork
   uint64_t next_id = 0xabc000;
 };
 
