@@ -8,6 +8,7 @@
 #include <cstring>
 #include <expected>
 
+#include "sandbox/egress.h"
 #include "sandbox/files.h"
 #include "sandbox/process.h"
 #include "server/data_plane.h"
@@ -74,6 +75,26 @@ class Args {
     if (!v->is_boolean()) return Fail(fmt::format("'{}' must be true or false", field)), fallback;
     return v->get<bool>();
   }
+  // An egress allowlist (docs/egress.md), checked and in canonical spelling; unset when
+  // the field is absent.
+  std::optional<std::vector<std::string>> AllowList(const char* field) {
+    const json* v = Find(field);
+    if (!v) return std::nullopt;
+    std::vector<std::string> rules;
+    if (!v->is_array() || v->size() > kMaxNetworkRules) {
+      return Fail(fmt::format("'{}' must be a list of at most {} host rules", field,
+                              kMaxNetworkRules)),
+             std::nullopt;
+    }
+    for (const json& rule : *v) {
+      if (!rule.is_string()) return Fail(fmt::format("'{}' holds strings", field)), std::nullopt;
+      rules.push_back(rule.get<std::string>());
+    }
+    auto checked = sandbox::CheckNetworkPolicy({.allow = std::move(rules)});
+    if (!checked)
+      return Fail(fmt::format("'{}': {}", field, checked.error().message())), std::nullopt;
+    return std::move(checked->policy.allow);
+  }
   std::map<std::string, std::string> Env(const char* field) {
     std::map<std::string, std::string> out;
     const json* v = Find(field);
@@ -120,6 +141,15 @@ json Int(std::string description, int64_t min, int64_t max) {
   return {{"type", "integer"}, {"minimum", min}, {"maximum", max}, {"description", description}};
 }
 json Bool(std::string description) { return {{"type", "boolean"}, {"description", description}}; }
+json AllowNet() {
+  return {{"type", "array"},
+          {"items", {{"type", "string"}}},
+          {"maxItems", kMaxNetworkRules},
+          {"description",
+           "hosts the sandbox may reach over HTTP(S): example.com, *.example.com (names below "
+           "it) or an address, each with an optional :PORT (default 80 and 443). Default: none, "
+           "the sandbox has no network"}};
+}
 json EnvMap() {
   return {{"type", "object"},
           {"additionalProperties", {{"type", "string"}}},
@@ -180,9 +210,11 @@ const json& Tools() {
         "given, and returns its output and exit code. The code is read from stdin: a Python "
         "program runs as `python3 -`, shell as `sh -s`.",
         Object({{"code", Str("the program")},
-                {"language", {{"type", "string"}, {"enum", {"python", "shell"}}, {"default", "python"}}},
+                {"language",
+                 {{"type", "string"}, {"enum", {"python", "shell"}}, {"default", "python"}}},
                 {"sandbox_id", Str("run in this sandbox instead of a fresh one")},
                 {"template", Str("the fresh sandbox's template (default base: Python)")},
+                {"allow_net", AllowNet()},
                 {"timeout_seconds", timeout},
                 {"output_cap_bytes", cap}},
                {"code"}),
@@ -192,18 +224,19 @@ const json& Tools() {
           return schema;
         }(),
         Annotations(false, false, false)));
-    out.push_back(Tool(
-        "sandbox_create", "Create a sandbox",
-        "Boots a sandbox (a microVM) from a template: an image such as python, minimal, base, "
-        "or a snapshot. It is removed when this session ends, unless keep is true, and at its "
-        "timeout.",
-        Object({{"template", Str("default base: Debian with Python where the image exists")},
-                {"timeout_seconds", Int("seconds it lives (default 300)", 1, 86400)},
-                {"env", EnvMap()},
-                {"keep", Bool("outlive this session")}}),
-        Object({{"sandbox_id", Str("its id")}, {"template", Str("its template")}},
-               {"sandbox_id", "template"}),
-        Annotations(false, false, false)));
+    out.push_back(
+        Tool("sandbox_create", "Create a sandbox",
+             "Boots a sandbox (a microVM) from a template: an image such as python, minimal, base, "
+             "or a snapshot. It is removed when this session ends, unless keep is true, and at its "
+             "timeout.",
+             Object({{"template", Str("default base: Debian with Python where the image exists")},
+                     {"timeout_seconds", Int("seconds it lives (default 300)", 1, 86400)},
+                     {"env", EnvMap()},
+                     {"allow_net", AllowNet()},
+                     {"keep", Bool("outlive this session")}}),
+             Object({{"sandbox_id", Str("its id")}, {"template", Str("its template")}},
+                    {"sandbox_id", "template"}),
+             Annotations(false, false, false)));
     out.push_back(Tool(
         "sandbox_list", "List sandboxes", "Lists the sandboxes: running, paused or failed.",
         Object(json::object()),
@@ -642,18 +675,23 @@ McpSession::Outcome McpSession::RunCode(const json& arguments, Call& call, const
   auto given = args.Optional("sandbox_id");
   std::string template_id = args.Optional("template").value_or("base");
   int64_t timeout = args.Int("timeout_seconds", 1, 3600, 60);
+  auto allow_net = args.AllowList("allow_net");
   auto cap = static_cast<uint64_t>(args.Int(
       "output_cap_bytes", 1, static_cast<int64_t>(kMcpMaxOutputCap), kMcpDefaultOutputCap));
   if (args.failed()) return std::unexpected(args.error());
   if (language != "python" && language != "shell") {
     return std::unexpected("'language' is python or shell");
   }
+  if (given && allow_net) {
+    return std::unexpected("'allow_net' is for a fresh sandbox: a given one keeps its own");
+  }
   std::string id;
   if (given) {
     id = *given;
   } else {
     auto made = registry_.Create(NewSandbox{.template_id = template_id,
-                                            .timeout = std::chrono::seconds(timeout + 60)});
+                                            .timeout = std::chrono::seconds(timeout + 60),
+                                            .allow_out = std::move(allow_net)});
     if (!made) return std::unexpected(Message(made.error()));
     id = made->id;
   }
@@ -811,6 +849,7 @@ McpSession::Outcome McpSession::Create(const json& arguments) {
   wanted.template_id = args.Optional("template").value_or("base");
   wanted.timeout = std::chrono::seconds(args.Int("timeout_seconds", 1, 86400, 300));
   wanted.env_vars = args.Env("env");
+  wanted.allow_out = args.AllowList("allow_net");
   bool keep = args.Bool("keep", false);
   if (args.failed()) return std::unexpected(args.error());
   auto made = registry_.Create(wanted);

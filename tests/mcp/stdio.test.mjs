@@ -5,6 +5,7 @@
 // is one).
 import { after, before, test } from 'node:test'
 import assert from 'node:assert/strict'
+import http from 'node:http'
 import {
   callFails,
   callOk,
@@ -130,6 +131,32 @@ test('sandbox_exec: output, exit code, cwd, env, stdin, timeout and output cap',
   assert.equal(long.stdout, 'x'.repeat(100))
   assert.equal(long.stdout_truncated, true)
   assert.equal(long.exit_code, 0)
+})
+
+test('allow_net: Python in the sandbox reaches the hosts named, through the proxy; others get 403', async () => {
+  const origin = http.createServer((request, response) => response.end(`origin saw ${request.url}\n`))
+  await new Promise((resolve) => origin.listen(0, '127.0.0.1', resolve))
+  const host = `127.0.0.1:${origin.address().port}`
+  // The guest's own 127.0.0.1 is in NO_PROXY; this server is on the host's, so the code
+  // clears NO_PROXY to ask the proxy for it, as it would for any other host.
+  const code = [
+    'import os, urllib.error, urllib.request',
+    "os.environ['NO_PROXY'] = os.environ['no_proxy'] = ''",
+    'try:',
+    `    print(urllib.request.urlopen('http://${host}/mcp').read().decode(), end='')`,
+    'except urllib.error.HTTPError as e:',
+    "    print(e.code, e.headers['X-Vessel-Egress'])",
+  ].join('\n')
+  try {
+    const ran = await callOk(client, 'run_code', { code, allow_net: [host] })
+    assert.equal(ran.stdout, 'origin saw /mcp\n', ran.stderr)
+    const denied = await callOk(client, 'run_code', { code, sandbox_id: sandbox })
+    assert.equal(denied.stdout, '403 refused\n', denied.stderr)
+    assert.match(await callFails(client, 'sandbox_create', { allow_net: ['http://bad.example/'] }), /allow_net/)
+    assert.match(await callFails(client, 'run_code', { code, sandbox_id: sandbox, allow_net: [host] }), /allow_net/)
+  } finally {
+    origin.close()
+  }
 })
 
 test('files_write, files_read, files_list, files_remove', async () => {
