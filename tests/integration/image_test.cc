@@ -1,5 +1,7 @@
 // Root images on real VMs: the python image (built once per run by the image_python ctest
 // fixture, cached by recipe), and what a damaged or missing image does to a create.
+#include "image/image.h"
+
 #include <fmt/format.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -11,7 +13,7 @@
 #include <fstream>
 #include <thread>
 
-#include "image/image.h"
+#include "base/subprocess.h"
 #include "snapshot/snapshot.h"
 #include "vessel/pool.h"
 #include "vm_test_env.h"
@@ -115,6 +117,99 @@ TEST_F(PythonImageTest, RunsPythonWithNumpyAndRequests) {
   auto write_disk = sandbox->Execute(Command::Shell("echo x | dd of=/dev/vda 2>&1"));
   ASSERT_TRUE(write_disk.has_value()) << write_disk.error().ToString();
   EXPECT_FALSE(write_disk->ok()) << write_disk->stdout_data;
+}
+
+// An HTTPS origin on the host's 127.0.0.1 with a certificate of a test CA made for the
+// test: the openssl tool makes the keys, the host's python3 serves `dir`.
+class HttpsOrigin {
+ public:
+  explicit HttpsOrigin(const std::string& dir) : dir_(dir) {
+    std::string script = fmt::format(
+        "set -e; cd {0}; exec >openssl.log 2>&1\n"
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 "
+        "-subj '/CN=Vessel test CA' -keyout ca.key -out ca.pem\n"
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+        "-subj '/CN=127.0.0.1' -keyout origin.key -out origin.csr\n"
+        "printf 'subjectAltName=IP:127.0.0.1\\n' > origin.ext\n"
+        "openssl x509 -req -in origin.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
+        "-extfile origin.ext -out origin.pem\n"
+        "mkdir www; echo 'hello over TLS' > www/hello.txt\n",
+        dir);
+    EXPECT_EQ(std::system(script.c_str()), 0) << ReadAll(dir + "/openssl.log");
+    std::ofstream(dir + "/serve.py") << R"(import http.server, ssl, sys
+httpd = http.server.HTTPServer(('127.0.0.1', 0), http.server.SimpleHTTPRequestHandler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1] + '/origin.pem', sys.argv[1] + '/origin.key')
+httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+print(httpd.server_address[1], flush=True)
+httpd.serve_forever()
+)";
+    auto spawned = Subprocess::Spawn(
+        {.argv = {"/bin/sh", "-c", fmt::format("cd {0}/www && exec python3 ../serve.py {0}", dir)},
+         .output_path = dir + "/serve.log"});
+    EXPECT_TRUE(spawned.has_value()) << spawned.error().ToString();
+    if (spawned) server_ = std::move(*spawned);
+    for (int i = 0; i < 200 && port_ == 0; ++i) {
+      std::string log = ReadAll(dir + "/serve.log");
+      if (log.find('\n') != std::string::npos) port_ = std::atoi(log.c_str());
+      std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_NE(port_, 0) << ReadAll(dir + "/serve.log");
+  }
+
+  [[nodiscard]] std::string host() const { return fmt::format("127.0.0.1:{}", port_); }
+  [[nodiscard]] std::string ca() const { return ReadAll(dir_ + "/ca.pem"); }
+  [[nodiscard]] std::string log() const { return ReadAll(dir_ + "/serve.log"); }
+
+ private:
+  static std::string ReadAll(const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string dir_;
+  Subprocess server_;
+  int port_ = 0;
+};
+
+// HTTPS is tunnelled, never intercepted: the guest's Python checks the origin's
+// certificate against the CA store it is given, through the host's CONNECT proxy.
+TEST_F(PythonImageTest, HttpsGoesThroughTheProxyAndTheGuestChecksTheOrigin) {
+  TempDir dir;
+  HttpsOrigin origin(dir.path());
+  SandboxConfig config = PythonConfig();
+  config.network.allow = {origin.host()};
+  auto sandbox = testing::MustCreate(config);
+  ASSERT_TRUE(sandbox);
+  ASSERT_TRUE(sandbox->WriteFile("/tmp/test-ca.pem", origin.ca()).has_value());
+  // The guest's own 127.0.0.1 is in NO_PROXY; this origin is the host's, so the scripts
+  // clear it to go through the proxy as any other host would.
+  std::string fetch = fmt::format(
+      "NO_PROXY= no_proxy= python3 - <<'EOF'\n"
+      "import ssl, urllib.error, urllib.request\n"
+      "try:\n"
+      "    print(urllib.request.urlopen('https://{}/hello.txt', timeout=30).read().decode(), "
+      "end='')\n"
+      "except urllib.error.URLError as e:\n"
+      "    print('failed:', e.reason)\n"
+      "EOF",
+      origin.host());
+  EXPECT_EQ(Sh(*sandbox, "SSL_CERT_FILE=/tmp/test-ca.pem " + fetch), "hello over TLS\n")
+      << origin.log();
+  // requests too, with its own CA setting.
+  EXPECT_EQ(Sh(*sandbox, fmt::format("NO_PROXY= no_proxy= REQUESTS_CA_BUNDLE=/tmp/test-ca.pem "
+                                     "python3 -c \"import requests; "
+                                     "print(requests.get('https://{}/hello.txt').text, end='')\"",
+                                     origin.host())),
+            "hello over TLS\n");
+  // Without the test CA the guest refuses the origin's certificate itself.
+  EXPECT_NE(Sh(*sandbox, fetch).find("CERTIFICATE_VERIFY_FAILED"), std::string::npos);
+  // A host not in the allowlist gets no tunnel.
+  ASSERT_TRUE(sandbox->SetNetwork({}).has_value());
+  EXPECT_NE(Sh(*sandbox, "SSL_CERT_FILE=/tmp/test-ca.pem " + fetch).find("403"), std::string::npos);
+  NetworkStats stats = sandbox->network_stats();
+  EXPECT_EQ(stats.allowed, 3u);
+  EXPECT_GE(stats.refused, 1u);
+  EXPECT_GT(stats.bytes_received, 0u);
 }
 
 TEST_F(PythonImageTest, PipInstallsALocalWheelIntoAVenvWithoutNetwork) {
