@@ -12,6 +12,8 @@
 #include <optional>
 #include <vector>
 
+#include "egress/tls.h"
+
 namespace vessel::sandbox {
 
 namespace proto = vessel::protocol;
@@ -98,6 +100,9 @@ class Egress::Relay {
   bool Send(const std::vector<uint8_t>& frame);
   // Answers the guest with `status` and closes the connection; counted as a refusal.
   void Refuse(int status, const std::string& reason);
+  // Counts `reason` as a refusal and closes the connection without an answer: for a
+  // connection past its request head, whose bytes are no longer the proxy's to answer.
+  void Cut(const std::string& reason);
   void Close() { (void)Send(proto::EncodeNetClose(mailbox_->id())); }
   // Takes every frame queued for this connection. kEnd: the guest closed it, or it broke.
   Step TakeFrames();
@@ -109,6 +114,10 @@ class Egress::Relay {
   Step Open();
   // Carries bytes both ways until both ends are done or the connection goes idle.
   void Pump();
+  // While tunnel_host_ is set, holds the guest's first bytes until they show whether they
+  // are a TLS ClientHello and for which server (egress/tls.h); clears it when they may go
+  // on, cuts the connection (kEnd) when they may not.
+  Step CheckClientHello();
   // Writes guest_bytes_ upstream and grants the agent the credit; false on failure.
   bool WriteUpstream();
   // Reads what the upstream has and credit allows, as NetData; kEnd on failure.
@@ -127,6 +136,9 @@ class Egress::Relay {
   bool upstream_ended_ = false;
   bool upstream_shut_ = false;
   bool plain_http_ = false;
+  // A CONNECT to this host name whose first bytes are still held by CheckClientHello.
+  std::string tunnel_host_;
+  std::optional<Deadline> hello_deadline_;  // from the tunnel's first byte
   // Leading bytes of guest_bytes_ that are the proxy's rewritten head, not the guest's:
   // written upstream without a credit.
   size_t head_bytes_ = 0;
@@ -152,6 +164,17 @@ void Egress::Relay::Refuse(int status, const std::string& reason) {
   // Within the window the agent grants before any credit: the answer is small.
   if (answer.size() <= credit_ && Send(proto::EncodeNetData(mailbox_->id(), Bytes(answer)))) {
     (void)Send(proto::EncodeNetData(mailbox_->id(), {}));
+  }
+  Close();
+}
+
+void Egress::Relay::Cut(const std::string& reason) {
+  {
+    std::lock_guard lock(egress_.mutex_);
+    egress_.stats_.refused++;
+    auto& recent = egress_.stats_.recent_refusals;
+    recent.push_back(reason);
+    if (recent.size() > kRecentRefusals) recent.erase(recent.begin());
   }
   Close();
 }
@@ -270,6 +293,7 @@ Egress::Relay::Step Egress::Relay::Open() {
   }
   guest_bytes_.erase(0, consumed);
   if (request->connect) {
+    if (!decision.address) tunnel_host_ = decision.host;
     constexpr std::string_view kEstablished = "HTTP/1.1 200 Connection established\r\n\r\n";
     credit_ -= static_cast<uint32_t>(kEstablished.size());
     if (!Send(proto::EncodeNetData(mailbox_->id(), Bytes(kEstablished)))) return Step::kEnd;
@@ -279,6 +303,39 @@ Egress::Relay::Step Egress::Relay::Open() {
     guest_bytes_.insert(0, request->head);
     head_bytes_ = request->head.size();
   }
+  return Step::kGoOn;
+}
+
+Egress::Relay::Step Egress::Relay::CheckClientHello() {
+  if (guest_bytes_.empty()) return Step::kGoOn;
+  if (!hello_deadline_) hello_deadline_ = Deadline::After(kProxyHeadTimeout);
+  auto scan = egress::ScanClientHello(guest_bytes_);
+  switch (scan.kind) {
+    case egress::HelloScan::Kind::kNeedMore:
+      if (guest_ended_) {
+        Cut(fmt::format("cut {}: the tunnel ended inside its TLS ClientHello", tunnel_host_));
+        return Step::kEnd;
+      }
+      if (hello_deadline_->Expired()) {
+        Cut(fmt::format("cut {}: no complete TLS ClientHello within {} s", tunnel_host_,
+                        std::chrono::seconds(kProxyHeadTimeout).count()));
+        return Step::kEnd;
+      }
+      return Step::kGoOn;
+    case egress::HelloScan::Kind::kServerName:
+      if (!egress::SameServerName(scan.server_name, tunnel_host_)) {
+        Cut(fmt::format("cut {}: its TLS ClientHello asks for another server, {}", tunnel_host_,
+                        scan.server_name));
+        return Step::kEnd;
+      }
+      break;
+    case egress::HelloScan::Kind::kMalformed:
+      Cut(fmt::format("cut {}: a malformed TLS ClientHello: {}", tunnel_host_, scan.problem));
+      return Step::kEnd;
+    case egress::HelloScan::Kind::kNotTls:
+    case egress::HelloScan::Kind::kNoServerName: break;
+  }
+  tunnel_host_.clear();
   return Step::kGoOn;
 }
 
@@ -336,7 +393,9 @@ void Egress::Relay::Pump() {
     uint64_t received = received_;
     bool guest_ended = guest_ended_;
     if (TakeFrames() == Step::kEnd) return;
-    if (!WriteUpstream()) return Close();
+    if (!tunnel_host_.empty() && CheckClientHello() == Step::kEnd) return;
+    bool held = !tunnel_host_.empty();
+    if (!held && !WriteUpstream()) return Close();
     if (guest_ended_ && guest_bytes_.empty() && !upstream_shut_) {
       ::shutdown(upstream_.get(), SHUT_WR);
       upstream_shut_ = true;
@@ -344,14 +403,7 @@ void Egress::Relay::Pump() {
     bool readable = !upstream_ended_ && credit_ > 0;
     if (readable && ReadUpstream() == Step::kEnd) return Close();
     if (upstream_ended_ && guest_ended_ && guest_bytes_.empty()) return Close();
-    if (OverByteLimit()) {
-      std::lock_guard lock(egress_.mutex_);
-      egress_.stats_.refused++;
-      auto& recent = egress_.stats_.recent_refusals;
-      recent.push_back("cut: the sandbox's egress byte limit was reached");
-      if (recent.size() > kRecentRefusals) recent.erase(recent.begin());
-      return Close();
-    }
+    if (OverByteLimit()) return Cut("cut: the sandbox's egress byte limit was reached");
     if (guest_bytes_.size() != pending || received_ != received || guest_ended_ != guest_ended) {
       idle = Deadline::After(idle_timeout_);
     }
@@ -364,8 +416,9 @@ void Egress::Relay::Pump() {
     }
     short events = 0;
     if (readable) events |= POLLIN;
-    if (!guest_bytes_.empty()) events |= POLLOUT;
-    if (!Wait(idle, events)) return Close();
+    if (!guest_bytes_.empty() && !held) events |= POLLOUT;
+    Deadline wake = held && hello_deadline_ ? idle.Min(*hello_deadline_) : idle;
+    if (!Wait(wake, events)) return Close();
   }
 }
 

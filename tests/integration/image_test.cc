@@ -130,7 +130,7 @@ class HttpsOrigin {
         "-subj '/CN=Vessel test CA' -keyout ca.key -out ca.pem\n"
         "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
         "-subj '/CN=127.0.0.1' -keyout origin.key -out origin.csr\n"
-        "printf 'subjectAltName=IP:127.0.0.1\\n' > origin.ext\n"
+        "printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\\n' > origin.ext\n"
         "openssl x509 -req -in origin.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 1 "
         "-extfile origin.ext -out origin.pem\n"
         "mkdir www; echo 'hello over TLS' > www/hello.txt\n",
@@ -158,6 +158,7 @@ httpd.serve_forever()
   }
 
   [[nodiscard]] std::string host() const { return fmt::format("127.0.0.1:{}", port_); }
+  [[nodiscard]] int port() const { return port_; }
   [[nodiscard]] std::string ca() const { return ReadAll(dir_ + "/ca.pem"); }
   [[nodiscard]] std::string log() const { return ReadAll(dir_ + "/serve.log"); }
 
@@ -210,6 +211,46 @@ TEST_F(PythonImageTest, HttpsGoesThroughTheProxyAndTheGuestChecksTheOrigin) {
   EXPECT_EQ(stats.allowed, 3u);
   EXPECT_GE(stats.refused, 1u);
   EXPECT_GT(stats.bytes_received, 0u);
+
+  // A tunnel to an allowed name carries a ClientHello for that name, and no other.
+  // (localhost resolves to the host's 127.0.0.1, which a rule must allow as an address.)
+  ASSERT_TRUE(
+      sandbox->SetNetwork({.allow = {fmt::format("localhost:{}", origin.port()), origin.host()}})
+          .has_value());
+  std::string tunnel = fmt::format(R"(python3 - <<'EOF'
+import socket, ssl
+def tunnel(server_name):
+    s = socket.create_connection(('127.0.0.1', 3128))
+    s.sendall(b'CONNECT localhost:{0} HTTP/1.1\r\nHost: localhost:{0}\r\n\r\n')
+    head = b''
+    while b'\r\n\r\n' not in head and (byte := s.recv(1)):
+        head += byte
+    status = head.split(b'\r\n')[0].decode()
+    context = ssl.create_default_context(cafile='/tmp/test-ca.pem')
+    context.check_hostname = False
+    try:
+        t = context.wrap_socket(s, server_hostname=server_name)
+        t.sendall(b'GET /hello.txt HTTP/1.0\r\nHost: localhost\r\n\r\n')
+        answer = b''
+        while chunk := t.recv(4096):
+            answer += chunk
+        return status + ' | ' + answer.split(b'\r\n\r\n', 1)[1].decode().strip()
+    except OSError as e:
+        return status + ' | ' + type(e).__name__
+print(tunnel('localhost'))
+print(tunnel('other.example'))
+EOF)",
+                                   origin.port());
+  std::string lines = Sh(*sandbox, tunnel);
+  EXPECT_EQ(lines.substr(0, lines.find('\n') + 1),
+            "HTTP/1.1 200 Connection established | hello over TLS\n")
+      << lines;
+  EXPECT_EQ(lines.find("hello over TLS", lines.find('\n')), std::string::npos) << lines;
+  EXPECT_NE(lines.find("\nHTTP/1.1 200 Connection established | "), std::string::npos) << lines;
+  stats = sandbox->network_stats();
+  ASSERT_FALSE(stats.recent_refusals.empty());
+  EXPECT_EQ(stats.recent_refusals.back(),
+            "cut localhost: its TLS ClientHello asks for another server, other.example");
 }
 
 TEST_F(PythonImageTest, PipInstallsALocalWheelIntoAVenvWithoutNetwork) {
