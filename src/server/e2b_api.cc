@@ -151,15 +151,15 @@ ApiResult<std::map<std::string, std::string>> StringMap(const json& body, const 
 // E2B's network settings (SandboxNetworkConfig, and SandboxNetworkUpdateConfig's
 // top-level fields) as a Vessel allowlist, checked: `allowOut` names the hosts (a bare
 // address, a /32 or /128, or a name, with Vessel's optional :PORT); the rest of the
-// network is denied, so `denyOut` adds nothing, and `allow_internet_access` alone allows
-// nothing (docs/server.md). Unset when neither `network` nor `allow_internet_access`
-// says anything.
+// network is denied, so `denyOut` adds nothing; `allow_internet_access: false` allows
+// nothing, and `true` asks for nothing Vessel gives (docs/server.md). Unset when neither
+// says anything that changes the allowlist.
 ApiResult<std::optional<std::vector<std::string>>> AllowOut(const json* network,
                                                             const json* internet) {
   if (internet && !internet->is_null() && !internet->is_boolean()) {
     return std::unexpected(BadRequest("'allow_internet_access' must be a boolean"));
   }
-  bool said = internet && !internet->is_null();
+  bool said = internet && internet->is_boolean() && !internet->get<bool>();
   std::vector<std::string> allow;
   if (network && !network->is_null()) {
     if (!network->is_object()) return std::unexpected(BadRequest("'network' must be an object"));

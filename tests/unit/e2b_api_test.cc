@@ -101,11 +101,11 @@ TEST_F(E2bApiTest, NetworkSettingsBecomeTheSandboxsAllowlist) {
   EXPECT_EQ(created_with(R"("network":{"allowOut":["PyPI.org","*.pythonhosted.org",)"
                          R"("1.2.3.4/32","::1/128","127.0.0.1:8080"],"denyOut":["0.0.0.0/0"]})"),
             (Rules{"pypi.org", "*.pythonhosted.org", "1.2.3.4", "[::1]", "127.0.0.1:8080"}));
-  // Internet access alone allows nothing; so does a network without allowOut.
-  EXPECT_EQ(created_with(R"("allow_internet_access":true)"), Rules{});
+  // No internet access: nothing; a network without allowOut: nothing either.
   EXPECT_EQ(created_with(R"("allow_internet_access":false)"), Rules{});
   EXPECT_EQ(created_with(R"("network":{"allowPublicTraffic":false})"), Rules{});
-  // Nothing said: unset, the template's own.
+  // Nothing said, or internet access (which Vessel does not give): unset, the template's own.
+  EXPECT_EQ(created_with(R"("allow_internet_access":true)"), std::nullopt);
   EXPECT_EQ(created_with(R"("network":null)"), std::nullopt);
   EXPECT_EQ(created_with(R"("timeout":10)"), std::nullopt);
 
