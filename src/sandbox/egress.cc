@@ -98,11 +98,13 @@ class Egress::Relay {
 
   // Sends a frame; false once the channel is gone.
   bool Send(const std::vector<uint8_t>& frame);
+  // Counts a refusal and keeps it among the recent ones.
+  void Count(std::string refusal);
   // Answers the guest with `status` and closes the connection; counted as a refusal.
   void Refuse(int status, const std::string& reason);
   // Counts `reason` as a refusal and closes the connection without an answer: for a
   // connection past its request head, whose bytes are no longer the proxy's to answer.
-  void Cut(const std::string& reason);
+  void Cut(std::string reason);
   void Close() { (void)Send(proto::EncodeNetClose(mailbox_->id())); }
   // Takes every frame queued for this connection. kEnd: the guest closed it, or it broke.
   Step TakeFrames();
@@ -152,14 +154,16 @@ bool Egress::Relay::Send(const std::vector<uint8_t>& frame) {
   return connection && connection->Send(frame).has_value();
 }
 
+void Egress::Relay::Count(std::string refusal) {
+  std::lock_guard lock(egress_.mutex_);
+  egress_.stats_.refused++;
+  auto& recent = egress_.stats_.recent_refusals;
+  recent.push_back(std::move(refusal));
+  if (recent.size() > kRecentRefusals) recent.erase(recent.begin());
+}
+
 void Egress::Relay::Refuse(int status, const std::string& reason) {
-  {
-    std::lock_guard lock(egress_.mutex_);
-    egress_.stats_.refused++;
-    auto& recent = egress_.stats_.recent_refusals;
-    recent.push_back(fmt::format("{} {}", status, reason));
-    if (recent.size() > kRecentRefusals) recent.erase(recent.begin());
-  }
+  Count(fmt::format("{} {}", status, reason));
   std::string answer = ErrorResponse(status, reason);
   // Within the window the agent grants before any credit: the answer is small.
   if (answer.size() <= credit_ && Send(proto::EncodeNetData(mailbox_->id(), Bytes(answer)))) {
@@ -168,14 +172,8 @@ void Egress::Relay::Refuse(int status, const std::string& reason) {
   Close();
 }
 
-void Egress::Relay::Cut(const std::string& reason) {
-  {
-    std::lock_guard lock(egress_.mutex_);
-    egress_.stats_.refused++;
-    auto& recent = egress_.stats_.recent_refusals;
-    recent.push_back(reason);
-    if (recent.size() > kRecentRefusals) recent.erase(recent.begin());
-  }
+void Egress::Relay::Cut(std::string reason) {
+  Count(std::move(reason));
   Close();
 }
 

@@ -174,25 +174,22 @@ ApiResult<std::optional<std::vector<std::string>>> AllowOut(const json* network,
           if (!entry.is_string()) {
             return std::unexpected(BadRequest(fmt::format("'network.{}' holds strings", key)));
           }
-        }
-        if (key == "allowOut" && !value.is_null()) {
-          for (const json& entry : value) {
-            std::string rule = entry.get<std::string>();
-            size_t slash = rule.find('/');
-            if (slash != std::string::npos) {
-              std::string_view bits = std::string_view(rule).substr(slash + 1);
-              bool v6 = rule.find(':') != std::string::npos;
-              if (bits != (v6 ? "128" : "32")) {
-                return std::unexpected(BadRequest(fmt::format(
-                    "'network.allowOut' entry {}: address ranges are not served; name the "
-                    "hosts or single addresses",
-                    rule)));
-              }
-              rule.resize(slash);
-              if (v6) rule = "[" + rule + "]";
+          if (key == "denyOut") continue;
+          std::string rule = entry.get<std::string>();
+          size_t slash = rule.find('/');
+          if (slash != std::string::npos) {
+            std::string_view bits = std::string_view(rule).substr(slash + 1);
+            bool v6 = rule.find(':') != std::string::npos;
+            if (bits != (v6 ? "128" : "32")) {
+              return std::unexpected(BadRequest(fmt::format(
+                  "'network.allowOut' entry {}: address ranges are not served; name the "
+                  "hosts or single addresses",
+                  rule)));
             }
-            allow.push_back(std::move(rule));
+            rule.resize(slash);
+            if (v6) rule = "[" + rule + "]";
           }
+          allow.push_back(std::move(rule));
         }
       } else if (key == "rules" || key == "egressProxy") {
         if (!value.is_null() && !value.empty()) {
