@@ -103,9 +103,19 @@ class Vm {
   [[nodiscard]] virtual Result<void> Resume() = 0;
   // Writes the paused VM to `dir` (an existing, empty directory) as `state` (device
   // state) and `memory` (guest RAM), without copying RAM where the engine can avoid it.
-  // The VM stays paused, keeps its agent channel, and can be resumed; `dir/memory` must
-  // never be written again, since this VM and every VM restored from it map it.
+  // The VM stays paused, keeps its agent channel, and can be resumed (Resume() may then
+  // restart the VMM on a private mapping of what was saved; should that fail, the VM
+  // fails); `dir/memory` must never be written again, since this VM and every VM
+  // restored from it map it.
   [[nodiscard]] virtual Result<void> Save(const std::string& dir) = 0;
+  // The saved VM that Save(dir) will write, opened ahead, so that VMs restored from it
+  // can be started, and wait, before it is written: its memory as it will be saved, and
+  // `dir/state` created empty for Save(dir) to fill. Call while the VM runs, before
+  // Save(dir). Empty where the engine cannot tell in advance (RAM that is not the VM's
+  // own file is copied by Save).
+  [[nodiscard]] virtual Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& /*dir*/) {
+    return std::optional<VmSpec::Saved>{};
+  }
 };
 
 class Engine {

@@ -1,6 +1,7 @@
 // Sandbox internals, visible to tests that drive a sandbox over a fake engine.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <mutex>
 
@@ -56,8 +57,10 @@ class Sandbox::Impl {
   SandboxState state() const;
 
   // Saves the VM to `dir` (which exists and is empty): the agent is quiesced, the VM
-  // paused and saved, and both resumed. Callers hold snapshot_mutex_.
-  [[nodiscard]] Result<void> SaveTo(const std::string& dir);
+  // paused and saved, and both resumed. Once `dir` is complete, `saved` runs while the VM
+  // resumes (forks start their children from it meanwhile). Callers hold snapshot_mutex_.
+  [[nodiscard]] Result<void> SaveTo(const std::string& dir,
+                                    const std::function<void()>& saved = {});
   [[nodiscard]] Result<void> Snapshot(const std::string& dir);
   [[nodiscard]] Result<std::vector<std::unique_ptr<Sandbox>>> Fork(uint32_t n);
 

@@ -56,26 +56,36 @@ Result<engine::VmSpec::Saved> OpenTemplate(const std::string& dir) {
 
 }  // namespace
 
-Result<void> Sandbox::Impl::SaveTo(const std::string& dir) {
+Result<void> Sandbox::Impl::SaveTo(const std::string& dir, const std::function<void()>& saved) {
   auto connection = CurrentConnection();
   if (auto r = connection->Quiesce(Deadline::After(kChannelTimeout)); !r) {
     // The agent may still quiesce late: wake it either way.
     (void)connection->Resume(sandbox::MakeResumeRequest(false), Deadline::After(kChannelTimeout));
     return End<void>(connection, Fail(std::move(r).error().Context("quiescing the agent")));
   }
-  Result<void> saved = vm_->Pause();
-  if (saved) saved = vm_->Save(dir);
+  Result<void> written = vm_->Pause();
+  if (written) written = vm_->Save(dir);
   // Whatever happened, the VM and its agent must run again.
-  auto resumed = vm_->Resume();
-  auto woken = resumed ? connection->Resume(sandbox::MakeResumeRequest(false),
-                                            Deadline::After(kChannelTimeout))
-                       : Result<protocol::Hello>(Fail(resumed.error()));
+  Result<protocol::Hello> woken = Fail(Error::Backend("not resumed"));
+  auto resume = [&] {
+    auto resumed = vm_->Resume();
+    woken = resumed ? connection->Resume(sandbox::MakeResumeRequest(false),
+                                         Deadline::After(kChannelTimeout))
+                    : Result<protocol::Hello>(Fail(resumed.error()));
+  };
+  if (written && saved) {
+    std::thread resumer(resume);
+    saved();
+    resumer.join();
+  } else {
+    resume();
+  }
   if (!woken) {
     MarkFailed();
     return Fail(Error::Backend("the sandbox could not be resumed after saving it: " +
                                woken.error().message()));
   }
-  return saved;
+  return written;
 }
 
 Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
@@ -220,21 +230,45 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
     std::string path;
     ~RemoveOnExit() { (void)RemoveTree(path); }
   } remove{dir};
-  if (auto r = SaveTo(dir); !r) return Fail(std::move(r).error());
-
   engine::VmSpec spec = spec_;
   spec.network = egress_->policy();  // the children start with the policy in force now
-  auto saved = OpenTemplate(dir);
-  if (!saved) return Fail(std::move(saved).error());
-  spec.restore = std::move(*saved);
+  // Where the engine opens the template ahead, the children's VMMs start now, mapping its
+  // memory while the parent is saved, and load its state once it is written.
+  auto ahead = vm_->SaveAhead(dir);
+  if (!ahead) return Fail(std::move(ahead).error());
+  std::vector<Result<std::unique_ptr<engine::Vm>>> early;
+  if (*ahead) {
+    spec.restore = std::move(**ahead);
+    for (uint32_t i = 0; i < n; ++i) early.push_back(engine_->Start(spec));
+  }
   std::vector<Result<std::unique_ptr<Sandbox>>> children;
   for (uint32_t i = 0; i < n; ++i) children.emplace_back(Fail(Error::Backend("not started")));
-  std::vector<std::thread> starters;
-  auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
-  for (uint32_t i = 0; i < n; ++i) {
-    starters.emplace_back([&, i] { children[i] = StartSaved(engine_, spec, deadline); });
-  }
-  for (auto& starter : starters) starter.join();
+  // The children start from the template while the parent resumes.
+  auto start_children = [&] {
+    if (!spec.restore) {
+      auto saved = OpenTemplate(dir);
+      if (!saved) {
+        for (auto& child : children) child = Fail(saved.error());
+        return;
+      }
+      spec.restore = std::move(*saved);
+    }
+    std::vector<std::thread> starters;
+    auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
+    for (uint32_t i = 0; i < n; ++i) {
+      starters.emplace_back([&, i] {
+        if (early.empty()) {
+          children[i] = StartSaved(engine_, spec, deadline);
+        } else if (!early[i]) {
+          children[i] = Fail(early[i].error());
+        } else {
+          children[i] = FinishSaved(engine_, std::move(*early[i]), spec, deadline);
+        }
+      });
+    }
+    for (auto& starter : starters) starter.join();
+  };
+  if (auto r = SaveTo(dir, start_children); !r) return Fail(std::move(r).error());
   std::vector<std::unique_ptr<Sandbox>> forked;
   for (auto& child : children) {
     if (!child) return Fail(std::move(child).error().Context("forking"));  // the others die here

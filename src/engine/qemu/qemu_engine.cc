@@ -13,6 +13,7 @@
 #include <map>
 #include <mutex>
 #include <thread>
+#include <utility>
 
 #include "base/io.h"
 #include "base/subprocess.h"
@@ -280,6 +281,9 @@ class QemuVm final : public Vm {
 
   Result<void> Resume() override {
     auto deadline = Deadline::After(kSaveTimeout);
+    if (relaunch_state_) {
+      if (auto r = Relaunch(deadline); !r) return r;
+    }
     if (incoming_) {
       if (auto r = LoadIncoming(deadline); !r) return r;
       if (auto r = WaitIncomingDone(qemu_, deadline); !r) return Fail(WithDiagnostics(r.error()));
@@ -289,6 +293,22 @@ class QemuVm final : public Vm {
       return Fail(std::move(r).error().Context("resuming the VM"));
     }
     return {};
+  }
+
+  Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
+    if (!memory_shared_) return std::optional<VmSpec::Saved>{};
+    std::string memory = dir_.File(kMemoryFile);
+    UniqueFd memory_fd(::open(memory.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!memory_fd) return Fail(Error::HostIo("open " + memory, errno));
+    std::string state = dir + "/" + kStateFile;
+    auto writer = CreateFile(state, O_WRONLY);
+    if (!writer) return Fail(std::move(writer).error());
+    UniqueFd reader(::open(state.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
+    if (!reader) return Fail(Error::HostIo("open " + state, errno));
+    state_ahead_ = {state, std::move(*writer)};
+    return std::optional<VmSpec::Saved>(
+        VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory_fd)),
+                      std::make_shared<const UniqueFd>(std::move(reader))});
   }
 
   Result<void> Save(const std::string& dir) override {
@@ -447,29 +467,44 @@ class QemuVm final : public Vm {
     return {};
   }
 
+  // Writes the device state to `state`; RAM, mapped shared from this VM's own file, is
+  // skipped, and the file becomes the saved image. Resume() then goes on as a private
+  // mapping of it, in a new QEMU, so that nothing is copied and the image is never
+  // written again: the VMs restored from it can be started meanwhile.
   Result<void> SaveInPlace(const std::string& state, Deadline deadline) {
-    auto fd = CreateFile(state, O_WRONLY);
+    auto fd = CreateStateFile(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
     UniqueFd state_fd(::open(state.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
     if (!state_fd) return Fail(Error::HostIo("open " + state, errno));
-    // The agent channel's VMM end is inherited again, so bytes in flight stay in the
-    // socket for the new process. The old one is stopped and reads nothing more.
+    relaunch_state_ = std::move(state_fd);
+    return {};
+  }
+
+  // `state`, new, or as SaveAhead() created it.
+  Result<UniqueFd> CreateStateFile(const std::string& state) {
+    auto ahead = std::exchange(state_ahead_, {});
+    if (ahead.first == state) return std::move(ahead.second);
+    return CreateFile(state, O_WRONLY);
+  }
+
+  // Replaces the QEMU whose RAM was saved in place with one that maps that RAM privately
+  // and loads the saved state. The agent channel's VMM end is inherited again, so bytes in
+  // flight stay in the socket for the new process; the old one is stopped and reads
+  // nothing more. Should the new QEMU fail, the VM fails: the old one cannot run on, since
+  // it would write into the saved image.
+  Result<void> Relaunch(Deadline deadline) {
     QemuProcess old = Replace(QemuProcess{});
-    if (auto r = StartRestored(dir_.File(kMemoryFile), -1, std::move(state_fd), /*load=*/true,
-                               deadline);
-        !r) {
-      Replace(std::move(old));
-      return r;
-    }
-    if (auto r = WaitIncomingDone(qemu_, deadline); !r) {
-      Replace(std::move(old)).process.Kill();
-      memory_shared_ = true;
-      incoming_ = false;
-      return Fail(WithDiagnostics(r.error()));
-    }
+    auto started = StartRestored(dir_.File(kMemoryFile), -1, std::move(relaunch_state_),
+                                 /*load=*/true, deadline);
+    if (started) started = WaitIncomingDone(qemu_, deadline);
     incoming_ = false;
     old.process.Kill();
+    if (!started) {
+      qemu_.process.Kill();
+      return Fail(
+          WithDiagnostics(started.error()).Context("restarting the VM on its saved memory"));
+    }
     return {};
   }
 
@@ -505,7 +540,7 @@ class QemuVm final : public Vm {
       return Fail(WithDiagnostics(r.error()));
     }
     if (auto r = WaitIncomingDone(*writer, deadline); !r) return Fail(WithDiagnostics(r.error()));
-    auto fd = CreateFile(state, O_WRONLY);
+    auto fd = CreateStateFile(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(*writer, fd->get(), /*ignore_shared=*/true, deadline); !r) {
       return Fail(WithDiagnostics(r.error()));
@@ -531,6 +566,8 @@ class QemuVm final : public Vm {
   bool memory_shared_ = false;  // RAM is this VM's own file, mapped shared
   bool incoming_ = false;       // a migration is loading; Resume() waits for it
   UniqueFd state_fd_;           // the saved state QEMU waits for, until Resume() loads it
+  UniqueFd relaunch_state_;     // saved in place: Resume() restarts QEMU from this state
+  std::pair<std::string, UniqueFd> state_ahead_;  // the state file SaveAhead() created
 };
 
 }  // namespace
