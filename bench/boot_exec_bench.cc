@@ -8,6 +8,7 @@
 // machine hits every row alike.
 #include <fmt/format.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -68,6 +69,7 @@ struct Guest {
 
 // Files and sockets of one plain QEMU; the process is declared last so it dies first.
 struct PlainQemu {
+  UniqueFd ram;  // with a RAM file: a memfd, as the engine maps a booted VM's RAM
   UniqueFd console;
   UniqueFd agent;
   UniqueFd qmp;
@@ -91,7 +93,8 @@ Result<std::pair<UniqueFd, UniqueFd>> SocketPair() {
 // Starts QEMU the way QemuEngine::Start does, with the console on a socket. `spawned` is
 // taken just before the fork, as Sandbox::Create's clock starts before its own.
 Result<std::unique_ptr<PlainQemu>> SpawnPlainQemu(const Guest& guest, const std::string& cmdline,
-                                                  Clock::time_point& spawned) {
+                                                  Clock::time_point& spawned,
+                                                  bool ram_file = false) {
   auto console = SocketPair();
   auto agent = SocketPair();
   auto qmp = SocketPair();
@@ -113,8 +116,17 @@ Result<std::unique_ptr<PlainQemu>> SpawnPlainQemu(const Guest& guest, const std:
   wiring.qmp_fd = qmp->second.get();
   wiring.kernel_cmdline = cmdline;
   SpawnOptions spawn;
-  spawn.argv = engine::qemu::QemuArgv("qemu-system-x86_64", guest.accel, spec, wiring);
   spawn.inherit_fds = {console->second.get(), agent->second.get(), qmp->second.get()};
+  if (ram_file) {
+    vm->ram = UniqueFd(static_cast<int>(::memfd_create("vessel-bench-ram", MFD_CLOEXEC)));
+    if (!vm->ram || ::ftruncate(vm->ram.get(), off_t{kMemoryMib} << 20) != 0) {
+      return Fail(Error::HostIo("memfd", errno));
+    }
+    wiring.memory_path = fmt::format("/proc/self/fd/{}", vm->ram.get());
+    wiring.memory_shared = true;
+    spawn.inherit_fds.push_back(vm->ram.get());
+  }
+  spawn.argv = engine::qemu::QemuArgv("qemu-system-x86_64", guest.accel, spec, wiring);
   spawn.output_path = vm->log_path;
   ::unlink(vm->log_path.c_str());
   spawned = Clock::now();
@@ -234,6 +246,7 @@ struct Measurements {
   Series first_line{"plain QEMU, verbose: spawn -> first console line", {}};
   Series to_init{"plain QEMU, verbose: spawn -> \"Run /init\" (userspace)", {}};
   Series to_hello{"plain QEMU, Vessel cmdline: spawn -> agent hello", {}};
+  Series to_hello_ram_file{"plain QEMU, Vessel cmdline, RAM a shared memfd: -> hello", {}};
   Series create{"vessel: Sandbox::Create -> ready (hello)", {}};
   Series first_exec{"vessel: first exec `true` after ready", {}};
   Series destroy{"vessel: Destroy", {}};
@@ -273,14 +286,23 @@ Result<void> PlainVerboseBoot(const Guest& guest, Measurements& m) {
   return {};
 }
 
-Result<void> PlainHelloBoot(const Guest& guest, Measurements& m) {
+Result<void> PlainHelloBoot(const Guest& guest, Measurements& m, bool ram_file) {
   Clock::time_point spawned;
-  auto vm = SpawnPlainQemu(guest, guest.cmdline, spawned);
+  auto vm = SpawnPlainQemu(guest, guest.cmdline, spawned, ram_file);
   if (!vm) return Fail(std::move(vm).error());
   auto boot = Watch(**vm, spawned, Until::kHello);
   if (!boot) return Fail(std::move(boot).error().Context("plain QEMU, Vessel cmdline"));
-  m.to_hello.ms.push_back(*boot->hello_ms);
+  (ram_file ? m.to_hello_ram_file : m.to_hello).ms.push_back(*boot->hello_ms);
   return {};
+}
+
+Result<void> PlainHelloBootAnonymousRam(const Guest& guest, Measurements& m) {
+  return PlainHelloBoot(guest, m, /*ram_file=*/false);
+}
+
+// Vessel maps a booted VM's RAM shared from a memfd, so that a save needs no copy of it.
+Result<void> PlainHelloBootRamFile(const Guest& guest, Measurements& m) {
+  return PlainHelloBoot(guest, m, /*ram_file=*/true);
 }
 
 Result<void> VesselBoot(const Guest&, Measurements& m) {
@@ -302,7 +324,8 @@ Result<void> VesselBoot(const Guest&, Measurements& m) {
 // always runs first or always right after the same other kind.
 Result<void> BootRound(int round, const Guest& guest, Measurements& m) {
   using Boot = Result<void> (*)(const Guest&, Measurements&);
-  constexpr Boot kBoots[] = {PlainVerboseBoot, PlainHelloBoot, VesselBoot};
+  constexpr Boot kBoots[] = {PlainVerboseBoot, PlainHelloBootAnonymousRam, PlainHelloBootRamFile,
+                             VesselBoot};
   constexpr size_t kKinds = std::size(kBoots);
   for (size_t k = 0; k < kKinds; ++k) {
     if (auto r = kBoots[(static_cast<size_t>(round) + k) % kKinds](guest, m); !r) return r;
@@ -334,14 +357,18 @@ void Report(const Guest& guest, const Measurements& m, double total_s) {
   fmt::print(
       "  (it appears when the guest's serial console registers and replays the log so far;\n"
       "   printing the log on the emulated UART also slows the verbose boot down)\n\n");
-  PrintTable({&m.first_byte, &m.first_line, &m.to_init, &m.to_hello, &m.create, &m.first_exec,
-              &m.destroy, &m.exec});
+  PrintTable({&m.first_byte, &m.first_line, &m.to_init, &m.to_hello, &m.to_hello_ram_file,
+              &m.create, &m.first_exec, &m.destroy, &m.exec});
   fmt::print("\nratios of medians:\n");
   PrintRatio("vessel create->ready / plain QEMU first console line", m.create, m.first_line);
   PrintRatio("vessel create->ready / plain QEMU to agent hello, same cmdline (Vessel's overhead)",
              m.create, m.to_hello);
   PrintRatio("vessel create->ready / plain QEMU to \"Run /init\" (verbose boot)", m.create,
              m.to_init);
+  PrintRatio("plain QEMU, RAM a shared memfd / anonymous RAM, to agent hello", m.to_hello_ram_file,
+             m.to_hello);
+  PrintRatio("vessel create->ready / plain QEMU, RAM a shared memfd, to agent hello", m.create,
+             m.to_hello_ram_file);
   fmt::print(
       "\nexec rows are host wall time around Sandbox::Execute; the warm-VM row skips {} "
       "warm-up execs.\n",

@@ -2,10 +2,12 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
 
@@ -109,6 +111,28 @@ Result<void> RemoveTree(const std::string& path) {
 bool IsReadableFile(const std::string& path) {
   struct stat st {};
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), R_OK) == 0;
+}
+
+Result<void> CopyDataSkippingHoles(int in, int out, off_t size) {
+  off_t at = 0;
+  while (at < size) {
+    off_t data = ::lseek(in, at, SEEK_DATA);
+    if (data < 0 && errno == ENXIO) return {};  // nothing but a hole from `at` on
+    if (data < 0) return Fail(Error::HostIo("seek to data", errno));
+    if (data >= size) return {};
+    off_t hole = ::lseek(in, data, SEEK_HOLE);
+    if (hole < 0) return Fail(Error::HostIo("seek to a hole", errno));
+    hole = std::min(hole, size);
+    if (::lseek(out, data, SEEK_SET) != data) return Fail(Error::HostIo("seek", errno));
+    for (off_t from = data; from < hole;) {
+      ssize_t n = ::sendfile(out, in, &from, static_cast<size_t>(hole - from));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Fail(Error::HostIo("copy", errno));
+      if (n == 0) return Fail(Error::HostIo("copy: the file ended early", EIO));
+    }
+    at = hole;
+  }
+  return {};
 }
 
 }  // namespace vessel

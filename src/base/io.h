@@ -2,6 +2,8 @@
 // nowhere else.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstdint>
 #include <span>
 #include <string>
@@ -27,5 +29,9 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes);
 // Removes a directory tree; missing is fine.
 [[nodiscard]] Result<void> RemoveTree(const std::string& path);
 [[nodiscard]] bool IsReadableFile(const std::string& path);
+// Copies the first `size` bytes of the file `in` to the same offsets of `out`, skipping
+// the holes of `in` (SEEK_DATA, SEEK_HOLE), so that `out`, sized beforehand, stays as
+// sparse as `in`.
+[[nodiscard]] Result<void> CopyDataSkippingHoles(int in, int out, off_t size);
 
 }  // namespace vessel

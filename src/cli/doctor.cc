@@ -118,6 +118,8 @@ int Doctor() {
   line(jail.ok, "VMM jail", jail.text);
   auto cgroups = engine::CgroupConfinement();
   line(cgroups.ok, "VM cgroups", cgroups.text);
+  auto pages = engine::RamPageSize();
+  line(pages.ok, "guest RAM", pages.text);
   uint64_t tsc = engine::HostTscKhz();
   line(tsc > 0, "host TSC rate",
        tsc ? std::to_string(tsc) + " kHz" : "unknown: the guest calibrates it itself");

@@ -43,4 +43,11 @@ struct Confinement {
 Confinement JailConfinement();
 Confinement CgroupConfinement();
 
+// The policy chosen in a sysfs transparent-huge-page setting such as
+// "always within_size advise [never] deny force" ("never"), or empty.
+std::string SelectedPolicy(std::string_view setting);
+// Whether a booted VM's RAM (a memfd QEMU asks huge pages for) gets them here: the
+// shmem policy is advise, always, within_size or force. `ok` is false when it does not.
+Confinement RamPageSize();
+
 }  // namespace vessel::engine

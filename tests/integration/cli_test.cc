@@ -20,6 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "base/io.h"
+#include "engine/host.h"
 #include "protocol/wire.h"
 #include "supervisor/supervisor_protocol.h"
 #include "vm_test_env.h"
@@ -228,6 +230,14 @@ TEST(CliTest, DoctorReportsTheEngineAndAssets) {
   // What confines the VMMs: jailed unless turned off; cgroups where the host has v2.
   EXPECT_NE(r.out.find("ok      VMM jail: own namespaces"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("VM cgroups: "), std::string::npos) << r.out;
+  // The page size a booted VM's RAM gets, from the host's shmem huge-page policy.
+  std::string policy = engine::SelectedPolicy(
+      ReadFileToString("/sys/kernel/mm/transparent_hugepage/shmem_enabled", 4096).value_or(""));
+  EXPECT_NE(r.out.find(policy.empty() || policy == "never" || policy == "deny"
+                           ? "MISSING guest RAM: 4 KiB pages"
+                           : "ok      guest RAM: 2 MiB pages"),
+            std::string::npos)
+      << r.out;
   if (testing::TestEngine() == EngineKind::kKvm) {
     EXPECT_NE(r.out.find("ok      engine kvm: vessel-vmm at /"), std::string::npos) << r.out;
   }

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/host.h"
 #include "engine/kvm/kvm_engine.h"
 #include "engine/qemu/qemu_engine.h"
 #include "engine/select.h"
@@ -22,6 +23,14 @@ const engine::Host kKvmHost{std::nullopt, "/usr/libexec/vessel-vmm"};
 const engine::Host kNoKvmHost{std::string("/dev/kvm cannot be opened: No such file or directory"),
                               "/usr/libexec/vessel-vmm"};
 const engine::Host kNoVmmHost{std::nullopt, ""};
+
+TEST(HostTest, SelectedPolicyIsTheBracketedWord) {
+  EXPECT_EQ(engine::SelectedPolicy("always within_size advise [never] deny force\n"), "never");
+  EXPECT_EQ(engine::SelectedPolicy("[always] madvise never"), "always");
+  EXPECT_EQ(engine::SelectedPolicy(""), "");
+  EXPECT_EQ(engine::SelectedPolicy("always [advise"), "");
+  EXPECT_EQ(engine::SelectedPolicy("always] advise ["), "");
+}
 
 TEST(EngineChoiceTest, AutoPicksKvmWhereItCanRun) {
   EXPECT_EQ(engine::Select(EngineKind::kAuto, kKvmHost), EngineKind::kKvm);

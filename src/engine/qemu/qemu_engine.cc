@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -192,6 +193,9 @@ Result<UniqueFd> CreateFile(const std::string& path, int flags) {
   return fd;
 }
 
+// A path by which a child names a descriptor it inherited.
+std::string FdPath(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
+
 class QemuVm final : public Vm {
  public:
   QemuVm(const QemuEngine& engine, QemuOptions options, VmSpec spec, RuntimeDir dir,
@@ -228,7 +232,17 @@ class QemuVm final : public Vm {
       cgroup_ = std::move(*cgroup);
     }
     if (!spec_.restore) {
-      auto qemu = StartQemu(MakeLaunch(dir_.File(kMemoryFile), /*shared=*/true));
+      // RAM is a memfd: it stays in memory whatever file system the runtime directory is
+      // on (a shared mapping of a disk file pays the file system for every page the guest
+      // first writes), and it goes with the VM.
+      ram_ = UniqueFd(static_cast<int>(::memfd_create("vessel-ram", MFD_CLOEXEC)));
+      if (!ram_) return Fail(Error::HostIo("memfd_create", errno));
+      if (::ftruncate(ram_.get(), off_t{spec_.memory_mib} << 20) != 0) {
+        return Fail(Error::HostIo("size the VM's memory", errno));
+      }
+      Launch launch = MakeLaunch(FdPath(ram_.get()), /*shared=*/true);
+      launch.inherit_fds.push_back(ram_.get());
+      auto qemu = StartQemu(std::move(launch));
       if (!qemu) return Fail(std::move(qemu).error());
       qemu_ = std::move(*qemu);
       memory_shared_ = true;
@@ -264,6 +278,7 @@ class QemuVm final : public Vm {
     Wake();
     if (watcher_.joinable()) watcher_.join();
     qemu_.process.Kill();
+    ram_.Reset();
     cgroup_.reset();
     agent_.host.Reset();
     agent_.vmm.Reset();
@@ -297,9 +312,8 @@ class QemuVm final : public Vm {
 
   Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
     if (!memory_shared_) return std::optional<VmSpec::Saved>{};
-    std::string memory = dir_.File(kMemoryFile);
-    UniqueFd memory_fd(::open(memory.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!memory_fd) return Fail(Error::HostIo("open " + memory, errno));
+    UniqueFd memory_fd(::fcntl(ram_.get(), F_DUPFD_CLOEXEC, 0));
+    if (!memory_fd) return Fail(Error::HostIo("dup the VM's memory", errno));
     std::string state = dir + "/" + kStateFile;
     auto writer = CreateFile(state, O_WRONLY);
     if (!writer) return Fail(std::move(writer).error());
@@ -315,20 +329,16 @@ class QemuVm final : public Vm {
     auto deadline = Deadline::After(kSaveTimeout);
     std::string memory = dir + "/" + kMemoryFile;
     std::string state = dir + "/" + kStateFile;
-    if (memory_shared_) {
-      // This VM's RAM is its own file: save the device state, make the file the saved
-      // image, and go on as a private mapping of it, so nothing is copied.
-      if (::link(dir_.File(kMemoryFile).c_str(), memory.c_str()) == 0) {
-        auto r = SaveInPlace(state, deadline);
-        if (!r) {
-          ::unlink(memory.c_str());
-          ::unlink(state.c_str());
-        }
-        return r;
-      }
-      if (errno != EXDEV) return Fail(Error::HostIo("link the memory image into " + dir, errno));
+    Result<void> r;
+    if (memory_shared_ && state_ahead_.first == state) {
+      // SaveAhead() handed out this VM's RAM as the saved memory: only the device state
+      // is written, and Resume() goes on as a private mapping of the RAM, now frozen.
+      r = SaveInPlace(state, deadline);
+    } else if (memory_shared_) {
+      r = SaveCopyingRam(memory, state, deadline);
+    } else {
+      r = SaveByCopy(memory, state, deadline);
     }
-    auto r = SaveByCopy(memory, state, deadline);
     if (!r) {
       ::unlink(memory.c_str());
       ::unlink(state.c_str());
@@ -432,12 +442,12 @@ class QemuVm final : public Vm {
     if (!saved.memory || !*saved.memory || !saved.state || !*saved.state) {
       return Fail(Error::InvalidConfig("spec", "the saved VM has no open memory or state file"));
     }
-    std::string state_path = fmt::format("/proc/self/fd/{}", saved.state->get());
+    std::string state_path = FdPath(saved.state->get());
     UniqueFd state_fd(::open(state_path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!state_fd) return Fail(Error::HostIo("reopen the saved state", errno));
     int memory_fd = saved.memory->get();
-    return StartRestored(fmt::format("/proc/self/fd/{}", memory_fd), memory_fd,
-                         std::move(state_fd), /*load=*/false, Deadline::After(kSaveTimeout));
+    return StartRestored(FdPath(memory_fd), memory_fd, std::move(state_fd), /*load=*/false,
+                         Deadline::After(kSaveTimeout));
   }
 
   // `memory` is QEMU's path to the RAM image; `memory_fd`, when not -1, is inherited so
@@ -467,8 +477,8 @@ class QemuVm final : public Vm {
     return {};
   }
 
-  // Writes the device state to `state`; RAM, mapped shared from this VM's own file, is
-  // skipped, and the file becomes the saved image. Resume() then goes on as a private
+  // Writes the device state to `state`; RAM, mapped shared from this VM's memfd, is
+  // skipped, and the memfd becomes the saved image. Resume() then goes on as a private
   // mapping of it, in a new QEMU, so that nothing is copied and the image is never
   // written again: the VMs restored from it can be started meanwhile.
   Result<void> SaveInPlace(const std::string& state, Deadline deadline) {
@@ -495,7 +505,7 @@ class QemuVm final : public Vm {
   // it would write into the saved image.
   Result<void> Relaunch(Deadline deadline) {
     QemuProcess old = Replace(QemuProcess{});
-    auto started = StartRestored(dir_.File(kMemoryFile), -1, std::move(relaunch_state_),
+    auto started = StartRestored(FdPath(ram_.get()), ram_.get(), std::move(relaunch_state_),
                                  /*load=*/true, deadline);
     if (started) started = WaitIncomingDone(qemu_, deadline);
     incoming_ = false;
@@ -504,6 +514,24 @@ class QemuVm final : public Vm {
       qemu_.process.Kill();
       return Fail(
           WithDiagnostics(started.error()).Context("restarting the VM on its saved memory"));
+    }
+    return {};
+  }
+
+  // Writes the device state to `state`, skipping RAM, and the pages of the RAM memfd
+  // that hold data to `memory` (holes stay holes). The VM goes on from its memfd as it
+  // was: `cont` after a completed migration runs the source again.
+  Result<void> SaveCopyingRam(const std::string& memory, const std::string& state,
+                              Deadline deadline) {
+    auto fd = CreateStateFile(state);
+    if (!fd) return Fail(std::move(fd).error());
+    if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
+    auto out = CreateFile(memory, O_WRONLY);
+    if (!out) return Fail(std::move(out).error());
+    off_t size = off_t{spec_.memory_mib} << 20;
+    if (::ftruncate(out->get(), size) != 0) return Fail(Error::HostIo("size " + memory, errno));
+    if (auto r = CopyDataSkippingHoles(ram_.get(), out->get(), size); !r) {
+      return Fail(std::move(r).error().Context("writing " + memory));
     }
     return {};
   }
@@ -522,7 +550,7 @@ class QemuVm final : public Vm {
     if (!channel) return Fail(std::move(channel).error());
     // The snapshot directory is outside the jail: QEMU maps the file through the
     // descriptor it inherits.
-    Launch launch = MakeLaunch(fmt::format("/proc/self/fd/{}", memory_fd->get()), /*shared=*/true);
+    Launch launch = MakeLaunch(FdPath(memory_fd->get()), /*shared=*/true);
     launch.wiring.name += "-save";
     launch.wiring.console_chardev = "null";
     launch.wiring.agent_fd = -1;
@@ -563,10 +591,11 @@ class QemuVm final : public Vm {
   std::mutex watch_mutex_;
   bool stopping_ = false;
   std::thread watcher_;
-  bool memory_shared_ = false;  // RAM is this VM's own file, mapped shared
+  bool memory_shared_ = false;  // RAM is ram_, mapped shared
   bool incoming_ = false;       // a migration is loading; Resume() waits for it
   UniqueFd state_fd_;           // the saved state QEMU waits for, until Resume() loads it
   UniqueFd relaunch_state_;     // saved in place: Resume() restarts QEMU from this state
+  UniqueFd ram_;  // a booted VM's RAM (a memfd): shared while memory_shared_, then frozen
   std::pair<std::string, UniqueFd> state_ahead_;  // the state file SaveAhead() created
 };
 
