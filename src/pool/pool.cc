@@ -10,6 +10,7 @@
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <sched.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -129,6 +130,16 @@ Result<void> ValidatePoolConfig(const PoolConfig& config) {
     return Fail(Error::InvalidConfig("warm_up", "has no program to run"));
   }
   return {};
+}
+
+BackgroundWhileWaiting::BackgroundWhileWaiting() : policy_(::sched_getscheduler(0)) {
+  sched_param param{};
+  if (policy_ != SCHED_OTHER || ::sched_setscheduler(0, SCHED_BATCH, &param) != 0) policy_ = -1;
+}
+
+BackgroundWhileWaiting::~BackgroundWhileWaiting() {
+  sched_param param{};
+  if (policy_ >= 0) (void)::sched_setscheduler(0, policy_, &param);
 }
 
 void LatencyRecorder::Add(std::chrono::microseconds sample) {
@@ -348,7 +359,13 @@ void VmPool::Impl::Work() {
     }
     auto wake = next_check_;
     if (NeedsVm()) wake = std::min(wake, retry_at_);
-    work_.wait_until(lock, wake);
+    {
+      // Woken by an Acquire(), this thread does not preempt the caller (SCHED_BATCH
+      // forgoes wakeup preemption); once running it is an ordinary thread again, so the
+      // threads a new sandbox starts here are ordinary too.
+      pool::BackgroundWhileWaiting background;
+      work_.wait_until(lock, wake);
+    }
   }
 }
 

@@ -58,4 +58,19 @@ class LatencyRecorder {
   size_t next_ = 0;                                // the oldest sample once full
 };
 
+// While it lives, the calling thread is SCHED_BATCH: when woken it waits for its turn
+// rather than preempting the thread that woke it, so that a pool's worker, woken by an
+// Acquire() to refill, does not delay that Acquire()'s return on a busy host. Its
+// throughput is unchanged (same weight). Where the policy cannot be set, nothing changes.
+class BackgroundWhileWaiting {
+ public:
+  BackgroundWhileWaiting();
+  ~BackgroundWhileWaiting();
+  BackgroundWhileWaiting(const BackgroundWhileWaiting&) = delete;
+  BackgroundWhileWaiting& operator=(const BackgroundWhileWaiting&) = delete;
+
+ private:
+  int policy_;  // the thread's policy before, restored on destruction; -1 when unchanged
+};
+
 }  // namespace vessel::pool

@@ -5,6 +5,7 @@
 #include "vessel/pool.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <atomic>
 #include <chrono>
@@ -97,6 +98,34 @@ class PoolTest : public ::testing::Test {
 };
 
 // Configuration.
+
+TEST(BackgroundWhileWaitingTest, TheThreadIsBatchWhileItLivesAndOrdinaryAfter) {
+  std::thread([] {
+    ASSERT_EQ(::sched_getscheduler(0), SCHED_OTHER);
+    {
+      pool::BackgroundWhileWaiting background;
+      EXPECT_EQ(::sched_getscheduler(0), SCHED_BATCH);
+      // A thread started meanwhile inherits the policy, which is why the pool holds one
+      // only around its wait, never while it makes a sandbox.
+      int inherited = -1;
+      std::thread([&] { inherited = ::sched_getscheduler(0); }).join();
+      EXPECT_EQ(inherited, SCHED_BATCH);
+    }
+    EXPECT_EQ(::sched_getscheduler(0), SCHED_OTHER);
+  }).join();
+}
+
+TEST(BackgroundWhileWaitingTest, AThreadWithAnotherPolicyIsLeftAlone) {
+  std::thread([] {
+    sched_param param{};
+    ASSERT_EQ(::sched_setscheduler(0, SCHED_IDLE, &param), 0);
+    {
+      pool::BackgroundWhileWaiting background;
+      EXPECT_EQ(::sched_getscheduler(0), SCHED_IDLE);
+    }
+    EXPECT_EQ(::sched_getscheduler(0), SCHED_IDLE);
+  }).join();
+}
 
 TEST_F(PoolTest, InvalidConfigNamesTheField) {
   struct Case {
