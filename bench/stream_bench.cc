@@ -15,7 +15,6 @@
 namespace vessel::bench {
 namespace {
 
-
 struct Options {
   int exec_iterations = 200;
   int file_mib = 64;
@@ -64,6 +63,20 @@ Result<void> RunAll(const Options& options) {
   const uint64_t size = static_cast<uint64_t>(options.file_mib) * 1024 * 1024;
   Series to_guest{fmt::format("write {} MiB host -> guest", options.file_mib), {}};
   Series from_guest{fmt::format("read {} MiB guest -> host", options.file_mib), {}};
+  // What the guest does alone with the same bytes, exec included: a pipe into a file, as
+  // the agent writes an upload; a file into a pipe, as it reads a download.
+  Series guest_in{fmt::format("guest alone: {} MiB pipe -> file (dd | cat >)", options.file_mib),
+                  {}};
+  Series guest_out{fmt::format("guest alone: {} MiB file -> pipe (cat | cat)", options.file_mib),
+                   {}};
+  auto guest_alone = [&](const std::string& script, Series& series) -> Result<void> {
+    auto start = Clock::now();
+    auto run = sb.Execute(Command::Argv({"sh", "-c", script}));
+    if (!run) return Fail(std::move(run).error());
+    if (!run->ok()) return Fail(Error::Backend("`" + script + "` failed in the guest"));
+    series.ms.push_back(MsSince(start));
+    return {};
+  };
   std::vector<uint8_t> pattern(256 * 1024);
   for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = static_cast<uint8_t>(i * 131);
   for (int round = 0; round < options.rounds; ++round) {
@@ -87,19 +100,34 @@ Result<void> RunAll(const Options& options) {
     if (!r) return Fail(std::move(r).error());
     from_guest.ms.push_back(MsSince(start));
     if (received != size) return Fail(Error::Backend("short read in the benchmark"));
+    if (auto alone = guest_alone(
+            fmt::format("dd if=/dev/zero bs=65536 count={} 2>/dev/null | cat > /tmp/bench2.dat",
+                        size / 65536),
+            guest_in);
+        !alone) {
+      return alone;
+    }
+    if (auto alone = guest_alone("cat /tmp/bench2.dat | cat > /dev/null", guest_out); !alone) {
+      return alone;
+    }
   }
   (void)sb.Destroy();
 
   fmt::print("vessel_stream_bench: engine {}, guest 2 vCPUs, 512 MiB\n\n", sb.engine_name());
-  PrintTable({&exec, &sequential, &concurrent, &to_guest, &from_guest});
+  PrintTable({&exec, &sequential, &concurrent, &to_guest, &from_guest, &guest_in, &guest_out});
   auto mbps = [&](const Series& s) {
     auto m = Median(s);
     return m ? static_cast<double>(size) / (1024.0 * 1024.0) / (*m / 1000.0) : 0.0;
   };
-  fmt::print("\nthroughput (median): host -> guest {:.1f} MiB/s, guest -> host {:.1f} MiB/s\n",
-             mbps(to_guest), mbps(from_guest));
+  fmt::print(
+      "\nthroughput (median): host -> guest {:.1f} MiB/s, guest -> host {:.1f} MiB/s; "
+      "the guest alone: pipe -> file {:.1f} MiB/s, file -> pipe {:.1f} MiB/s\n",
+      mbps(to_guest), mbps(from_guest), mbps(guest_in), mbps(guest_out));
   fmt::print("ratios of medians:\n");
   PrintRatio("16 concurrent / 16 sequential `true`", concurrent, sequential);
+  PrintRatio("upload / the guest's own pipe -> file (time; rate ratio is its inverse)", to_guest,
+             guest_in);
+  PrintRatio("download / the guest's own file -> pipe (time)", from_guest, guest_out);
   return {};
 }
 

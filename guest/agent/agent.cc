@@ -154,7 +154,7 @@ void Agent::Turn() {
   FinishExited();
   CheckDeadlines();
   if (port_.connected()) {
-    port_.OnPoll(fds[1].revents, [this](const proto::Frame& frame) { Handle(frame); });
+    port_.OnPoll(fds[1].revents, [this](const proto::FrameView& frame) { Handle(frame); });
   } else if (port_.Reconnected()) {
     OnReconnect();
   }
@@ -283,7 +283,7 @@ void Agent::AcceptConnection() {
   port_.Send(proto::EncodeNetOpen(id));
 }
 
-void Agent::Handle(const proto::Frame& frame) {
+void Agent::Handle(const proto::FrameView& frame) {
   uint32_t id = frame.header.request_id;
   std::span<const uint8_t> payload = frame.payload;
   switch (frame.header.type) {

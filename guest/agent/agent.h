@@ -47,7 +47,7 @@ class Agent {
   [[nodiscard]] bool MayAccept(Clock::time_point now) const;
   void AcceptConnection();
 
-  void Handle(const protocol::Frame& frame);
+  void Handle(const protocol::FrameView& frame);
   void OnExec(uint32_t id, std::span<const uint8_t> payload);
   void OnStdin(uint32_t id, std::span<const uint8_t> payload);
   void OnSignal(uint32_t id, std::span<const uint8_t> payload);

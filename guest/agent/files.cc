@@ -224,11 +224,12 @@ pollfd ReadFileTransfer::PollEvents(const Port& port) const {
 }
 
 bool ReadFileTransfer::SendChunk(Port& port) {
-  static uint8_t buf[proto::kMaxFileChunk];
   if (!fd_) return true;
   size_t want = std::min<uint64_t>(credit_, proto::kMaxFileChunk);
   if (want == 0) return false;
-  ssize_t n = read(fd_.get(), buf, want);
+  // Read into the frame itself: a download's bytes are copied once, out of the file.
+  std::vector<uint8_t> frame = proto::FileDataFrame(request_id_, want);
+  ssize_t n = read(fd_.get(), frame.data() + proto::kHeaderSize, want);
   if (n < 0) {
     if (errno == EAGAIN || errno == EINTR) return false;
     Abort(port, errno, "read");
@@ -239,7 +240,8 @@ bool ReadFileTransfer::SendChunk(Port& port) {
     port.Send(proto::EncodeDone(request_id_));
     return true;
   }
-  port.Send(proto::EncodeFileData(request_id_, {buf, static_cast<size_t>(n)}));
+  proto::TrimFileData(frame, static_cast<size_t>(n));
+  port.Send(std::move(frame));
   credit_ -= static_cast<uint64_t>(n);
   return false;
 }

@@ -138,10 +138,12 @@ bool Port::Reconnected() {
 }
 
 void Port::ReadFrames(const FrameHandler& handle) {
-  static uint8_t buf[kReadChunk];
   size_t total = 0;
   while (connected_ && total < kReadBudget) {
-    ssize_t n = read(fd_.get(), buf, sizeof(buf));
+    // Read straight into the reader's buffer, and hand frames on from there: an upload's
+    // bytes are copied once, into the file.
+    auto room = reader_.Prepare(kReadChunk);
+    ssize_t n = read(fd_.get(), room.data(), room.size());
     if (n == 0) {
       // The virtio console reads 0 while the host is disconnected and nothing is queued;
       // a socket, when the host closed it.
@@ -154,9 +156,9 @@ void Port::ReadFrames(const FrameHandler& handle) {
       return;
     }
     total += static_cast<size_t>(n);
-    reader_.Feed({buf, static_cast<size_t>(n)});
+    reader_.Commit(static_cast<size_t>(n));
     for (;;) {
-      auto frame = reader_.Next();
+      auto frame = reader_.NextView();
       if (!frame) {
         // The stream cannot be resynchronised: report, drop what was buffered, go on.
         Send(proto::EncodeError(0, {EPROTO, "", frame.error().message()}));

@@ -63,7 +63,7 @@ class Port {
   // One line for a state dump.
   [[nodiscard]] std::string Describe() const;
 
-  using FrameHandler = std::function<void(const protocol::Frame&)>;
+  using FrameHandler = std::function<void(const protocol::FrameView&)>;
   // Acts on what poll() reported for PollEvents(): reads the frames that arrived and hands
   // each to `handle`, writes queued frames, notices a disconnect.
   void OnPoll(short revents, const FrameHandler& handle);

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
 
 namespace vessel::protocol {
@@ -242,6 +243,18 @@ std::vector<uint8_t> EncodeFileData(uint32_t request_id, std::span<const uint8_t
   Writer w(MessageType::kFileData, request_id);
   w.Raw(data);
   return std::move(w).Finish();
+}
+
+std::vector<uint8_t> FileDataFrame(uint32_t request_id, size_t capacity) {
+  std::vector<uint8_t> frame = EncodeFileData(request_id, {});
+  frame.resize(kHeaderSize + std::min<size_t>(capacity, kMaxFileChunk));
+  return frame;
+}
+
+void TrimFileData(std::vector<uint8_t>& frame, size_t n) {
+  frame.resize(kHeaderSize + std::min(n, frame.size() - kHeaderSize));
+  uint32_t size = static_cast<uint32_t>(frame.size() - kHeaderSize);
+  for (size_t i = 0; i < 4; ++i) frame[i] = static_cast<uint8_t>(size >> (8 * i));
 }
 
 std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info) {
@@ -517,26 +530,46 @@ Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what) {
   return {};
 }
 
-void FrameReader::Feed(std::span<const uint8_t> bytes) {
-  // Drop what was already returned, so the buffer holds at most one partial frame plus
-  // this read.
-  buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_));
-  consumed_ = 0;
-  buffer_.insert(buffer_.end(), bytes.begin(), bytes.end());
+void FrameReader::Compact(size_t n) {
+  if (consumed_ > 0) {
+    std::memmove(buffer_.data(), buffer_.data() + consumed_, filled_ - consumed_);
+    filled_ -= consumed_;
+    consumed_ = 0;
+  }
+  // Grows only: the buffer keeps its size, so reading into it costs no zeroing after the
+  // first frames.
+  if (buffer_.size() < filled_ + n) buffer_.resize(filled_ + n);
 }
 
-Result<std::optional<Frame>> FrameReader::Next() {
+void FrameReader::Feed(std::span<const uint8_t> bytes) {
+  auto room = Prepare(bytes.size());
+  std::copy(bytes.begin(), bytes.end(), room.begin());
+  Commit(bytes.size());
+}
+
+std::span<uint8_t> FrameReader::Prepare(size_t n) {
+  Compact(n);
+  return {buffer_.data() + filled_, n};
+}
+
+void FrameReader::Commit(size_t n) { filled_ = std::min(filled_ + n, buffer_.size()); }
+
+Result<std::optional<FrameView>> FrameReader::NextView() {
   if (buffered() < kHeaderSize) return std::nullopt;
   auto header =
       DecodeHeader(std::span<const uint8_t, kHeaderSize>(buffer_.data() + consumed_, kHeaderSize));
   if (!header) return Fail(std::move(header).error());
   if (buffered() < kHeaderSize + header->payload_size) return std::nullopt;
-  Frame frame;
-  frame.header = *header;
-  auto begin = buffer_.begin() + static_cast<std::ptrdiff_t>(consumed_ + kHeaderSize);
-  frame.payload.assign(begin, begin + header->payload_size);
+  FrameView frame{*header, {buffer_.data() + consumed_ + kHeaderSize, header->payload_size}};
   consumed_ += kHeaderSize + header->payload_size;
   return frame;
+}
+
+Result<std::optional<Frame>> FrameReader::Next() {
+  auto view = NextView();
+  if (!view) return Fail(std::move(view).error());
+  if (!*view) return std::nullopt;
+  return Frame{(*view)->header, {(*view)->payload.begin(), (*view)->payload.end()}};
 }
 
 }  // namespace vessel::protocol

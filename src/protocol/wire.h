@@ -214,6 +214,11 @@ std::vector<uint8_t> EncodeSignal(uint32_t request_id, int32_t signal);
 std::vector<uint8_t> EncodeCredit(uint32_t request_id, const Credit& credit);
 std::vector<uint8_t> EncodeFileOp(uint32_t request_id, const FileOp& op);
 std::vector<uint8_t> EncodeFileData(uint32_t request_id, std::span<const uint8_t> data);
+// A FileData frame with room for `capacity` payload bytes (at most kMaxFileChunk), to be
+// read into place at kHeaderSize; TrimFileData(frame, n) then makes the payload its first
+// n bytes. Saves the copy EncodeFileData makes.
+std::vector<uint8_t> FileDataFrame(uint32_t request_id, size_t capacity);
+void TrimFileData(std::vector<uint8_t>& frame, size_t n);
 std::vector<uint8_t> EncodeFileInfo(uint32_t request_id, const FileInfo& info);
 std::vector<uint8_t> EncodeDone(uint32_t request_id);
 std::vector<uint8_t> EncodeQuiesce(uint32_t request_id);
@@ -242,20 +247,37 @@ Result<TerminalSize> DecodeResize(std::span<const uint8_t> payload);
 // the header says everything, and DecodeEmpty checks the latter.
 Result<void> DecodeEmpty(std::span<const uint8_t> payload, const char* what);
 
-// Reassembles frames from a byte stream. Feed it what read() returned; take frames out.
+// A frame still in a FrameReader's buffer: valid until the reader is next used.
+struct FrameView {
+  FrameHeader header;
+  std::span<const uint8_t> payload;
+};
+
+// Reassembles frames from a byte stream. Feed it what read() returned, or read into
+// Prepare() and Commit() what arrived; take frames out.
 // Memory is bounded by kHeaderSize + kMaxPayload plus one read's worth of bytes.
 class FrameReader {
  public:
   void Feed(std::span<const uint8_t> bytes);
+  // Room for `n` more bytes at the end of the buffer, to read() into without a copy;
+  // Commit(k) then takes the first k of them (k <= n).
+  [[nodiscard]] std::span<uint8_t> Prepare(size_t n);
+  void Commit(size_t n);
   // The next complete frame, nullopt when more bytes are needed, or an error when the
   // stream is malformed (after which the stream is unusable).
   Result<std::optional<Frame>> Next();
+  // The same, without copying the payload out of the buffer.
+  Result<std::optional<FrameView>> NextView();
   // Bytes received but not yet returned as a frame: nonzero at EOF means a truncated frame.
-  [[nodiscard]] size_t buffered() const { return buffer_.size() - consumed_; }
+  [[nodiscard]] size_t buffered() const { return filled_ - consumed_; }
 
  private:
-  std::vector<uint8_t> buffer_;
+  // Drops what was already returned and makes room for `n` more bytes after the rest.
+  void Compact(size_t n);
+
+  std::vector<uint8_t> buffer_;  // [consumed_, filled_) holds what is not returned yet
   size_t consumed_ = 0;
+  size_t filled_ = 0;
 };
 
 }  // namespace vessel::protocol

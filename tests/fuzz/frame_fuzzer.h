@@ -75,7 +75,14 @@ inline ReadOutcome ReadFrames(std::span<const uint8_t> stream, uint8_t split_see
       size_t limit = (state & 0x80000000u) ? 4096 : 16;
       chunk = std::min(chunk, static_cast<size_t>(state % limit));
     }
-    reader.Feed(stream.subspan(offset, chunk));
+    if (split_seed & 1) {
+      // The agent's way: read() into room the reader prepared, often more than arrives.
+      auto room = reader.Prepare(chunk + (state & 0xff));
+      std::copy_n(stream.begin() + static_cast<std::ptrdiff_t>(offset), chunk, room.begin());
+      reader.Commit(chunk);
+    } else {
+      reader.Feed(stream.subspan(offset, chunk));
+    }
     offset += chunk;
     for (;;) {
       auto next = reader.Next();

@@ -1097,6 +1097,61 @@ TEST(FrameReaderTest, SeveralFramesInOneFeed) {
   EXPECT_EQ(reader.buffered(), 0u);
 }
 
+TEST(FrameReaderTest, ReadingIntoPreparedRoomIsFeeding) {
+  std::vector<Bytes> frames = SampleFrames();
+  Bytes all = Concat(frames);
+  for (size_t chunk : {size_t{1}, size_t{5}, size_t{64}, all.size()}) {
+    FrameReader reader;
+    std::vector<Bytes> out;
+    for (size_t at = 0; at < all.size(); at += chunk) {
+      size_t n = std::min(chunk, all.size() - at);
+      auto room = reader.Prepare(chunk + 100);  // more room than a read() fills
+      ASSERT_EQ(room.size(), chunk + 100);
+      std::copy_n(all.begin() + static_cast<std::ptrdiff_t>(at), n, room.begin());
+      reader.Commit(n);
+      auto drained = Drain(reader);
+      out.insert(out.end(), drained.begin(), drained.end());
+    }
+    EXPECT_EQ(out, frames) << "chunk " << chunk;
+    EXPECT_EQ(reader.buffered(), 0u);
+  }
+}
+
+TEST(FrameReaderTest, AViewIsTheFrameInPlace) {
+  Bytes data = {1, 2, 3};
+  Bytes stream = EncodeFileData(9, data);
+  Bytes second = EncodePing(10);
+  stream.insert(stream.end(), second.begin(), second.end());
+  FrameReader reader;
+  reader.Feed(stream);
+  auto view = reader.NextView();
+  ASSERT_TRUE(view && *view);
+  EXPECT_EQ((*view)->header.type, MessageType::kFileData);
+  EXPECT_EQ((*view)->header.request_id, 9u);
+  EXPECT_EQ(Bytes((*view)->payload.begin(), (*view)->payload.end()), data);
+  auto ping = reader.NextView();
+  ASSERT_TRUE(ping && *ping);
+  EXPECT_EQ((*ping)->header.type, MessageType::kPing);
+  EXPECT_TRUE((*ping)->payload.empty());
+  auto none = reader.NextView();
+  ASSERT_TRUE(none);
+  EXPECT_FALSE(*none);
+}
+
+TEST(FrameReaderTest, AFileDataFrameFilledInPlaceIsTheEncodedOne) {
+  Bytes data(1000);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{999}, size_t{1000}}) {
+    Bytes frame = FileDataFrame(3, 1000);
+    ASSERT_EQ(frame.size(), kHeaderSize + 1000);
+    std::copy_n(data.begin(), n, frame.begin() + kHeaderSize);
+    TrimFileData(frame, n);
+    EXPECT_EQ(frame, EncodeFileData(3, std::span<const uint8_t>(data).first(n))) << n;
+  }
+  // Room is capped at the largest chunk a frame may carry.
+  EXPECT_EQ(FileDataFrame(3, kMaxFileChunk + 1).size(), kHeaderSize + kMaxFileChunk);
+}
+
 TEST(FrameReaderTest, SplitAtEveryByteBoundaryReassembles) {
   std::vector<Bytes> frames = SampleFrames();
   Bytes stream = Concat(frames);
