@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
 #include <thread>
 
 #include "base/io.h"
@@ -167,7 +168,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
 }
 
 Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
-                                                       const RestoreOptions& options) {
+                                                  const RestoreOptions& options) {
   if (options.timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("timeout", "must be positive"));
   }
@@ -191,8 +192,8 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
   config.network = options.network.value_or(manifest->network);
   auto spec = sandbox::ValidateConfig(config, **engine);
   if (!spec) return Fail(std::move(spec).error().Context("restoring " + dir));
-  if (auto r = snapshot::CheckCompatible(*manifest, (*engine)->name(), spec->kernel,
-                                         spec->initramfs);
+  if (auto r =
+          snapshot::CheckCompatible(*manifest, (*engine)->name(), spec->kernel, spec->initramfs);
       !r) {
     return Fail(std::move(r).error());
   }
@@ -201,9 +202,8 @@ Result<sandbox::SavedVm> Sandbox::Impl::OpenSaved(const std::string& dir,
     if (!use) return Fail(std::move(use).error().Context("restoring " + dir));
     sandbox::AttachImage(*spec, std::make_shared<image::ImageUse>(std::move(*use)), 0);
   }
-  spec->restore = engine::VmSpec::Saved{
-      std::make_shared<const UniqueFd>(std::move(opened->memory)),
-      std::make_shared<const UniqueFd>(std::move(opened->state))};
+  spec->restore = engine::VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(opened->memory)),
+                                        std::make_shared<const UniqueFd>(std::move(opened->state))};
   return sandbox::SavedVm{std::move(*engine), std::move(*spec)};
 }
 
@@ -232,39 +232,53 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   } remove{dir};
   engine::VmSpec spec = spec_;
   spec.network = egress_->policy();  // the children start with the policy in force now
-  // Where the engine opens the template ahead, the children's VMMs start now, mapping its
-  // memory while the parent is saved, and load its state once it is written.
-  auto ahead = vm_->SaveAhead(dir);
-  if (!ahead) return Fail(std::move(ahead).error());
-  std::vector<Result<std::unique_ptr<engine::Vm>>> early;
-  if (*ahead) {
-    spec.restore = std::move(**ahead);
-    for (uint32_t i = 0; i < n; ++i) early.push_back(engine_->Start(spec));
-  }
   std::vector<Result<std::unique_ptr<Sandbox>>> children;
   for (uint32_t i = 0; i < n; ++i) children.emplace_back(Fail(Error::Backend("not started")));
-  // The children start from the template while the parent resumes.
-  auto start_children = [&] {
-    if (!spec.restore) {
-      auto saved = OpenTemplate(dir);
-      if (!saved) {
-        for (auto& child : children) child = Fail(saved.error());
-        return;
-      }
-      spec.restore = std::move(*saved);
+  auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
+  // Where the engine opens the template ahead, each child's VMM starts now, in a thread of
+  // its own, mapping the memory while the parent is saved, and loads the state once the
+  // save says it is written (or is destroyed should the save fail).
+  auto ahead = vm_->SaveAhead(dir);
+  if (!ahead) return Fail(std::move(ahead).error());
+  std::promise<bool> written;
+  std::shared_future<bool> go = written.get_future().share();
+  struct Early {
+    std::promise<bool>& written;
+    std::vector<std::thread> threads;
+    void Release(bool ok) {
+      if (threads.empty()) return;
+      written.set_value(ok);
+      for (auto& thread : threads) thread.join();
+      threads.clear();
     }
-    std::vector<std::thread> starters;
-    auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
+    ~Early() { Release(false); }
+  } early{written, {}};
+  if (*ahead) {
+    spec.restore = std::move(**ahead);
     for (uint32_t i = 0; i < n; ++i) {
-      starters.emplace_back([&, i] {
-        if (early.empty()) {
-          children[i] = StartSaved(engine_, spec, deadline);
-        } else if (!early[i]) {
-          children[i] = Fail(early[i].error());
-        } else {
-          children[i] = FinishSaved(engine_, std::move(*early[i]), spec, deadline);
+      early.threads.emplace_back([&, i] {
+        auto vm = engine_->Start(spec);
+        bool ok = go.get();
+        if (!vm) {
+          children[i] = Fail(std::move(vm).error());
+        } else if (ok) {
+          children[i] = FinishSaved(engine_, std::move(*vm), spec, deadline);
         }
       });
+    }
+  }
+  // The children start from the template while the parent resumes.
+  auto start_children = [&] {
+    if (!early.threads.empty()) return early.Release(true);
+    auto saved = OpenTemplate(dir);
+    if (!saved) {
+      for (auto& child : children) child = Fail(saved.error());
+      return;
+    }
+    spec.restore = std::move(*saved);
+    std::vector<std::thread> starters;
+    for (uint32_t i = 0; i < n; ++i) {
+      starters.emplace_back([&, i] { children[i] = StartSaved(engine_, spec, deadline); });
     }
     for (auto& starter : starters) starter.join();
   };
