@@ -102,11 +102,12 @@ class Vm {
   // Runs a paused VM; a restored one after loading its state.
   [[nodiscard]] virtual Result<void> Resume() = 0;
   // Writes the paused VM to `dir` (an existing, empty directory) as `state` (device
-  // state) and `memory` (guest RAM), without copying RAM where the engine can avoid it.
+  // state) and `memory` (guest RAM, as sparse as the guest left it); after SaveAhead(dir),
+  // `state` only, the memory being the one SaveAhead() handed out.
   // The VM stays paused, keeps its agent channel, and can be resumed (Resume() may then
   // restart the VMM on a private mapping of what was saved; should that fail, the VM
-  // fails); `dir/memory` must never be written again, since this VM and every VM
-  // restored from it map it.
+  // fails); the saved memory must never be written again, since every VM restored from
+  // it maps it.
   [[nodiscard]] virtual Result<void> Save(const std::string& dir) = 0;
   // The saved VM that Save(dir) will write, opened ahead, so that VMs restored from it
   // can be started, and wait, before it is written: its memory as it will be saved, and
