@@ -2,8 +2,8 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
-#include <grp.h>
 #include <linux/capability.h>
+#include <linux/mount.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
@@ -11,12 +11,15 @@
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <mutex>
 #include <set>
+#include <tuple>
 
 namespace vessel {
 namespace {
@@ -106,6 +109,10 @@ int RunStep(const JailStep& step) {
       if (chroot(".") != 0) return errno;
       return chdir("/") == 0 ? 0 : errno;
     case JailStep::Op::kWrite: return WriteFile(path, step.source);
+    case JailStep::Op::kAttach:
+      return syscall(SYS_move_mount, step.tree, "", AT_FDCWD, path, MOVE_MOUNT_F_EMPTY_PATH) == 0
+                 ? 0
+                 : errno;
   }
   return EINVAL;
 }
@@ -119,11 +126,15 @@ int DropPrivileges(const JailPlan& plan) {
   if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0 && errno != EINVAL) {
     return errno;
   }
+  // The system calls themselves: the C library's wrappers change the ids of every thread
+  // it knows of, and a child cloned from a threaded process has only the one, while the
+  // library still counts its parent's, and waits for a thread being created at the time
+  // of the clone forever.
   if (plan.gid) {
-    if (setgroups(0, nullptr) != 0) return errno;
-    if (setresgid(*plan.gid, *plan.gid, *plan.gid) != 0) return errno;
+    if (syscall(SYS_setgroups, 0, nullptr) != 0) return errno;
+    if (syscall(SYS_setresgid, *plan.gid, *plan.gid, *plan.gid) != 0) return errno;
   }
-  if (plan.uid && setresuid(*plan.uid, *plan.uid, *plan.uid) != 0) return errno;
+  if (plan.uid && syscall(SYS_setresuid, *plan.uid, *plan.uid, *plan.uid) != 0) return errno;
   __user_cap_header_struct header{.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
   __user_cap_data_struct none[_LINUX_CAPABILITY_U32S_3] = {};
   if (syscall(SYS_capset, &header, none) != 0) return errno;
@@ -172,11 +183,20 @@ Result<JailPlan> PlanJail(const JailSpec& spec, const HostFacts& host) {
   if (spec.root.empty() || spec.root[0] != '/') {
     return Fail(Error::InvalidConfig("jail root", "must be an absolute path"));
   }
+  auto absolute = [](const std::string& path) {
+    return !path.empty() && path[0] == '/' && path.find("/..") == std::string::npos;
+  };
   for (const auto* list : {&spec.read_only, &spec.writable, &spec.devices}) {
     for (const auto& path : *list) {
-      if (path.empty() || path[0] != '/' || path.find("/..") != std::string::npos) {
+      if (!absolute(path)) {
         return Fail(Error::InvalidConfig("jail path", fmt::format("{} is not absolute", path)));
       }
+    }
+  }
+  for (const auto& attached : spec.attached) {
+    if (!absolute(attached.path) || attached.tree < 0) {
+      return Fail(Error::InvalidConfig(
+          "jail mount", fmt::format("{} is not absolute or has no mount", attached.path)));
     }
   }
   auto missing = [&host](const std::string& path) {
@@ -272,6 +292,12 @@ Result<JailPlan> PlanJail(const JailSpec& spec, const HostFacts& host) {
       steps.push_back({.op = JailStep::Op::kBind, .path = target, .source = device});
     }
   }
+  for (const auto& attached : spec.attached) {
+    make_parents(attached.path);
+    std::string target = root + attached.path;
+    steps.push_back({.op = JailStep::Op::kFile, .path = target});
+    steps.push_back({.op = JailStep::Op::kAttach, .path = target, .tree = attached.tree});
+  }
   steps.push_back({.op = JailStep::Op::kMkdir, .path = root + "/proc"});
   steps.push_back({.op = JailStep::Op::kProc, .path = root + "/proc"});
   steps.push_back({.op = JailStep::Op::kPivot, .path = root});
@@ -289,6 +315,75 @@ int RunJailSteps(const JailPlan& plan, size_t* failed_step) {
   return DropPrivileges(plan);
 }
 
+namespace {
+
+// A user namespace whose map takes ids `from` to `to`, for an idmapped mount: made by a
+// child that enters it and waits while we write its maps and open it.
+Result<UniqueFd> MappingNamespace(uid_t from_uid, gid_t from_gid, uid_t to_uid, gid_t to_gid) {
+  int hold[2], ready[2];
+  if (pipe2(hold, O_CLOEXEC) != 0) return Fail(Error::HostIo("pipe", errno));
+  UniqueFd hold_read(hold[0]), hold_write(hold[1]);
+  if (pipe2(ready, O_CLOEXEC) != 0) return Fail(Error::HostIo("pipe", errno));
+  UniqueFd ready_read(ready[0]), ready_write(ready[1]);
+  pid_t pid = fork();
+  if (pid < 0) return Fail(Error::HostIo("fork", errno));
+  if (pid == 0) {
+    close(hold[1]);
+    char entered = unshare(CLONE_NEWUSER) == 0 ? 1 : 0;
+    (void)!write(ready[1], &entered, 1);
+    char byte;
+    (void)!read(hold[0], &byte, 1);  // until the parent closes its end
+    _exit(0);
+  }
+  hold_read.Reset();
+  ready_write.Reset();
+  char entered = 0;
+  Result<UniqueFd> result = Fail(Error::HostIo("enter a user namespace", EPERM));
+  if (read(ready_read.get(), &entered, 1) == 1 && entered == 1) {
+    std::string proc = fmt::format("/proc/{}/", pid);
+    int error = WriteFile((proc + "uid_map").c_str(), fmt::format("{} {} 1\n", from_uid, to_uid));
+    if (error == 0) {
+      error = WriteFile((proc + "gid_map").c_str(), fmt::format("{} {} 1\n", from_gid, to_gid));
+    }
+    UniqueFd ns(open((proc + "ns/user").c_str(), O_RDONLY | O_CLOEXEC));
+    if (error == 0 && !ns) error = errno;
+    result = error == 0 ? Result<UniqueFd>(std::move(ns))
+                        : Fail(Error::HostIo("map ids in a user namespace", error));
+  }
+  hold_write.Reset();
+  while (waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+  }
+  return result;
+}
+
+}  // namespace
+
+Result<UniqueFd> IdmappedFile(int fd, uid_t uid, gid_t gid) {
+  struct stat st {};
+  if (fstat(fd, &st) != 0) return Fail(Error::HostIo("stat a file to map", errno));
+  // One namespace per mapping, kept: a process maps the same caller's files many times.
+  static std::mutex mutex;
+  static std::map<std::tuple<uid_t, gid_t, uid_t, gid_t>, UniqueFd> namespaces;
+  std::lock_guard lock(mutex);
+  auto key = std::make_tuple(st.st_uid, st.st_gid, uid, gid);
+  auto it = namespaces.find(key);
+  if (it == namespaces.end()) {
+    auto ns = MappingNamespace(st.st_uid, st.st_gid, uid, gid);
+    if (!ns) return Fail(std::move(ns).error());
+    it = namespaces.emplace(key, std::move(*ns)).first;
+  }
+  UniqueFd tree(static_cast<int>(
+      syscall(SYS_open_tree, fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)));
+  if (!tree) return Fail(Error::HostIo("open_tree", errno));
+  mount_attr attr{};
+  attr.attr_set = MOUNT_ATTR_IDMAP;
+  attr.userns_fd = static_cast<__u64>(static_cast<unsigned>(it->second.get()));
+  if (syscall(SYS_mount_setattr, tree.get(), "", AT_EMPTY_PATH, &attr, sizeof(attr)) != 0) {
+    return Fail(Error::HostIo("idmap a mount (mount_setattr)", errno));
+  }
+  return tree;
+}
+
 std::string DescribeJailStep(const JailPlan& plan, size_t index) {
   if (index >= plan.steps.size()) return "drop privileges";
   const JailStep& step = plan.steps[index];
@@ -303,6 +398,7 @@ std::string DescribeJailStep(const JailPlan& plan, size_t index) {
     case JailStep::Op::kProc: return "mount proc on " + step.path;
     case JailStep::Op::kPivot: return "make " + step.path + " the root";
     case JailStep::Op::kWrite: return "write " + step.path;
+    case JailStep::Op::kAttach: return "attach a mount on " + step.path;
   }
   return "an unknown step";
 }

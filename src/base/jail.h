@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "base/unique_fd.h"
 #include "vessel/error.h"
 
 namespace vessel {
@@ -31,6 +32,13 @@ struct JailSpec {
   // the jail are theirs.
   std::optional<uid_t> uid;
   std::optional<gid_t> gid;
+  // Detached mounts (IdmappedFile) attached at a path of the jail's own. The descriptor
+  // stays the caller's, open until the jailed child has started.
+  struct Attached {
+    int tree = -1;
+    std::string path;  // inside the jail, absolute
+  };
+  std::vector<Attached> attached;
 };
 
 // What PlanJail needs to know of the host.
@@ -67,6 +75,7 @@ struct JailStep {
     kProc,       // mount a proc file system of processes only (subset=pid) on `path`
     kPivot,      // make `path` the root; the old root goes
     kWrite,      // write `source` to the file `path` (a user namespace's maps)
+    kAttach,     // attach the detached mount `tree` on `path`
   };
   Op op;
   std::string path;
@@ -75,6 +84,7 @@ struct JailStep {
   mode_t mode = 0;
   uid_t uid = 0;
   gid_t gid = 0;
+  int tree = -1;
   bool operator==(const JailStep&) const = default;
 };
 
@@ -95,6 +105,13 @@ struct JailPlan {
 // errno of the first failure with the index of the step in `*failed_step` (steps.size()
 // for the credentials). Async-signal-safe: allocates nothing.
 int RunJailSteps(const JailPlan& plan, size_t* failed_step);
+
+// A detached mount of the file `fd` names, on which the file's owner is seen as `uid` and
+// its group as `gid` (an idmapped mount): a jailed child running as them may open it as
+// its owner could, and the file itself keeps its owner and mode. Needs root, and a file
+// system that takes idmapped mounts (ext4, xfs, btrfs, tmpfs since Linux 6.3); elsewhere
+// kHostIo. Attach it with JailSpec::attached.
+[[nodiscard]] Result<UniqueFd> IdmappedFile(int fd, uid_t uid, gid_t gid);
 
 // A step for an error message: "bind /usr on /run/vessel/vm-1/root/usr".
 std::string DescribeJailStep(const JailPlan& plan, size_t index);

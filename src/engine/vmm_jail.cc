@@ -22,6 +22,15 @@ bool JailEnabled() {
   return !(setting && std::string_view(setting) == "off");
 }
 
+std::optional<JailIds> JailUser() {
+  if (::geteuid() != 0) return std::nullopt;
+  passwd entry{};
+  passwd* user = nullptr;
+  char buffer[1024];
+  ::getpwnam_r(kJailUser, &entry, buffer, sizeof(buffer), &user);
+  return JailIds{user ? user->pw_uid : kNobody, user ? user->pw_gid : kNobody};
+}
+
 Result<JailSpec> VmmJail(const VmSpec& spec, const VmmJailOptions& options) {
   JailSpec jail;
   jail.root = options.vm_dir + "/root";
@@ -35,16 +44,10 @@ Result<JailSpec> VmmJail(const VmSpec& spec, const VmmJailOptions& options) {
     jail.read_only.push_back(options.binary);
   }
   if (options.kvm) jail.devices.push_back("/dev/kvm");
-  if (options.unprivileged && ::geteuid() == 0) {
-    passwd entry{};
-    passwd* user = nullptr;
-    char buffer[1024];
-    ::getpwnam_r(kJailUser, &entry, buffer, sizeof(buffer), &user);
-    uid_t uid = user ? user->pw_uid : kNobody;
-    gid_t gid = user ? user->pw_gid : kNobody;
-    jail.uid = uid;
-    jail.gid = gid;
-    if (::chown(options.vm_dir.c_str(), uid, gid) != 0) {
+  if (auto ids = JailUser(); options.unprivileged && ids) {
+    jail.uid = ids->uid;
+    jail.gid = ids->gid;
+    if (::chown(options.vm_dir.c_str(), ids->uid, ids->gid) != 0) {
       return Fail(Error::HostIo("give " + options.vm_dir + " to the jail's uid", errno));
     }
   }

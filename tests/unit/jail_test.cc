@@ -11,9 +11,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -165,6 +167,24 @@ TEST(JailPlanTest, APathInsideABoundDirectoryIsNotBoundAgain) {
   }
 }
 
+TEST(JailPlanTest, AnAttachedMountGetsAMountPointInTheRootBeforeThePivot) {
+  JailSpec spec = VmSpec();
+  spec.attached.push_back({.tree = 7, .path = "/saved/memory"});
+  auto plan = PlanJail(spec, DebianRoot());
+  ASSERT_TRUE(plan.has_value());
+  const std::string root = "/run/vessel/vm-1/root";
+  size_t dir = IndexOf(*plan, Op::kMkdir, root + "/saved");
+  size_t point = IndexOf(*plan, Op::kFile, root + "/saved/memory");
+  size_t attach = IndexOf(*plan, Op::kAttach, root + "/saved/memory");
+  size_t pivot = IndexOf(*plan, Op::kPivot, root);
+  EXPECT_LT(dir, point);
+  EXPECT_LT(point, attach);
+  EXPECT_LT(attach, pivot);
+  ASSERT_LT(attach, plan->steps.size());
+  EXPECT_EQ(plan->steps[attach].tree, 7);
+  EXPECT_EQ(DescribeJailStep(*plan, attach), "attach a mount on " + root + "/saved/memory");
+}
+
 TEST(JailPlanTest, BadSpecsAreRefused) {
   JailSpec spec = VmSpec();
   spec.root = "relative/root";
@@ -177,6 +197,12 @@ TEST(JailPlanTest, BadSpecsAreRefused) {
   EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
   spec = VmSpec();
   spec.writable.push_back("/run/vessel/../../etc");
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+  spec = VmSpec();
+  spec.attached.push_back({.tree = 7, .path = "saved/memory"});
+  EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
+  spec = VmSpec();
+  spec.attached.push_back({.tree = -1, .path = "/saved/memory"});
   EXPECT_FALSE(PlanJail(spec, DebianRoot()).has_value());
 }
 
@@ -290,6 +316,86 @@ TEST_F(JailedChildTest, ItsProcHasOnlyProcessesSoUidZeroWritesNoKernelSetting) {
   EXPECT_EQ(ReadAll(out + "/seen"),
             "/proc/sys hidden\n/proc/sys/kernel/core_pattern hidden\n/proc/sysrq-trigger hidden\n"
             "/proc/kcore hidden\n/proc/self/fd seen\n/proc/1/status seen\n");
+}
+
+// A file of root's, mode 0600, attached through an idmapped mount: the jailed child, as
+// nobody, reads and writes it as its owner would, while the same file bound as it is stays
+// closed to it; on the host it keeps its owner and mode.
+TEST_F(JailedChildTest, AnIdmappedFileIsTheJailUsersOwnAndTheHostFileKeepsItsOwner) {
+  std::string out = dir_ + "/out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(out.c_str(), 65534, 65534), 0);
+  std::string secret = dir_ + "/secret";
+  std::ofstream(secret) << "root's";
+  ASSERT_EQ(::chmod(secret.c_str(), 0600), 0);
+  UniqueFd fd(::open(secret.c_str(), O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd);
+  auto tree = IdmappedFile(fd.get(), 65534, 65534);
+  ASSERT_TRUE(tree.has_value()) << tree.error().ToString();
+  SpawnOptions options;
+  options.argv = {"/bin/sh", "-c",
+                  "cat /mapped/secret > " + out +
+                      "/mapped; echo ' and nobody' >> /mapped/secret; " + "if cat " + secret +
+                      " 2> /dev/null; then echo read; else echo refused; fi > " + out +
+                      "/bound; stat -c %u /mapped/secret > " + out + "/owner"};
+  options.jail = JailSpec{.root = dir_ + "/root",
+                          .read_only = {},
+                          .writable = {out, secret},
+                          .devices = {},
+                          .uid = 65534,
+                          .gid = 65534,
+                          .attached = {{.tree = tree->get(), .path = "/mapped/secret"}}};
+  auto child = Subprocess::Spawn(options);
+  ASSERT_TRUE(child.has_value()) << child.error().ToString();
+  ASSERT_TRUE(child->WaitFor(std::chrono::seconds(10)));
+  EXPECT_EQ(ReadAll(out + "/mapped"), "root's");
+  EXPECT_EQ(ReadAll(out + "/bound"), "refused\n");
+  EXPECT_EQ(ReadAll(out + "/owner"), "65534\n");
+  EXPECT_EQ(ReadAll(secret), "root's and nobody\n");
+  struct stat st {};
+  ASSERT_EQ(::stat(secret.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 0u);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST_F(JailedChildTest, AFileSystemWithoutIdmappedMountsIsAnError) {
+  UniqueFd fd(::open("/proc/self/status", O_RDONLY | O_CLOEXEC));
+  ASSERT_TRUE(fd);
+  auto tree = IdmappedFile(fd.get(), 65534, 65534);
+  ASSERT_FALSE(tree.has_value());
+  EXPECT_EQ(tree.error().kind(), ErrorKind::kHostIo) << tree.error().ToString();
+}
+
+// The child takes its uid with the system calls themselves: the C library's would wait
+// on the parent's threads, which the clone did not copy, and hang when one was being
+// created at the time.
+TEST_F(JailedChildTest, TakesItsUidWhileTheParentCreatesThreads) {
+  std::atomic<bool> stop{false};
+  std::thread churn([&stop] {
+    while (!stop) std::thread([] {}).join();
+  });
+  auto spawn_all = [](const std::string& root) {
+    for (int i = 0; i < 40; ++i) {
+      SpawnOptions options;
+      options.argv = {"/bin/true"};
+      options.jail = JailSpec{.root = root, .uid = 65534, .gid = 65534};
+      auto child = Subprocess::Spawn(options);
+      if (!child) return child.error().ToString();
+      if (!child->WaitFor(std::chrono::seconds(10))) return std::string("a child hung");
+    }
+    return std::string();
+  };
+  // On a thread of its own, left behind should it hang: the test fails rather than waits.
+  auto result = std::make_shared<std::promise<std::string>>();
+  auto spawned = result->get_future();
+  std::thread([spawn_all, root = dir_ + "/root", result] {
+    result->set_value(spawn_all(root));
+  }).detach();
+  bool done = spawned.wait_for(std::chrono::seconds(60)) == std::future_status::ready;
+  stop = true;
+  churn.join();
+  ASSERT_TRUE(done) << "a jailed child hung taking its uid";
+  EXPECT_EQ(spawned.get(), "");
 }
 
 TEST_F(JailedChildTest, AFailedStepIsAnErrorNamingIt) {

@@ -6,6 +6,7 @@
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -217,12 +218,25 @@ class QemuVm final : public Vm {
   // Starts the VM's QEMU: a boot, or a restore from spec_.restore.
   Result<void> Start() {
     if (JailEnabled()) {
-      // QEMU keeps the caller's uid, without a capability: it opens the snapshot files it
-      // maps by name, and they are the caller's, mode 0600.
+      // Started by root, QEMU runs as the jail's uid. The RAM it maps is a memfd, open to
+      // it through the descriptor it inherits, or a snapshot's memory file, the caller's
+      // and mode 0600, which QEMU 7.2 opens by name read-write: that one it opens through
+      // an idmapped mount that shows it as the jail user's. Where the file system takes no
+      // idmapped mount, QEMU keeps the caller's uid (still without a capability).
+      auto ids = JailUser();
+      bool unprivileged = ids.has_value();
+      if (ids && spec_.restore) {
+        auto mount = SavedMemoryMount(*spec_.restore, *ids);
+        if (mount) {
+          saved_memory_mount_ = std::move(*mount);
+        } else {
+          unprivileged = false;
+        }
+      }
       auto jail = VmmJail(spec_, {.vm_dir = dir_.path(),
                                   .binary = options_.binary,
                                   .kvm = accel_ == Accel::kKvm,
-                                  .unprivileged = false});
+                                  .unprivileged = unprivileged});
       if (!jail) return Fail(std::move(jail).error());
       jail_ = std::move(*jail);
     }
@@ -349,6 +363,8 @@ class QemuVm final : public Vm {
  private:
   static constexpr const char* kMemoryFile = "memory";
   static constexpr const char* kStateFile = "state";
+  // Where a restored VM's QEMU finds the saved memory when it is attached to its jail.
+  static constexpr const char* kSavedMemoryPath = "/saved/memory";
 
   Launch MakeLaunch(const std::string& memory, bool shared) const {
     Launch launch;
@@ -445,19 +461,39 @@ class QemuVm final : public Vm {
     std::string state_path = FdPath(saved.state->get());
     UniqueFd state_fd(::open(state_path.c_str(), O_RDONLY | O_CLOEXEC));
     if (!state_fd) return Fail(Error::HostIo("reopen the saved state", errno));
+    auto deadline = Deadline::After(kSaveTimeout);
+    if (saved_memory_mount_) {
+      return StartRestored(kSavedMemoryPath, -1, std::move(state_fd), /*load=*/false, deadline,
+                           std::exchange(saved_memory_mount_, {}));
+    }
     int memory_fd = saved.memory->get();
     return StartRestored(FdPath(memory_fd), memory_fd, std::move(state_fd), /*load=*/false,
-                         Deadline::After(kSaveTimeout));
+                         deadline);
+  }
+
+  // The mount by which a QEMU running as `ids` opens the saved memory, or none when the
+  // file is open to it as it is (a memfd, mode 0777). Fails where the file system takes no
+  // idmapped mount.
+  static Result<UniqueFd> SavedMemoryMount(const VmSpec::Saved& saved, const JailIds& ids) {
+    if (!saved.memory || !*saved.memory) return UniqueFd();
+    struct stat st {};
+    if (::fstat(saved.memory->get(), &st) != 0) {
+      return Fail(Error::HostIo("stat the saved memory", errno));
+    }
+    if ((st.st_mode & 0006) == 0006) return UniqueFd();
+    return IdmappedFile(saved.memory->get(), ids.uid, ids.gid);
   }
 
   // `memory` is QEMU's path to the RAM image; `memory_fd`, when not -1, is inherited so
-  // that a /proc/self/fd path names it.
-  Result<void> StartRestored(const std::string& memory, int memory_fd, UniqueFd state_fd,
-                             bool load, Deadline deadline) {
+  // that a /proc/self/fd path names it; `mount`, when set, is attached at `memory` in the
+  // jail.
+  Result<void> StartRestored(const std::string& memory, int memory_fd, UniqueFd state_fd, bool load,
+                             Deadline deadline, UniqueFd mount = {}) {
     Launch launch = MakeLaunch(memory, /*shared=*/false);
     launch.wiring.incoming = true;
     launch.inherit_fds.push_back(state_fd.get());
     if (memory_fd >= 0) launch.inherit_fds.push_back(memory_fd);
+    if (mount && launch.jail) launch.jail->attached.push_back({mount.get(), memory});
     auto qemu = StartQemu(std::move(launch));
     if (!qemu) return Fail(std::move(qemu).error());
     Replace(std::move(*qemu));
@@ -526,36 +562,28 @@ class QemuVm final : public Vm {
     auto fd = CreateStateFile(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
-    auto out = CreateFile(memory, O_WRONLY);
-    if (!out) return Fail(std::move(out).error());
-    off_t size = off_t{spec_.memory_mib} << 20;
-    if (::ftruncate(out->get(), size) != 0) return Fail(Error::HostIo("size " + memory, errno));
-    if (auto r = CopyDataSkippingHoles(ram_.get(), out->get(), size); !r) {
-      return Fail(std::move(r).error().Context("writing " + memory));
-    }
-    return {};
+    return WriteDataPages(ram_.get(), memory);
   }
 
-  // Writes RAM to a new file through a second QEMU that maps it shared and takes this
-  // VM's whole state by migration, then saves that QEMU's device state. For VMs whose RAM
-  // is a private mapping, and for directories on another file system.
+  // Writes RAM to a new file through a second QEMU that takes this VM's whole state by
+  // migration into a memfd it maps shared, then saves that QEMU's device state and copies
+  // the memfd's data pages to `memory`. For VMs whose RAM is a private mapping. QEMU never
+  // opens the snapshot directory's files: they are the caller's, and QEMU may run as
+  // another uid.
   Result<void> SaveByCopy(const std::string& memory, const std::string& state,
                           Deadline deadline) {
-    auto memory_fd = CreateFile(memory, O_RDWR);
-    if (!memory_fd) return Fail(std::move(memory_fd).error());
-    if (::ftruncate(memory_fd->get(), off_t{spec_.memory_mib} << 20) != 0) {
-      return Fail(Error::HostIo("size " + memory, errno));
-    }
+    off_t size = off_t{spec_.memory_mib} << 20;
+    UniqueFd copy(static_cast<int>(::memfd_create("vessel-save", MFD_CLOEXEC)));
+    if (!copy) return Fail(Error::HostIo("memfd_create", errno));
+    if (::ftruncate(copy.get(), size) != 0) return Fail(Error::HostIo("size a memfd", errno));
     auto channel = MakeSocketPair();
     if (!channel) return Fail(std::move(channel).error());
-    // The snapshot directory is outside the jail: QEMU maps the file through the
-    // descriptor it inherits.
-    Launch launch = MakeLaunch(FdPath(memory_fd->get()), /*shared=*/true);
+    Launch launch = MakeLaunch(FdPath(copy.get()), /*shared=*/true);
     launch.wiring.name += "-save";
     launch.wiring.console_chardev = "null";
     launch.wiring.agent_fd = -1;
     launch.wiring.incoming = true;
-    launch.inherit_fds = {channel->vmm.get(), memory_fd->get()};
+    launch.inherit_fds = {channel->vmm.get(), copy.get()};
     launch.output_path = dir_.File("vmm.log");
     auto writer = StartQemu(std::move(launch));
     if (!writer) return Fail(std::move(writer).error());
@@ -572,6 +600,20 @@ class QemuVm final : public Vm {
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(*writer, fd->get(), /*ignore_shared=*/true, deadline); !r) {
       return Fail(WithDiagnostics(r.error()));
+    }
+    writer->process.Kill();
+    return WriteDataPages(copy.get(), memory);
+  }
+
+  // A new file `memory` of the VM's RAM size, with the data pages of the memfd `ram` (holes
+  // stay holes).
+  Result<void> WriteDataPages(int ram, const std::string& memory) {
+    auto out = CreateFile(memory, O_WRONLY);
+    if (!out) return Fail(std::move(out).error());
+    off_t size = off_t{spec_.memory_mib} << 20;
+    if (::ftruncate(out->get(), size) != 0) return Fail(Error::HostIo("size " + memory, errno));
+    if (auto r = CopyDataSkippingHoles(ram, out->get(), size); !r) {
+      return Fail(std::move(r).error().Context("writing " + memory));
     }
     return {};
   }
@@ -596,6 +638,7 @@ class QemuVm final : public Vm {
   UniqueFd state_fd_;           // the saved state QEMU waits for, until Resume() loads it
   UniqueFd relaunch_state_;     // saved in place: Resume() restarts QEMU from this state
   UniqueFd ram_;  // a booted VM's RAM (a memfd): shared while memory_shared_, then frozen
+  UniqueFd saved_memory_mount_;  // the saved memory, idmapped for the jail, until started
   std::pair<std::string, UniqueFd> state_ahead_;  // the state file SaveAhead() created
 };
 
