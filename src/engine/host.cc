@@ -2,6 +2,10 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <linux/mount.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -100,9 +104,57 @@ std::string SelectedPolicy(std::string_view setting) {
   return std::string(setting.substr(open + 1, close - open - 1));
 }
 
+namespace {
+
+constexpr const char* kShmemPolicy = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+// A tmpfs that gives huge pages to files within their size, `bytes` at most, mounted
+// nowhere: `mount` is its root, and it goes when nothing on it is open.
+Result<UniqueFd> HugeTmpfs(uint64_t bytes) {
+  UniqueFd context(static_cast<int>(::syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC)));
+  if (!context) return Fail(Error::HostIo("fsopen tmpfs", errno));
+  std::string size = std::to_string(bytes);
+  for (auto [key, value] : {std::pair{"huge", "within_size"}, std::pair{"size", size.c_str()}}) {
+    if (::syscall(SYS_fsconfig, context.get(), FSCONFIG_SET_STRING, key, value, 0) != 0) {
+      return Fail(Error::HostIo(fmt::format("tmpfs option {}={}", key, value), errno));
+    }
+  }
+  if (::syscall(SYS_fsconfig, context.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) {
+    return Fail(Error::HostIo("create a tmpfs", errno));
+  }
+  UniqueFd mount(static_cast<int>(::syscall(SYS_fsmount, context.get(), FSMOUNT_CLOEXEC, 0)));
+  if (!mount) return Fail(Error::HostIo("fsmount", errno));
+  return mount;
+}
+
+bool HugeTmpfsAllowed() {
+  return ::geteuid() == 0 &&
+         SelectedPolicy(ReadFileToString(kShmemPolicy, 4096).value_or("")) != "deny";
+}
+
+}  // namespace
+
+Result<UniqueFd> CreateGuestRam(uint64_t bytes) {
+  UniqueFd ram;
+  if (HugeTmpfsAllowed()) {
+    if (auto mount = HugeTmpfs(bytes)) {
+      ram.Reset(::openat(mount->get(), ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+      if (ram && ::fchmod(ram.get(), 0666) != 0) ram.Reset();
+    }
+  }
+  if (!ram) ram.Reset(static_cast<int>(::memfd_create("vessel-ram", MFD_CLOEXEC)));
+  if (!ram) return Fail(Error::HostIo("memfd_create", errno));
+  if (::ftruncate(ram.get(), static_cast<off_t>(bytes)) != 0) {
+    return Fail(Error::HostIo("size the VM's memory", errno));
+  }
+  return ram;
+}
+
 Confinement RamPageSize() {
-  constexpr const char* kShmemPolicy = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
   std::string policy = SelectedPolicy(ReadFileToString(kShmemPolicy, 4096).value_or(""));
+  if (HugeTmpfsAllowed() && HugeTmpfs(2 << 20)) {
+    return {true, "2 MiB pages: each VM's RAM is on a tmpfs of its own with huge=within_size"};
+  }
   if (policy.empty())
     return {false, std::string("4 KiB pages: ") + kShmemPolicy + " is unreadable"};
   if (policy == "never" || policy == "deny") {

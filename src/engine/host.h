@@ -7,6 +7,9 @@
 #include <string>
 #include <string_view>
 
+#include "base/unique_fd.h"
+#include "vessel/error.h"
+
 namespace vessel::engine {
 
 // The value of the first /proc/cpuinfo line whose key is `key` (with a trailing space,
@@ -46,8 +49,13 @@ Confinement CgroupConfinement();
 // The policy chosen in a sysfs transparent-huge-page setting such as
 // "always within_size advise [never] deny force" ("never"), or empty.
 std::string SelectedPolicy(std::string_view setting);
-// Whether a booted VM's RAM (a memfd QEMU asks huge pages for) gets them here: the
-// shmem policy is advise, always, within_size or force. `ok` is false when it does not.
+// A booted VM's RAM, `bytes` long: a file that lives in memory only, reached through the
+// descriptor (mode 0666, like a memfd's: no path leads to it) and gone with it. Where
+// Vessel may mount (as root), it is a file on a tmpfs of its own, mounted nowhere, with
+// huge=within_size: 2 MiB pages whatever the host's shmem policy, as QEMU's anonymous RAM
+// gets them. Elsewhere it is a memfd, whose pages follow shmem_enabled.
+[[nodiscard]] Result<UniqueFd> CreateGuestRam(uint64_t bytes);
+// Whether CreateGuestRam's files get 2 MiB pages here, and why. `ok` is false when not.
 Confinement RamPageSize();
 
 }  // namespace vessel::engine

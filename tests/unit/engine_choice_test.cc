@@ -1,8 +1,10 @@
 // Choosing the engine and the agent channel, and what the kvm engine asks vessel-vmm
 // for: all without KVM.
 #include <gtest/gtest.h>
+#include <linux/magic.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -30,6 +32,36 @@ TEST(HostTest, SelectedPolicyIsTheBracketedWord) {
   EXPECT_EQ(engine::SelectedPolicy(""), "");
   EXPECT_EQ(engine::SelectedPolicy("always [advise"), "");
   EXPECT_EQ(engine::SelectedPolicy("always] advise ["), "");
+}
+
+// A VM's RAM: sized, linked nowhere, open to a jailed VMM through its descriptor; as
+// root, on a tmpfs of its own that is in no mount table, and gone with its descriptor.
+TEST(HostTest, GuestRamIsAnUnlinkedFileInMemoryOfItsSize) {
+  auto mounts = [] {
+    std::ifstream in("/proc/self/mountinfo");
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  std::string before = mounts();
+  {
+    auto ram = engine::CreateGuestRam(uint64_t{8} << 20);
+    ASSERT_TRUE(ram.has_value()) << ram.error().ToString();
+    struct stat st {};
+    ASSERT_EQ(::fstat(ram->get(), &st), 0);
+    EXPECT_EQ(st.st_size, off_t{8} << 20);
+    EXPECT_EQ(st.st_nlink, 0u);
+    EXPECT_EQ(st.st_mode & 0666, 0666u);
+    EXPECT_EQ(st.st_blocks, 0);  // nothing is allocated before the guest writes
+    struct statfs fs {};
+    ASSERT_EQ(::fstatfs(ram->get(), &fs), 0);
+    EXPECT_EQ(fs.f_type, TMPFS_MAGIC);
+    EXPECT_EQ(mounts(), before);
+    if (::geteuid() == 0) {
+      // Its own tmpfs, the size of the RAM: no room beyond it.
+      EXPECT_EQ(static_cast<uint64_t>(fs.f_blocks) * static_cast<uint64_t>(fs.f_bsize),
+                uint64_t{8} << 20);
+    }
+  }
+  EXPECT_EQ(mounts(), before);
 }
 
 TEST(EngineChoiceTest, AutoPicksKvmWhereItCanRun) {

@@ -246,14 +246,12 @@ class QemuVm final : public Vm {
       cgroup_ = std::move(*cgroup);
     }
     if (!spec_.restore) {
-      // RAM is a memfd: it stays in memory whatever file system the runtime directory is
-      // on (a shared mapping of a disk file pays the file system for every page the guest
-      // first writes), and it goes with the VM.
-      ram_ = UniqueFd(static_cast<int>(::memfd_create("vessel-ram", MFD_CLOEXEC)));
-      if (!ram_) return Fail(Error::HostIo("memfd_create", errno));
-      if (::ftruncate(ram_.get(), off_t{spec_.memory_mib} << 20) != 0) {
-        return Fail(Error::HostIo("size the VM's memory", errno));
-      }
+      // RAM is a file in memory only (CreateGuestRam): it stays in memory whatever file
+      // system the runtime directory is on (a shared mapping of a disk file pays the file
+      // system for every page the guest first writes), and it goes with the VM.
+      auto ram = CreateGuestRam(uint64_t{spec_.memory_mib} << 20);
+      if (!ram) return Fail(std::move(ram).error());
+      ram_ = std::move(*ram);
       Launch launch = MakeLaunch(FdPath(ram_.get()), /*shared=*/true);
       launch.inherit_fds.push_back(ram_.get());
       auto qemu = StartQemu(std::move(launch));
@@ -682,9 +680,10 @@ std::vector<std::string> QemuArgv(const std::string& binary, Accel accel, const 
   // clang-format on
   if (!wiring.memory_path.empty()) {
     argv.insert(argv.end(),
-                {"-object", fmt::format("memory-backend-file,id=mem0,size={}M,mem-path={},share={}",
-                                        spec.memory_mib, QemuOptionValue(wiring.memory_path),
-                                        wiring.memory_shared ? "on" : "off")});
+                {"-object",
+                 fmt::format("memory-backend-file,id=mem0,size={}M,mem-path={},share={},align=2M",
+                             spec.memory_mib, QemuOptionValue(wiring.memory_path),
+                             wiring.memory_shared ? "on" : "off")});
   }
   if (!spec.image.empty()) {
     // Read-only for QEMU too: the guest's writes fail on the device, never reach the file.
