@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -250,15 +251,21 @@ TEST(SnapshotTest, AForkCanBeSnapshottedAndForkedAgain) {
   EXPECT_EQ(*again->ReadFile("/tmp/generation"), "parent");
 }
 
+// Why VMMs keep this process's uid in this run, or nullopt when they run as nobody.
+std::optional<std::string> NoOtherUid() {
+  if (::geteuid() != 0) return "VMMs run as another uid only when started by root";
+  if (const char* jail = std::getenv("VESSEL_JAIL"); jail && std::string(jail) == "off") {
+    return "the jail is off in this run";
+  }
+  return std::nullopt;
+}
+
 // Started by root, every QEMU runs as nobody: a restored VM's too, although its memory is
 // the caller's file, mode 0600 (it is seen through an idmapped mount, docs/security.md).
 // The snapshot files stay the caller's.
 TEST(SnapshotTest, RestoredAndForkedVmmsRunAsNobodyAndTheFilesStayTheCallers) {
   VESSEL_REQUIRE_SNAPSHOTS();
-  if (::geteuid() != 0) GTEST_SKIP() << "VMMs run as another uid only when started by root";
-  if (const char* jail = std::getenv("VESSEL_JAIL"); jail && std::string(jail) == "off") {
-    GTEST_SKIP() << "the jail is off in this run";
-  }
+  if (auto why = NoOtherUid()) GTEST_SKIP() << *why;
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();
   ASSERT_TRUE(parent);
@@ -301,10 +308,7 @@ TEST(SnapshotTest, RestoredAndForkedVmmsRunAsNobodyAndTheFilesStayTheCallers) {
 // elsewhere) still restores: that VM's QEMU keeps the caller's uid, without a capability.
 TEST(SnapshotTest, OnAFileSystemWithoutIdmappedMountsARestoreKeepsTheCallersUid) {
   VESSEL_REQUIRE_SNAPSHOTS();
-  if (::geteuid() != 0) GTEST_SKIP() << "VMMs run as another uid only when started by root";
-  if (const char* jail = std::getenv("VESSEL_JAIL"); jail && std::string(jail) == "off") {
-    GTEST_SKIP() << "the jail is off in this run";
-  }
+  if (auto why = NoOtherUid()) GTEST_SKIP() << *why;
   SnapshotDirs dirs;
   std::string ramfs = dirs.Path("ramfs");
   ASSERT_EQ(::mkdir(ramfs.c_str(), 0700), 0);
