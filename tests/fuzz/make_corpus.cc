@@ -19,6 +19,7 @@
 
 #include "protocol/wire.h"
 #include "virtio_fuzz_layout.h"
+#include "vmm/arch/x86/machine_state.h"
 #include "vmm/devices/virtio/queue.h"
 #include "vmm/devices/virtio_blk/blk_request.h"
 #include "vmm/devices/vsock/vsock_packet.h"
@@ -449,6 +450,24 @@ std::vector<std::pair<std::string, Bytes>> BlkSeeds() {
   return seeds;
 }
 
+// vessel-vmm machine states: one vCPU and no device, and two vCPUs with MSRs and devices.
+std::vector<std::pair<std::string, Bytes>> MachineStateSeeds() {
+  std::vector<std::pair<std::string, Bytes>> seeds;
+  vmm::MachineState state;
+  state.clock.clock = 123456789;
+  vmm::VcpuState vcpu;
+  vcpu.regs.rip = 0x1000000;
+  vcpu.xsave.assign(sizeof(kvm_xsave), 0);
+  state.vcpus.push_back(vcpu);
+  seeds.emplace_back("one_vcpu", vmm::EncodeMachineState(state).value());
+  vcpu.msrs = {{.index = 0x10, .reserved = 0, .data = 1 << 20},
+               {.index = 0x4b564d01, .reserved = 0, .data = 0x2001}};
+  state.vcpus.push_back(vcpu);
+  state.devices = {{"serial", {0, 1, 2, 3}}, {"virtio-vsock", Bytes(64, 7)}};
+  seeds.emplace_back("two_vcpus_devices", vmm::EncodeMachineState(state).value());
+  return seeds;
+}
+
 bool WriteAll(const std::filesystem::path& dir,
               const std::vector<std::pair<std::string, Bytes>>& seeds) {
   std::error_code ec;
@@ -478,10 +497,12 @@ int main(int argc, char** argv) {
     return 2;
   }
   std::filesystem::path dir = argv[1];
-  bool ok = vessel::protocol::WriteAll(dir / "fuzz_host_frames", vessel::protocol::HostSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_agent_frames", vessel::protocol::AgentSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_virtio_queue", vessel::protocol::QueueSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds()) &&
-            vessel::protocol::WriteAll(dir / "fuzz_blk_request", vessel::protocol::BlkSeeds());
+  bool ok =
+      vessel::protocol::WriteAll(dir / "fuzz_host_frames", vessel::protocol::HostSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_agent_frames", vessel::protocol::AgentSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_virtio_queue", vessel::protocol::QueueSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_blk_request", vessel::protocol::BlkSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_machine_state", vessel::protocol::MachineStateSeeds());
   return ok ? 0 : 1;
 }
