@@ -62,8 +62,11 @@ void ExpectRefused(const std::vector<uint8_t>& bytes, const std::string& why) {
 // The offset of the first record after the header (magic and version).
 constexpr size_t kHeader = 12;
 
-void PutU32(std::vector<uint8_t>& bytes, size_t at, uint32_t value) {
+// `bytes` with the u32 at `at` made `value` are refused for `why`.
+void ExpectRefusedPatched(std::vector<uint8_t> bytes, size_t at, uint32_t value,
+                          const std::string& why) {
   std::memcpy(bytes.data() + at, &value, sizeof(value));
+  ExpectRefused(bytes, why);
 }
 
 TEST(MachineStateTest, WhatIsEncodedDecodesToTheSame) {
@@ -94,30 +97,22 @@ TEST(MachineStateTest, AForeignOrNewerFileIsRefused) {
   auto bad_magic = bytes;
   bad_magic[0] = 'X';
   ExpectRefused(bad_magic, "bad magic");
-  auto newer = bytes;
-  PutU32(newer, 8, kMachineStateVersion + 1);
-  ExpectRefused(newer, "version 2");
+  ExpectRefusedPatched(bytes, 8, kMachineStateVersion + 1, "version 2");
   ExpectRefused({}, "the magic is truncated");
 }
 
 TEST(MachineStateTest, RecordsOutOfPlaceOrOfUnknownTypeAreRefused) {
   auto bytes = Encoded(Sample(1));
-  auto unknown = bytes;
-  PutU32(unknown, kHeader, 7);
-  ExpectRefused(unknown, "unknown record type 7");
+  ExpectRefusedPatched(bytes, kHeader, 7, "unknown record type 7");
   // The vCPU record first: its tag where the machine's is.
-  auto vcpu_first = bytes;
-  PutU32(vcpu_first, kHeader, 2);
-  ExpectRefused(vcpu_first, "a vCPU before the machine record");
+  ExpectRefusedPatched(bytes, kHeader, 2, "a vCPU before the machine record");
+  ExpectRefusedPatched(bytes, kHeader + 4, 10, "a machine record of 10 bytes");
   auto trailing = bytes;
   trailing.push_back(0);
   ExpectRefused(trailing, "1 bytes after the end");
   // No end record: the last 8 bytes are it.
   std::vector<uint8_t> endless(bytes.begin(), bytes.end() - 8);
   ExpectRefused(endless, "a record's tag is truncated");
-  auto long_machine = bytes;
-  PutU32(long_machine, kHeader + 4, 10);
-  ExpectRefused(long_machine, "a machine record of 10 bytes");
 }
 
 TEST(MachineStateTest, CountsAndSizesBeyondTheBoundsAreRefused) {
@@ -128,19 +123,11 @@ TEST(MachineStateTest, CountsAndSizesBeyondTheBoundsAreRefused) {
   for (const auto& device : one.devices)
     vcpu_end -= 8 + 1 + device.name.size() + device.bytes.size();
   size_t msr_count_at = vcpu_end - one.vcpus[0].msrs.size() * sizeof(kvm_msr_entry) - 4;
-  auto many_msrs = bytes;
-  PutU32(many_msrs, msr_count_at, kMaxStateMsrs + 1);
-  ExpectRefused(many_msrs, "vCPU 0: 513 MSRs");
-  auto fewer_msrs = bytes;
-  PutU32(fewer_msrs, msr_count_at, 1);
-  ExpectRefused(fewer_msrs, "32 bytes for 1 MSRs");
+  ExpectRefusedPatched(bytes, msr_count_at, kMaxStateMsrs + 1, "vCPU 0: 513 MSRs");
+  ExpectRefusedPatched(bytes, msr_count_at, 1, "32 bytes for 1 MSRs");
   size_t xsave_size_at = msr_count_at - one.vcpus[0].xsave.size() - 4;
-  auto small_xsave = bytes;
-  PutU32(small_xsave, xsave_size_at, 16);
-  ExpectRefused(small_xsave, "an xsave area of 16 bytes");
-  auto huge_xsave = bytes;
-  PutU32(huge_xsave, xsave_size_at, 0xfffffff0);
-  ExpectRefused(huge_xsave, "an xsave area of 4294967280 bytes");
+  ExpectRefusedPatched(bytes, xsave_size_at, 16, "an xsave area of 16 bytes");
+  ExpectRefusedPatched(bytes, xsave_size_at, 0xfffffff0, "an xsave area of 4294967280 bytes");
   ExpectRefused(std::vector<uint8_t>(kMaxMachineStateBytes + 1), "bytes (at most");
 }
 
