@@ -217,7 +217,6 @@ Result<MachineState> DecodeMachineState(std::span<const uint8_t> bytes) {
   }
   MachineState state;
   bool machine = false;
-  std::set<std::string> names;
   for (;;) {
     uint32_t raw_tag = 0, length = 0;
     if (auto r = in.Get(raw_tag, "a record's tag"); !r) return Fail(std::move(r).error());
@@ -262,24 +261,16 @@ Result<MachineState> DecodeMachineState(std::span<const uint8_t> bytes) {
         if (auto r = record.Get(name_bytes, "a device"); !r) return Fail(std::move(r).error());
         auto name = record.Take(name_bytes, "a device's name");
         if (!name) return Fail(std::move(name).error());
-        DeviceState device{std::string(name->begin(), name->end()), {}};
-        if (!ValidDeviceName(device.name)) return Fail(Malformed("a bad device name"));
-        if (!names.insert(device.name).second) {
-          return Fail(Malformed("two devices named " + device.name));
-        }
-        if (record.size() > kMaxDeviceStateBytes) {
-          return Fail(
-              Malformed(fmt::format("device {}: {} bytes of state", device.name, record.size())));
-        }
+        // Its name and size are checked with the other bounds, at the end.
         auto rest = record.Take(record.size(), "a device's state");
-        device.bytes.assign(rest->begin(), rest->end());
-        state.devices.push_back(std::move(device));
+        state.devices.push_back({std::string(name->begin(), name->end()),
+                                 std::vector<uint8_t>(rest->begin(), rest->end())});
         break;
       }
       case Tag::kEnd:
         if (length != 0) return Fail(Malformed("an end record with a body"));
-        if (state.vcpus.empty()) return Fail(Malformed("no vCPU"));
         if (!in.empty()) return Fail(Malformed(fmt::format("{} bytes after the end", in.size())));
+        if (auto why = OutOfBounds(state)) return Fail(Malformed(*why));
         return state;
       default: return Fail(Malformed(fmt::format("an unknown record type {}", raw_tag)));
     }

@@ -139,7 +139,12 @@ TEST(MachineStateTest, DevicesMustBeNamedOnceAndWell) {
   size_t name_at = bytes.size() - 8 - 1 - 6;
   auto upper = bytes;
   upper[name_at] = 'S';
-  ExpectRefused(upper, "a bad device name");
+  ExpectRefused(upper, "a device name \"Serial\"");
+  // Two devices whose names differ in their last letter, which is then made the same.
+  state.devices = {{"serial", {1}}, {"seriam", {2}}};
+  auto same_names = Encoded(state);
+  same_names[same_names.size() - 8 - 1 - 1] = 'l';
+  ExpectRefused(same_names, "two devices named serial");
   state.devices = {{"serial", {1}}, {"serial", {2}}};
   auto twice = EncodeMachineState(state);
   ASSERT_FALSE(twice.has_value());
