@@ -113,6 +113,33 @@ bool IsReadableFile(const std::string& path) {
   return ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::access(path.c_str(), R_OK) == 0;
 }
 
+Result<void> WriteAllAt(int fd, std::span<const uint8_t> data, off_t offset, const char* what) {
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd, data.data(), data.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Fail(Error::HostIo(std::string("write ") + what, errno));
+    data = data.subspan(static_cast<size_t>(n));
+    offset += n;
+  }
+  return {};
+}
+
+Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* what) {
+  std::vector<uint8_t> out;
+  uint8_t buffer[64 * 1024];
+  for (;;) {
+    ssize_t n = ::pread(fd, buffer, sizeof(buffer), static_cast<off_t>(out.size()));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Fail(Error::HostIo(std::string("read ") + what, errno));
+    if (n == 0) return out;
+    if (out.size() + static_cast<size_t>(n) > max_bytes) {
+      return Fail(Error::SnapshotFormat(std::string(what) + " holds more than " +
+                                        std::to_string(max_bytes) + " bytes"));
+    }
+    out.insert(out.end(), buffer, buffer + n);
+  }
+}
+
 Result<void> CopyDataSkippingHoles(int in, int out, off_t size) {
   off_t at = 0;
   while (at < size) {

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "base/deadline.h"
 #include "base/unique_fd.h"
@@ -21,6 +22,13 @@ namespace vessel {
 // A deadline that passes is Error::Timeout "<what>: timed out".
 [[nodiscard]] Result<size_t> ReadSome(int fd, std::span<uint8_t> buffer, Deadline deadline,
                                       const char* what);
+
+// Writes all of `data` to a file at `offset` (pwrite). `what` names the file in errors.
+[[nodiscard]] Result<void> WriteAllAt(int fd, std::span<const uint8_t> data, off_t offset,
+                                      const char* what);
+// The whole file `fd`, from offset 0 (pread: a description shared with others keeps its
+// offset); kSnapshotFormat when it holds more than `max_bytes`.
+[[nodiscard]] Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* what);
 
 [[nodiscard]] Result<std::string> ReadFileToString(const std::string& path, size_t max_bytes);
 [[nodiscard]] Result<void> WriteStringToFile(const std::string& path, std::string_view data);

@@ -73,7 +73,7 @@ Result<std::string> GetPath(const json& object, const char* key, size_t max_size
 Result<VmConfig> DecodeConfigure(const json& j) {
   if (auto r = CheckKeys(j,
                          {"vcpus", "memory_mib", "kernel", "initramfs", "cmdline", "console_log",
-                          "vsock", "agent_port", "disk"},
+                          "vsock", "agent_port", "disk", "memory"},
                          "");
       !r) {
     return Fail(std::move(r.error()));
@@ -105,6 +105,16 @@ Result<VmConfig> DecodeConfigure(const json& j) {
   if (!disk) return Fail(std::move(disk.error()));
   config.disk = std::move(*disk);
 
+  if (auto it = j.find("memory"); it != j.end()) {
+    if (*it == "shared") {
+      config.memory = MemorySource::kShared;
+    } else if (*it == "private") {
+      config.memory = MemorySource::kPrivate;
+    } else {
+      return Fail(Bad("\"memory\" must be \"shared\" or \"private\""));
+    }
+  }
+
   if (auto it = j.find("vsock"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) return Fail(Bad("\"vsock\" must be an object"));
     if (auto r = CheckKeys(*it, {"cid", "uds"}, "vsock"); !r) return Fail(std::move(r.error()));
@@ -128,6 +138,9 @@ json EncodeConfigure(const VmConfig& config) {
   if (config.vsock) j["vsock"] = {{"cid", config.vsock->cid}, {"uds", config.vsock->uds}};
   if (!config.agent_port.empty()) j["agent_port"] = config.agent_port;
   if (!config.disk.empty()) j["disk"] = config.disk;
+  if (config.memory != MemorySource::kOwn) {
+    j["memory"] = config.memory == MemorySource::kShared ? "shared" : "private";
+  }
   return j;
 }
 
@@ -142,8 +155,20 @@ std::string_view OpName(const Request& request) {
     std::string_view operator()(const request::Resume&) const { return "resume"; }
     std::string_view operator()(const request::Status&) const { return "status"; }
     std::string_view operator()(const request::Shutdown&) const { return "shutdown"; }
+    std::string_view operator()(const request::Save&) const { return "save"; }
+    std::string_view operator()(const request::Restore&) const { return "restore"; }
   };
   return std::visit(Visitor{}, request);
+}
+
+size_t DescriptorCount(const Request& request) {
+  if (const auto* configure = std::get_if<request::Configure>(&request)) {
+    return configure->config.memory == MemorySource::kOwn ? 0 : 1;
+  }
+  if (const auto* save = std::get_if<request::Save>(&request)) {
+    return save->memory == SaveMemory::kWrite ? 2 : 1;
+  }
+  return std::holds_alternative<request::Restore>(request) ? 1 : 0;
 }
 
 Result<std::string> EncodeRequest(const Request& request) {
@@ -152,6 +177,8 @@ Result<std::string> EncodeRequest(const Request& request) {
     j = {{"op", "hello"}, {"version", hello->version}};
   } else if (const auto* configure = std::get_if<request::Configure>(&request)) {
     j = EncodeConfigure(configure->config);
+  } else if (const auto* save = std::get_if<request::Save>(&request)) {
+    j = {{"op", "save"}, {"memory", save->memory == SaveMemory::kFreeze ? "freeze" : "write"}};
   } else {
     j = {{"op", OpName(request)}};
   }
@@ -192,22 +219,25 @@ Result<Request> DecodeRequest(std::string_view message) {
     if (!config) return Fail(std::move(config.error()));
     return request::Configure{.config = std::move(*config)};
   }
-  Request request;
-  if (op == "start") {
-    request = request::Start{};
-  } else if (op == "pause") {
-    request = request::Pause{};
-  } else if (op == "resume") {
-    request = request::Resume{};
-  } else if (op == "status") {
-    request = request::Status{};
-  } else if (op == "shutdown") {
-    request = request::Shutdown{};
-  } else {
+  if (op == "save") {
+    if (auto r = CheckKeys(j, {"memory"}, ""); !r) return Fail(std::move(r.error()));
+    auto it = j.find("memory");
+    if (it != j.end() && *it == "freeze") return request::Save{.memory = SaveMemory::kFreeze};
+    if (it != j.end() && *it == "write") return request::Save{.memory = SaveMemory::kWrite};
+    return Fail(Bad("\"memory\" must be \"freeze\" or \"write\""));
+  }
+  // The ops that take no fields.
+  if (op != "start" && op != "pause" && op != "resume" && op != "status" && op != "shutdown" &&
+      op != "restore") {
     return Fail(Bad(fmt::format("unknown op \"{}\"", op.substr(0, 64))));
   }
   if (j.size() != 1) return Fail(Bad(fmt::format("\"{}\" takes no fields", op)));
-  return request;
+  if (op == "start") return request::Start{};
+  if (op == "pause") return request::Pause{};
+  if (op == "resume") return request::Resume{};
+  if (op == "status") return request::Status{};
+  if (op == "shutdown") return request::Shutdown{};
+  return request::Restore{};
 }
 
 std::string_view ToString(VmState state) {

@@ -31,6 +31,20 @@ inline constexpr size_t kMaxSocketPath = 100;
 inline constexpr size_t kMaxPath = 4096;
 inline constexpr size_t kMaxCmdline = 2047;
 
+// Where guest RAM comes from ("memory" in configure): the VMM's own memory file, or the
+// file that comes with the request, mapped shared (a boot into the host's file) or private
+// (a saved VM's memory, which is never written: no kernel is loaded, and "restore" loads
+// the machine's state).
+enum class MemorySource { kOwn, kShared, kPrivate };
+
+// What "save" does with guest RAM: kFreeze keeps the VM's own memory file as the saved
+// memory (the VM then runs on a private mapping of it, so that the file never changes
+// again); kWrite writes RAM's pages that hold data to the file that comes with the request.
+enum class SaveMemory { kFreeze, kWrite };
+
+// Descriptors that come with a request (SCM_RIGHTS), at most this many.
+inline constexpr size_t kMaxDescriptors = 2;
+
 struct VsockConfig {
   uint64_t cid;
   std::string uds;
@@ -49,6 +63,7 @@ struct VmConfig {
   std::optional<VsockConfig> vsock;
   std::string agent_port;  // empty: no virtio-console agent port
   std::string disk;        // a read-only virtio-blk disk image; empty: none
+  MemorySource memory = MemorySource::kOwn;
 
   bool operator==(const VmConfig&) const = default;
 };
@@ -77,10 +92,23 @@ struct Status {
 struct Shutdown {
   bool operator==(const Shutdown&) const = default;
 };
+struct Save {
+  SaveMemory memory = SaveMemory::kWrite;
+  bool operator==(const Save&) const = default;
+};
+struct Restore {
+  bool operator==(const Restore&) const = default;
+};
 }  // namespace request
 
 using Request = std::variant<request::Hello, request::Configure, request::Start, request::Pause,
-                             request::Resume, request::Status, request::Shutdown>;
+                             request::Resume, request::Status, request::Shutdown, request::Save,
+                             request::Restore>;
+
+// How many descriptors `request` comes with, in this order: configure with memory other
+// than kOwn, the RAM file; save, the state file to write, then (kWrite) the memory file;
+// restore, the state file to load.
+[[nodiscard]] size_t DescriptorCount(const Request& request);
 
 // The request's "op", for messages and error context.
 [[nodiscard]] std::string_view OpName(const Request& request);

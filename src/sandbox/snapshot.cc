@@ -155,6 +155,7 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
                                   : Error::Backend(std::move(why)));
   };
   if (auto r = vm->Resume(); !r) return fail(r.error());
+  if (auto r = vm->ConnectAgent(deadline); !r) return fail(r.error());
   auto connection = sandbox::Connection::Open(vm->agent_fd());
   if (!connection) return fail(connection.error());
   auto egress = ServeEgress(spec, *connection);

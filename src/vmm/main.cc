@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "vmm/control.h"
 #include "vmm/seccomp.h"
@@ -42,8 +43,8 @@ class VmHost : public VmController {
  public:
   explicit VmHost(bool seccomp) : seccomp_(seccomp) {}
 
-  Result<void> Configure(const VmConfig& config) override {
-    auto vm = Vm::Create(config);
+  Result<void> Configure(const VmConfig& config, UniqueFd memory_file) override {
+    auto vm = Vm::Create(config, std::move(memory_file));
     if (!vm) return Fail(std::move(vm).error());
     vm_ = std::move(*vm);
     return {};
@@ -60,8 +61,16 @@ class VmHost : public VmController {
         [] { return InstallSeccompFilter(CompileSeccompFilter(VmmSyscallPolicy(::getpid()))); });
   }
 
+  Result<void> Restore(int state_file) override {
+    if (auto r = vm_->Restore(state_file); !r) return r;
+    return Start();
+  }
+
   Result<void> Pause() override { return vm_->Pause(); }
   Result<void> Resume() override { return vm_->Resume(); }
+  Result<void> Save(SaveMemory memory, int state_file, int memory_file) override {
+    return vm_->Save(state_file, memory, memory_file);
+  }
   VmState state() const override { return vm_ ? vm_->state() : VmState::kConfigured; }
 
   [[nodiscard]] Vm* vm() { return vm_.get(); }
@@ -71,6 +80,32 @@ class VmHost : public VmController {
   bool seccomp_;
   std::unique_ptr<Vm> vm_;
 };
+
+// One request into `buffer` and the descriptors that came with it into `fds`: the length of
+// the message (more than the buffer when it was truncated), 0 at the end, -1 with errno.
+// Descriptors past kMaxDescriptors are closed by the kernel (MSG_CTRUNC) and the request
+// gets an error reply for the ones it lacks.
+ssize_t ReceiveRequest(int control_fd, std::string& buffer, std::vector<UniqueFd>& fds) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * protocol::vmm_control::kMaxDescriptors)];
+  iovec iov{.iov_base = buffer.data(), .iov_len = buffer.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n = ::recvmsg(control_fd, &msg, MSG_TRUNC | MSG_CMSG_CLOEXEC);
+  if (n < 0) return n;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds.emplace_back(fd);
+    }
+  }
+  return n;
+}
 
 // `dump_fd` is a signalfd for SIGUSR2.
 int Serve(int control_fd, int dump_fd, bool seccomp) {
@@ -101,7 +136,8 @@ int Serve(int control_fd, int dump_fd, bool seccomp) {
     }
     if (!(fds[0].revents & (POLLIN | POLLHUP | POLLERR))) continue;
 
-    ssize_t n = ::recv(control_fd, buffer.data(), buffer.size(), MSG_TRUNC);
+    std::vector<UniqueFd> received;
+    ssize_t n = ReceiveRequest(control_fd, buffer, received);
     if (n < 0) {
       if (errno == EINTR || errno == EAGAIN) continue;
       Log("control socket: {}", std::strerror(errno));
@@ -116,7 +152,8 @@ int Serve(int control_fd, int dump_fd, bool seccomp) {
     if (static_cast<size_t>(n) > kMaxMessage) {
       reply = EncodeReply(Reply::Failed(fmt::format("message exceeds {} bytes", kMaxMessage)));
     } else {
-      reply = session.Handle(std::string_view(buffer.data(), static_cast<size_t>(n)));
+      reply = session.Handle(std::string_view(buffer.data(), static_cast<size_t>(n)),
+                             std::move(received));
     }
     if (::send(control_fd, reply.data(), reply.size(), MSG_NOSIGNAL) < 0) {
       Log("control socket: {}", std::strerror(errno));

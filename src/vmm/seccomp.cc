@@ -13,6 +13,8 @@
 #include <cstddef>
 #include <iterator>
 
+#include "vmm/arch/x86/kvm_state.h"
+
 namespace vessel::vmm {
 namespace {
 
@@ -20,14 +22,19 @@ constexpr uint32_t kX32SyscallBit = 0x40000000;
 // Load low half, compare, load high half, compare, allow.
 constexpr size_t kInstructionsPerValue = 5;
 
-// The ioctl requests of a running VM. The VM's set-up (KVM_CREATE_*, KVM_SET_*) is over
-// before the filter is installed.
-constexpr uint64_t kRunningVmIoctls[] = {KVM_RUN, KVM_GET_REGS, KVM_GET_SREGS};
+// The ioctl requests of a running VM: KVM_RUN, and the KVM_GET_* of a snapshot (among them
+// KVM_GET_REGS and KVM_GET_SREGS, which also log a failed vCPU). The VM's set-up
+// (KVM_CREATE_*, KVM_SET_*, a restore's too) is over before the filter is installed.
+std::vector<uint64_t> RunningVmIoctls() {
+  std::vector<uint64_t> ioctls = SaveStateIoctls();
+  ioctls.push_back(KVM_RUN);
+  return ioctls;
+}
 
 // Allowances whose arguments are checked are filled in by VmmSyscallPolicy.
 const SyscallAllowance kPolicy[] = {
     // vCPU threads
-    {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU; KVM_GET_REGS and KVM_GET_SREGS to log a vCPU"},
+    {SYS_ioctl, "ioctl", "KVM_RUN on each vCPU; the KVM_GET_* of a snapshot, and to log a vCPU"},
     {SYS_rt_sigreturn, "rt_sigreturn", "returning from the empty handler of the vCPU kick signal"},
     {SYS_tgkill, "tgkill", "kicking a vCPU thread of this process out of KVM_RUN"},
     {SYS_rt_sigprocmask, "rt_sigprocmask", "glibc masks signals around thread exit"},
@@ -48,6 +55,7 @@ const SyscallAllowance kPolicy[] = {
     {SYS_write, "write", "the console log, sockets of the devices, eventfds and irqfds"},
     {SYS_readv, "readv", "scatter reads from device sockets into guest buffers"},
     {SYS_pread64, "pread64", "virtio-blk reads of the read-only disk image into guest buffers"},
+    {SYS_pwrite64, "pwrite64", "a snapshot's state and memory, to files the host hands over"},
     {SYS_writev, "writev", "gather writes from guest buffers to device sockets, stderr"},
     {SYS_recvfrom, "recvfrom", "recv() on the control and device sockets"},
     {SYS_recvmsg, "recvmsg", "control requests (one SOCK_SEQPACKET message each)"},
@@ -93,7 +101,7 @@ std::vector<SyscallAllowance> VmmSyscallPolicy(pid_t self) {
     if (a.number == SYS_tgkill) a.only_if = ArgOneOf{0, {static_cast<uint64_t>(self)}};
     if (a.number == SYS_socket) a.only_if = ArgOneOf{0, {AF_UNIX}};
     if (a.number == SYS_ioctl) {
-      a.only_if = ArgOneOf{1, {std::begin(kRunningVmIoctls), std::end(kRunningVmIoctls)}};
+      a.only_if = ArgOneOf{1, RunningVmIoctls()};
     }
   }
   return policy;

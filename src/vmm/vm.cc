@@ -17,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "base/io.h"
 #include "vmm/arch/x86/boot.h"
 #include "vmm/arch/x86/cpuid.h"
 #include "vmm/arch/x86/mptable.h"
@@ -83,17 +84,19 @@ void OnKick(int) {}
 
 }  // namespace
 
-Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config) {
+Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config, UniqueFd memory_file) {
   std::unique_ptr<Vm> vm(new Vm());
   UniqueFd stopped(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stopped) return Fail(Error::HostIo("eventfd", errno));
   vm->stopped_ = std::move(stopped);
-  if (auto r = vm->SetUpKvm(config); !r)
+  if (auto r = vm->SetUpKvm(config, std::move(memory_file)); !r)
     return Fail(std::move(r).error().Context("setting up KVM"));
   if (auto r = vm->SetUpDevices(config); !r) {
     return Fail(std::move(r).error().Context("setting up devices"));
   }
-  if (auto r = vm->LoadGuest(config); !r) {
+  if (config.memory == MemorySource::kPrivate) {
+    vm->restore_pending_ = true;  // a saved VM's memory: its state comes with Restore()
+  } else if (auto r = vm->LoadGuest(config); !r) {
     return Fail(std::move(r).error().Context("loading the guest"));
   }
   if (auto r = vm->SetUpVcpus(config); !r) {
@@ -102,7 +105,7 @@ Result<std::unique_ptr<Vm>> Vm::Create(const VmConfig& config) {
   return vm;
 }
 
-Result<void> Vm::SetUpKvm(const VmConfig& config) {
+Result<void> Vm::SetUpKvm(const VmConfig& config, UniqueFd memory_file) {
   kvm_ = UniqueFd(open("/dev/kvm", O_RDWR | O_CLOEXEC));
   if (!kvm_) {
     return Fail(
@@ -134,7 +137,11 @@ Result<void> Vm::SetUpKvm(const VmConfig& config) {
   pit.flags = KVM_PIT_SPEAKER_DUMMY;  // port 0x61 answered in the kernel
   if (Ioctl(vm_fd_.get(), KVM_CREATE_PIT2, &pit) < 0) return Fail(KvmError("KVM_CREATE_PIT2"));
 
-  auto memory = GuestMemory::Create(config.memory_mib << 20);
+  const uint64_t size = config.memory_mib << 20;
+  auto memory =
+      config.memory == MemorySource::kOwn
+          ? GuestMemory::Create(size)
+          : GuestMemory::Map(std::move(memory_file), size, config.memory == MemorySource::kShared);
   if (!memory) return Fail(std::move(memory).error());
   memory_ = std::make_unique<GuestMemory>(std::move(*memory));
   uint32_t slot = 0;
@@ -165,12 +172,14 @@ Result<std::shared_ptr<Interrupt>> Vm::MakeIrqLine(uint32_t gsi) {
   return std::make_shared<IrqLine>(std::move(fd));
 }
 
-Result<void> Vm::AddVirtioDevice(uint32_t slot, std::unique_ptr<virtio::VirtioDevice> device) {
+Result<void> Vm::AddVirtioDevice(uint32_t slot, std::string name,
+                                 std::unique_ptr<virtio::VirtioDevice> device) {
   auto irq = MakeIrqLine(kVirtioFirstGsi + slot);
   if (!irq) return Fail(std::move(irq).error());
   auto transport = std::make_unique<virtio::MmioTransport>(*memory_, std::move(device), *irq);
   mmio_bus_.Insert(kVirtioMmioBase + slot * kVirtioMmioSize, kVirtioMmioSize, transport.get());
   transports_.push_back(transport.get());
+  stateful_.emplace_back(std::move(name), transport.get());
   mmio_devices_.push_back(std::move(transport));
   virtio_slots_.push_back(slot);
   return {};
@@ -204,6 +213,7 @@ Result<void> Vm::SetUpDevices(const VmConfig& config) {
   if (!serial_irq) return Fail(std::move(serial_irq).error());
   auto serial = std::make_unique<Serial>(std::move(log), *serial_irq);
   serial_ = serial.get();
+  stateful_.emplace_back("serial", serial.get());
   pio_bus_.Insert(kCom1Port, kCom1PortCount, serial.get());
   pio_devices_.push_back(std::move(serial));
 
@@ -212,22 +222,25 @@ Result<void> Vm::SetUpDevices(const VmConfig& config) {
   });
   pio_bus_.Insert(kI8042DataPort, 1, i8042.get(), 0);
   pio_bus_.Insert(kI8042CommandPort, 1, i8042.get(), kI8042CommandOffset);
+  stateful_.emplace_back("i8042", i8042.get());
   pio_devices_.push_back(std::move(i8042));
 
   if (config.vsock) {
     auto vsock = MakeVirtioVsock(*loop_, config.vsock->cid, config.vsock->uds);
     if (!vsock) return Fail(std::move(vsock).error().Context("virtio-vsock"));
-    if (auto r = AddVirtioDevice(kVsockSlot, std::move(*vsock)); !r) return r;
+    if (auto r = AddVirtioDevice(kVsockSlot, "virtio-vsock", std::move(*vsock)); !r) return r;
   }
   if (!config.agent_port.empty()) {
     auto console = MakeVirtioConsole(*loop_, config.agent_port, std::string(kAgentPortName));
     if (!console) return Fail(std::move(console).error().Context("virtio-console"));
-    if (auto r = AddVirtioDevice(kConsoleSlot, std::move(*console)); !r) return r;
+    if (auto r = AddVirtioDevice(kConsoleSlot, "virtio-console", std::move(*console)); !r) {
+      return r;
+    }
   }
   if (!config.disk.empty()) {
     auto disk = MakeVirtioBlk(config.disk);
     if (!disk) return Fail(std::move(disk).error().Context("virtio-blk"));
-    if (auto r = AddVirtioDevice(kDiskSlot, std::move(*disk)); !r) return r;
+    if (auto r = AddVirtioDevice(kDiskSlot, "virtio-blk", std::move(*disk)); !r) return r;
   }
   return {};
 }
@@ -286,6 +299,12 @@ Result<void> Vm::SetUpVcpus(const VmConfig& config) {
     set->nent = static_cast<uint32_t>(std::min<size_t>(entries.size(), kMaxCpuidEntries));
     std::copy_n(entries.begin(), set->nent, set->entries);
     if (Ioctl(vcpu->fd(), kKvmSetCpuid2, set.get()) < 0) return Fail(KvmError("KVM_SET_CPUID2"));
+    if (i == 0) {
+      // What a snapshot of a vCPU takes here: every vCPU has this CPUID.
+      auto layout = ProbeVcpuStateLayout(kvm_.get(), vm_fd_.get(), vcpu->fd());
+      if (!layout) return Fail(std::move(layout).error());
+      vcpu_layout_ = std::move(*layout);
+    }
 
     kvm_lapic_state lapic{};
     if (Ioctl(vcpu->fd(), KVM_GET_LAPIC, &lapic) < 0) return Fail(KvmError("KVM_GET_LAPIC"));
@@ -315,6 +334,7 @@ Result<void> Vm::Start(const std::function<Result<void>()>& confine) {
   {
     std::lock_guard lock(mutex_);
     if (started_) return Fail(Error::Backend("the VM was already started"));
+    if (restore_pending_) return Fail(Error::Backend("a saved VM's state must be restored first"));
     started_ = true;
     state_ = VmState::kRunning;
   }
@@ -457,16 +477,7 @@ void Vm::RunVcpu(Vcpu& vcpu) {
   }
 
   for (;;) {
-    {
-      std::unique_lock lock(mutex_);
-      if (pause_requested_ && !stop_requested_) {
-        ++parked_;
-        changed_.notify_all();
-        changed_.wait(lock, [&] { return !pause_requested_ || stop_requested_; });
-        --parked_;
-      }
-      if (stop_requested_) break;
-    }
+    if (!ParkWhilePaused(vcpu)) break;
     int rc = ::ioctl(vcpu.fd(), KVM_RUN, 0);
     if (rc < 0) {
       if (errno == EINTR || errno == EAGAIN) {
@@ -525,6 +536,131 @@ bool Vm::HandleExit(Vcpu& vcpu) {
       LogVcpuFailure(vcpu, fmt::format("unexpected exit reason {}", run.exit_reason));
       return false;
   }
+}
+
+bool Vm::ParkWhilePaused(Vcpu& vcpu) {
+  {
+    std::lock_guard lock(mutex_);
+    if (stop_requested_) return false;
+    if (!pause_requested_) return true;
+  }
+  // KVM completes the exit just handled (the data of a port or MMIO read goes into the
+  // guest's registers) only on the next KVM_RUN: one that returns at once makes the vCPU's
+  // state whole before anyone reads it.
+  std::atomic_ref<uint8_t>(vcpu.run().immediate_exit).store(1);
+  [[maybe_unused]] int rc = ::ioctl(vcpu.fd(), KVM_RUN, 0);
+  std::atomic_ref<uint8_t>(vcpu.run().immediate_exit).store(0);
+  std::unique_lock lock(mutex_);
+  if (pause_requested_ && !stop_requested_) {
+    ++parked_;
+    changed_.notify_all();
+    changed_.wait(lock, [&] { return !pause_requested_ || stop_requested_; });
+    --parked_;
+  }
+  return !stop_requested_;
+}
+
+Result<MachineState> Vm::ReadMachineState() {
+  MachineState state;
+  if (auto r = SaveVmState(vm_fd_.get(), state); !r) return Fail(std::move(r).error());
+  for (auto& vcpu : vcpus_) {
+    auto saved = SaveVcpuState(vcpu->fd(), vcpu_layout_);
+    if (!saved)
+      return Fail(std::move(saved).error().Context(fmt::format("vCPU {}", vcpu->index())));
+    state.vcpus.push_back(std::move(*saved));
+  }
+  for (auto& [name, device] : stateful_) {
+    state.devices.push_back(DeviceState{.name = name, .bytes = device->SaveState()});
+  }
+  return state;
+}
+
+Result<void> Vm::Save(int state_file, protocol::vmm_control::SaveMemory memory, int memory_file) {
+  using protocol::vmm_control::SaveMemory;
+  {
+    std::lock_guard lock(mutex_);
+    if (state_ != VmState::kPaused) {
+      return Fail(Error::Backend(fmt::format("cannot save: the VM is {}", ToString(state_))));
+    }
+  }
+  if (memory == SaveMemory::kFreeze && !memory_->shared()) {
+    return Fail(Error::Backend("cannot save in place: the VM's memory is already a private copy"));
+  }
+  // The devices' host sockets wait meanwhile, so that nothing writes guest memory or
+  // changes a device between the state and the memory.
+  loop_->Hold();
+  auto state = ReadMachineState();
+  Result<void> r;
+  if (!state) {
+    r = Fail(std::move(state).error());
+  } else if (auto bytes = EncodeMachineState(*state); !bytes) {
+    r = Fail(std::move(bytes).error());
+  } else if (auto written = WriteAllAt(state_file, *bytes, 0, "the state file"); !written) {
+    r = written;
+  } else if (memory == SaveMemory::kFreeze) {
+    r = memory_->Freeze();
+  } else {
+    r = WriteDataPages(memory_file);
+  }
+  loop_->Release();
+  return r;
+}
+
+Result<void> Vm::WriteDataPages(int memory_file) {
+  constexpr uint64_t kPage = 4096;
+  static const uint8_t kZeros[kPage] = {};
+  const uint8_t* base = memory_->host_base();
+  uint64_t size = memory_->size();
+  // Runs of pages that hold data, each in one write; pages of zeros stay holes.
+  uint64_t run = 0;
+  for (uint64_t at = 0; at <= size; at += kPage) {
+    bool data = at < size && std::memcmp(base + at, kZeros, kPage) != 0;
+    if (data) continue;
+    if (at > run) {
+      if (auto r = WriteAllAt(memory_file, {base + run, at - run}, static_cast<off_t>(run),
+                              "the memory file");
+          !r) {
+        return r;
+      }
+    }
+    run = at + kPage;
+  }
+  return {};
+}
+
+Result<void> Vm::Restore(int state_file) {
+  if (!restore_pending_) return Fail(Error::Backend("this VM was not created to be restored"));
+  auto bytes = ReadAllAt(state_file, kMaxMachineStateBytes, "the state file");
+  if (!bytes) return Fail(std::move(bytes).error());
+  auto state = DecodeMachineState(*bytes);
+  if (!state) return Fail(std::move(state).error());
+  if (state->vcpus.size() != vcpus_.size()) {
+    return Fail(Error::SnapshotFormat(
+        fmt::format("the state has {} vCPUs, this VM {}", state->vcpus.size(), vcpus_.size())));
+  }
+  if (state->devices.size() != stateful_.size()) {
+    return Fail(Error::SnapshotFormat(fmt::format("the state has {} devices, this VM {}",
+                                                  state->devices.size(), stateful_.size())));
+  }
+  for (size_t i = 0; i < stateful_.size(); ++i) {
+    if (state->devices[i].name != stateful_[i].first) {
+      return Fail(Error::SnapshotFormat(fmt::format("the state has device {} where this VM has {}",
+                                                    state->devices[i].name, stateful_[i].first)));
+    }
+  }
+  if (auto r = LoadVmState(vm_fd_.get(), *state); !r) return r;
+  for (size_t i = 0; i < vcpus_.size(); ++i) {
+    if (auto r = LoadVcpuState(vcpus_[i]->fd(), state->vcpus[i]); !r) {
+      return Fail(std::move(r).error().Context(fmt::format("vCPU {}", i)));
+    }
+  }
+  for (size_t i = 0; i < stateful_.size(); ++i) {
+    if (auto r = stateful_[i].second->LoadState(state->devices[i].bytes); !r) {
+      return Fail(std::move(r).error().Context(stateful_[i].first));
+    }
+  }
+  restore_pending_ = false;
+  return {};
 }
 
 void Vm::LogVcpuFailure(Vcpu& vcpu, std::string_view what) {

@@ -22,6 +22,8 @@
 #include <vector>
 
 #include "base/unique_fd.h"
+#include "vmm/arch/x86/kvm_state.h"
+#include "vmm/arch/x86/machine_state.h"
 #include "vmm/control.h"
 #include "vmm/core/bus.h"
 #include "vmm/core/device.h"
@@ -47,7 +49,10 @@ inline constexpr std::string_view kGuestDumpRequest = "vessel-agent-dump\n";
 class Vm {
  public:
   // Sets up everything short of running: KVM, memory, kernel, boot data, devices, vCPUs.
-  [[nodiscard]] static Result<std::unique_ptr<Vm>> Create(const VmConfig& config);
+  // `memory_file` is the guest RAM when config.memory is not kOwn; with kPrivate it is a
+  // saved VM's, no kernel is loaded, and Restore() must come before Start().
+  [[nodiscard]] static Result<std::unique_ptr<Vm>> Create(const VmConfig& config,
+                                                          UniqueFd memory_file = {});
   // Stops and joins every thread.
   ~Vm();
   Vm(const Vm&) = delete;
@@ -61,6 +66,16 @@ class Vm {
   [[nodiscard]] Result<void> Pause();
   [[nodiscard]] Result<void> Resume();
   [[nodiscard]] VmState state() const;
+
+  // Writes the paused VM's state (docs/snapshot-format.md section 9) to `state_file`, and
+  // its RAM as `memory` says: kFreeze keeps the RAM file as the saved memory and goes on
+  // from a private mapping of it (the RAM must be shared); kWrite writes the pages that
+  // hold data to `memory_file`, of the RAM's size, at their offsets. The VM stays paused.
+  [[nodiscard]] Result<void> Save(int state_file, protocol::vmm_control::SaveMemory memory,
+                                  int memory_file);
+  // Loads the state `state_file` holds into a VM created on a saved VM's memory, before
+  // Start(): kSnapshotFormat when it is not a state of a VM configured like this one.
+  [[nodiscard]] Result<void> Restore(int state_file);
 
   // Readable once the VM stopped by itself (guest reset or power off, a guest panic, a
   // vCPU failure); stop_reason() then says why.
@@ -80,12 +95,12 @@ class Vm {
 
  private:
   Vm() = default;
-  [[nodiscard]] Result<void> SetUpKvm(const VmConfig& config);
+  [[nodiscard]] Result<void> SetUpKvm(const VmConfig& config, UniqueFd memory_file);
   [[nodiscard]] Result<void> LoadGuest(const VmConfig& config);
   [[nodiscard]] Result<void> SetUpDevices(const VmConfig& config);
   [[nodiscard]] Result<void> SetUpVcpus(const VmConfig& config);
   [[nodiscard]] Result<std::shared_ptr<Interrupt>> MakeIrqLine(uint32_t gsi);
-  [[nodiscard]] Result<void> AddVirtioDevice(uint32_t slot,
+  [[nodiscard]] Result<void> AddVirtioDevice(uint32_t slot, std::string name,
                                              std::unique_ptr<virtio::VirtioDevice> device);
 
   void RunVcpu(Vcpu& vcpu);
@@ -94,6 +109,10 @@ class Vm {
   // The guest ended the VM (or a vCPU failed): record why, stop every vCPU, tell the owner.
   void GuestStopped(VmState state, std::string reason);
   void LogVcpuFailure(Vcpu& vcpu, std::string_view what);
+  // Parks a vCPU thread while a pause is asked for; false when the VM stops instead.
+  bool ParkWhilePaused(Vcpu& vcpu);
+  [[nodiscard]] Result<MachineState> ReadMachineState();
+  [[nodiscard]] Result<void> WriteDataPages(int memory_file);
   void KickVcpus();
   void ThreadReady();
 
@@ -109,6 +128,9 @@ class Vm {
   std::vector<std::unique_ptr<Vcpu>> vcpus_;
   std::vector<uint32_t> virtio_slots_;
   std::vector<virtio::MmioTransport*> transports_;
+  // Every device a snapshot keeps, by its name in the state file.
+  std::vector<std::pair<std::string, StatefulDevice*>> stateful_;
+  VcpuStateLayout vcpu_layout_;
   uint64_t entry_ = 0;
   std::thread io_thread_;
   UniqueFd stopped_;  // eventfd
@@ -118,6 +140,7 @@ class Vm {
   VmState state_ = VmState::kConfigured;
   std::string stop_reason_;
   bool started_ = false;
+  bool restore_pending_ = false;  // created on a saved VM's memory, not restored yet
   bool pause_requested_ = false;
   bool stop_requested_ = false;
   uint32_t parked_ = 0;

@@ -210,7 +210,8 @@ TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
   spec.memory_mib = 512;
   engine::kvm::KvmPaths paths{"/run/vm-1/console.log", "/run/vm-1/vsock.sock",
                               "/run/vm-1/agent.sock"};
-  auto request = engine::kvm::ConfigureRequest(spec, "console=ttyS0", paths);
+  auto request = engine::kvm::ConfigureRequest(spec, "console=ttyS0", paths,
+                                               protocol::vmm_control::MemorySource::kShared);
   const protocol::vmm_control::VmConfig& config = request.config;
   EXPECT_EQ(config.vcpus, 2u);
   EXPECT_EQ(config.memory_mib, 512u);
@@ -223,6 +224,7 @@ TEST(KvmEngineUnitTest, ConfigureCarriesTheSpecAndTheRuntimePaths) {
   EXPECT_EQ(config.vsock->uds, "/run/vm-1/vsock.sock");
   EXPECT_EQ(config.agent_port, "/run/vm-1/agent.sock");
   EXPECT_TRUE(config.disk.empty()) << "no image, no disk";
+  EXPECT_EQ(config.memory, protocol::vmm_control::MemorySource::kShared);
   // What the engine sends, the VMM accepts as it is.
   auto message = protocol::vmm_control::EncodeRequest(request);
   ASSERT_TRUE(message) << message.error().ToString();
@@ -238,13 +240,18 @@ TEST(KvmEngineUnitTest, TheImageIsTheVmmsDiskByItsAbsolutePath) {
   engine::kvm::KvmPaths paths{"/run/vm-1/console.log", "/run/vm-1/vsock.sock",
                               "/run/vm-1/agent.sock"};
   spec.image = "/var/lib/vessel/images/root.erofs";
-  EXPECT_EQ(engine::kvm::ConfigureRequest(spec, "", paths).config.disk, spec.image);
+  EXPECT_EQ(
+      engine::kvm::ConfigureRequest(spec, "", paths, protocol::vmm_control::MemorySource::kShared)
+          .config.disk,
+      spec.image);
   // A relative path is made absolute: the VMM refuses relative ones.
   spec.image = "images/root.erofs";
-  std::string disk = engine::kvm::ConfigureRequest(spec, "", paths).config.disk;
+  std::string disk =
+      engine::kvm::ConfigureRequest(spec, "", paths, protocol::vmm_control::MemorySource::kShared)
+          .config.disk;
   EXPECT_EQ(disk, (std::filesystem::current_path() / "images/root.erofs").string());
-  auto message =
-      protocol::vmm_control::EncodeRequest(engine::kvm::ConfigureRequest(spec, "", paths));
+  auto message = protocol::vmm_control::EncodeRequest(
+      engine::kvm::ConfigureRequest(spec, "", paths, protocol::vmm_control::MemorySource::kShared));
   ASSERT_TRUE(message) << message.error().ToString();
   auto decoded = protocol::vmm_control::DecodeRequest(*message);
   ASSERT_TRUE(decoded) << decoded.error().ToString();
@@ -306,9 +313,7 @@ TEST(KvmEngineUnitTest, WithoutKvmStartIsUnsupportedPlatform) {
   ASSERT_FALSE(vm.has_value());
   EXPECT_EQ(vm.error().kind(), ErrorKind::kUnsupportedPlatform);
   EXPECT_NE(vm.error().message().find("/dev/kvm"), std::string::npos) << vm.error().message();
-  auto save = kvm.CanSave();
-  ASSERT_FALSE(save.has_value());
-  EXPECT_EQ(save.error().kind(), ErrorKind::kUnsupportedPlatform);
+  EXPECT_TRUE(kvm.CanSave()) << "the kvm engine saves VMs wherever it runs them";
 }
 
 }  // namespace

@@ -53,7 +53,16 @@ TEST(VmmControl, EveryRequestRoundTrips) {
       request::Resume{},
       request::Status{},
       request::Shutdown{},
+      request::Save{.memory = SaveMemory::kFreeze},
+      request::Save{.memory = SaveMemory::kWrite},
+      request::Restore{},
   };
+  VmConfig shared = FullConfig();
+  shared.memory = MemorySource::kShared;
+  VmConfig saved = FullConfig();
+  saved.memory = MemorySource::kPrivate;
+  requests.emplace_back(request::Configure{.config = shared});
+  requests.emplace_back(request::Configure{.config = saved});
   for (const Request& request : requests) {
     SCOPED_TRACE(OpName(request));
     auto message = EncodeRequest(request);
@@ -246,7 +255,7 @@ TEST(DecodeRequest, ValidatesConfigureFields) {
   DecodeError(ConfigureWith("vsock", json{{"cid", 3}}));
   DecodeError(ConfigureWith("vsock", json{{"cid", 3}, {"uds", "/v.sock"}, {"port", 1}}));
   DecodeError(ConfigureWith("vsock", json{{"cid", 1ull << 32}, {"uds", "/v.sock"}}));
-  EXPECT_NE(DecodeError(ConfigureWith("memory", 256)).find("unknown field \"memory\""),
+  EXPECT_NE(DecodeError(ConfigureWith("memory_size", 256)).find("unknown field \"memory_size\""),
             std::string::npos);
 }
 
@@ -284,6 +293,41 @@ TEST(VmmControl, TheDiskRoundTripsAndIsLeftOutWhenEmpty) {
   message = EncodeRequest(request::Configure{.config = MinimalConfig()});
   ASSERT_TRUE(message);
   EXPECT_EQ(message->find("disk"), std::string::npos) << *message;
+}
+
+TEST(VmmControl, RequestsSayWhichDescriptorsComeWithThem) {
+  EXPECT_EQ(DescriptorCount(request::Configure{.config = FullConfig()}), 0u);
+  VmConfig shared = FullConfig();
+  shared.memory = MemorySource::kShared;
+  EXPECT_EQ(DescriptorCount(request::Configure{.config = shared}), 1u);
+  VmConfig saved = FullConfig();
+  saved.memory = MemorySource::kPrivate;
+  EXPECT_EQ(DescriptorCount(request::Configure{.config = saved}), 1u);
+  EXPECT_EQ(DescriptorCount(request::Save{.memory = SaveMemory::kFreeze}), 1u);
+  EXPECT_EQ(DescriptorCount(request::Save{.memory = SaveMemory::kWrite}), 2u);
+  EXPECT_EQ(DescriptorCount(request::Restore{}), 1u);
+  for (const Request& request : {Request(request::Start{}), Request(request::Pause{}),
+                                 Request(request::Status{}), Request(request::Shutdown{})}) {
+    EXPECT_EQ(DescriptorCount(request), 0u) << OpName(request);
+  }
+  EXPECT_LE(DescriptorCount(request::Save{.memory = SaveMemory::kWrite}), kMaxDescriptors);
+}
+
+TEST(DecodeRequest, SaveAndRestoreAreValidated) {
+  EXPECT_NE(DecodeError(R"({"op":"save"})").find("\"memory\" must be"), std::string::npos);
+  EXPECT_NE(DecodeError(R"({"op":"save","memory":"all"})").find("\"memory\" must be"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(R"({"op":"save","memory":1})").find("\"memory\" must be"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(R"({"op":"save","memory":"write","to":"/x"})").find("unknown field"),
+            std::string::npos);
+  EXPECT_NE(DecodeError(R"({"op":"restore","state":"/x"})").find("takes no fields"),
+            std::string::npos);
+  json configure = json::parse(kGoodConfigure);
+  configure["memory"] = "anonymous";
+  EXPECT_NE(DecodeError(configure.dump()).find("\"memory\" must be"), std::string::npos);
+  configure["memory"] = true;
+  EXPECT_NE(DecodeError(configure.dump()).find("\"memory\" must be"), std::string::npos);
 }
 
 }  // namespace

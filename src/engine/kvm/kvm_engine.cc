@@ -20,6 +20,7 @@
 #include "base/subprocess.h"
 #include "engine/host.h"
 #include "engine/runtime_dir.h"
+#include "engine/saved_files.h"
 #include "engine/vm_cgroup.h"
 #include "engine/vmm_jail.h"
 
@@ -31,6 +32,8 @@ namespace control = protocol::vmm_control;
 // Control requests are answered at once unless the VMM is stuck; configure loads the
 // kernel and initramfs, which takes seconds on a loaded host running nested.
 constexpr auto kControlTimeout = std::chrono::seconds(30);
+// A save writes the VM's RAM: seconds for a large guest on a loaded host.
+constexpr auto kSaveTimeout = std::chrono::seconds(120);
 // Destroy asks the VMM to shut down, and kills it when it takes longer than this.
 constexpr auto kShutdownTimeout = std::chrono::milliseconds(500);
 // A channel that ends because the VMM exits ends moments before the process does.
@@ -46,11 +49,6 @@ constexpr size_t kMaxVsockAnswer = 64;
 bool IsExecutable(const std::string& path) {
   return !path.empty() && std::filesystem::is_regular_file(path) &&
          ::access(path.c_str(), X_OK) == 0;
-}
-
-Error SnapshotsUnsupported() {
-  return Error::UnsupportedPlatform(
-      "snapshots are not supported by the kvm engine yet; use engine qemu");
 }
 
 Error VsockNotConnected(std::string_view why) {
@@ -145,6 +143,23 @@ class KvmVm final : public Vm {
     theirs.Reset();
 
     auto deadline = Deadline::After(kControlTimeout);
+    int memory;
+    control::MemorySource source;
+    if (spec_.restore) {
+      if (!spec_.restore->memory || !*spec_.restore->memory || !spec_.restore->state ||
+          !*spec_.restore->state) {
+        return Fail(Error::InvalidConfig("spec", "the saved VM has no open memory or state file"));
+      }
+      memory = spec_.restore->memory->get();
+      source = control::MemorySource::kPrivate;
+    } else {
+      auto ram = CreateGuestRam(uint64_t{spec_.memory_mib} << 20);
+      if (!ram) return Fail(std::move(ram).error());
+      ram_ = std::move(*ram);
+      memory = ram_.get();
+      source = control::MemorySource::kShared;
+      memory_shared_ = true;
+    }
     auto hello = Call(control::request::Hello{control::kVersion}, deadline);
     if (!hello) return Fail(std::move(hello).error());
     if (hello->version.value_or(0) != control::kVersion) {
@@ -153,7 +168,9 @@ class KvmVm final : public Vm {
                                      hello->version.value_or(0), control::kVersion))));
     }
     KvmPaths paths{dir_.File("console.log"), dir_.File("vsock.sock"), dir_.File("agent.sock")};
-    if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_), paths), deadline); !r) {
+    if (auto r = Call(ConfigureRequest(spec_, KvmGuestCmdline(spec_), paths, source), deadline,
+                      std::span<const int>(&memory, 1));
+        !r) {
       return Fail(std::move(r).error());
     }
     if (spec_.channel == AgentChannel::kVirtioSerial) {
@@ -167,6 +184,9 @@ class KvmVm final : public Vm {
       }
       agent_ = std::move(**agent);
     }
+    // A restored VM waits, its memory mapped, until Resume() loads its state.
+    restore_pending_ = spec_.restore.has_value();
+    if (restore_pending_) return {};
     if (auto r = Call(control::request::Start{}, deadline); !r) return Fail(std::move(r).error());
     return {};
   }
@@ -214,6 +234,7 @@ class KvmVm final : public Vm {
       }
     }
     process_.Kill();
+    ram_.Reset();
     cgroup_.reset();
     if (control_) control_->Close();
     agent_.Reset();
@@ -229,18 +250,80 @@ class KvmVm final : public Vm {
   }
 
   Result<void> Resume() override {
-    if (auto r = Call(control::request::Resume{}, Deadline::After(kControlTimeout)); !r) {
+    auto deadline = Deadline::After(kControlTimeout);
+    if (restore_pending_) {
+      int state = spec_.restore->state->get();
+      if (auto r = Call(control::request::Restore{}, deadline, std::span<const int>(&state, 1));
+          !r) {
+        return Fail(std::move(r).error().Context("restoring the VM"));
+      }
+      restore_pending_ = false;
+      return {};
+    }
+    if (auto r = Call(control::request::Resume{}, deadline); !r) {
       return Fail(std::move(r).error().Context("resuming the VM"));
     }
     return {};
   }
 
-  Result<void> Save(const std::string&) override { return Fail(SnapshotsUnsupported()); }
+  Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
+    if (!memory_shared_) return std::optional<VmSpec::Saved>{};
+    UniqueFd memory(::fcntl(ram_.get(), F_DUPFD_CLOEXEC, 0));
+    if (!memory) return Fail(Error::HostIo("dup the VM's memory", errno));
+    auto reader = state_ahead_.Create(dir + "/" + kSavedStateFile);
+    if (!reader) return Fail(std::move(reader).error());
+    return std::optional<VmSpec::Saved>(
+        VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory)),
+                      std::make_shared<const UniqueFd>(std::move(*reader))});
+  }
+
+  // In place after SaveAhead(dir): the VMM writes the state, and its RAM, frozen, is the
+  // saved memory. Otherwise it writes RAM's data pages to a new `memory`, sized first so
+  // that pages of zeros stay holes.
+  Result<void> Save(const std::string& dir) override {
+    auto deadline = Deadline::After(kSaveTimeout);
+    std::string memory_path = dir + "/" + kSavedMemoryFile;
+    std::string state_path = dir + "/" + kSavedStateFile;
+    bool in_place = memory_shared_ && state_ahead_.Is(state_path);
+    auto r = [&]() -> Result<void> {
+      auto state = state_ahead_.Take(state_path);
+      if (!state) return Fail(std::move(state).error());
+      if (in_place) {
+        int fd = state->get();
+        if (auto sent = Call(control::request::Save{.memory = control::SaveMemory::kFreeze},
+                             deadline, std::span<const int>(&fd, 1));
+            !sent) {
+          return Fail(std::move(sent).error());
+        }
+        memory_shared_ = false;
+        return {};
+      }
+      auto memory = CreateNewFile(memory_path, O_WRONLY);
+      if (!memory) return Fail(std::move(memory).error());
+      if (::ftruncate(memory->get(), off_t{spec_.memory_mib} << 20) != 0) {
+        return Fail(Error::HostIo("size " + memory_path, errno));
+      }
+      int fds[] = {state->get(), memory->get()};
+      if (auto sent =
+              Call(control::request::Save{.memory = control::SaveMemory::kWrite}, deadline, fds);
+          !sent) {
+        return Fail(std::move(sent).error());
+      }
+      return {};
+    }();
+    if (!r) {
+      if (!in_place) ::unlink(memory_path.c_str());
+      ::unlink(state_path.c_str());
+      return Fail(std::move(r).error().Context("saving the VM"));
+    }
+    return {};
+  }
 
  private:
-  Result<control::Reply> Call(const control::Request& request, Deadline deadline) {
+  Result<control::Reply> Call(const control::Request& request, Deadline deadline,
+                              std::span<const int> fds = {}) {
     if (!control_) return Fail(Error::Backend("vessel-vmm is not running"));
-    auto reply = control_->Call(request, deadline);
+    auto reply = control_->Call(request, deadline, fds);
     if (!reply) {
       return Fail(
           WithDiagnostics(std::move(reply).error().Context(std::string(control::OpName(request)))));
@@ -271,6 +354,10 @@ class KvmVm final : public Vm {
   std::unique_ptr<ControlClient> control_;
   UniqueFd agent_;
   std::mutex destroy_mutex_;
+  UniqueFd ram_;  // a booted VM's RAM: shared while memory_shared_, then frozen
+  bool memory_shared_ = false;
+  bool restore_pending_ = false;  // started on saved memory: Resume() loads the state
+  StateAhead state_ahead_;        // the state file SaveAhead() created
 };
 
 }  // namespace
@@ -301,7 +388,7 @@ std::string KvmGuestCmdline(const VmSpec& spec, bool quiet) {
 }
 
 control::request::Configure ConfigureRequest(const VmSpec& spec, const std::string& cmdline,
-                                             const KvmPaths& paths) {
+                                             const KvmPaths& paths, control::MemorySource memory) {
   return {.config = {
               .vcpus = spec.vcpus,
               .memory_mib = spec.memory_mib,
@@ -313,15 +400,34 @@ control::request::Configure ConfigureRequest(const VmSpec& spec, const std::stri
               .agent_port = paths.agent_port,
               .disk = spec.image.empty() ? std::string()
                                          : std::filesystem::absolute(spec.image).string(),
+              .memory = memory,
           }};
 }
 
-Result<control::Reply> ControlClient::Call(const control::Request& request, Deadline deadline) {
+Result<control::Reply> ControlClient::Call(const control::Request& request, Deadline deadline,
+                                           std::span<const int> fds) {
   std::lock_guard lock(mutex_);
   if (!fd_) return Fail(Error::Backend("the control socket is closed"));
   auto message = control::EncodeRequest(request);
   if (!message) return Fail(std::move(message).error());
-  if (::send(fd_.get(), message->data(), message->size(), MSG_NOSIGNAL) < 0) {
+  if (fds.size() > control::kMaxDescriptors) {
+    return Fail(Error::InvalidConfig("control request", "too many descriptors"));
+  }
+  iovec iov{.iov_base = message->data(), .iov_len = message->size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  alignas(cmsghdr) char rights[CMSG_SPACE(sizeof(int) * control::kMaxDescriptors)] = {};
+  if (!fds.empty()) {
+    msg.msg_control = rights;
+    msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
+  if (::sendmsg(fd_.get(), &msg, MSG_NOSIGNAL) < 0) {
     return Fail(Error::Backend(fmt::format("vessel-vmm control socket: {}", std::strerror(errno))));
   }
   std::string buffer(control::kMaxMessage + 1, '\0');
@@ -374,15 +480,12 @@ Result<UniqueFd> ConnectVsock(const std::string& uds, uint32_t port, Deadline de
 
 KvmEngine::KvmEngine(KvmOptions options) : options_(std::move(options)) {}
 
-Result<void> KvmEngine::CanSave() const { return Fail(SnapshotsUnsupported()); }
-
 std::string KvmEngine::version() const { return "vessel-vmm " VESSEL_VERSION; }
 
 Result<std::unique_ptr<Vm>> KvmEngine::Start(const VmSpec& spec) {
   if (auto why = KvmUnusableReason()) {
     return Fail(Error::UnsupportedPlatform("the kvm engine cannot run here: " + *why));
   }
-  if (spec.restore) return Fail(SnapshotsUnsupported());
   std::string vmm = options_.vmm.empty() ? FindVmm() : options_.vmm;
   if (!IsExecutable(vmm)) {
     return Fail(Error::UnsupportedPlatform(

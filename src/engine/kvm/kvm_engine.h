@@ -4,12 +4,19 @@
 // The agent's channel is vsock (hybrid, as Firecracker does it: the VMM listens on a
 // unix socket and the host asks it for a guest port with "CONNECT <port>") or the
 // virtio-console port org.vessel.agent, whose host end is a unix socket the VMM listens
-// on. Snapshots are not supported yet.
+// on.
+//
+// Guest RAM is a file the host creates (CreateGuestRam) and hands to the VMM, which maps it
+// shared. A save writes the VMM's state file; its memory is either that file, frozen (the VM
+// goes on from a private mapping of it, in the same VMM), or the pages that hold data,
+// written by the VMM to the snapshot's memory file. A restored VM's VMM maps the saved
+// memory private and waits, until Resume() hands it the state to load.
 #pragma once
 
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 
 #include "engine/engine.h"
@@ -36,9 +43,10 @@ struct KvmPaths {
 };
 
 // The "configure" request for `spec`; its image, if any, becomes the VMM's read-only disk.
-protocol::vmm_control::request::Configure ConfigureRequest(const VmSpec& spec,
-                                                           const std::string& cmdline,
-                                                           const KvmPaths& paths);
+// Guest RAM comes with it: `memory` says how the VMM maps it.
+protocol::vmm_control::request::Configure ConfigureRequest(
+    const VmSpec& spec, const std::string& cmdline, const KvmPaths& paths,
+    protocol::vmm_control::MemorySource memory);
 
 // Requests and replies over the VMM's control socket (AF_UNIX, SOCK_SEQPACKET), encoded
 // by protocol/vmm_control. Thread safe: calls are serialised.
@@ -46,10 +54,12 @@ class ControlClient {
  public:
   explicit ControlClient(UniqueFd fd) : fd_(std::move(fd)) {}
 
-  // Sends `request` and returns the reply, which has "ok": true. An error reply, a
-  // malformed or oversized one, a closed socket or the deadline passing is kBackend.
+  // Sends `request`, with `fds` (the descriptors it takes, see DescriptorCount), and
+  // returns the reply, which has "ok": true. An error reply, a malformed or oversized one,
+  // a closed socket or the deadline passing is kBackend.
   [[nodiscard]] Result<protocol::vmm_control::Reply> Call(
-      const protocol::vmm_control::Request& request, Deadline deadline);
+      const protocol::vmm_control::Request& request, Deadline deadline,
+      std::span<const int> fds = {});
   void Close();
 
  private:
@@ -77,7 +87,6 @@ class KvmEngine final : public Engine {
 
   [[nodiscard]] std::string name() const override { return "kvm"; }
   [[nodiscard]] bool SupportsVsock() const override { return true; }
-  [[nodiscard]] Result<void> CanSave() const override;
   [[nodiscard]] std::string version() const override;
   // kUnsupportedPlatform when /dev/kvm is not usable or vessel-vmm is not found.
   [[nodiscard]] Result<std::unique_ptr<Vm>> Start(const VmSpec& spec) override;

@@ -22,6 +22,7 @@
 #include "engine/host.h"
 #include "engine/qemu/qmp_client.h"
 #include "engine/runtime_dir.h"
+#include "engine/saved_files.h"
 #include "engine/vm_cgroup.h"
 #include "engine/vmm_jail.h"
 
@@ -188,12 +189,6 @@ Result<void> MigrateOut(QemuProcess& qemu, int fd, bool ignore_shared, Deadline 
   return WaitMigrationDone(qemu, deadline);
 }
 
-Result<UniqueFd> CreateFile(const std::string& path, int flags) {
-  UniqueFd fd(::open(path.c_str(), flags | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!fd) return Fail(Error::HostIo("create " + path, errno));
-  return fd;
-}
-
 // A path by which a child names a descriptor it inherited.
 std::string FdPath(int fd) { return fmt::format("/proc/self/fd/{}", fd); }
 
@@ -326,23 +321,19 @@ class QemuVm final : public Vm {
     if (!memory_shared_) return std::optional<VmSpec::Saved>{};
     UniqueFd memory_fd(::fcntl(ram_.get(), F_DUPFD_CLOEXEC, 0));
     if (!memory_fd) return Fail(Error::HostIo("dup the VM's memory", errno));
-    std::string state = dir + "/" + kStateFile;
-    auto writer = CreateFile(state, O_WRONLY);
-    if (!writer) return Fail(std::move(writer).error());
-    UniqueFd reader(::open(state.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
-    if (!reader) return Fail(Error::HostIo("open " + state, errno));
-    state_ahead_ = {state, std::move(*writer)};
+    auto reader = state_ahead_.Create(dir + "/" + kSavedStateFile);
+    if (!reader) return Fail(std::move(reader).error());
     return std::optional<VmSpec::Saved>(
         VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory_fd)),
-                      std::make_shared<const UniqueFd>(std::move(reader))});
+                      std::make_shared<const UniqueFd>(std::move(*reader))});
   }
 
   Result<void> Save(const std::string& dir) override {
     auto deadline = Deadline::After(kSaveTimeout);
-    std::string memory = dir + "/" + kMemoryFile;
-    std::string state = dir + "/" + kStateFile;
+    std::string memory = dir + "/" + kSavedMemoryFile;
+    std::string state = dir + "/" + kSavedStateFile;
     Result<void> r;
-    if (memory_shared_ && state_ahead_.first == state) {
+    if (memory_shared_ && state_ahead_.Is(state)) {
       // SaveAhead() handed out this VM's RAM as the saved memory: only the device state
       // is written, and Resume() goes on as a private mapping of the RAM, now frozen.
       r = SaveInPlace(state, deadline);
@@ -359,8 +350,6 @@ class QemuVm final : public Vm {
   }
 
  private:
-  static constexpr const char* kMemoryFile = "memory";
-  static constexpr const char* kStateFile = "state";
   // Where a restored VM's QEMU finds the saved memory when it is attached to its jail.
   static constexpr const char* kSavedMemoryPath = "/saved/memory";
 
@@ -516,20 +505,13 @@ class QemuVm final : public Vm {
   // mapping of it, in a new QEMU, so that nothing is copied and the image is never
   // written again: the VMs restored from it can be started meanwhile.
   Result<void> SaveInPlace(const std::string& state, Deadline deadline) {
-    auto fd = CreateStateFile(state);
+    auto fd = state_ahead_.Take(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
     UniqueFd state_fd(::open(state.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC));
     if (!state_fd) return Fail(Error::HostIo("open " + state, errno));
     relaunch_state_ = std::move(state_fd);
     return {};
-  }
-
-  // `state`, new, or as SaveAhead() created it.
-  Result<UniqueFd> CreateStateFile(const std::string& state) {
-    auto ahead = std::exchange(state_ahead_, {});
-    if (ahead.first == state) return std::move(ahead.second);
-    return CreateFile(state, O_WRONLY);
   }
 
   // Replaces the QEMU whose RAM was saved in place with one that maps that RAM privately
@@ -557,7 +539,7 @@ class QemuVm final : public Vm {
   // was: `cont` after a completed migration runs the source again.
   Result<void> SaveCopyingRam(const std::string& memory, const std::string& state,
                               Deadline deadline) {
-    auto fd = CreateStateFile(state);
+    auto fd = state_ahead_.Take(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(qemu_, fd->get(), /*ignore_shared=*/true, deadline); !r) return r;
     return WriteDataPages(ram_.get(), memory);
@@ -594,7 +576,7 @@ class QemuVm final : public Vm {
       return Fail(WithDiagnostics(r.error()));
     }
     if (auto r = WaitIncomingDone(*writer, deadline); !r) return Fail(WithDiagnostics(r.error()));
-    auto fd = CreateStateFile(state);
+    auto fd = state_ahead_.Take(state);
     if (!fd) return Fail(std::move(fd).error());
     if (auto r = MigrateOut(*writer, fd->get(), /*ignore_shared=*/true, deadline); !r) {
       return Fail(WithDiagnostics(r.error()));
@@ -606,7 +588,7 @@ class QemuVm final : public Vm {
   // A new file `memory` of the VM's RAM size, with the data pages of the memfd `ram` (holes
   // stay holes).
   Result<void> WriteDataPages(int ram, const std::string& memory) {
-    auto out = CreateFile(memory, O_WRONLY);
+    auto out = CreateNewFile(memory, O_WRONLY);
     if (!out) return Fail(std::move(out).error());
     off_t size = off_t{spec_.memory_mib} << 20;
     if (::ftruncate(out->get(), size) != 0) return Fail(Error::HostIo("size " + memory, errno));
@@ -637,7 +619,7 @@ class QemuVm final : public Vm {
   UniqueFd relaunch_state_;     // saved in place: Resume() restarts QEMU from this state
   UniqueFd ram_;  // a booted VM's RAM (a memfd): shared while memory_shared_, then frozen
   UniqueFd saved_memory_mount_;  // the saved memory, idmapped for the jail, until started
-  std::pair<std::string, UniqueFd> state_ahead_;  // the state file SaveAhead() created
+  StateAhead state_ahead_;       // the state file SaveAhead() created
 };
 
 }  // namespace

@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
+
+#include "vessel/error.h"
 
 namespace vessel::vmm {
 
@@ -32,6 +35,18 @@ class Interrupt {
  public:
   virtual ~Interrupt() = default;
   virtual void Trigger() = 0;
+};
+
+// A device whose state a snapshot keeps. Both calls come from the control thread while
+// every vCPU is parked and the I/O thread is held, so nothing else touches the device.
+class StatefulDevice {
+ public:
+  virtual ~StatefulDevice() = default;
+  // The device's state, in its own encoding, which starts with its version.
+  [[nodiscard]] virtual std::vector<uint8_t> SaveState() = 0;
+  // Loads what SaveState() of a device created with the same configuration gave, before
+  // the VM first runs; kSnapshotFormat, naming what is wrong, for anything else.
+  [[nodiscard]] virtual Result<void> LoadState(std::span<const uint8_t> bytes) = 0;
 };
 
 }  // namespace vessel::vmm

@@ -2,6 +2,7 @@
 
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <vector>
@@ -46,10 +47,27 @@ void EventLoop::Remove(int fd) {
 }
 
 void EventLoop::Run() {
+  {
+    std::lock_guard lock(mutex_);
+    running_ = true;
+  }
+  RunHandlers();
+  std::lock_guard lock(mutex_);
+  running_ = false;
+  changed_.notify_all();
+}
+
+void EventLoop::RunHandlers() {
   std::vector<epoll_event> events(64);
   for (;;) {
     {
-      std::lock_guard lock(mutex_);
+      std::unique_lock lock(mutex_);
+      if (held_ && !stopped_) {
+        parked_ = true;
+        changed_.notify_all();
+        changed_.wait(lock, [this] { return !held_ || stopped_; });
+        parked_ = false;
+      }
       if (stopped_) return;
     }
     int n = epoll_wait(epoll_.get(), events.data(), static_cast<int>(events.size()), -1);
@@ -59,7 +77,11 @@ void EventLoop::Run() {
     }
     for (int i = 0; i < n; ++i) {
       int fd = events[static_cast<size_t>(i)].data.fd;
-      if (fd == wake_.get()) continue;
+      if (fd == wake_.get()) {
+        uint64_t count;
+        [[maybe_unused]] ssize_t r = read(wake_.get(), &count, sizeof(count));
+        continue;
+      }
       std::shared_ptr<Handler> handler;
       {
         std::lock_guard lock(mutex_);
@@ -76,7 +98,26 @@ void EventLoop::Stop() {
   {
     std::lock_guard lock(mutex_);
     stopped_ = true;
+    changed_.notify_all();
   }
+  Wake();
+}
+
+void EventLoop::Hold() {
+  std::unique_lock lock(mutex_);
+  held_ = true;
+  if (!running_) return;
+  Wake();
+  changed_.wait(lock, [this] { return parked_ || !running_ || stopped_; });
+}
+
+void EventLoop::Release() {
+  std::lock_guard lock(mutex_);
+  held_ = false;
+  changed_.notify_all();
+}
+
+void EventLoop::Wake() {
   uint64_t one = 1;
   [[maybe_unused]] ssize_t n = write(wake_.get(), &one, sizeof(one));
 }

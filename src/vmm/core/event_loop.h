@@ -2,6 +2,7 @@
 // are watched here with epoll, and each ready descriptor's handler runs on this thread.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -32,14 +33,26 @@ class EventLoop {
   // Callable from any thread, including handlers.
   void Stop();
 
+  // Keeps the loop from running handlers until Release(): returns once none runs, so that
+  // the devices are still (a snapshot reads them, or loads them). A loop not running yet
+  // is held from its start. Not from a handler.
+  void Hold();
+  void Release();
+
  private:
   EventLoop(UniqueFd epoll, UniqueFd wake) : epoll_(std::move(epoll)), wake_(std::move(wake)) {}
+  void RunHandlers();
+  void Wake();
 
   UniqueFd epoll_;
-  UniqueFd wake_;  // eventfd that Stop() signals
+  UniqueFd wake_;  // eventfd that Stop() and Hold() signal
   std::mutex mutex_;
   std::map<int, std::shared_ptr<Handler>> handlers_;
+  std::condition_variable changed_;
   bool stopped_ = false;
+  bool running_ = false;  // in Run()
+  bool held_ = false;     // Hold() asked, until Release()
+  bool parked_ = false;   // Run() waits for Release()
 };
 
 }  // namespace vessel::vmm

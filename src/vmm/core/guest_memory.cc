@@ -1,6 +1,8 @@
 #include "vmm/core/guest_memory.h"
 
+#include <fmt/format.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -8,8 +10,8 @@
 
 namespace vessel::vmm {
 
-GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size)
-    : fd_(std::move(fd)), base_(base), size_(size) {
+GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size, bool shared)
+    : fd_(std::move(fd)), base_(base), size_(size), shared_(shared) {
   uint64_t low = size < kMmioHoleStart ? size : kMmioHoleStart;
   regions_.push_back({.guest_addr = 0, .size = low, .offset = 0});
   if (size > low)
@@ -20,6 +22,7 @@ GuestMemory::GuestMemory(GuestMemory&& other) noexcept
     : fd_(std::move(other.fd_)),
       base_(std::exchange(other.base_, nullptr)),
       size_(std::exchange(other.size_, 0)),
+      shared_(other.shared_),
       regions_(std::move(other.regions_)) {}
 
 GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
@@ -28,6 +31,7 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
     fd_ = std::move(other.fd_);
     base_ = std::exchange(other.base_, nullptr);
     size_ = std::exchange(other.size_, 0);
+    shared_ = other.shared_;
     regions_ = std::move(other.regions_);
   }
   return *this;
@@ -47,10 +51,35 @@ Result<GuestMemory> GuestMemory::Create(uint64_t size) {
   if (ftruncate(fd.get(), static_cast<off_t>(size)) != 0) {
     return Fail(Error::HostIo("sizing guest memory", errno));
   }
-  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd.get(), 0);
+  return Map(std::move(fd), size, /*shared=*/true);
+}
+
+Result<GuestMemory> GuestMemory::Map(UniqueFd file, uint64_t size, bool shared) {
+  if (size == 0 || size % 4096 != 0) {
+    return Fail(
+        Error::InvalidConfig("memory", "guest memory must be a positive multiple of 4 KiB"));
+  }
+  struct stat st {};
+  if (fstat(file.get(), &st) != 0) return Fail(Error::HostIo("stat the guest memory file", errno));
+  if (!S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size) {
+    return Fail(Error::InvalidConfig(
+        "memory", fmt::format("the guest memory file holds {} bytes, not {}", st.st_size, size)));
+  }
+  void* base = mmap(nullptr, size, PROT_READ | PROT_WRITE,
+                    (shared ? MAP_SHARED : MAP_PRIVATE) | MAP_NORESERVE, file.get(), 0);
   if (base == MAP_FAILED) return Fail(Error::HostIo("mapping guest memory", errno));
   madvise(base, size, MADV_HUGEPAGE);  // advisory: fine if THP is off for shmem
-  return GuestMemory(std::move(fd), static_cast<uint8_t*>(base), size);
+  return GuestMemory(std::move(file), static_cast<uint8_t*>(base), size, shared);
+}
+
+Result<void> GuestMemory::Freeze() {
+  if (!shared_) return {};
+  void* base = mmap(base_, size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE | MAP_FIXED,
+                    fd_.get(), 0);
+  if (base == MAP_FAILED) return Fail(Error::HostIo("mapping guest memory private", errno));
+  madvise(base_, size_, MADV_HUGEPAGE);
+  shared_ = false;
+  return {};
 }
 
 std::optional<std::span<uint8_t>> GuestMemory::Slice(uint64_t guest_addr, uint64_t len) const {

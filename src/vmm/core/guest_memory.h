@@ -1,5 +1,7 @@
-// Guest RAM as seen by the VMM: one memfd mapped once, placed in guest-physical space
-// below the 32-bit MMIO hole and, for larger guests, above 4 GiB.
+// Guest RAM as seen by the VMM: one file in memory mapped once, placed in guest-physical
+// space below the 32-bit MMIO hole and, for larger guests, above 4 GiB. The file is the
+// VMM's own memfd, or the host's: mapped shared for a boot, private for a saved VM's
+// memory, which a restored VM reads and never writes.
 //
 // Every address the guest hands the VMM (a descriptor, a buffer, a ring) goes through
 // Slice(), which answers only for ranges that lie wholly inside one RAM region: an address
@@ -38,6 +40,15 @@ class GuestMemory {
 
   // `size` bytes (a multiple of 4 KiB, > 0) in a memfd, mapped shared, THP advised.
   [[nodiscard]] static Result<GuestMemory> Create(uint64_t size);
+  // The first `size` bytes of `file`, which must be exactly that long, mapped shared or
+  // private (copy-on-write: the guest's writes stay in this process).
+  [[nodiscard]] static Result<GuestMemory> Map(UniqueFd file, uint64_t size, bool shared);
+
+  // Turns a shared mapping into a private one of the same file at the same address, so that
+  // the file keeps what it holds now and the guest's writes from now on are this process's
+  // own. KVM follows the change: the host addresses of guest RAM stay the same.
+  [[nodiscard]] Result<void> Freeze();
+  [[nodiscard]] bool shared() const { return shared_; }
 
   [[nodiscard]] uint64_t size() const { return size_; }
   [[nodiscard]] int fd() const { return fd_.get(); }
@@ -66,11 +77,12 @@ class GuestMemory {
   }
 
  private:
-  GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size);
+  GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size, bool shared);
 
   UniqueFd fd_;
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
+  bool shared_ = true;
   std::vector<Region> regions_;
 };
 

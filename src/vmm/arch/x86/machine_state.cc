@@ -9,10 +9,10 @@
 #include <set>
 #include <type_traits>
 
+#include "vmm/core/state_codec.h"
+
 namespace vessel::vmm {
 namespace {
-
-static_assert(std::endian::native == std::endian::little, "the format is x86-64's, little-endian");
 
 constexpr char kMagic[8] = {'V', 'S', 'L', 'K', 'V', 'M', 'S', 'T'};
 
@@ -29,59 +29,6 @@ constexpr size_t kMachineBytes =
 constexpr size_t kVcpuFixedBytes = sizeof(kvm_regs) + sizeof(kvm_sregs) + sizeof(kvm_xcrs) +
                                    sizeof(kvm_lapic_state) + sizeof(kvm_vcpu_events) +
                                    sizeof(kvm_mp_state) + sizeof(kvm_debugregs);
-
-class Writer {
- public:
-  template <typename T>
-  void Put(const T& value) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    Bytes({reinterpret_cast<const uint8_t*>(&value), sizeof(T)});
-  }
-  void Bytes(std::span<const uint8_t> bytes) {
-    out_.insert(out_.end(), bytes.begin(), bytes.end());
-  }
-  // A record: its tag and length, then what `body` writes.
-  template <typename Body>
-  void Record(Tag tag, Body body) {
-    Put(static_cast<uint32_t>(tag));
-    size_t at = out_.size();
-    Put(uint32_t{0});
-    body();
-    auto length = static_cast<uint32_t>(out_.size() - at - sizeof(uint32_t));
-    std::memcpy(out_.data() + at, &length, sizeof(length));
-  }
-  std::vector<uint8_t> Take() { return std::move(out_); }
-
- private:
-  std::vector<uint8_t> out_;
-};
-
-class Reader {
- public:
-  explicit Reader(std::span<const uint8_t> bytes) : bytes_(bytes) {}
-  bool empty() const { return bytes_.empty(); }
-  size_t size() const { return bytes_.size(); }
-
-  Result<std::span<const uint8_t>> Take(size_t n, const char* what) {
-    if (n > bytes_.size()) {
-      return Fail(Error::SnapshotFormat(fmt::format("machine state: {} is truncated", what)));
-    }
-    auto taken = bytes_.first(n);
-    bytes_ = bytes_.subspan(n);
-    return taken;
-  }
-  template <typename T>
-  Result<void> Get(T& value, const char* what) {
-    static_assert(std::is_trivially_copyable_v<T>);
-    auto bytes = Take(sizeof(T), what);
-    if (!bytes) return Fail(std::move(bytes).error());
-    std::memcpy(&value, bytes->data(), sizeof(T));
-    return {};
-  }
-
- private:
-  std::span<const uint8_t> bytes_;
-};
 
 Error Malformed(const std::string& what) { return Error::SnapshotFormat("machine state: " + what); }
 
@@ -127,7 +74,7 @@ std::optional<std::string> OutOfBounds(const MachineState& state) {
 }
 
 Result<VcpuState> DecodeVcpu(std::span<const uint8_t> body, size_t index) {
-  Reader in(body);
+  StateReader in(body, "machine state");
   VcpuState vcpu;
   std::string what = fmt::format("vCPU {}", index);
   if (auto r = in.Get(vcpu.regs, what.c_str()); !r) return Fail(std::move(r).error());
@@ -162,7 +109,7 @@ Result<VcpuState> DecodeVcpu(std::span<const uint8_t> body, size_t index) {
 
 Result<std::vector<uint8_t>> EncodeMachineState(const MachineState& state) {
   if (auto why = OutOfBounds(state)) return Fail(Error::InvalidConfig("machine state", *why));
-  Writer out;
+  StateWriter out;
   out.Bytes({reinterpret_cast<const uint8_t*>(kMagic), sizeof(kMagic)});
   out.Put(kMachineStateVersion);
   out.Record(Tag::kMachine, [&] {
@@ -203,7 +150,7 @@ Result<MachineState> DecodeMachineState(std::span<const uint8_t> bytes) {
     return Fail(
         Malformed(fmt::format("{} bytes (at most {})", bytes.size(), kMaxMachineStateBytes)));
   }
-  Reader in(bytes);
+  StateReader in(bytes, "machine state");
   auto magic = in.Take(sizeof(kMagic), "the magic");
   if (!magic) return Fail(std::move(magic).error());
   if (std::memcmp(magic->data(), kMagic, sizeof(kMagic)) != 0) {
@@ -230,7 +177,7 @@ Result<MachineState> DecodeMachineState(std::span<const uint8_t> bytes) {
           return Fail(Malformed(
               fmt::format("a machine record of {} bytes, not {}", length, kMachineBytes)));
         }
-        Reader record(*body);
+        StateReader record(*body, "machine state");
         (void)record.Get(state.pic_master, "the machine");
         (void)record.Get(state.pic_slave, "the machine");
         (void)record.Get(state.ioapic, "the machine");
@@ -256,7 +203,7 @@ Result<MachineState> DecodeMachineState(std::span<const uint8_t> bytes) {
         if (state.devices.size() == kMaxStateDevices) {
           return Fail(Malformed(fmt::format("more than {} devices", kMaxStateDevices)));
         }
-        Reader record(*body);
+        StateReader record(*body, "machine state");
         uint8_t name_bytes = 0;
         if (auto r = record.Get(name_bytes, "a device"); !r) return Fail(std::move(r).error());
         auto name = record.Take(name_bytes, "a device's name");

@@ -1,5 +1,9 @@
 #include "vmm/devices/i8042/i8042.h"
 
+#include <string>
+
+#include "vmm/core/state_codec.h"
+
 namespace vessel::vmm {
 namespace {
 
@@ -30,7 +34,51 @@ constexpr uint8_t kInterfaceClockLow = 0x01;
 // An output buffer deeper than a few replies means a guest is spamming commands.
 constexpr size_t kMaxOutput = 16;
 
+bool TakesDataByte(uint8_t command) {
+  return command == kCmdWriteCommandByte || command == kCmdWriteOutputPort ||
+         command == kCmdWriteAux || command == kCmdWriteAuxOutput;
+}
+
 }  // namespace
+
+// version u32, command byte u8, output port u8, command awaiting data u8 (0 or one that
+// takes a data byte), output: count u8 (at most kMaxOutput), bytes.
+std::vector<uint8_t> I8042::SaveState() {
+  std::lock_guard lock(mutex_);
+  StateWriter out;
+  out.Put(kI8042StateVersion);
+  out.Put(command_byte_);
+  out.Put(output_port_);
+  out.Put(pending_command_);
+  out.Put(static_cast<uint8_t>(output_.size()));
+  for (uint8_t byte : output_) out.Put(byte);
+  return out.Take();
+}
+
+Result<void> I8042::LoadState(std::span<const uint8_t> bytes) {
+  StateReader in(bytes, "i8042 state");
+  if (auto version = in.Version(kI8042StateVersion); !version) return version;
+  auto command_byte = in.Read<uint8_t>("the command byte");
+  auto output_port = in.Read<uint8_t>("the output port");
+  auto pending_command = in.Read<uint8_t>("the pending command");
+  auto output_bytes = in.Read<uint8_t>("the output's length");
+  if (output_bytes > kMaxOutput) {
+    return Fail(in.Malformed(std::to_string(output_bytes) + " bytes of output (at most " +
+                             std::to_string(kMaxOutput) + ")"));
+  }
+  auto output = in.ReadBytes(output_bytes, "the output");
+  if (auto finished = in.Finish(); !finished) return finished;
+  if (pending_command != 0 && !TakesDataByte(pending_command)) {
+    return Fail(in.Malformed("a pending command " + std::to_string(pending_command) +
+                             " that takes no data byte"));
+  }
+  std::lock_guard lock(mutex_);
+  command_byte_ = command_byte;
+  output_port_ = output_port;
+  pending_command_ = pending_command;
+  output_.assign(output.begin(), output.end());
+  return {};
+}
 
 void I8042::Push(uint8_t byte) {
   if (output_.size() < kMaxOutput) output_.push_back(byte);

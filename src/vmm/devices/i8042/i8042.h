@@ -8,6 +8,7 @@
 #include <functional>
 #include <mutex>
 #include <span>
+#include <vector>
 
 #include "vmm/core/device.h"
 
@@ -18,13 +19,19 @@ inline constexpr uint16_t kI8042CommandPort = 0x64;
 // The device sees ports as offsets from kI8042DataPort.
 inline constexpr uint16_t kI8042CommandOffset = kI8042CommandPort - kI8042DataPort;
 
-class I8042 : public PioDevice {
+// Its saved state (version kI8042StateVersion) is the command byte, the output port, a
+// command awaiting its data byte and the unread output.
+inline constexpr uint32_t kI8042StateVersion = 1;
+
+class I8042 : public PioDevice, public StatefulDevice {
  public:
   // `reset` runs on the vCPU thread that wrote the reset command.
   explicit I8042(std::function<void()> reset) : reset_(std::move(reset)) {}
 
   void PioRead(uint16_t offset, std::span<uint8_t> data) override;
   void PioWrite(uint16_t offset, std::span<const uint8_t> data) override;
+  [[nodiscard]] std::vector<uint8_t> SaveState() override;
+  [[nodiscard]] Result<void> LoadState(std::span<const uint8_t> bytes) override;
 
  private:
   void Push(uint8_t byte);

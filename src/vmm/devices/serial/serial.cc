@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <string_view>
 
+#include "vmm/core/state_codec.h"
+
 namespace vessel::vmm {
 namespace {
 
@@ -29,6 +31,9 @@ constexpr uint8_t kLsrDataReady = 0x01;
 constexpr uint8_t kLsrThre = 0x20;
 constexpr uint8_t kLsrTemt = 0x40;
 constexpr uint8_t kMcrLoop = 0x10;
+// The bits of IER and MCR the device keeps.
+constexpr uint8_t kIerMask = 0x0f;
+constexpr uint8_t kMcrMask = 0x1f;
 // Carrier, data set ready and clear to send: a terminal is attached and ready.
 constexpr uint8_t kMsrConnected = 0x80 | 0x20 | 0x10;
 
@@ -109,17 +114,62 @@ void Serial::PioWrite(uint16_t offset, std::span<const uint8_t> data) {
       } else {
         bool enabling_thri = !(ier_ & kIerThri) && (value & kIerThri);
         bool enabling_rdi = !(ier_ & kIerRdi) && (value & kIerRdi);
-        ier_ = value & 0x0f;
+        ier_ = value & kIerMask;
         // The transmitter is always empty, so enabling its interrupt raises it now.
         if (enabling_thri) thr_interrupt_pending_ = true;
         if (enabling_thri || (enabling_rdi && !received_.empty())) UpdateInterruptLocked();
       }
       break;
     case kLcr: lcr_ = value; break;
-    case kMcr: mcr_ = value & 0x1f; break;
+    case kMcr: mcr_ = value & kMcrMask; break;
     case kScr: scr_ = value; break;
     default: break;  // FCR, LSR and MSR writes have no effect here
   }
+}
+
+// version u32, IER, LCR, MCR, SCR, DLL, DLM u8, THRE interrupt pending u8 (0 or 1),
+// unread input: length u16 (at most kMaxSerialReceiveBytes), bytes.
+std::vector<uint8_t> Serial::SaveState() {
+  std::lock_guard lock(mutex_);
+  StateWriter out;
+  out.Put(kSerialStateVersion);
+  for (uint8_t reg : {ier_, lcr_, mcr_, scr_, dll_, dlm_}) out.Put(reg);
+  out.Put(static_cast<uint8_t>(thr_interrupt_pending_));
+  out.Put(static_cast<uint16_t>(received_.size()));
+  out.Bytes({reinterpret_cast<const uint8_t*>(received_.data()), received_.size()});
+  return out.Take();
+}
+
+Result<void> Serial::LoadState(std::span<const uint8_t> bytes) {
+  StateReader in(bytes, "serial state");
+  if (auto version = in.Version(kSerialStateVersion); !version) return version;
+  auto ier = in.Read<uint8_t>("IER");
+  auto lcr = in.Read<uint8_t>("LCR");
+  auto mcr = in.Read<uint8_t>("MCR");
+  auto scr = in.Read<uint8_t>("SCR");
+  auto dll = in.Read<uint8_t>("DLL");
+  auto dlm = in.Read<uint8_t>("DLM");
+  bool thr_pending = in.ReadBool("the THRE interrupt");
+  auto received_bytes = in.Read<uint16_t>("the input's length");
+  if (received_bytes > kMaxSerialReceiveBytes) {
+    return Fail(in.Malformed(std::to_string(received_bytes) + " bytes of input (at most " +
+                             std::to_string(kMaxSerialReceiveBytes) + ")"));
+  }
+  auto received = in.ReadBytes(received_bytes, "the input");
+  if (auto finished = in.Finish(); !finished) return finished;
+  if ((ier & ~kIerMask) || (mcr & ~kMcrMask)) {
+    return Fail(in.Malformed("IER or MCR has bits the device never sets"));
+  }
+  std::lock_guard lock(mutex_);
+  ier_ = ier;
+  lcr_ = lcr;
+  mcr_ = mcr;
+  scr_ = scr;
+  dll_ = dll;
+  dlm_ = dlm;
+  thr_interrupt_pending_ = thr_pending;
+  received_.assign(received.begin(), received.end());
+  return {};
 }
 
 void Serial::UpdateInterruptLocked() {

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/console_log.h"
 #include "base/unique_fd.h"
@@ -23,7 +24,11 @@ inline constexpr uint32_t kCom1Irq = 4;
 // Bytes the receive line holds until the guest reads them; more are dropped.
 inline constexpr size_t kMaxSerialReceiveBytes = 256;
 
-class Serial : public PioDevice {
+// Its saved state (version kSerialStateVersion) is the registers, the pending transmit
+// interrupt and the unread input; not the log, whose file a restored VM opens anew.
+inline constexpr uint32_t kSerialStateVersion = 1;
+
+class Serial : public PioDevice, public StatefulDevice {
  public:
   // Writes to `log` (owned; may be invalid to discard output) and raises `interrupt`.
   Serial(UniqueFd log, std::shared_ptr<Interrupt> interrupt);
@@ -31,6 +36,8 @@ class Serial : public PioDevice {
 
   void PioRead(uint16_t offset, std::span<uint8_t> data) override;
   void PioWrite(uint16_t offset, std::span<const uint8_t> data) override;
+  [[nodiscard]] std::vector<uint8_t> SaveState() override;
+  [[nodiscard]] Result<void> LoadState(std::span<const uint8_t> bytes) override;
 
   // Queues `bytes` for the guest to read, as far as kMaxSerialReceiveBytes allows.
   void Receive(std::string_view bytes);

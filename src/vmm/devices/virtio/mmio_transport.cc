@@ -3,8 +3,11 @@
 #include <fmt/format.h>
 
 #include <cstring>
+#include <optional>
+#include <string>
 
 #include "vmm/core/guest_log.h"
+#include "vmm/core/state_codec.h"
 
 namespace vessel::vmm::virtio {
 namespace {
@@ -15,6 +18,21 @@ uint64_t WithLow(uint64_t v, uint32_t low) { return (v & ~uint64_t{0xffff'ffff})
 uint64_t WithHigh(uint64_t v, uint32_t high) {
   return (v & uint64_t{0xffff'ffff}) | (uint64_t{high} << 32);
 }
+
+// What FEATURES_OK accepts: a subset of what the device offers, with VERSION_1.
+bool FeaturesAcceptable(uint64_t driver_features, uint64_t offered) {
+  return (driver_features & ~offered) == 0 && (driver_features & kFeatureVersion1);
+}
+
+// A queue's registers as saved, and its progress when it was active.
+struct SavedQueue {
+  uint16_t size;
+  bool ready;
+  uint64_t desc_addr;
+  uint64_t avail_addr;
+  uint64_t used_addr;
+  std::optional<Queue::Progress> progress;
+};
 
 }  // namespace
 
@@ -170,8 +188,7 @@ void MmioTransport::WriteStatus(uint32_t value) {
   if ((value & status_) != status_) return;
   uint32_t added = value & ~status_;
   if (added & kStatusFeaturesOk) {
-    uint64_t offered = device_->features();
-    if ((driver_features_ & ~offered) != 0 || !(driver_features_ & kFeatureVersion1)) {
+    if (!FeaturesAcceptable(driver_features_, device_->features())) {
       // Leaving FEATURES_OK clear tells the driver its subset was refused.
       value &= ~kStatusFeaturesOk;
     }
@@ -218,6 +235,145 @@ void MmioTransport::ResetLocked() {
   queue_sel_ = 0;
   interrupt_status_ = 0;
   needs_reset_ = false;
+}
+
+// version u32; status, DeviceFeaturesSel, DriverFeaturesSel u32, driver features u64,
+// QueueSel u32, active u8, InterruptStatus u32, needs reset u8; queue count u16, then per
+// queue: size u16, ready u8, descriptor, driver and device ring addresses u64, and when the
+// transport is active and the queue ready its progress: next available, next used u16,
+// used since the last interrupt u8, broken u8, invalid chains u64; last the device's own
+// state: length u32 (0 unless active, at most kMaxVirtioDeviceStateBytes), bytes.
+std::vector<uint8_t> MmioTransport::SaveState() {
+  std::lock_guard lock(mutex_);
+  StateWriter out;
+  out.Put(kMmioStateVersion);
+  out.Put(status_);
+  out.Put(device_features_sel_);
+  out.Put(driver_features_sel_);
+  out.Put(driver_features_);
+  out.Put(queue_sel_);
+  out.Put(static_cast<uint8_t>(active_));
+  out.Put(interrupt_status_.load());
+  out.Put(static_cast<uint8_t>(needs_reset_.load()));
+  out.Put(static_cast<uint16_t>(queues_.size()));
+  for (const Queue& q : queues_) {
+    out.Put(q.size());
+    out.Put(static_cast<uint8_t>(q.ready()));
+    out.Put(q.desc_addr());
+    out.Put(q.avail_addr());
+    out.Put(q.used_addr());
+    if (active_ && q.ready()) {
+      Queue::Progress progress = q.progress();
+      out.Put(progress.next_avail);
+      out.Put(progress.next_used);
+      out.Put(static_cast<uint8_t>(progress.used_since_signal));
+      out.Put(static_cast<uint8_t>(progress.broken));
+      out.Put(progress.invalid_chains);
+    }
+  }
+  std::vector<uint8_t> device_state;
+  if (active_) device_state = device_->SaveState();
+  out.Put(static_cast<uint32_t>(device_state.size()));
+  out.Bytes(device_state);
+  return out.Take();
+}
+
+Result<void> MmioTransport::LoadState(std::span<const uint8_t> bytes) {
+  std::lock_guard lock(mutex_);
+  ResetLocked();
+  auto loaded = LoadStateLocked(bytes);
+  if (!loaded) ResetLocked();
+  return loaded;
+}
+
+Result<void> MmioTransport::LoadStateLocked(std::span<const uint8_t> bytes) {
+  StateReader in(bytes, fmt::format("virtio-mmio state (device type {})", device_->device_type()));
+  if (auto version = in.Version(kMmioStateVersion); !version) return version;
+  auto status = in.Read<uint32_t>("the status");
+  auto device_features_sel = in.Read<uint32_t>("DeviceFeaturesSel");
+  auto driver_features_sel = in.Read<uint32_t>("DriverFeaturesSel");
+  auto driver_features = in.Read<uint64_t>("the driver features");
+  auto queue_sel = in.Read<uint32_t>("QueueSel");
+  bool active = in.ReadBool("active");
+  auto interrupt_status = in.Read<uint32_t>("InterruptStatus");
+  bool needs_reset = in.ReadBool("needs reset");
+  auto queue_count = in.Read<uint16_t>("the queue count");
+  if (in.ok() && queue_count != queues_.size()) {
+    return Fail(
+        in.Malformed(fmt::format("{} queues, the device has {}", queue_count, queues_.size())));
+  }
+  std::vector<SavedQueue> saved(queues_.size());
+  for (size_t i = 0; i < saved.size(); ++i) {
+    std::string what = fmt::format("queue {}", i);
+    SavedQueue& q = saved[i];
+    q.size = in.Read<uint16_t>(what);
+    q.ready = in.ReadBool(what + "'s ready");
+    q.desc_addr = in.Read<uint64_t>(what);
+    q.avail_addr = in.Read<uint64_t>(what);
+    q.used_addr = in.Read<uint64_t>(what);
+    if (active && q.ready) {
+      Queue::Progress& progress = q.progress.emplace();
+      progress.next_avail = in.Read<uint16_t>(what);
+      progress.next_used = in.Read<uint16_t>(what);
+      progress.used_since_signal = in.ReadBool(what + "'s used since signal");
+      progress.broken = in.ReadBool(what + "'s broken");
+      progress.invalid_chains = in.Read<uint64_t>(what);
+    }
+  }
+  auto device_bytes = in.Read<uint32_t>("the device state's length");
+  if (device_bytes > (active ? kMaxVirtioDeviceStateBytes : 0)) {
+    return Fail(in.Malformed(fmt::format("{} bytes of device state ({} at most{})", device_bytes,
+                                         active ? kMaxVirtioDeviceStateBytes : 0,
+                                         active ? "" : " while not active")));
+  }
+  auto device_state = in.ReadBytes(device_bytes, "the device state");
+  if (auto finished = in.Finish(); !finished) return finished;
+
+  // The invariants the register path keeps.
+  if (active != ((status & kStatusDriverOk) != 0)) {
+    return Fail(in.Malformed(
+        fmt::format("status {:#x} while {}", status, active ? "active" : "not active")));
+  }
+  if ((status & kStatusFeaturesOk) && !FeaturesAcceptable(driver_features, device_->features())) {
+    return Fail(in.Malformed(fmt::format("FEATURES_OK with driver features {:#x} (offered {:#x})",
+                                         driver_features, device_->features())));
+  }
+  if (active && !(status & kStatusFeaturesOk)) {
+    return Fail(in.Malformed("active without FEATURES_OK"));
+  }
+  if (interrupt_status & ~(mmio::kInterruptUsedBuffer | mmio::kInterruptConfigChange)) {
+    return Fail(in.Malformed(fmt::format("InterruptStatus {:#x}", interrupt_status)));
+  }
+
+  status_ = status;
+  device_features_sel_ = device_features_sel;
+  driver_features_sel_ = driver_features_sel;
+  driver_features_ = driver_features;
+  queue_sel_ = queue_sel;
+  interrupt_status_ = interrupt_status;
+  needs_reset_ = needs_reset;
+  std::vector<Queue*> queues;
+  for (size_t i = 0; i < queues_.size(); ++i) {
+    Queue& q = queues_[i];
+    const SavedQueue& s = saved[i];
+    q.set_size(s.size);
+    q.set_desc_addr(s.desc_addr);
+    q.set_avail_addr(s.avail_addr);
+    q.set_used_addr(s.used_addr);
+    q.set_ready(s.ready);
+    if (s.progress) {
+      if (auto resumed = q.Resume(memory_, *s.progress); !resumed) {
+        return Fail(in.Malformed(fmt::format("queue {}: {}", i, resumed.error().message())));
+      }
+    }
+    queues.push_back(&q);
+  }
+  if (!active) return {};
+  if (auto activated = device_->Activate(memory_, queues, driver_features_, signal_); !activated) {
+    return Fail(in.Malformed("activating the device: " + activated.error().message()));
+  }
+  active_ = true;
+  return device_->LoadState(device_state);
 }
 
 }  // namespace vessel::vmm::virtio

@@ -53,7 +53,16 @@ inline constexpr uint32_t kInterruptUsedBuffer = 1;
 inline constexpr uint32_t kInterruptConfigChange = 2;
 }  // namespace mmio
 
-class MmioTransport : public MmioDevice {
+// Its saved state (version kMmioStateVersion) is the transport's registers, each queue's
+// configuration and, while active, its progress and the device's own state. Loading it
+// checks what the register path checks (a ready queue of an active transport is activated
+// as at DRIVER_OK) and activates the device with the loaded queues before handing it its
+// own state; a failure leaves the transport reset.
+inline constexpr uint32_t kMmioStateVersion = 1;
+// The most state a virtio device may save.
+inline constexpr size_t kMaxVirtioDeviceStateBytes = 64 << 10;
+
+class MmioTransport : public MmioDevice, public StatefulDevice {
  public:
   // `memory` must outlive the transport. `interrupt` is the device's line.
   MmioTransport(const GuestMemory& memory, std::unique_ptr<VirtioDevice> device,
@@ -64,6 +73,8 @@ class MmioTransport : public MmioDevice {
 
   void MmioRead(uint64_t offset, std::span<uint8_t> data) override;
   void MmioWrite(uint64_t offset, std::span<const uint8_t> data) override;
+  [[nodiscard]] std::vector<uint8_t> SaveState() override;
+  [[nodiscard]] Result<void> LoadState(std::span<const uint8_t> bytes) override;
 
   // Device status as the driver last set it (plus DEVICE_NEEDS_RESET); for diagnostics.
   [[nodiscard]] uint32_t status() const;
@@ -86,6 +97,7 @@ class MmioTransport : public MmioDevice {
   void WriteRegister(uint64_t offset, uint32_t value);
   void WriteStatus(uint32_t value);
   void ResetLocked();
+  [[nodiscard]] Result<void> LoadStateLocked(std::span<const uint8_t> bytes);
   Queue* SelectedQueue();
 
   const GuestMemory& memory_;

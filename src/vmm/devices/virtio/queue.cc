@@ -112,6 +112,29 @@ Result<void> Queue::Activate(const GuestMemory& memory) {
 
 void Queue::Reset() { *this = Queue(max_size_); }
 
+Queue::Progress Queue::progress() const {
+  return {.next_avail = next_avail_,
+          .next_used = next_used_,
+          .used_since_signal = used_since_signal_,
+          .broken = broken_,
+          .invalid_chains = invalid_chains_};
+}
+
+Result<void> Queue::Resume(const GuestMemory& memory, const Progress& progress) {
+  if (auto activated = Activate(memory); !activated) return activated;
+  next_avail_ = progress.next_avail;
+  next_used_ = progress.next_used;
+  used_since_signal_ = progress.used_since_signal;
+  broken_ = progress.broken;
+  invalid_chains_ = progress.invalid_chains;
+  return {};
+}
+
+std::optional<DescriptorChain> Queue::Retake(uint16_t head) const {
+  if (!active() || broken_) return std::nullopt;
+  return Walk(head);
+}
+
 uint16_t Queue::AvailIdx() const { return LoadAcquire(avail_ + 2); }
 
 std::string Queue::Describe() const {

@@ -83,6 +83,22 @@ class Queue {
   // Back to the state after construction (size max_size, not ready, addresses 0).
   void Reset();
 
+  // What a snapshot keeps of an active queue beyond its configuration.
+  struct Progress {
+    uint16_t next_avail = 0;
+    uint16_t next_used = 0;
+    bool used_since_signal = false;
+    bool broken = false;
+    uint64_t invalid_chains = 0;
+  };
+  [[nodiscard]] Progress progress() const;
+  // Activate(), with its checks, then carries on from `progress`. Any indices are safe:
+  // Pop checks them against the driver's as it does anyway.
+  [[nodiscard]] Result<void> Resume(const GuestMemory& memory, const Progress& progress);
+  // The chain at `head` as the descriptor table holds it now, checked as Pop checks a
+  // chain: for a device taking back a chain it held when its state was saved.
+  [[nodiscard]] std::optional<DescriptorChain> Retake(uint16_t head) const;
+
   // The next valid chain, nothing when the driver has made none available, or an error
   // when the rings are corrupt (the queue stays broken until Reset). Invalid chains are
   // consumed and returned as used with length 0.

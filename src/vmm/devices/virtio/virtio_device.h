@@ -64,6 +64,18 @@ class VirtioDevice {
   // The driver notified queue `index` (< num_queues()); only called while active. May run
   // on any vCPU thread, concurrently with the device's own I/O work.
   virtual void QueueNotify(size_t index) = 0;
+  // The device's own state beyond its queues, which the transport keeps; empty when the
+  // device has none. Only called while active.
+  [[nodiscard]] virtual std::vector<uint8_t> SaveState() { return {}; }
+  // Called by the transport after Activate() when loading a saved state, with what
+  // SaveState() gave; kSnapshotFormat for anything else.
+  [[nodiscard]] virtual Result<void> LoadState(std::span<const uint8_t> bytes) {
+    if (bytes.empty()) return {};
+    return Fail(Error::SnapshotFormat("virtio device type " + std::to_string(device_type()) + ": " +
+                                      std::to_string(bytes.size()) +
+                                      " bytes of state for a device that keeps none"));
+  }
+
   // The driver wrote 0 to Status: drop every reference to the queues and the signal and
   // return to the pre-activation state. Also called when the device was never activated.
   virtual void Reset() = 0;

@@ -15,6 +15,7 @@
 #include <optional>
 #include <vector>
 
+#include "vmm/core/state_codec.h"
 #include "vmm/devices/virtio/device_queues.h"
 #include "vmm/devices/virtio/host_socket.h"
 
@@ -133,6 +134,94 @@ class VirtioConsole final : public virtio::VirtioDevice {
            fmt::format("  port: host {}, guest {}, control_out={} rx_starved={} tx_inflight={}\n",
                        conn_ ? "connected" : "away", guest_open_ ? "open" : "closed",
                        control_out_.size(), rx_starved_, tx_inflight_.has_value());
+  }
+
+  // version u32, guest has port 1 open u8, a host was connected u8, control messages
+  // waiting for a guest buffer: count u16 (at most kMaxPendingControl), each length u16
+  // (kControlSize to kControlSize + kMaxPortNameBytes) and bytes; a port 1 transmit chain
+  // in flight u8, and if so its head u16 and the bytes of it sent u64.
+  std::vector<uint8_t> SaveState() override {
+    std::lock_guard lock(mutex_);
+    StateWriter out;
+    out.Put(console::kStateVersion);
+    out.Put(static_cast<uint8_t>(guest_open_));
+    out.Put(static_cast<uint8_t>(conn_.valid()));
+    out.Put(static_cast<uint16_t>(control_out_.size()));
+    for (const auto& msg : control_out_) {
+      out.Put(static_cast<uint16_t>(msg.size()));
+      out.Bytes(msg);
+    }
+    out.Put(static_cast<uint8_t>(tx_inflight_.has_value()));
+    if (tx_inflight_) {
+      out.Put(tx_inflight_->head);
+      out.Put(tx_offset_);
+    }
+    return out.Take();
+  }
+
+  // The host end of the saved session is gone: as if it hung up right after the save, the
+  // chain it was being sent completes and the guest sees the port close, then open again
+  // when a host connects to this device's listener.
+  Result<void> LoadState(std::span<const uint8_t> bytes) override {
+    std::lock_guard lock(mutex_);
+    StateReader in(bytes, "virtio-console state");
+    if (!active_) return Fail(in.Malformed("loaded into a device that is not active"));
+    if (auto version = in.Version(console::kStateVersion); !version) return version;
+    bool guest_open = in.ReadBool("the guest's port state");
+    bool host_was_connected = in.ReadBool("the host's port state");
+    auto control_count = in.Read<uint16_t>("the control message count");
+    if (control_count > kMaxPendingControl) {
+      return Fail(in.Malformed(
+          fmt::format("{} control messages (at most {})", control_count, kMaxPendingControl)));
+    }
+    std::deque<std::vector<uint8_t>> control_out;
+    for (size_t i = 0; i < control_count && in.ok(); ++i) {
+      auto length = in.Read<uint16_t>("a control message");
+      if (length < console::kControlSize ||
+          length > console::kControlSize + console::kMaxPortNameBytes) {
+        if (!in.ok()) break;
+        return Fail(in.Malformed(fmt::format("a control message of {} bytes", length)));
+      }
+      auto msg = in.ReadBytes(length, "a control message");
+      control_out.emplace_back(msg.begin(), msg.end());
+    }
+    bool tx_held = in.ReadBool("the transmit chain in flight");
+    uint16_t tx_head = 0;
+    uint64_t tx_sent = 0;
+    if (tx_held) {
+      tx_head = in.Read<uint16_t>("the transmit chain in flight");
+      tx_sent = in.Read<uint64_t>("the transmit chain in flight");
+    }
+    if (auto finished = in.Finish(); !finished) return finished;
+    if (tx_held && !host_was_connected) {
+      return Fail(in.Malformed("a transmit chain in flight with no host connected"));
+    }
+    if (tx_held) {
+      std::optional<DescriptorChain> chain;
+      if (Usable(console::kPort1Tx)) chain = queues_.at(console::kPort1Tx)->Retake(tx_head);
+      if (!chain || tx_sent >= chain->readable_bytes) {
+        return Fail(in.Malformed(
+            fmt::format("no transmit chain at head {} with more than {} bytes", tx_head, tx_sent)));
+      }
+      queues_.Push(console::kPort1Tx, tx_head, 0);
+    }
+    guest_open_ = guest_open;
+    control_out_ = std::move(control_out);
+    // What the guest queued for the saved session, the host of this one must not get.
+    for (size_t i = 0; i < kChainsPerTurn; ++i) {
+      auto chain = PopFrom(console::kPort1Tx);
+      if (!chain) break;
+      queues_.Push(console::kPort1Tx, chain->head, 0);
+    }
+    if (host_was_connected && multiport_) {
+      SendControl(console::kAgentPortId, console::kPortOpen, 0);
+    }
+    // A host that connected before the load (the listener is new) opens a new session.
+    if (conn_ && multiport_) SendControl(console::kAgentPortId, console::kPortOpen, 1);
+    FlushControl();
+    if (conn_) PumpHostToGuest();
+    queues_.SignalUsed();
+    return {};
   }
 
   void Reset() override {

@@ -53,6 +53,11 @@ inline constexpr uint16_t kPortName = 7;
 inline constexpr size_t kControlSize = 8;
 // The longest port name the device announces.
 inline constexpr size_t kMaxPortNameBytes = 64;
+// The version of the device's saved state, which keeps the ports' open states, control
+// messages not yet delivered and a transmit chain in flight. A loaded device has no host
+// connected: the guest sees port 1 close (if a host was connected) and open again when a
+// host connects.
+inline constexpr uint32_t kStateVersion = 1;
 }  // namespace console
 
 // Listens on `agent_socket_path` (a stale socket there is replaced) and registers with

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "vmm/core/state_codec.h"
 #include "vmm/devices/virtio/device_queues.h"
 #include "vmm/devices/virtio/host_socket.h"
 #include "vmm/devices/vsock/connection.h"
@@ -40,6 +41,8 @@ constexpr size_t kHardMaxPendingRx = 2 * kMaxPendingRx;
 // Chains handled per call, so a guest refilling a queue cannot hold a thread forever.
 constexpr size_t kChainsPerTurn = 512;
 constexpr size_t kMaxIov = 64;
+// struct virtio_vsock_event (virtio 1.x, 5.10.6.6): le32 id.
+constexpr uint32_t kEventTransportReset = 0;
 
 std::vector<iovec> Iovecs(const std::vector<std::span<uint8_t>>& buffers, uint64_t offset,
                           size_t limit) {
@@ -108,15 +111,44 @@ class VirtioVsock final : public virtio::VirtioDevice {
       muxer_.UpdateAllWatches(RxReady());
     } else if (index == vsock::kTxQueue) {
       ProcessTx();
+    } else if (index == vsock::kEventQueue) {
+      DeliverTransportReset();
     }
     queues_.SignalUsed();
+  }
+
+  // version u32: nothing else survives a snapshot (see LoadState).
+  std::vector<uint8_t> SaveState() override {
+    StateWriter out;
+    out.Put(vsock::kStateVersion);
+    return out.Take();
+  }
+
+  // A loaded device has none of the saved connections' host sockets: the guest is told
+  // with TRANSPORT_RESET, which resets its connected sockets and leaves listening ones be,
+  // and hears nothing on the receive queue before it, so that no connection made after
+  // the load is reset with the old ones. Nothing from the saved connections is kept: no
+  // chain is held between calls (every Pop is pushed or put back before the device lock
+  // is released) and the packets waiting for the guest all concern connections the reset
+  // ends.
+  Result<void> LoadState(std::span<const uint8_t> bytes) override {
+    std::lock_guard lock(mutex_);
+    StateReader in(bytes, "virtio-vsock state");
+    if (!active_) return Fail(in.Malformed("loaded into a device that is not active"));
+    if (auto version = in.Version(vsock::kStateVersion); !version) return version;
+    if (auto finished = in.Finish(); !finished) return finished;
+    reset_pending_ = true;
+    DeliverTransportReset();
+    queues_.SignalUsed();
+    return {};
   }
 
   std::string DescribeState() override {
     std::lock_guard lock(mutex_);
     std::string out = queues_.Describe();
-    out += fmt::format("  pending_rx={} rx_starved={} tx_stalled={} connections={}\n",
-                       pending_rx_.size(), rx_starved_, tx_stalled_, muxer_.size());
+    out +=
+        fmt::format("  pending_rx={} rx_starved={} tx_stalled={} reset_pending={} connections={}\n",
+                    pending_rx_.size(), rx_starved_, tx_stalled_, reset_pending_, muxer_.size());
     for (const auto& [fd, c] : muxer_.connections()) out += "  " + c->Describe() + "\n";
     return out;
   }
@@ -131,13 +163,14 @@ class VirtioVsock final : public virtio::VirtioDevice {
     pending_rx_.clear();
     rx_starved_ = false;
     tx_stalled_ = false;
+    reset_pending_ = false;
     muxer_.CloseAll();
   }
 
  private:
   bool Usable(size_t index) const { return active_ && queues_.Usable(index); }
   // The guest's receive queue can take data now.
-  bool RxReady() const { return !rx_starved_ && Usable(vsock::kRxQueue); }
+  bool RxReady() const { return !rx_starved_ && !reset_pending_ && Usable(vsock::kRxQueue); }
 
   std::optional<DescriptorChain> PopFrom(size_t index) {
     if (!Usable(index)) return std::nullopt;
@@ -252,6 +285,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
   void FlushRx() {
+    if (reset_pending_) return;
     while (!pending_rx_.empty()) {
       auto chain = PopFrom(vsock::kRxQueue);
       if (!chain) {
@@ -268,6 +302,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
   void PumpToGuest(Connection* c) {
     for (size_t i = 0; i < kChainsPerTurn; ++i) {
       if (c->state != Connection::State::kConnected || c->guest_receives_no_more) break;
+      if (reset_pending_) break;
       FlushRx();
       if (!pending_rx_.empty()) break;
       uint32_t credit = c->PeerCredit();
@@ -335,6 +370,28 @@ class VirtioVsock final : public virtio::VirtioDevice {
     if (it == pending_rx_.end()) return false;
     pending_rx_.erase(it);
     return true;
+  }
+
+  // Puts TRANSPORT_RESET in the guest's next event buffer, if it has posted one; then
+  // what waited for it goes out.
+  void DeliverTransportReset() {
+    if (!reset_pending_) return;
+    for (size_t i = 0; i < kChainsPerTurn && reset_pending_; ++i) {
+      auto chain = PopFrom(vsock::kEventQueue);
+      if (!chain) return;
+      uint32_t event = kEventTransportReset;
+      uint32_t written = 0;
+      if (chain->writable_bytes >= sizeof(event)) {
+        written = static_cast<uint32_t>(virtio::CopyToBuffers(
+            chain->writable, 0, {reinterpret_cast<const uint8_t*>(&event), sizeof(event)}));
+        reset_pending_ = false;
+      }
+      queues_.Push(vsock::kEventQueue, chain->head, written);
+    }
+    if (reset_pending_) return;
+    rx_starved_ = false;
+    ProcessTx();
+    muxer_.UpdateAllWatches(RxReady());
   }
 
   // ---- Device to host ----
@@ -437,6 +494,8 @@ class VirtioVsock final : public virtio::VirtioDevice {
   std::deque<PacketHeader> pending_rx_;
   bool rx_starved_ = false;
   bool tx_stalled_ = false;
+  // A loaded device owes the guest TRANSPORT_RESET; the receive queue waits for it.
+  bool reset_pending_ = false;
   Muxer muxer_;
 };
 

@@ -40,6 +40,10 @@ inline constexpr size_t kTxQueue = 1;
 inline constexpr size_t kEventQueue = 2;
 inline constexpr size_t kNumQueues = 3;
 inline constexpr uint16_t kQueueSize = 256;
+// The version of the device's saved state, which is only that: a loaded device drops every
+// connection and tells the guest with a TRANSPORT_RESET event, delivered as soon as the
+// guest has an event buffer posted and before anything else reaches the guest.
+inline constexpr uint32_t kStateVersion = 1;
 }  // namespace vsock
 
 // Listens on `uds_path` (a stale socket there is replaced) and registers with `loop`,

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <vector>
+
+#include "vmm/devices/state_test_util.h"
 
 namespace vessel::vmm {
 namespace {
@@ -91,6 +94,52 @@ TEST_F(I8042Test, OutputQueueIsBounded) {
     ++n;
   }
   EXPECT_LE(n, 16);
+}
+
+TEST_F(I8042Test, StateRoundTripKeepsRepliesAndAPendingCommand) {
+  Command(0xa7);  // disable the aux port: command byte 0x30 | 0x20
+  Command(0xaa);
+  Command(0xab);
+  Command(0x60);  // write command byte: awaits its data byte
+  auto saved = device_.SaveState();
+
+  int copy_resets = 0;
+  I8042 copy([&] { ++copy_resets; });
+  ASSERT_TRUE(copy.LoadState(saved));
+  EXPECT_EQ(copy.SaveState(), saved);
+  auto in = [&](uint16_t offset) {
+    std::array<uint8_t, 1> b{};
+    copy.PioRead(offset, b);
+    return b[0];
+  };
+  auto out = [&](uint16_t offset, uint8_t value) {
+    std::array<uint8_t, 1> b{value};
+    copy.PioWrite(offset, b);
+  };
+  EXPECT_EQ(in(kI8042CommandOffset)&0x09, 0x09);  // output full, last was a command
+  EXPECT_EQ(in(0), 0x55);
+  EXPECT_EQ(in(0), 0x00);
+  out(0, 0x47);  // the data byte of the saved command
+  out(kI8042CommandOffset, 0x20);
+  EXPECT_EQ(in(0), 0x47);
+  out(kI8042CommandOffset, 0xfe);
+  EXPECT_EQ(copy_resets, 1);
+  EXPECT_EQ(resets_, 0);
+}
+
+TEST_F(I8042Test, LoadStateRefusesDamagedState) {
+  Command(0xaa);
+  auto saved = device_.SaveState();
+  testing::ExpectRefusesDamaged(
+      saved, [](std::span<const uint8_t> bytes) { return I8042([] {}).LoadState(bytes); });
+  auto load = [](std::vector<uint8_t> bytes) { return I8042([] {}).LoadState(bytes); };
+  auto bad = saved;
+  bad[6] = 0xaa;  // a pending command that takes no data byte
+  testing::ExpectSnapshotFormat(load(bad), "pending command");
+  bad = saved;
+  bad[7] = 200;  // more output than the controller holds
+  bad.resize(8 + 200);
+  testing::ExpectSnapshotFormat(load(bad), "output count");
 }
 
 }  // namespace

@@ -6,7 +6,10 @@
 
 #include <array>
 #include <atomic>
+#include <cstring>
 #include <string>
+
+#include "vmm/devices/state_test_util.h"
 
 namespace vessel::vmm {
 namespace {
@@ -17,6 +20,7 @@ class CountingInterrupt : public Interrupt {
   std::atomic<int> count = 0;
 };
 
+constexpr uint8_t kIerRdiThri = 0x03;
 constexpr uint16_t kThr = 0, kIer = 1, kIir = 2, kLcr = 3, kMcr = 4, kLsr = 5, kMsr = 6, kScr = 7;
 
 class SerialTest : public ::testing::Test {
@@ -172,6 +176,69 @@ TEST(Serial, WorksWithoutALog) {
   serial.PioWrite(0, b);
   serial.Flush();
   EXPECT_EQ(serial.bytes_logged(), 1u);
+}
+
+TEST_F(SerialTest, StateRoundTripCarriesOnWhereTheGuestLeftOff) {
+  Out(kLcr, 0x80);  // DLAB: a divisor of 0x0301
+  Out(kThr, 0x01);
+  Out(kIer, 0x03);
+  Out(kLcr, 0x03);
+  Out(kMcr, 0x0b);
+  Out(kScr, 0x5a);
+  Out(kIer, kIerRdiThri);  // raises THRE, not yet acknowledged
+  serial_->Receive("dump\n");
+  EXPECT_EQ(In(kThr), 'd');
+
+  auto saved = serial_->SaveState();
+  auto copy_irq = std::make_shared<CountingInterrupt>();
+  Serial copy(UniqueFd(), copy_irq);
+  ASSERT_TRUE(copy.LoadState(saved));
+  EXPECT_EQ(copy.SaveState(), saved);
+  auto in = [&](uint16_t port) {
+    std::array<uint8_t, 1> b{};
+    copy.PioRead(port, b);
+    return b[0];
+  };
+  EXPECT_EQ(in(kLcr), 0x03);
+  EXPECT_EQ(in(kMcr), 0x0b);
+  EXPECT_EQ(in(kScr), 0x5a);
+  EXPECT_EQ(in(kIer), kIerRdiThri);
+  EXPECT_EQ(in(kIir), 0x04);  // input waits
+  EXPECT_EQ(std::string({static_cast<char>(in(kThr)), static_cast<char>(in(kThr)),
+                         static_cast<char>(in(kThr)), static_cast<char>(in(kThr))}),
+            "ump\n");
+  EXPECT_EQ(in(kIir), 0x02);  // then the THRE interrupt the original had pending
+  EXPECT_EQ(in(kIir), 0x01);
+  std::array<uint8_t, 1> dlab{0x83};
+  copy.PioWrite(kLcr, dlab);
+  EXPECT_EQ(in(kThr), 0x01);
+  EXPECT_EQ(in(kIer), 0x03);
+}
+
+TEST_F(SerialTest, LoadStateRefusesDamagedState) {
+  serial_->Receive("ab");
+  auto saved = serial_->SaveState();
+  testing::ExpectRefusesDamaged(saved, [](std::span<const uint8_t> bytes) {
+    return Serial(UniqueFd(), nullptr).LoadState(bytes);
+  });
+  auto load = [&](std::vector<uint8_t> bytes) {
+    return Serial(UniqueFd(), nullptr).LoadState(bytes);
+  };
+  auto bad = saved;
+  bad[4] = 0xf0;  // IER bits the device never keeps
+  testing::ExpectSnapshotFormat(load(bad), "IER");
+  bad = saved;
+  bad[10] = 2;  // THRE pending is a bool
+  testing::ExpectSnapshotFormat(load(bad), "THRE");
+  bad = saved;
+  uint16_t absurd = 60000;
+  std::memcpy(bad.data() + 11, &absurd, 2);
+  testing::ExpectSnapshotFormat(load(bad), "input length");
+  // A loaded device that refused keeps its state.
+  Serial fresh(UniqueFd(), nullptr);
+  auto before = fresh.SaveState();
+  EXPECT_FALSE(fresh.LoadState(bad));
+  EXPECT_EQ(fresh.SaveState(), before);
 }
 
 }  // namespace

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -253,6 +254,29 @@ class VirtioDeviceTest : public ::testing::Test {
 
   void Notify(size_t queue) {
     FakeDriverQueue::Write32(*transport_, mmio::kQueueNotify, static_cast<uint32_t>(queue));
+  }
+
+  using MakeDevice = std::function<Result<std::unique_ptr<VirtioDevice>>(EventLoop&)>;
+
+  // What a restore into a new vessel-vmm process does: the old process is gone (its loop
+  // stopped, its device dropped, and with it every host connection), a new loop and a
+  // device made by `make` with the same configuration take the transport's saved state,
+  // over the same guest memory, where the driver's queues carry on.
+  [[nodiscard]] Result<void> SaveAndRestore(const MakeDevice& make) {
+    std::vector<uint8_t> saved = transport_->SaveState();
+    loop_->Stop();
+    loop_thread_.join();
+    transport_.reset();
+    loop_.reset();
+    auto loop = EventLoop::Create();
+    if (!loop) return Fail(loop.error());
+    loop_ = std::move(*loop);
+    auto device = make(*loop_);
+    if (!device) return Fail(device.error());
+    transport_ = std::make_unique<MmioTransport>(*memory_, std::move(*device), interrupt_);
+    auto loaded = transport_->LoadState(saved);
+    loop_thread_ = std::thread([this] { loop_->Run(); });
+    return loaded;
   }
 
   std::filesystem::path dir_;

@@ -6,6 +6,7 @@
 #include <memory>
 #include <vector>
 
+#include "vmm/devices/state_test_util.h"
 #include "vmm/devices/virtio/fake_virtio_driver.h"
 
 namespace vessel::vmm::virtio {
@@ -29,6 +30,8 @@ class FakeDevice : public VirtioDevice {
     bool fail_activate = false;
     std::vector<Queue*> queues;
     DriverSignal* signal = nullptr;
+    std::vector<uint8_t> state;   // what SaveState gives
+    std::vector<uint8_t> loaded;  // what LoadState got
   };
   explicit FakeDevice(Log& log) : log_(log) {}
 
@@ -60,6 +63,13 @@ class FakeDevice : public VirtioDevice {
     log_.signal->UsedBuffers();
   }
   std::string DescribeState() override { return "  fake\n"; }
+  std::vector<uint8_t> SaveState() override { return log_.state; }
+  Result<void> LoadState(std::span<const uint8_t> bytes) override {
+    if (bytes.size() == 1 && bytes[0] == kRefusedState) return Fail(Error::SnapshotFormat("no"));
+    log_.loaded.assign(bytes.begin(), bytes.end());
+    return {};
+  }
+  static constexpr uint8_t kRefusedState = 0xbd;
   void Reset() override {
     ++log_.resets;
     log_.queues.clear();
@@ -301,6 +311,183 @@ TEST_F(MmioTransportTest, ConfigSpaceAnyWidth) {
   uint8_t eight[8];
   transport_->MmioRead(mmio::kConfig + 0xf00, eight);  // beyond the device's config
   EXPECT_EQ(eight[0], 0);
+}
+
+// Offsets in the transport's saved state (mmio_transport.cc), for damaging it.
+constexpr size_t kSavedStatus = 4;
+constexpr size_t kSavedActive = 28;
+constexpr size_t kSavedInterruptStatus = 29;
+constexpr size_t kSavedQueueCount = 34;
+constexpr size_t kSavedQueue0 = 36;  // size u16, ready u8, then the three addresses u64
+constexpr size_t kSavedQueue0Desc = kSavedQueue0 + 3;
+constexpr size_t kSavedQueue0Used = kSavedQueue0 + 19;
+
+class MmioTransportStateTest : public MmioTransportTest {
+ protected:
+  void SetUp() override {
+    MmioTransportTest::SetUp();
+    driver_.emplace_back(*memory_, 0x10000, 16);
+    driver_.emplace_back(*memory_, 0x10000 + testing::kRingBytes, 8);
+  }
+
+  // Brings the driver up with queue 0 carrying three chains, of which the device took two
+  // and returned one, and the device holding some state of its own.
+  void DriveToActive() {
+    ASSERT_TRUE(testing::NegotiateFeatures(*transport_, kFeatureVersion1 | kFeatureX) &
+                kStatusFeaturesOk);
+    for (uint32_t i = 0; i < 2; ++i) driver_[i].ConfigureMmio(*transport_, i);
+    testing::DriverOk(*transport_);
+    ASSERT_EQ(log_.activations, 1);
+    for (uint64_t i = 0; i < 3; ++i) heads_.push_back(driver_[0].Add({{0x80000 + 0x100 * i, 64}}));
+    auto first = log_.queues[0]->Pop();
+    ASSERT_TRUE(first && *first);
+    ASSERT_TRUE(log_.queues[0]->PushUsed((*first)->head, 7));
+    auto second = log_.queues[0]->Pop();
+    ASSERT_TRUE(second && *second);
+    held_ = (*second)->head;
+    log_.signal->UsedBuffers();
+    Write(mmio::kQueueSel, 1);
+    log_.state = {1, 2, 3};
+  }
+
+  // A fresh transport with a fresh device, as a restored VM makes it.
+  std::unique_ptr<MmioTransport> Fresh(FakeDevice::Log& log) {
+    return std::make_unique<MmioTransport>(*memory_, std::make_unique<FakeDevice>(log), interrupt_);
+  }
+
+  std::vector<FakeDriverQueue> driver_;
+  std::vector<uint16_t> heads_;
+  uint16_t held_ = 0;
+};
+
+TEST_F(MmioTransportStateTest, ActiveTransportCarriesOnAfterLoad) {
+  ASSERT_NO_FATAL_FAILURE(DriveToActive());
+  auto saved = transport_->SaveState();
+
+  FakeDevice::Log copy_log;
+  auto copy = Fresh(copy_log);
+  ASSERT_TRUE(copy->LoadState(saved));
+  EXPECT_EQ(copy_log.activations, 1);
+  EXPECT_EQ(copy_log.acked, kFeatureVersion1 | kFeatureX);
+  EXPECT_EQ(copy_log.loaded, (std::vector<uint8_t>{1, 2, 3}));
+  copy_log.state = log_.state;
+  EXPECT_EQ(copy->SaveState(), saved);
+
+  auto read = [&](uint64_t offset) { return FakeDriverQueue::Read32(*copy, offset); };
+  EXPECT_TRUE(read(mmio::kStatus) & kStatusDriverOk);
+  EXPECT_EQ(read(mmio::kInterruptStatus), mmio::kInterruptUsedBuffer);
+  EXPECT_EQ(read(mmio::kQueueReady), 1u);  // QueueSel 1 kept
+  EXPECT_EQ(read(mmio::kQueueNumMax), 16u);
+
+  // The queue carries on: the chain the device held can be taken back and returned, the
+  // third is next, and the driver sees both in its used ring after the first.
+  ASSERT_EQ(copy_log.queues.size(), 2u);
+  Queue& q = *copy_log.queues[0];
+  EXPECT_EQ(q.next_used(), 1);
+  auto held = q.Retake(held_);
+  ASSERT_TRUE(held);
+  EXPECT_EQ(held->readable_bytes, 64u);
+  ASSERT_TRUE(q.PushUsed(held_, 1));
+  auto third = q.Pop();
+  ASSERT_TRUE(third && *third);
+  EXPECT_EQ((*third)->head, heads_[2]);
+  ASSERT_TRUE(q.PushUsed((*third)->head, 2));
+  auto empty = q.Pop();
+  ASSERT_TRUE(empty);
+  EXPECT_FALSE(*empty);
+  auto used = driver_[0].TakeUsed();
+  ASSERT_EQ(used.size(), 3u);
+  EXPECT_EQ(used[0].len, 7u);
+  EXPECT_EQ(used[1].id, held_);
+  EXPECT_EQ(used[2].id, heads_[2]);
+
+  // Notifications reach the loaded device.
+  FakeDriverQueue::Write32(*copy, mmio::kQueueNotify, 0);
+  EXPECT_EQ(copy_log.notified, (std::vector<size_t>{0}));
+}
+
+TEST_F(MmioTransportStateTest, TransportBeforeDriverOkLoadsInactive) {
+  ASSERT_TRUE(testing::NegotiateFeatures(*transport_, kFeatureVersion1) & kStatusFeaturesOk);
+  driver_[0].ConfigureMmio(*transport_, 0);
+  auto saved = transport_->SaveState();
+
+  FakeDevice::Log copy_log;
+  auto copy = Fresh(copy_log);
+  ASSERT_TRUE(copy->LoadState(saved));
+  EXPECT_EQ(copy_log.activations, 0);
+  EXPECT_EQ(copy->SaveState(), saved);
+  driver_[1].ConfigureMmio(*copy, 1);
+  testing::DriverOk(*copy);
+  EXPECT_EQ(copy_log.activations, 1);
+  EXPECT_EQ(copy_log.acked, kFeatureVersion1);
+  ASSERT_EQ(copy_log.queues.size(), 2u);
+  EXPECT_TRUE(copy_log.queues[0]->active());
+  EXPECT_TRUE(copy_log.queues[1]->active());
+}
+
+TEST_F(MmioTransportStateTest, LoadStateRefusesDamagedState) {
+  ASSERT_NO_FATAL_FAILURE(DriveToActive());
+  auto saved = transport_->SaveState();
+  FakeDevice::Log copy_log;
+  vmm::testing::ExpectRefusesDamaged(
+      saved, [&](std::span<const uint8_t> bytes) { return Fresh(copy_log)->LoadState(bytes); });
+  EXPECT_EQ(copy_log.loaded, std::vector<uint8_t>{});
+
+  auto copy = Fresh(copy_log);
+  auto expect_refused = [&](const std::vector<uint8_t>& bad, const char* what) {
+    vmm::testing::ExpectSnapshotFormat(copy->LoadState(bad), what);
+    // Refused: the transport is reset, and works as one.
+    EXPECT_EQ(FakeDriverQueue::Read32(*copy, mmio::kStatus), 0u) << what;
+    EXPECT_TRUE(copy_log.queues.empty()) << what;
+  };
+  auto with = [&](size_t at, auto value) {
+    auto bad = saved;
+    std::memcpy(bad.data() + at, &value, sizeof(value));
+    return bad;
+  };
+  expect_refused(with(kSavedQueue0, uint16_t{3}), "a queue size not a power of two");
+  expect_refused(with(kSavedQueue0, uint16_t{32}), "a queue size above the maximum");
+  expect_refused(with(kSavedQueue0, uint16_t{0}), "a queue size of 0");
+  expect_refused(with(kSavedQueue0Desc, uint64_t{1} << 40), "a ring outside guest memory");
+  expect_refused(with(kSavedQueue0Used, memory_->size() - 8), "a ring across the end of memory");
+  expect_refused(with(kSavedQueue0Desc, uint64_t{0x10008}), "a misaligned ring");
+  expect_refused(with(kSavedInterruptStatus, uint32_t{4}), "an unknown interrupt bit");
+  expect_refused(with(kSavedQueueCount, uint16_t{0xffff}), "an absurd queue count");
+  expect_refused(with(kSavedQueueCount, uint16_t{1}), "too few queues");
+  expect_refused(with(kSavedActive, uint8_t{2}), "active not a bool");
+  expect_refused(
+      with(kSavedStatus, uint32_t{kStatusAcknowledge | kStatusDriver | kStatusFeaturesOk}),
+      "active without DRIVER_OK");
+  auto absurd_device = saved;
+  uint32_t huge = 0xfffffff0;
+  std::memcpy(absurd_device.data() + saved.size() - 7, &huge, 4);
+  expect_refused(absurd_device, "an absurd device state length");
+
+  // The device refusing its own state leaves the transport reset too, with the device
+  // reset after its activation.
+  auto refused = saved;
+  refused.resize(saved.size() - 3);
+  refused[refused.size() - 4] = 1;
+  refused.push_back(FakeDevice::kRefusedState);
+  int resets_before = copy_log.resets;
+  expect_refused(refused, "state the device refuses");
+  EXPECT_GT(copy_log.resets, resets_before);
+
+  // And the same transport still loads good state afterwards.
+  ASSERT_TRUE(copy->LoadState(saved));
+  EXPECT_TRUE(FakeDriverQueue::Read32(*copy, mmio::kStatus) & kStatusDriverOk);
+}
+
+TEST_F(MmioTransportStateTest, InactiveTransportKeepsNoDeviceState) {
+  auto saved = transport_->SaveState();
+  ASSERT_EQ(saved.size() >= 4, true);
+  uint32_t one = 1;
+  saved.resize(saved.size() - 4);
+  saved.insert(saved.end(), reinterpret_cast<uint8_t*>(&one), reinterpret_cast<uint8_t*>(&one) + 4);
+  saved.push_back(0);
+  FakeDevice::Log copy_log;
+  vmm::testing::ExpectSnapshotFormat(Fresh(copy_log)->LoadState(saved),
+                                     "device state while inactive");
 }
 
 }  // namespace

@@ -12,6 +12,8 @@
 #include <string>
 #include <thread>
 
+#include "vmm/core/state_codec.h"
+#include "vmm/devices/state_test_util.h"
 #include "vmm/devices/virtio/fake_virtio_driver.h"
 #include "vmm/devices/virtio/host_socket.h"
 #include "vmm/devices/virtio/mmio_transport.h"
@@ -333,6 +335,119 @@ TEST_F(VirtioConsoleTest, CorruptRingAsksForReset) {
   queues_[console::kControlTx].SetAvailIdx(1000);
   Notify(console::kControlTx);
   EXPECT_TRUE(transport_->status() & virtio::kStatusDeviceNeedsReset);
+}
+
+class VirtioConsoleStateTest : public VirtioConsoleTest {
+ protected:
+  [[nodiscard]] Result<void> Restore() {
+    return SaveAndRestore(
+        [this](EventLoop& loop) { return MakeVirtioConsole(loop, path_, "org.vessel.agent"); });
+  }
+};
+
+TEST_F(VirtioConsoleStateTest, LoadedPortClosesAndReopensWhenTheHostConnects) {
+  BringUpPorts();
+  UniqueFd old_host = ConnectHost();
+  EXPECT_EQ(ReadControl(1), (std::vector<ControlMsg>{{1, console::kPortOpen, 1, ""}}));
+  PostRx(4096);
+  ASSERT_EQ(write(old_host.get(), "before", 6), 6);
+  auto used = queues_[console::kPort1Rx].WaitUsed();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(ReceivedByGuest(used[0]), "before");
+  PostRx(4096);  // held by the guest across the snapshot
+
+  ASSERT_TRUE(Restore());
+  EXPECT_EQ(ReadSome(old_host.get(), 10), "");  // the old session is over: EOF
+  EXPECT_EQ(ReadControl(1), (std::vector<ControlMsg>{{1, console::kPortOpen, 0, ""}}));
+
+  UniqueFd host = ConnectHost();
+  EXPECT_EQ(ReadControl(1), (std::vector<ControlMsg>{{1, console::kPortOpen, 1, ""}}));
+  ASSERT_EQ(write(host.get(), "after", 5), 5);
+  used = queues_[console::kPort1Rx].WaitUsed();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(ReceivedByGuest(used[0]), "after");
+  Transmit("reply");
+  EXPECT_EQ(ReadSome(host.get(), 100), "reply");
+}
+
+TEST_F(VirtioConsoleStateTest, ChainInFlightCompletesAndOldOutputIsDropped) {
+  BringUpPorts();
+  UniqueFd old_host = ConnectHost();
+  ReadControl(1);
+  std::string chunk(60000, 'a');
+  constexpr int kChunks = 20;  // more than the socket takes: one chain stays in flight
+  for (int i = 0; i < kChunks; ++i) Transmit(chunk);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  size_t done = queues_[console::kPort1Tx].TakeUsed().size();
+  ASSERT_LT(done, static_cast<size_t>(kChunks));
+  EXPECT_NE(transport_->DescribeState().find("tx_inflight=true"), std::string::npos);
+
+  ASSERT_TRUE(Restore());
+  done += queues_[console::kPort1Tx].TakeUsed().size();
+  EXPECT_EQ(done, static_cast<size_t>(kChunks));
+  EXPECT_EQ(ReadControl(1), (std::vector<ControlMsg>{{1, console::kPortOpen, 0, ""}}));
+  UniqueFd host = ConnectHost();
+  EXPECT_EQ(ReadControl(1), (std::vector<ControlMsg>{{1, console::kPortOpen, 1, ""}}));
+  EXPECT_EQ(ReadSome(host.get(), 100, 100), "");  // nothing of the old session
+  Transmit("fresh");
+  EXPECT_EQ(ReadSome(host.get(), 100), "fresh");
+}
+
+TEST_F(VirtioConsoleStateTest, ControlMessagesNotYetDeliveredSurvive) {
+  ASSERT_NO_FATAL_FAILURE(StartDriver(virtio::kFeatureVersion1 | console::kFeatureMultiport));
+  SendControl(0, console::kDeviceReady, 1);  // no control buffer posted: both PORT_ADDs wait
+  ASSERT_TRUE(Restore());
+  for (int i = 0; i < 4; ++i) PostControlBuffer();
+  EXPECT_EQ(ReadControl(2), (std::vector<ControlMsg>{{0, console::kPortAdd, 0, ""},
+                                                     {1, console::kPortAdd, 0, ""}}));
+}
+
+TEST_F(VirtioConsoleStateTest, LoadStateRefusesDamagedState) {
+  BringUpPorts();
+  std::vector<uint8_t> device_state = transport_->device().SaveState();
+  std::vector<uint8_t> saved = transport_->SaveState();
+  ASSERT_TRUE(Restore());
+  auto load = [&](std::span<const uint8_t> bytes) {
+    return transport_->LoadState(testing::WithDeviceState(saved, device_state, bytes));
+  };
+  testing::ExpectRefusesDamaged(device_state, load);
+
+  // A transmit chain the guest made and the device took, for a saved state to say was in
+  // flight.
+  constexpr uint16_t head = 60;
+  queues_[console::kPort1Tx].WriteDesc(head, alloc_.Alloc(5), 5, 0, 0);
+  auto state = [](uint16_t control_count, uint16_t control_bytes, bool host, bool tx,
+                  uint16_t tx_head, uint64_t tx_sent) {
+    StateWriter out;
+    out.Put(console::kStateVersion);
+    out.Put(uint8_t{1});
+    out.Put(static_cast<uint8_t>(host));
+    out.Put(control_count);
+    for (uint16_t i = 0; i < control_count; ++i) {
+      out.Put(control_bytes);
+      out.Bytes(std::vector<uint8_t>(control_bytes, 0));
+    }
+    out.Put(static_cast<uint8_t>(tx));
+    if (tx) {
+      out.Put(tx_head);
+      out.Put(tx_sent);
+    }
+    return out.Take();
+  };
+  testing::ExpectSnapshotFormat(load(state(65, 8, true, false, 0, 0)), "65 control messages");
+  testing::ExpectSnapshotFormat(load(state(1, 7, true, false, 0, 0)), "a short control message");
+  testing::ExpectSnapshotFormat(load(state(1, 73, true, false, 0, 0)), "a long control message");
+  testing::ExpectSnapshotFormat(load(state(0, 0, true, true, kQueueSize, 0)),
+                                "a head out of range");
+  testing::ExpectSnapshotFormat(load(state(0, 0, true, true, head, 5)), "all of it sent");
+  testing::ExpectSnapshotFormat(load(state(0, 0, false, true, head, 0)), "in flight with no host");
+  EXPECT_TRUE(queues_[console::kPort1Tx].TakeUsed().empty());
+
+  // The same chain, two bytes sent: taken back and completed, for no host is connected.
+  ASSERT_TRUE(load(state(64, 72, true, true, head, 2)));
+  auto used = queues_[console::kPort1Tx].TakeUsed();
+  ASSERT_EQ(used.size(), 1u);
+  EXPECT_EQ(used[0].id, head);
 }
 
 }  // namespace

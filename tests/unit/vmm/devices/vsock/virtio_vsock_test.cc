@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "vmm/devices/state_test_util.h"
 #include "vmm/devices/virtio/fake_virtio_driver.h"
 #include "vmm/devices/virtio/mmio_transport.h"
 #include "vmm/devices/vsock/vsock_packet.h"
@@ -642,6 +643,95 @@ TEST_F(VirtioVsockTest, GuestWithoutRxBuffersStallsNothingElse) {
   auto pkts = Receive();
   ASSERT_EQ(pkts.size(), 1u);
   EXPECT_EQ(pkts[0].header.op, static_cast<uint16_t>(Op::kRequest));
+}
+
+class VirtioVsockStateTest : public VirtioVsockTest {
+ protected:
+  [[nodiscard]] Result<void> Restore() {
+    return SaveAndRestore(
+        [this](EventLoop& loop) { return MakeVirtioVsock(loop, kGuestCid, uds_); });
+  }
+
+  // Posts `count` event buffers of struct virtio_vsock_event's size, as Linux does.
+  void PostEvents(int count) {
+    for (int i = 0; i < count; ++i) {
+      uint64_t addr = alloc_.Alloc(4);
+      ASSERT_TRUE(memory_->WriteObj<uint32_t>(addr, 0xffffffff));
+      event_bufs_[queues_[vsock::kEventQueue].Add({{addr, 4, true}})] = addr;
+    }
+    Notify(vsock::kEventQueue);
+  }
+
+  // The events the device delivered since the last call, by id.
+  std::vector<uint32_t> Events() {
+    std::vector<uint32_t> out;
+    for (const UsedElem& e : queues_[vsock::kEventQueue].TakeUsed()) {
+      EXPECT_EQ(e.len, 4u);
+      uint32_t id = 0;
+      EXPECT_TRUE(memory_->Read(event_bufs_.at(static_cast<uint16_t>(e.id)),
+                                {reinterpret_cast<uint8_t*>(&id), sizeof(id)}));
+      out.push_back(id);
+    }
+    return out;
+  }
+
+  std::map<uint16_t, uint64_t> event_bufs_;
+};
+
+TEST_F(VirtioVsockStateTest, CopyResetsTheTransportAndAcceptsANewHost) {
+  Boot();
+  PostEvents(8);
+  UniqueFd old_host = HostConnect(1024);
+  Send(OnConn(Op::kRw), "ping");
+  EXPECT_EQ(ReadSome(old_host.get()), "ping");
+  EXPECT_TRUE(Events().empty());
+
+  ASSERT_TRUE(Restore());
+  EXPECT_EQ(ReadSome(old_host.get()), "<EOF>");
+  EXPECT_EQ(Events(), (std::vector<uint32_t>{0}));  // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
+  EXPECT_TRUE(Receive(0, 50).empty());              // nothing about the dropped connection
+
+  // The guest's listener on 1024 carries on; the host connects anew.
+  UniqueFd host = HostConnect(1024);
+  Send(OnConn(Op::kRw), "pong");
+  EXPECT_EQ(ReadSome(host.get()), "pong");
+  ASSERT_EQ(write(host.get(), "more", 4), 4);
+  auto pkts = Receive();
+  ASSERT_EQ(pkts.size(), 1u);
+  EXPECT_EQ(pkts[0].payload, "more");
+  EXPECT_TRUE(Events().empty());
+}
+
+TEST_F(VirtioVsockStateTest, ResetWaitsForAnEventBufferAndGoesFirst) {
+  Boot();
+  UniqueFd old_host = HostConnect(1024);
+  ASSERT_TRUE(Restore());
+  EXPECT_TRUE(Events().empty());
+
+  // A host connecting now is not announced to the guest before the reset.
+  UniqueFd host = ConnectTo(uds_);
+  ASSERT_EQ(write(host.get(), "CONNECT 1024\n", 13), 13);
+  SyncWithDevice();
+  EXPECT_TRUE(Receive(0, 50).empty());
+
+  PostEvents(1);
+  EXPECT_EQ(Events(), (std::vector<uint32_t>{0}));
+  auto pkts = Receive();
+  ASSERT_EQ(pkts.size(), 1u);
+  EXPECT_EQ(pkts[0].header.op, static_cast<uint16_t>(Op::kRequest));
+  EXPECT_EQ(pkts[0].header.dst_port, 1024u);
+  PostEvents(1);
+  EXPECT_TRUE(Events().empty());  // one reset only
+}
+
+TEST_F(VirtioVsockStateTest, LoadStateRefusesDamagedState) {
+  Boot();
+  std::vector<uint8_t> device_state = transport_->device().SaveState();
+  std::vector<uint8_t> saved = transport_->SaveState();
+  ASSERT_TRUE(Restore());
+  testing::ExpectRefusesDamaged(device_state, [&](std::span<const uint8_t> bytes) {
+    return transport_->LoadState(testing::WithDeviceState(saved, device_state, bytes));
+  });
 }
 
 }  // namespace
