@@ -4,7 +4,8 @@
 // A wire-format seed is one split byte (see frame_fuzzer.h) and a stream of frames: a
 // typical conversation, so the fuzzer starts from well-formed frames of every type. A
 // virtio seed is a guest RAM image laid out as virtio_fuzz_layout.h says: well-formed
-// chains and packets, and the classic bad ones.
+// chains and packets, and the classic bad ones. A device state seed is the byte that picks
+// the device and a state its scene (device_state_setup.h) saved.
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -17,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "device_state_setup.h"
 #include "protocol/wire.h"
 #include "virtio_fuzz_layout.h"
 #include "vmm/arch/x86/machine_state.h"
@@ -468,6 +470,20 @@ std::vector<std::pair<std::string, Bytes>> MachineStateSeeds() {
   return seeds;
 }
 
+// Each device's states as its scene saves them, behind the byte that picks the device.
+std::vector<std::pair<std::string, Bytes>> DeviceStateSeeds() {
+  std::vector<std::pair<std::string, Bytes>> seeds;
+  vmm::fuzz::DeviceHost host;
+  for (uint8_t device = 0; device < vmm::fuzz::kStateDeviceCount; ++device) {
+    for (auto& [name, state] : vmm::fuzz::RunScene(host, vmm::fuzz::StateDevice{device}).states) {
+      Bytes seed = {device};
+      seed.insert(seed.end(), state.begin(), state.end());
+      seeds.emplace_back(name, std::move(seed));
+    }
+  }
+  return seeds;
+}
+
 bool WriteAll(const std::filesystem::path& dir,
               const std::vector<std::pair<std::string, Bytes>>& seeds) {
   std::error_code ec;
@@ -503,6 +519,8 @@ int main(int argc, char** argv) {
       vessel::protocol::WriteAll(dir / "fuzz_virtio_queue", vessel::protocol::QueueSeeds()) &&
       vessel::protocol::WriteAll(dir / "fuzz_vsock_packet", vessel::protocol::VsockSeeds()) &&
       vessel::protocol::WriteAll(dir / "fuzz_blk_request", vessel::protocol::BlkSeeds()) &&
-      vessel::protocol::WriteAll(dir / "fuzz_machine_state", vessel::protocol::MachineStateSeeds());
+      vessel::protocol::WriteAll(dir / "fuzz_machine_state",
+                                 vessel::protocol::MachineStateSeeds()) &&
+      vessel::protocol::WriteAll(dir / "fuzz_device_state", vessel::protocol::DeviceStateSeeds());
   return ok ? 0 : 1;
 }

@@ -858,7 +858,6 @@ std::string Cat(const std::string& id, const std::string& path) {
 }
 
 TEST(CliSnapshotTest, ASnapshotRestoresIntoANewSandboxWithTheSameFiles) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   std::string original = CreateSandbox({"--memory", "128", "--name", "snap-original"});
   ASSERT_FALSE(original.empty());
   auto r = RunCli({"exec", original, "--", "sh", "-c", "echo saved > /root/marker"});
@@ -909,7 +908,6 @@ TEST(CliSnapshotTest, ASnapshotRestoresIntoANewSandboxWithTheSameFiles) {
 }
 
 TEST(CliSnapshotTest, ForkMakesIndependentCopiesAndLeavesNothingBehind) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   std::string parent = CreateSandbox({"--memory", "128"});
   ASSERT_FALSE(parent.empty());
   auto r = RunCli({"exec", parent, "--", "sh", "-c", "echo parent > /root/inherited"});
@@ -952,7 +950,6 @@ TEST(CliSnapshotTest, ForkMakesIndependentCopiesAndLeavesNothingBehind) {
 }
 
 TEST(CliSnapshotTest, VerifyFindsDamageThatRestoreRefuses) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   std::string id = CreateSandbox({"--memory", "128"});
   ASSERT_FALSE(id.empty());
   SnapshotDir good("verify-good");
@@ -1005,7 +1002,6 @@ TEST(CliSnapshotTest, VerifyFindsDamageThatRestoreRefuses) {
 // Another host signs with another key: its snapshot is refused here, by restore and by
 // verify, until `snapshot import` checks it in full and signs it with this host's key.
 TEST(CliSnapshotTest, ASnapshotFromAnotherHostRestoresOnlyOnceImported) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   // The sandbox's supervisor takes its snapshots, so it is the one on the other host.
   SnapshotDir other_host("other-host-config");
   SnapshotDir dir("from-another-host");
@@ -1046,7 +1042,6 @@ TEST(CliSnapshotTest, ASnapshotFromAnotherHostRestoresOnlyOnceImported) {
 }
 
 TEST(CliSnapshotTest, BadRequestsFailWithOneLineAndLeaveNothingBehind) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   auto one_line_failure = [](const CliResult& r, const std::string& mentions) {
     EXPECT_EQ(r.status, 125);
     EXPECT_EQ(r.out, "");

@@ -314,7 +314,6 @@ TEST_F(EgressTest, ManyParallelConnectionsAreAnsweredAndLeaveNothingBehind) {
 }
 
 TEST_F(EgressTest, AForkStartsWithThePolicyInForce) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   Allow({Loopback(http_->port())});
   auto children = sandbox_->Fork(1);
   ASSERT_TRUE(children.has_value()) << children.error().ToString();
@@ -330,7 +329,6 @@ TEST_F(EgressTest, AForkStartsWithThePolicyInForce) {
 }
 
 TEST_F(EgressTest, ASnapshotCarriesThePolicyAndARestoreMayReplaceIt) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   Allow({Loopback(http_->port())});
   std::string dir =
       std::filesystem::temp_directory_path() / fmt::format("vessel-egress-snapshot-{}", ::getpid());

@@ -283,7 +283,6 @@ EOF
 }
 
 TEST_F(PythonImageTest, OverlayWritesSurviveSnapshotsAndDivergeAcrossForks) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   TempDir snapshots;
   auto sandbox = testing::MustCreate(PythonConfig());
   ASSERT_TRUE(sandbox);
@@ -345,7 +344,6 @@ TEST_F(PythonImageTest, RemovingAnImageInUseIsRefused) {
 }
 
 TEST_F(PythonImageTest, APoolHandsOutIsolatedVms) {
-  VESSEL_REQUIRE_SNAPSHOTS();
   PoolConfig config;
   config.vm_template = PythonConfig();
   config.min_idle = 1;

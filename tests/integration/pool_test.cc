@@ -59,7 +59,6 @@ class PoolTest : public ::testing::Test {
   static void SetUpTestSuite() {
     char pattern[] = "/tmp/vessel-pool-test-XXXXXX";
     root_ = new std::string(::mkdtemp(pattern));
-    if (testing::TestEngine() == EngineKind::kKvm) return;
     auto sandbox = testing::MustCreate();
     ASSERT_TRUE(sandbox);
     ASSERT_TRUE(sandbox->WriteFile("/etc/template-marker", "clean\n"));
@@ -71,7 +70,6 @@ class PoolTest : public ::testing::Test {
     delete root_;
     root_ = nullptr;
   }
-  void SetUp() override { VESSEL_REQUIRE_SNAPSHOTS(); }
   void TearDown() override {
     EXPECT_TRUE(testing::LiveVmmProcesses().empty()) << "a QEMU process outlived its pool";
     EXPECT_TRUE(testing::RuntimeLeftovers().empty()) << "a pool left files behind";

@@ -47,13 +47,6 @@ std::unique_ptr<Sandbox> MustCreate(const SandboxConfig& config = TestConfig());
 
 }  // namespace vessel::testing
 
-// Skips the current test unless the engine under test can snapshot VMs (the kvm engine
-// cannot yet). In a fixture, use it in SetUp() and return early from SetUpTestSuite().
-#define VESSEL_REQUIRE_SNAPSHOTS()                                             \
-  if (::vessel::testing::TestEngine() == ::vessel::EngineKind::kKvm)           \
-  GTEST_SKIP() << "snapshots, forks and pools need the qemu engine; this run " \
-                  "tests the kvm engine"
-
 // Skips the current test unless the engine under test is QEMU.
 #define VESSEL_REQUIRE_QEMU()                                         \
   if (::vessel::testing::TestEngine() != ::vessel::EngineKind::kQemu) \

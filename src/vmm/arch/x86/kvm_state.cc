@@ -26,7 +26,8 @@ struct MsrListHeader {
 struct XsaveArea {
   uint32_t region[1024];
 };
-static_assert(sizeof(MsrsHeader) == 8 && sizeof(MsrListHeader) == 4 && sizeof(XsaveArea) == 4096);
+static_assert(sizeof(MsrsHeader) == 8 && sizeof(MsrListHeader) == 4 &&
+              sizeof(XsaveArea) == kMinXsaveBytes);
 constexpr unsigned long kGetMsrIndexList = _IOWR(KVMIO, 0x02, MsrListHeader);
 constexpr unsigned long kGetMsrs = _IOWR(KVMIO, 0x88, MsrsHeader);
 constexpr unsigned long kSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);

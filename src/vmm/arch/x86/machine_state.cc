@@ -46,10 +46,10 @@ std::optional<std::string> OutOfBounds(const MachineState& state) {
   }
   for (size_t i = 0; i < state.vcpus.size(); ++i) {
     const auto& vcpu = state.vcpus[i];
-    if (vcpu.xsave.size() < sizeof(kvm_xsave) || vcpu.xsave.size() > kMaxXsaveBytes ||
+    if (vcpu.xsave.size() < kMinXsaveBytes || vcpu.xsave.size() > kMaxXsaveBytes ||
         vcpu.xsave.size() % 4 != 0) {
       return fmt::format("vCPU {}: an xsave area of {} bytes ({} to {}, whole words)", i,
-                         vcpu.xsave.size(), sizeof(kvm_xsave), kMaxXsaveBytes);
+                         vcpu.xsave.size(), kMinXsaveBytes, kMaxXsaveBytes);
     }
     if (vcpu.msrs.size() > kMaxStateMsrs) {
       return fmt::format("vCPU {}: {} MSRs (at most {})", i, vcpu.msrs.size(), kMaxStateMsrs);
@@ -86,7 +86,7 @@ Result<VcpuState> DecodeVcpu(std::span<const uint8_t> body, size_t index) {
   if (auto r = in.Get(vcpu.debugregs, what.c_str()); !r) return Fail(std::move(r).error());
   uint32_t xsave_bytes = 0;
   if (auto r = in.Get(xsave_bytes, what.c_str()); !r) return Fail(std::move(r).error());
-  if (xsave_bytes < sizeof(kvm_xsave) || xsave_bytes > kMaxXsaveBytes || xsave_bytes % 4 != 0) {
+  if (xsave_bytes < kMinXsaveBytes || xsave_bytes > kMaxXsaveBytes || xsave_bytes % 4 != 0) {
     return Fail(Malformed(fmt::format("{}: an xsave area of {} bytes", what, xsave_bytes)));
   }
   auto xsave = in.Take(xsave_bytes, what.c_str());

@@ -21,7 +21,10 @@ inline constexpr uint32_t kMachineStateVersion = 1;
 // Bounds a decoder holds an input to (and an encoder's caller keeps to).
 inline constexpr size_t kMaxStateVcpus = 32;
 inline constexpr size_t kMaxStateMsrs = 512;        // per vCPU
-inline constexpr size_t kMaxXsaveBytes = 64 << 10;  // KVM_GET_XSAVE2 areas are a few KiB
+// KVM_GET_XSAVE's area is 4 KiB (struct kvm_xsave's region: sizeof(kvm_xsave) says more in
+// C++, where its empty flexible array takes a word); KVM_GET_XSAVE2's, a few KiB more.
+inline constexpr size_t kMinXsaveBytes = 4096;
+inline constexpr size_t kMaxXsaveBytes = 64 << 10;
 inline constexpr size_t kMaxStateDevices = 32;
 inline constexpr size_t kMaxDeviceNameBytes = 32;  // [a-z0-9-], not empty
 inline constexpr size_t kMaxDeviceStateBytes = 1 << 20;
@@ -31,7 +34,7 @@ inline constexpr size_t kMaxMachineStateBytes = 16 << 20;
 struct VcpuState {
   kvm_regs regs{};
   kvm_sregs sregs{};
-  std::vector<uint8_t> xsave;  // the KVM_GET_XSAVE(2) area: at least sizeof(kvm_xsave)
+  std::vector<uint8_t> xsave;  // the KVM_GET_XSAVE(2) area: at least kMinXsaveBytes
   kvm_xcrs xcrs{};
   kvm_lapic_state lapic{};
   std::vector<kvm_msr_entry> msrs;  // the TSC and kvmclock ones among them

@@ -112,7 +112,17 @@ class VirtioVsock final : public virtio::VirtioDevice {
     } else if (index == vsock::kTxQueue) {
       ProcessTx();
     } else if (index == vsock::kEventQueue) {
-      DeliverTransportReset();
+      if (reset_event_ == ResetEvent::kDelivered) {
+        // The guest gives an event buffer back once it has handled the events before it:
+        // its old sockets are reset, and what waited for that goes out.
+        reset_event_ = ResetEvent::kNone;
+        rx_starved_ = false;
+        FlushRx();
+        ProcessTx();
+        muxer_.UpdateAllWatches(RxReady());
+      } else {
+        DeliverTransportReset();
+      }
     }
     queues_.SignalUsed();
   }
@@ -126,18 +136,19 @@ class VirtioVsock final : public virtio::VirtioDevice {
 
   // A loaded device has none of the saved connections' host sockets: the guest is told
   // with TRANSPORT_RESET, which resets its connected sockets and leaves listening ones be,
-  // and hears nothing on the receive queue before it, so that no connection made after
-  // the load is reset with the old ones. Nothing from the saved connections is kept: no
-  // chain is held between calls (every Pop is pushed or put back before the device lock
-  // is released) and the packets waiting for the guest all concern connections the reset
-  // ends.
+  // and hears nothing on the receive queue until it has handled it (it says so by giving
+  // the event buffer back), so that no connection made after the load is reset with the
+  // old ones: Linux handles the event and receive queues in separate work items. Nothing from the
+  // saved connections is kept: no chain is held between calls (every Pop is pushed or put back
+  // before the device lock is released) and the packets waiting for the guest all concern
+  // connections the reset ends.
   Result<void> LoadState(std::span<const uint8_t> bytes) override {
     std::lock_guard lock(mutex_);
     StateReader in(bytes, "virtio-vsock state");
     if (!active_) return Fail(in.Malformed("loaded into a device that is not active"));
     if (auto version = in.Version(vsock::kStateVersion); !version) return version;
     if (auto finished = in.Finish(); !finished) return finished;
-    reset_pending_ = true;
+    reset_event_ = ResetEvent::kPending;
     DeliverTransportReset();
     queues_.SignalUsed();
     return {};
@@ -146,9 +157,8 @@ class VirtioVsock final : public virtio::VirtioDevice {
   std::string DescribeState() override {
     std::lock_guard lock(mutex_);
     std::string out = queues_.Describe();
-    out +=
-        fmt::format("  pending_rx={} rx_starved={} tx_stalled={} reset_pending={} connections={}\n",
-                    pending_rx_.size(), rx_starved_, tx_stalled_, reset_pending_, muxer_.size());
+    out += fmt::format("  pending_rx={} rx_starved={} tx_stalled={} reset={} connections={}\n",
+                       pending_rx_.size(), rx_starved_, tx_stalled_, ResetName(), muxer_.size());
     for (const auto& [fd, c] : muxer_.connections()) out += "  " + c->Describe() + "\n";
     return out;
   }
@@ -163,14 +173,24 @@ class VirtioVsock final : public virtio::VirtioDevice {
     pending_rx_.clear();
     rx_starved_ = false;
     tx_stalled_ = false;
-    reset_pending_ = false;
+    reset_event_ = ResetEvent::kNone;
     muxer_.CloseAll();
   }
 
  private:
   bool Usable(size_t index) const { return active_ && queues_.Usable(index); }
   // The guest's receive queue can take data now.
-  bool RxReady() const { return !rx_starved_ && !reset_pending_ && Usable(vsock::kRxQueue); }
+  bool RxReady() const {
+    return !rx_starved_ && reset_event_ == ResetEvent::kNone && Usable(vsock::kRxQueue);
+  }
+  const char* ResetName() const {
+    switch (reset_event_) {
+      case ResetEvent::kNone: return "none";
+      case ResetEvent::kPending: return "pending";
+      case ResetEvent::kDelivered: return "delivered";
+    }
+    return "?";
+  }
 
   std::optional<DescriptorChain> PopFrom(size_t index) {
     if (!Usable(index)) return std::nullopt;
@@ -285,7 +305,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
   }
 
   void FlushRx() {
-    if (reset_pending_) return;
+    if (reset_event_ != ResetEvent::kNone) return;
     while (!pending_rx_.empty()) {
       auto chain = PopFrom(vsock::kRxQueue);
       if (!chain) {
@@ -302,7 +322,7 @@ class VirtioVsock final : public virtio::VirtioDevice {
   void PumpToGuest(Connection* c) {
     for (size_t i = 0; i < kChainsPerTurn; ++i) {
       if (c->state != Connection::State::kConnected || c->guest_receives_no_more) break;
-      if (reset_pending_) break;
+      if (reset_event_ != ResetEvent::kNone) break;
       FlushRx();
       if (!pending_rx_.empty()) break;
       uint32_t credit = c->PeerCredit();
@@ -372,11 +392,10 @@ class VirtioVsock final : public virtio::VirtioDevice {
     return true;
   }
 
-  // Puts TRANSPORT_RESET in the guest's next event buffer, if it has posted one; then
-  // what waited for it goes out.
+  // Puts TRANSPORT_RESET in the guest's next event buffer, if it has posted one.
   void DeliverTransportReset() {
-    if (!reset_pending_) return;
-    for (size_t i = 0; i < kChainsPerTurn && reset_pending_; ++i) {
+    if (reset_event_ != ResetEvent::kPending) return;
+    for (size_t i = 0; i < kChainsPerTurn && reset_event_ == ResetEvent::kPending; ++i) {
       auto chain = PopFrom(vsock::kEventQueue);
       if (!chain) return;
       uint32_t event = kEventTransportReset;
@@ -384,14 +403,10 @@ class VirtioVsock final : public virtio::VirtioDevice {
       if (chain->writable_bytes >= sizeof(event)) {
         written = static_cast<uint32_t>(virtio::CopyToBuffers(
             chain->writable, 0, {reinterpret_cast<const uint8_t*>(&event), sizeof(event)}));
-        reset_pending_ = false;
+        reset_event_ = ResetEvent::kDelivered;
       }
       queues_.Push(vsock::kEventQueue, chain->head, written);
     }
-    if (reset_pending_) return;
-    rx_starved_ = false;
-    ProcessTx();
-    muxer_.UpdateAllWatches(RxReady());
   }
 
   // ---- Device to host ----
@@ -495,7 +510,10 @@ class VirtioVsock final : public virtio::VirtioDevice {
   bool rx_starved_ = false;
   bool tx_stalled_ = false;
   // A loaded device owes the guest TRANSPORT_RESET; the receive queue waits for it.
-  bool reset_pending_ = false;
+  // A loaded device's TRANSPORT_RESET: waiting for an event buffer, then for the guest to
+  // give one back.
+  enum class ResetEvent { kNone, kPending, kDelivered };
+  ResetEvent reset_event_ = ResetEvent::kNone;
   Muxer muxer_;
 };
 

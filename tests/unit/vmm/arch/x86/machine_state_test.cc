@@ -31,7 +31,7 @@ MachineState Sample(size_t vcpus = 2) {
     auto seed = static_cast<uint8_t>(16 * (i + 1));
     Fill(vcpu.regs, seed);
     Fill(vcpu.sregs, seed + 1);
-    vcpu.xsave.assign(sizeof(kvm_xsave) + 4 * 64, static_cast<uint8_t>(seed + 2));
+    vcpu.xsave.assign(kMinXsaveBytes + 4 * 64, static_cast<uint8_t>(seed + 2));
     Fill(vcpu.xcrs, seed + 3);
     Fill(vcpu.lapic, seed + 4);
     vcpu.msrs = {{.index = 0x10, .reserved = 0, .data = 12345},          // the TSC
@@ -80,6 +80,12 @@ TEST(MachineStateTest, WhatIsEncodedDecodesToTheSame) {
   MachineState changed = Sample();
   changed.vcpus[1].lapic.regs[100] ^= 1;
   EXPECT_FALSE(SameMachineState(changed, Sample()));
+  // KVM_GET_XSAVE's own area, exactly 4 KiB, is the smallest there is.
+  MachineState legacy = Sample(1);
+  legacy.vcpus[0].xsave.resize(kMinXsaveBytes);
+  auto decoded = DecodeMachineState(Encoded(legacy));
+  ASSERT_TRUE(decoded.has_value()) << decoded.error().ToString();
+  EXPECT_EQ(decoded->vcpus[0].xsave.size(), 4096u);
 }
 
 TEST(MachineStateTest, EveryTruncationIsRefused) {

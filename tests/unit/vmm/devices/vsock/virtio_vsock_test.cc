@@ -691,6 +691,22 @@ TEST_F(VirtioVsockStateTest, CopyResetsTheTransportAndAcceptsANewHost) {
   EXPECT_EQ(Events(), (std::vector<uint32_t>{0}));  // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET
   EXPECT_TRUE(Receive(0, 50).empty());              // nothing about the dropped connection
 
+  // A host connecting before the guest has handled the reset (Linux handles the event and
+  // receive queues in separate work items) is announced only once it has: the guest says
+  // so by giving an event buffer back.
+  UniqueFd early = ConnectTo(uds_);
+  ASSERT_EQ(write(early.get(), "CONNECT 1024\n", 13), 13);
+  SyncWithDevice();
+  EXPECT_TRUE(Receive(0, 50).empty());
+  PostEvents(1);
+  auto request = Receive();
+  ASSERT_EQ(request.size(), 1u);
+  EXPECT_EQ(request[0].header.op, static_cast<uint16_t>(Op::kRequest));
+  PacketHeader refused = Guest(Op::kRst, request[0].header.src_port);
+  refused.src_port = 1024;
+  Send(refused);
+  EXPECT_EQ(ReadSome(early.get()), "<EOF>");
+
   // The guest's listener on 1024 carries on; the host connects anew.
   UniqueFd host = HostConnect(1024);
   Send(OnConn(Op::kRw), "pong");
@@ -716,6 +732,8 @@ TEST_F(VirtioVsockStateTest, ResetWaitsForAnEventBufferAndGoesFirst) {
 
   PostEvents(1);
   EXPECT_EQ(Events(), (std::vector<uint32_t>{0}));
+  EXPECT_TRUE(Receive(0, 50).empty()) << "announced before the guest handled the reset";
+  PostEvents(1);  // the guest gives the buffer back: it has handled the reset
   auto pkts = Receive();
   ASSERT_EQ(pkts.size(), 1u);
   EXPECT_EQ(pkts[0].header.op, static_cast<uint16_t>(Op::kRequest));
