@@ -5,14 +5,16 @@
 // Every pool acquisition is timed on a pool that has a VM ready (a hit): the figures are
 // what a caller sees when the pool keeps up, not the cost of refilling it.
 //
-//   vessel_pool_bench [--cycles N] [--cold N] [--restores N]
+//   vessel_pool_bench [--cycles N] [--cold N] [--restores N] [--engine auto|qemu|kvm]
 #include <fmt/format.h>
 #include <stdlib.h>
 
 #include <algorithm>
 #include <charconv>
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
+#include <optional>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -24,14 +26,19 @@
 namespace vessel::bench {
 namespace {
 
-
 constexpr auto kRefillPatience = std::chrono::seconds(60);
 
+constexpr const char* kUsage =
+    "usage: vessel_pool_bench [--cycles N] [--cold N] [--restores N] [--engine auto|qemu|kvm]\n";
+
 struct Options {
-  int cycles = 100;   // warm acquisitions (p99 needs 100)
-  int cold = 5;       // cold creates
-  int restores = 20;  // restores of each kind
+  int cycles = 100;                       // warm acquisitions (p99 needs 100)
+  int cold = 5;                           // cold creates
+  int restores = 20;                      // restores of each kind
+  EngineKind engine = EngineKind::kAuto;  // the Sandbox default
 };
+
+void Progress(std::string_view what) { fmt::print(stderr, "vessel_pool_bench: {}\n", what); }
 
 // Waits until the pool has `idle` VMs ready and is making none.
 template <typename Pool>
@@ -67,19 +74,26 @@ Result<void> RunAll(const Options& options) {
   Series plain_restore{"Sandbox::Restore -> ready", {}};
   Series pool_restore{"RestorePool::Restore -> ready", {}};
 
+  SandboxConfig vm_config;
+  vm_config.engine = options.engine;
+  std::string engine_name;
+  Progress(fmt::format("{} cold creates", options.cold));
   for (int i = 0; i < options.cold; ++i) {
     auto start = Clock::now();
-    auto sandbox = Sandbox::Create({});
+    auto sandbox = Sandbox::Create(vm_config);
     if (!sandbox) return Fail(std::move(sandbox).error());
     if (auto r = ExecTrue(**sandbox); !r) return r;
     cold.ms.push_back(MsSince(start));
+    engine_name = (*sandbox)->engine_name();
   }
 
   PoolStats warm_stats;
   {
     // The product's path: the pool boots one VM, keeps a private snapshot of it and
     // restores every VM it hands out from that.
+    Progress(fmt::format("VmPool: {} acquisitions", options.cycles));
     PoolConfig config;
+    config.vm_template = vm_config;
     config.min_idle = 1;
     config.max_idle = 1;
     config.max_total = 2;
@@ -113,12 +127,13 @@ Result<void> RunAll(const Options& options) {
   } cleanup{root};
   std::string dir = root + "/snap";
   {
-    auto sandbox = Sandbox::Create({});
+    auto sandbox = Sandbox::Create(vm_config);
     if (!sandbox) return Fail(std::move(sandbox).error());
     if (auto r = (*sandbox)->Snapshot(dir); !r) return r;
   }
   PoolStats restore_stats;
   {
+    Progress(fmt::format("RestorePool: {} restores of each kind", options.restores));
     auto pool = RestorePool::Create(dir, {.size = 1});
     if (!pool) return Fail(std::move(pool).error());
     // Alternating, so drift on a shared machine hits both kinds alike.
@@ -140,7 +155,7 @@ Result<void> RunAll(const Options& options) {
     restore_stats = (*pool)->Stats();
   }
 
-  fmt::print("engine: Sandbox default (qemu), 256 MiB guests, 1 vCPU\n\n");
+  fmt::print("vessel_pool_bench: engine {}, 256 MiB guests, 1 vCPU\n\n", engine_name);
   PrintTable({&cold, &warm, &acquire, &refill, &plain_restore, &pool_restore});
   fmt::print("ratios of medians:\n");
   PrintRatio("cold create -> first exec / warm acquire -> first exec", cold, warm);
@@ -166,14 +181,18 @@ int main(int argc, char** argv) {
     std::string_view arg = argv[i];
     int value = 0;
     bool has_value = i + 1 < argc && vessel::bench::ParseInt(argv[i + 1], value);
+    auto engine =
+        i + 1 < argc && arg == "--engine" ? vessel::bench::ParseEngine(argv[i + 1]) : std::nullopt;
     if (has_value && arg == "--cycles") {
       options.cycles = value;
     } else if (has_value && arg == "--cold") {
       options.cold = value;
     } else if (has_value && arg == "--restores") {
       options.restores = value;
+    } else if (engine) {
+      options.engine = *engine;
     } else {
-      fmt::print(stderr, "usage: vessel_pool_bench [--cycles N] [--cold N] [--restores N]\n");
+      std::fputs(vessel::bench::kUsage, stderr);
       return 2;
     }
     ++i;

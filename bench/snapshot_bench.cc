@@ -1,17 +1,18 @@
 // vessel_snapshot_bench: cold create, snapshot, restore and fork, side by side in one run,
-// each as a median and as a ratio to a cold create; and the host memory (PSS) of one
-// parent with 8 forks next to 9 cold VMs.
+// each as a median and as a ratio to a cold create; a snapshot of a fork that dirtied
+// 16 MiB next to one of a freshly booted VM, with the disk each memory file takes; and the
+// host memory (PSS) of one parent with 8 forks next to 9 cold VMs.
 //
-//   vessel_snapshot_bench [--rounds N] [--memory-mib N]
-#include <dirent.h>
+//   vessel_snapshot_bench [--rounds N] [--memory-mib N] [--engine auto|qemu|kvm]
 #include <fmt/format.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <charconv>
-#include <chrono>
+#include <cerrno>
+#include <cstdio>
 #include <filesystem>
-#include <fstream>
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -22,11 +23,16 @@
 namespace vessel::bench {
 namespace {
 
+constexpr const char* kUsage =
+    "usage: vessel_snapshot_bench [--rounds N] [--memory-mib N] [--engine auto|qemu|kvm]\n";
 
 struct Options {
   int rounds = 5;
   uint32_t memory_mib = 256;
+  EngineKind engine = EngineKind::kAuto;  // the Sandbox default
 };
+
+void Progress(std::string_view what) { fmt::print(stderr, "vessel_snapshot_bench: {}\n", what); }
 
 // Touches the guest the way a prepared environment would: files and a warm page cache.
 Result<void> Prepare(Sandbox& sandbox) {
@@ -36,71 +42,144 @@ Result<void> Prepare(Sandbox& sandbox) {
   return {};
 }
 
+// What a running guest writes between a fork and its snapshot: 16 MiB of fresh pages.
+Result<void> Dirty(Sandbox& sandbox) {
+  auto r = sandbox.Execute(Command::Shell("head -c 16M /dev/urandom > /tmp/dirty"));
+  if (!r) return Fail(std::move(r).error());
+  if (!r->ok()) return Fail(Error::Backend("writing /tmp/dirty failed in the guest"));
+  return {};
+}
+
+// The disk a snapshot's memory file takes (du), in MiB: its holes take none.
+Result<double> AllocatedMib(const std::string& dir) {
+  struct stat st {};
+  std::string path = dir + "/memory";
+  if (::stat(path.c_str(), &st) != 0) return Fail(Error::HostIo("stat " + path, errno));
+  return static_cast<double>(st.st_blocks) * 512 / (1024 * 1024);
+}
+
+// Snapshot() timed into `times`, its memory file's du into `du_mib`.
+Result<void> TimedSnapshot(Sandbox& sandbox, const std::string& dir, Series& times,
+                           Series& du_mib) {
+  auto start = Clock::now();
+  if (auto r = sandbox.Snapshot(dir); !r) return r;
+  times.ms.push_back(MsSince(start));
+  auto du = AllocatedMib(dir);
+  if (!du) return Fail(std::move(du).error());
+  du_mib.ms.push_back(*du);
+  return {};
+}
+
+struct TempDir {
+  std::string path;
+  explicit TempDir(std::string pattern) {
+    if (::mkdtemp(pattern.data())) path = pattern;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    if (!path.empty()) std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+};
+
+void RemoveTree(const std::string& path) {
+  std::error_code ec;
+  std::filesystem::remove_all(path, ec);
+}
+
 Result<void> RunAll(const Options& options) {
   SandboxConfig config;
   config.memory_mib = options.memory_mib;
-  char pattern[] = "/tmp/vessel-snapshot-bench-XXXXXX";
-  std::string root = ::mkdtemp(pattern);
-  struct Cleanup {
-    std::string root;
-    ~Cleanup() {
-      std::error_code ec;
-      std::filesystem::remove_all(root, ec);
-    }
-  } cleanup{root};
+  config.engine = options.engine;
+  TempDir root("/tmp/vessel-snapshot-bench-XXXXXX");
+  // A runtime root of its own, so that the VMM processes found for PSS are this run's:
+  // vessel-vmm's command line does not name its sandbox, as QEMU's does.
+  TempDir runtime_root("/tmp/vessel-snapshot-bench-run-XXXXXX");
+  if (root.path.empty() || runtime_root.path.empty()) {
+    return Fail(Error::HostIo("mkdtemp", errno));
+  }
+  ::setenv("VESSEL_RUNTIME_DIR", runtime_root.path.c_str(), 1);
+  std::string engine_name;
 
   Series cold{"cold create -> ready", {}};
   Series snapshot{"snapshot (ready -> saved, parent ready again)", {}};
+  Series snapshot_fresh{"snapshot of a freshly booted VM", {}};
+  Series snapshot_dirty{"snapshot of a fork that dirtied 16 MiB", {}};
   Series restore{"restore -> ready", {}};
   Series fork1{"fork 1 -> child ready", {}};
   Series fork8{"fork 8 -> all 8 children ready", {}};
   Series refork{"fork 1 of a fork (its memory is copied once)", {}};
+  Series du_fresh{"du of its memory file (MiB): freshly booted", {}};
+  Series du_dirty{"du of its memory file (MiB): fork, 16 MiB dirtied", {}};
   for (int round = 0; round < options.rounds; ++round) {
-    auto start = Clock::now();
-    auto parent = Sandbox::Create(config);
-    if (!parent) return Fail(std::move(parent).error());
-    cold.ms.push_back(MsSince(start));
-    if (auto r = Prepare(**parent); !r) return r;
+    Progress(fmt::format("round {}/{}", round + 1, options.rounds));
+    std::string dir = fmt::format("{}/snap-{}", root.path, round);
+    {
+      auto start = Clock::now();
+      auto parent = Sandbox::Create(config);
+      if (!parent) return Fail(std::move(parent).error());
+      cold.ms.push_back(MsSince(start));
+      engine_name = (*parent)->engine_name();
+      if (auto r = Prepare(**parent); !r) return r;
 
-    std::string dir = fmt::format("{}/snap-{}", root, round);
-    start = Clock::now();
-    if (auto r = (*parent)->Snapshot(dir); !r) return r;
-    snapshot.ms.push_back(MsSince(start));
+      start = Clock::now();
+      if (auto r = (*parent)->Snapshot(dir); !r) return r;
+      snapshot.ms.push_back(MsSince(start));
 
-    start = Clock::now();
-    auto restored = Sandbox::Restore(dir);
-    if (!restored) return Fail(std::move(restored).error());
-    restore.ms.push_back(MsSince(start));
-    (void)(*restored)->Destroy();
+      start = Clock::now();
+      auto restored = Sandbox::Restore(dir);
+      if (!restored) return Fail(std::move(restored).error());
+      restore.ms.push_back(MsSince(start));
+    }
+    RemoveTree(dir);
+
+    {
+      auto start = Clock::now();
+      auto booted = Sandbox::Create(config);
+      if (!booted) return Fail(std::move(booted).error());
+      cold.ms.push_back(MsSince(start));
+      if (auto r = TimedSnapshot(**booted, dir, snapshot_fresh, du_fresh); !r) return r;
+    }
+    RemoveTree(dir);
 
     // Fresh parents for the forks: a VM that was never saved owns its memory file, and
     // forking it copies nothing. A VM that is itself a fork runs on a private mapping;
     // forking it copies what it has touched once.
-    auto fresh = Sandbox::Create(config);
-    if (!fresh) return Fail(std::move(fresh).error());
-    if (auto r = Prepare(**fresh); !r) return r;
-    start = Clock::now();
-    auto one = (*fresh)->Fork(1);
-    if (!one) return Fail(std::move(one).error());
-    fork1.ms.push_back(MsSince(start));
-    start = Clock::now();
-    auto again = (*one)[0]->Fork(1);
-    if (!again) return Fail(std::move(again).error());
-    refork.ms.push_back(MsSince(start));
-    again->clear();
-    one->clear();
-    (void)(*fresh)->Destroy();
+    {
+      auto fresh = Sandbox::Create(config);
+      if (!fresh) return Fail(std::move(fresh).error());
+      if (auto r = Prepare(**fresh); !r) return r;
+      auto start = Clock::now();
+      auto one = (*fresh)->Fork(1);
+      if (!one) return Fail(std::move(one).error());
+      fork1.ms.push_back(MsSince(start));
+      start = Clock::now();
+      auto again = (*one)[0]->Fork(1);
+      if (!again) return Fail(std::move(again).error());
+      refork.ms.push_back(MsSince(start));
+    }
 
-    auto fresh8 = Sandbox::Create(config);
-    if (!fresh8) return Fail(std::move(fresh8).error());
-    if (auto r = Prepare(**fresh8); !r) return r;
-    start = Clock::now();
-    auto eight = (*fresh8)->Fork(8);
-    if (!eight) return Fail(std::move(eight).error());
-    fork8.ms.push_back(MsSince(start));
+    {
+      auto fresh8 = Sandbox::Create(config);
+      if (!fresh8) return Fail(std::move(fresh8).error());
+      if (auto r = Prepare(**fresh8); !r) return r;
+      auto start = Clock::now();
+      auto eight = (*fresh8)->Fork(8);
+      if (!eight) return Fail(std::move(eight).error());
+      fork8.ms.push_back(MsSince(start));
+      if (auto r = Dirty(*(*eight)[0]); !r) return r;
+      if (auto r = TimedSnapshot(*(*eight)[0], dir, snapshot_dirty, du_dirty); !r) return r;
+    }
+    RemoveTree(dir);
   }
 
-  // Memory: 1 parent + 8 forks against 9 cold VMs, each prepared the same way.
+  // Memory: 1 parent + 8 forks against 9 cold VMs, each prepared the same way. Only
+  // these VMs run under the runtime root while they are measured.
+  auto pids = [&](const std::vector<std::string>& ids) {
+    return engine_name == "kvm" ? VmmPids(runtime_root.path) : QemuPids(ids);
+  };
+  Progress("memory: 1 parent + 8 forks, then 9 cold VMs");
   long forked_kib = 0;
   long cold_kib = 0;
   {
@@ -111,7 +190,7 @@ Result<void> RunAll(const Options& options) {
     if (!children) return Fail(std::move(children).error());
     std::vector<std::string> ids{(*parent)->id()};
     for (auto& child : *children) ids.push_back(child->id());
-    forked_kib = PssKib(ids);
+    forked_kib = PssKib(pids(ids));
   }
   {
     std::vector<std::unique_ptr<Sandbox>> vms;
@@ -123,19 +202,25 @@ Result<void> RunAll(const Options& options) {
       ids.push_back((*vm)->id());
       vms.push_back(std::move(*vm));
     }
-    cold_kib = PssKib(ids);
+    cold_kib = PssKib(pids(ids));
   }
 
-  fmt::print("engine {}, {} MiB guests, 1 vCPU, {} rounds\n\n", "qemu (Sandbox default)",
+  fmt::print("vessel_snapshot_bench: engine {}, {} MiB guests, 1 vCPU, {} rounds\n\n", engine_name,
              options.memory_mib, options.rounds);
-  PrintTable({&cold, &snapshot, &restore, &fork1, &fork8, &refork});
+  PrintTable(
+      {&cold, &snapshot, &snapshot_fresh, &snapshot_dirty, &restore, &fork1, &fork8, &refork});
   fmt::print("ratios of medians to a cold create:\n");
   PrintRatio("snapshot / cold create", snapshot, cold);
   PrintRatio("restore -> ready / cold create", restore, cold);
   PrintRatio("fork 1 -> ready / cold create", fork1, cold);
   PrintRatio("fork 8 -> all ready / cold create", fork8, cold);
   PrintRatio("fork 1 of a fork / cold create", refork, cold);
-  fmt::print("host memory (PSS of the QEMU processes):\n");
+  fmt::print("snapshot of a fork that dirtied 16 MiB, against one of a freshly booted VM:\n");
+  PrintRatio("time, dirtied fork / fresh boot", snapshot_dirty, snapshot_fresh);
+  for (const Series* du : {&du_fresh, &du_dirty}) {
+    fmt::print("  {}: {} (median of {})\n", du->name, Cell(Median(*du)), du->ms.size());
+  }
+  fmt::print("host memory (PSS of the VMM processes):\n");
   fmt::print("  1 parent + 8 forks: {:.1f} MiB\n", static_cast<double>(forked_kib) / 1024);
   fmt::print("  9 cold VMs:         {:.1f} MiB\n", static_cast<double>(cold_kib) / 1024);
   if (cold_kib > 0) {
@@ -160,8 +245,13 @@ int main(int argc, char** argv) {
                vessel::bench::ParseInt(argv[i + 1], value)) {
       options.memory_mib = static_cast<uint32_t>(value);
       ++i;
+    } else if (auto engine = i + 1 < argc && arg == "--engine"
+                                 ? vessel::bench::ParseEngine(argv[i + 1])
+                                 : std::nullopt) {
+      options.engine = *engine;
+      ++i;
     } else {
-      fmt::print(stderr, "usage: vessel_snapshot_bench [--rounds N] [--memory-mib N]\n");
+      std::fputs(vessel::bench::kUsage, stderr);
       return 2;
     }
   }

@@ -1,4 +1,4 @@
-// Medians, percentiles and the table both benchmarks print.
+// Command-line values, medians, percentiles and the table the benchmarks print.
 #pragma once
 
 #include <fmt/format.h>
@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "base/stats.h"
+#include "vessel/engine_kind.h"
 
 namespace vessel::bench {
 
@@ -25,6 +26,14 @@ inline double MsSince(Clock::time_point start) {
 inline bool ParseInt(std::string_view text, int& out) {
   auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out);
   return ec == std::errc() && end == text.data() + text.size() && out > 0;
+}
+
+// An --engine value: auto, qemu or kvm.
+inline std::optional<EngineKind> ParseEngine(std::string_view text) {
+  if (text == "auto") return EngineKind::kAuto;
+  if (text == "qemu") return EngineKind::kQemu;
+  if (text == "kvm") return EngineKind::kKvm;
+  return std::nullopt;
 }
 
 struct Series {

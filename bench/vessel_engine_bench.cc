@@ -16,7 +16,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -25,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "bench/pss.h"
 #include "bench/stats.h"
 #include "vessel/sandbox.h"
 
@@ -63,37 +63,8 @@ std::optional<Options> ParseArgs(int argc, char** argv) {
 
 void Progress(std::string_view what) { fmt::print(stderr, "vessel_engine_bench: {}\n", what); }
 
-std::string ReadWholeFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
 // ---------------------------------------------------------------------------------------
 // The VMM process and its memory
-
-// PIDs of the VMM processes of sandboxes under `runtime_root`, which they name on their
-// command line (a booted QEMU's memory file) or inherit as VESSEL_RUNTIME_DIR.
-std::vector<int> VmmProcesses(const std::string& runtime_root) {
-  std::vector<int> pids;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-    std::string name = entry.path().filename();
-    int pid = 0;
-    auto [end, parse_ec] = std::from_chars(name.data(), name.data() + name.size(), pid);
-    if (parse_ec != std::errc() || end != name.data() + name.size()) continue;
-    std::string cmdline = ReadWholeFile(entry.path() / "cmdline");
-    if (cmdline.find("qemu-system") == std::string::npos &&
-        cmdline.find("vessel-vmm") == std::string::npos) {
-      continue;
-    }
-    std::string environ = ReadWholeFile(entry.path() / "environ");
-    if (cmdline.find(runtime_root) != std::string::npos ||
-        environ.find("VESSEL_RUNTIME_DIR=" + runtime_root + '\0') != std::string::npos) {
-      pids.push_back(pid);
-    }
-  }
-  return pids;
-}
 
 struct Mapping {
   uint64_t start = 0;
@@ -211,7 +182,7 @@ Result<void> BootOnce(EngineRows& rows, const std::string& runtime_root) {
   if (auto r = RunTrue(**sandbox); !r) return r;
   rows.first_exec.ms.push_back(MsSince(t1));
 
-  std::vector<int> pids = VmmProcesses(runtime_root);
+  std::vector<int> pids = VmmPids(runtime_root);
   if (pids.size() != 1) {
     rows.memory_error = fmt::format("found {} VMM processes, not 1", pids.size());
   } else if (auto memory = MeasureVmm(pids[0])) {

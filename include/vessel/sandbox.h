@@ -291,8 +291,7 @@ class Sandbox {
   // is not copied where it can be avoided: the snapshot's memory image is mapped
   // copy-on-write by this sandbox and every sandbox restored from it, so it must not be
   // modified while they run. Valid in kReady. Otherwise: NotReady (Destroyed after
-  // Destroy()). kInvalidConfig for an unusable `dir`; kUnsupportedPlatform on the kvm
-  // engine, which cannot save a VM yet (nor fork one); kBackend when the engine fails,
+  // Destroy()). kInvalidConfig for an unusable `dir`; kBackend when the engine fails,
   // and the sandbox then fails too unless it could be resumed.
   [[nodiscard]] Result<void> Snapshot(const std::string& dir);
 

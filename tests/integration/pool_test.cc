@@ -302,9 +302,10 @@ TEST_F(PoolTest, TheFillerRefillsAfterABurst) {
   ASSERT_TRUE(pool->Destroy());
 }
 
-TEST_F(PoolTest, EightThreadsOfFiftyCyclesNeitherDeadlockNorLeak) {
+TEST_F(PoolTest, EightThreadsOfManyCyclesNeitherDeadlockNorLeak) {
   constexpr int kThreads = 8;
-  constexpr int kCycles = 50;
+  // 20 each where every restore boots nested (the kvm engine's suite runs in an L1 guest).
+  const int kCycles = testing::TestEngine() == EngineKind::kKvm ? 20 : 50;
   auto pool = MustCreatePool(FromSnapshot(2, 4, 4));
   ASSERT_TRUE(pool);
   std::atomic<int> ran = 0;
