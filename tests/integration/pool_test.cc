@@ -330,11 +330,11 @@ TEST_F(PoolTest, EightThreadsOfManyCyclesNeitherDeadlockNorLeak) {
   EXPECT_EQ(ran.load(), kThreads * kCycles);
   ASSERT_TRUE(Eventually([&] { return Settled(*pool); }));
   auto stats = pool->Stats();
-  EXPECT_EQ(stats.hits + stats.misses, uint64_t{kThreads * kCycles});
+  EXPECT_EQ(stats.hits + stats.misses, static_cast<uint64_t>(kThreads * kCycles));
   EXPECT_EQ(stats.failed, 0u);
-  EXPECT_EQ(stats.acquire_latency.count, uint64_t{kThreads * kCycles});
+  EXPECT_EQ(stats.acquire_latency.count, static_cast<uint64_t>(kThreads * kCycles));
   EXPECT_EQ(stats.in_use, 0u);
-  EXPECT_EQ(stats.recycled + stats.broken, uint64_t{kThreads * kCycles});
+  EXPECT_EQ(stats.recycled + stats.broken, static_cast<uint64_t>(kThreads * kCycles));
   EXPECT_EQ(stats.created, stats.idle + stats.recycled + stats.evicted + stats.broken);
   EXPECT_LE(testing::LiveVmmProcesses().size(), 4u);
   fmt::print("{} cycles in {} ms: {} hits, {} misses, acquire median {} us, p99 {} us\n",
