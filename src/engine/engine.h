@@ -124,9 +124,6 @@ class Engine {
   virtual ~Engine() = default;
   // "qemu-tcg", "qemu-kvm", "kvm"
   [[nodiscard]] virtual std::string name() const = 0;
-  // Whether VMs of this engine can be saved (Vm::Save): kUnsupportedPlatform saying why
-  // not.
-  [[nodiscard]] virtual Result<void> CanSave() const { return {}; }
   // Whether VMs of this engine can carry the agent's channel over vsock.
   [[nodiscard]] virtual bool SupportsVsock() const { return false; }
   // The largest guest this engine runs here; every engine shares the host's limits.

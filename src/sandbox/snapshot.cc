@@ -93,7 +93,6 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   std::lock_guard snapshot_lock(snapshot_mutex_);
   auto connection = Begin(sandbox::Operation::kSnapshot);
   if (!connection) return Fail(std::move(connection).error());
-  if (auto r = engine_->CanSave(); !r) return r;
   if (auto r = snapshot::PrepareDirectory(dir); !r) return r;
   if (auto r = SaveTo(dir); !r) {
     RemoveSnapshotFiles(dir);
@@ -222,7 +221,6 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   std::lock_guard snapshot_lock(snapshot_mutex_);
   auto connection = Begin(sandbox::Operation::kFork);
   if (!connection) return Fail(std::move(connection).error());
-  if (auto r = engine_->CanSave(); !r) return Fail(std::move(r).error());
   // The template lives in the parent's private directory just long enough for the
   // children to map its memory and load its state; their mappings outlive the files.
   std::string dir = vm_->private_dir() + fmt::format("/fork-{}", NowUnixMs());

@@ -59,7 +59,6 @@ class WithImage final : public engine::Engine {
   WithImage(std::unique_ptr<engine::Engine> engine, std::string image)
       : engine_(std::move(engine)), image_(std::move(image)) {}
   std::string name() const override { return engine_->name(); }
-  Result<void> CanSave() const override { return engine_->CanSave(); }
   bool SupportsVsock() const override { return engine_->SupportsVsock(); }
   uint32_t max_vcpus() const override { return engine_->max_vcpus(); }
   uint32_t max_memory_mib() const override { return engine_->max_memory_mib(); }

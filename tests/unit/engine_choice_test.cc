@@ -313,7 +313,6 @@ TEST(KvmEngineUnitTest, WithoutKvmStartIsUnsupportedPlatform) {
   ASSERT_FALSE(vm.has_value());
   EXPECT_EQ(vm.error().kind(), ErrorKind::kUnsupportedPlatform);
   EXPECT_NE(vm.error().message().find("/dev/kvm"), std::string::npos) << vm.error().message();
-  EXPECT_TRUE(kvm.CanSave()) << "the kvm engine saves VMs wherever it runs them";
 }
 
 }  // namespace
