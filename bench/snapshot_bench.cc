@@ -44,9 +44,13 @@ Result<void> Prepare(Sandbox& sandbox) {
 
 // What a running guest writes between a fork and its snapshot: 16 MiB of fresh pages.
 Result<void> Dirty(Sandbox& sandbox) {
-  auto r = sandbox.Execute(Command::Shell("head -c 16M /dev/urandom > /tmp/dirty"));
+  auto r = sandbox.Execute(
+      Command::Shell("dd if=/dev/urandom of=/tmp/dirty bs=1M count=16 2>&1 >/dev/null"));
   if (!r) return Fail(std::move(r).error());
-  if (!r->ok()) return Fail(Error::Backend("writing /tmp/dirty failed in the guest"));
+  if (!r->ok()) {
+    return Fail(Error::Backend(fmt::format("writing /tmp/dirty failed in the guest (exit {}): {}",
+                                           r->exit_code, r->stdout_data + r->stderr_data)));
+  }
   return {};
 }
 

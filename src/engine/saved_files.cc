@@ -3,6 +3,7 @@
 #include <fcntl.h>
 
 #include <cerrno>
+#include <memory>
 
 namespace vessel::engine {
 
@@ -27,6 +28,15 @@ Result<UniqueFd> StateAhead::Take(const std::string& path) {
   UniqueFd writer = std::move(writer_);
   if (ahead == path && writer) return writer;
   return CreateNewFile(path, O_WRONLY);
+}
+
+Result<VmSpec::Saved> StateAhead::SaveAhead(int ram, const std::string& dir) {
+  UniqueFd memory(::fcntl(ram, F_DUPFD_CLOEXEC, 0));
+  if (!memory) return Fail(Error::HostIo("dup the VM's memory", errno));
+  auto reader = Create(dir + "/" + kSavedStateFile);
+  if (!reader) return Fail(std::move(reader).error());
+  return VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory)),
+                       std::make_shared<const UniqueFd>(std::move(*reader))};
 }
 
 }  // namespace vessel::engine

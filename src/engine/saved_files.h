@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "base/unique_fd.h"
+#include "engine/engine.h"
 #include "vessel/error.h"
 
 namespace vessel::engine {
@@ -27,6 +28,10 @@ class StateAhead {
   [[nodiscard]] bool Is(const std::string& path) const { return !path.empty() && path_ == path; }
   // The writer of `path`: the one created ahead, or a new file. Either way nothing is kept.
   [[nodiscard]] Result<UniqueFd> Take(const std::string& path);
+
+  // Vm::SaveAhead(dir) of a VM whose RAM is the file `ram`, mapped shared, which will be
+  // the saved memory: `ram` itself and `dir`'s state file, created here.
+  [[nodiscard]] Result<VmSpec::Saved> SaveAhead(int ram, const std::string& dir);
 
  private:
   std::string path_;

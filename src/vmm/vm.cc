@@ -22,6 +22,7 @@
 #include "vmm/arch/x86/cpuid.h"
 #include "vmm/arch/x86/mptable.h"
 #include "vmm/arch/x86/registers.h"
+#include "vmm/core/ioctl.h"
 #include "vmm/devices/i8042/i8042.h"
 #include "vmm/devices/virtio/mmio_transport.h"
 #include "vmm/devices/virtio_blk/virtio_blk.h"
@@ -56,17 +57,6 @@ constexpr unsigned long kKvmSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
 constexpr auto kPauseTimeout = std::chrono::seconds(5);
 
 // Requests are `unsigned long` in the kernel's ioctl; the macros make int constants.
-template <typename... Args>
-int Ioctl(int fd, unsigned long request, Args... args) {
-  int rc;
-  do {
-    rc = ::ioctl(fd, request, args...);
-  } while (rc < 0 && errno == EINTR);
-  return rc;
-}
-
-Error KvmError(std::string_view what) { return Error::HostIo(std::string(what), errno); }
-
 class IrqLine : public Interrupt {
  public:
   explicit IrqLine(UniqueFd fd) : fd_(std::move(fd)) {}

@@ -319,13 +319,9 @@ class QemuVm final : public Vm {
 
   Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
     if (!memory_shared_) return std::optional<VmSpec::Saved>{};
-    UniqueFd memory_fd(::fcntl(ram_.get(), F_DUPFD_CLOEXEC, 0));
-    if (!memory_fd) return Fail(Error::HostIo("dup the VM's memory", errno));
-    auto reader = state_ahead_.Create(dir + "/" + kSavedStateFile);
-    if (!reader) return Fail(std::move(reader).error());
-    return std::optional<VmSpec::Saved>(
-        VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory_fd)),
-                      std::make_shared<const UniqueFd>(std::move(*reader))});
+    auto saved = state_ahead_.SaveAhead(ram_.get(), dir);
+    if (!saved) return Fail(std::move(saved).error());
+    return std::optional<VmSpec::Saved>(std::move(*saved));
   }
 
   Result<void> Save(const std::string& dir) override {

@@ -10,6 +10,8 @@
 #include <string_view>
 #include <utility>
 
+#include "vmm/core/ioctl.h"
+
 namespace vessel::vmm {
 namespace {
 
@@ -36,17 +38,6 @@ constexpr unsigned long kGetXsave2 = _IOR(KVMIO, 0xcf, XsaveArea);
 constexpr unsigned long kSetXsave = _IOW(KVMIO, 0xa5, XsaveArea);
 // KVM lists a few hundred MSRs at most; room for them all, whatever is kept of them.
 constexpr uint32_t kMaxListedMsrs = 4096;
-
-template <typename... Args>
-int Ioctl(int fd, unsigned long request, Args... args) {
-  int rc;
-  do {
-    rc = ::ioctl(fd, request, args...);
-  } while (rc < 0 && errno == EINTR);
-  return rc;
-}
-
-Error KvmError(std::string_view what) { return Error::HostIo(std::string(what), errno); }
 
 // A kvm_msrs with `count` entries, in 8-byte units so that the entries are aligned.
 std::vector<uint64_t> MsrBuffer(size_t count) {
