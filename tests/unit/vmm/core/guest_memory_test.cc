@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <array>
 #include <cstdint>
 
@@ -59,6 +62,68 @@ TEST(GuestMemory, LargeGuestSkipsTheMmioHole) {
   EXPECT_FALSE(mem->Slice(kMmioHoleEnd + (1ull << 30) - 2, 4));
   ASSERT_TRUE(mem->WriteObj<uint32_t>(kMmioHoleEnd, 7));
   EXPECT_EQ(mem->host_base()[kMmioHoleStart], 7);  // above 4 GiB follows the low region
+}
+
+// A memfd of `size` bytes whose first byte is `first`.
+UniqueFd MemoryFile(uint64_t size, uint8_t first) {
+  UniqueFd fd(memfd_create("guest-memory-test", MFD_CLOEXEC));
+  EXPECT_TRUE(fd);
+  EXPECT_EQ(ftruncate(fd.get(), static_cast<off_t>(size)), 0);
+  EXPECT_EQ(pwrite(fd.get(), &first, 1, 0), 1);
+  return fd;
+}
+
+uint8_t FirstByte(int fd) {
+  uint8_t byte = 0;
+  EXPECT_EQ(pread(fd, &byte, 1, 0), 1);
+  return byte;
+}
+
+TEST(GuestMemory, AFileMappedSharedIsWrittenAndOnePrivateIsNot) {
+  constexpr uint64_t kSize = 1 << 20;
+  UniqueFd shared_file = MemoryFile(kSize, 1);
+  int shared_fd = shared_file.get();
+  auto shared = GuestMemory::Map(std::move(shared_file), kSize, /*shared=*/true);
+  ASSERT_TRUE(shared) << shared.error().ToString();
+  EXPECT_EQ(shared->host_base()[0], 1);
+  shared->host_base()[0] = 2;
+  EXPECT_EQ(FirstByte(shared_fd), 2);
+
+  UniqueFd saved = MemoryFile(kSize, 3);
+  UniqueFd keep(dup(saved.get()));
+  auto copy = GuestMemory::Map(std::move(saved), kSize, /*shared=*/false);
+  ASSERT_TRUE(copy) << copy.error().ToString();
+  EXPECT_FALSE(copy->shared());
+  EXPECT_EQ(copy->host_base()[0], 3);
+  copy->host_base()[0] = 4;
+  EXPECT_EQ(FirstByte(keep.get()), 3) << "a private mapping wrote its file";
+}
+
+TEST(GuestMemory, FreezingKeepsTheFileAsItIsAndTheGuestsViewTheSame) {
+  constexpr uint64_t kSize = 1 << 20;
+  UniqueFd file = MemoryFile(kSize, 0);
+  UniqueFd keep(dup(file.get()));
+  auto memory = GuestMemory::Map(std::move(file), kSize, /*shared=*/true);
+  ASSERT_TRUE(memory) << memory.error().ToString();
+  uint8_t* base = memory->host_base();
+  base[0] = 5;
+  base[kSize - 1] = 6;
+  ASSERT_TRUE(memory->Freeze());
+  EXPECT_FALSE(memory->shared());
+  EXPECT_EQ(memory->host_base(), base) << "the host address of guest RAM moved";
+  EXPECT_EQ(base[0], 5);
+  EXPECT_EQ(base[kSize - 1], 6);
+  base[0] = 7;
+  EXPECT_EQ(FirstByte(keep.get()), 5) << "the frozen file changed";
+  EXPECT_TRUE(memory->Freeze()) << "freezing twice is harmless";
+}
+
+TEST(GuestMemory, AFileOfAnotherSizeIsRefused) {
+  for (uint64_t file_size : {uint64_t{0}, uint64_t{1} << 19, uint64_t{3} << 20}) {
+    auto memory = GuestMemory::Map(MemoryFile(file_size, 0), 1 << 20, /*shared=*/false);
+    ASSERT_FALSE(memory) << file_size;
+    EXPECT_EQ(memory.error().kind(), ErrorKind::kInvalidConfig);
+  }
 }
 
 }  // namespace
