@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <openssl/evp.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -252,20 +253,29 @@ TEST_F(KvmEngineTest, BadConfigsAreRefused) {
       << not_elf.error().message();
 }
 
-TEST_F(KvmEngineTest, SnapshotsAndForksAreUnsupportedAndLeaveTheSandboxReady) {
-  auto sandbox = MustCreate();
-  ASSERT_NE(sandbox, nullptr);
-  std::string dir = testing::TestRuntimeRoot() + "-kvm-snapshot";
-  auto saved = sandbox->Snapshot(dir);
-  std::filesystem::remove_all(dir);
-  ASSERT_FALSE(saved.has_value());
-  EXPECT_EQ(saved.error().kind(), ErrorKind::kUnsupportedPlatform) << saved.error().ToString();
-  EXPECT_NE(saved.error().message().find("use engine qemu"), std::string::npos);
-  auto forked = sandbox->Fork(1);
-  ASSERT_FALSE(forked.has_value());
-  EXPECT_EQ(forked.error().kind(), ErrorKind::kUnsupportedPlatform) << forked.error().ToString();
-  EXPECT_EQ(sandbox->state(), SandboxState::kReady);
-  EXPECT_EQ(Sh(*sandbox, "echo still here"), "still here");
+// A fork freezes the parent's RAM in place: the parent goes on in the same vessel-vmm, from
+// a private mapping of what its children map too. Its next fork copies instead (its RAM
+// is no longer its own file), and both generations run side by side.
+TEST_F(KvmEngineTest, AForkKeepsTheParentsVmmAndItsNextForkCopies) {
+  auto parent = MustCreate();
+  ASSERT_NE(parent, nullptr);
+  std::vector<int> before = testing::LiveVmmProcesses();
+  ASSERT_EQ(before.size(), 1u);
+  ASSERT_EQ(Sh(*parent, "echo first > /tmp/generation && cat /tmp/generation"), "first");
+  auto first = parent->Fork(1);
+  ASSERT_TRUE(first) << first.error().ToString();
+  std::vector<int> after = testing::LiveVmmProcesses();
+  EXPECT_EQ(after.size(), 2u);
+  EXPECT_NE(std::find(after.begin(), after.end(), before[0]), after.end())
+      << "the parent's vessel-vmm was replaced";
+
+  ASSERT_EQ(Sh(*parent, "echo second > /tmp/generation && cat /tmp/generation"), "second");
+  auto second = parent->Fork(1);
+  ASSERT_TRUE(second) << second.error().ToString();
+  EXPECT_EQ(Sh(*(*first)[0], "cat /tmp/generation"), "first");
+  EXPECT_EQ(Sh(*(*second)[0], "cat /tmp/generation"), "second");
+  EXPECT_EQ(Sh(*parent, "cat /tmp/generation"), "second");
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), 3u);
 }
 
 // The guest resets its vsock device: the channel drops while the VM goes on. Calls say
