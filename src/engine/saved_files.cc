@@ -30,13 +30,16 @@ Result<UniqueFd> StateAhead::Take(const std::string& path) {
   return CreateNewFile(path, O_WRONLY);
 }
 
-Result<VmSpec::Saved> StateAhead::SaveAhead(int ram, const std::string& dir) {
+Result<std::optional<VmSpec::Saved>> StateAhead::SaveAhead(int ram, bool shared,
+                                                           const std::string& dir) {
+  if (!shared) return std::optional<VmSpec::Saved>{};
   UniqueFd memory(::fcntl(ram, F_DUPFD_CLOEXEC, 0));
   if (!memory) return Fail(Error::HostIo("dup the VM's memory", errno));
   auto reader = Create(dir + "/" + kSavedStateFile);
   if (!reader) return Fail(std::move(reader).error());
-  return VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory)),
-                       std::make_shared<const UniqueFd>(std::move(*reader))};
+  return std::optional<VmSpec::Saved>(
+      VmSpec::Saved{std::make_shared<const UniqueFd>(std::move(memory)),
+                    std::make_shared<const UniqueFd>(std::move(*reader))});
 }
 
 }  // namespace vessel::engine

@@ -2,6 +2,7 @@
 // that Vm::SaveAhead() creates before Vm::Save() fills it.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -29,9 +30,11 @@ class StateAhead {
   // The writer of `path`: the one created ahead, or a new file. Either way nothing is kept.
   [[nodiscard]] Result<UniqueFd> Take(const std::string& path);
 
-  // Vm::SaveAhead(dir) of a VM whose RAM is the file `ram`, mapped shared, which will be
-  // the saved memory: `ram` itself and `dir`'s state file, created here.
-  [[nodiscard]] Result<VmSpec::Saved> SaveAhead(int ram, const std::string& dir);
+  // Vm::SaveAhead(dir) of a VM whose RAM is the file `ram`: while it is mapped shared
+  // (`shared`), it will be the saved memory, so `ram` itself and `dir`'s state file,
+  // created here; otherwise nothing (the save will copy the RAM).
+  [[nodiscard]] Result<std::optional<VmSpec::Saved>> SaveAhead(int ram, bool shared,
+                                                               const std::string& dir);
 
  private:
   std::string path_;

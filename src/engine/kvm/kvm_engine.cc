@@ -267,10 +267,7 @@ class KvmVm final : public Vm {
   }
 
   Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
-    if (!memory_shared_) return std::optional<VmSpec::Saved>{};
-    auto saved = state_ahead_.SaveAhead(ram_.get(), dir);
-    if (!saved) return Fail(std::move(saved).error());
-    return std::optional<VmSpec::Saved>(std::move(*saved));
+    return state_ahead_.SaveAhead(ram_.get(), memory_shared_, dir);
   }
 
   // In place after SaveAhead(dir): the VMM writes the state, and its RAM, frozen, is the

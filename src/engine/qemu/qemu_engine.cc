@@ -318,10 +318,7 @@ class QemuVm final : public Vm {
   }
 
   Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
-    if (!memory_shared_) return std::optional<VmSpec::Saved>{};
-    auto saved = state_ahead_.SaveAhead(ram_.get(), dir);
-    if (!saved) return Fail(std::move(saved).error());
-    return std::optional<VmSpec::Saved>(std::move(*saved));
+    return state_ahead_.SaveAhead(ram_.get(), memory_shared_, dir);
   }
 
   Result<void> Save(const std::string& dir) override {

@@ -30,16 +30,21 @@ bool Reaches(const std::atomic<int>& count, int at_least) {
   return true;
 }
 
+// A handler that drains the eventfd `fd` and counts its calls in `handled`.
+EventLoop::Handler Counting(int fd, std::atomic<int>& handled) {
+  return [fd, &handled](uint32_t) {
+    uint64_t count;
+    (void)!read(fd, &count, sizeof(count));
+    ++handled;
+  };
+}
+
 TEST(EventLoop, AHeldLoopRunsNoHandlerUntilReleased) {
   auto loop = EventLoop::Create();
   ASSERT_TRUE(loop) << loop.error().ToString();
   UniqueFd event(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   std::atomic<int> handled = 0;
-  ASSERT_TRUE((*loop)->Add(event.get(), EPOLLIN, [&](uint32_t) {
-    uint64_t count;
-    (void)!read(event.get(), &count, sizeof(count));
-    ++handled;
-  }));
+  ASSERT_TRUE((*loop)->Add(event.get(), EPOLLIN, Counting(event.get(), handled)));
   std::thread runner([&] { (*loop)->Run(); });
   Signal(event.get());
   ASSERT_TRUE(Reaches(handled, 1));
@@ -60,11 +65,7 @@ TEST(EventLoop, ALoopHeldBeforeItRunsStartsHeldAndStopsWhileHeld) {
   ASSERT_TRUE(loop) << loop.error().ToString();
   UniqueFd event(eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   std::atomic<int> handled = 0;
-  ASSERT_TRUE((*loop)->Add(event.get(), EPOLLIN, [&](uint32_t) {
-    uint64_t count;
-    (void)!read(event.get(), &count, sizeof(count));
-    ++handled;
-  }));
+  ASSERT_TRUE((*loop)->Add(event.get(), EPOLLIN, Counting(event.get(), handled)));
   (*loop)->Hold();
   Signal(event.get());
   std::thread runner([&] { (*loop)->Run(); });
