@@ -255,6 +255,7 @@ std::string_view ToString(VmState state) {
 std::string EncodeReply(const Reply& reply) {
   json j{{"ok", reply.ok}};
   if (!reply.ok) j["error"] = reply.error;
+  if (!reply.ok && !reply.kind.empty()) j["kind"] = reply.kind;
   if (reply.version) j["version"] = *reply.version;
   if (!reply.vmm.empty()) j["vmm"] = reply.vmm;
   if (!reply.state.empty()) j["state"] = reply.state;
@@ -272,6 +273,10 @@ Result<Reply> DecodeReply(std::string_view message) {
   if (!reply.ok) {
     auto error = j.find("error");
     reply.error = error != j.end() && error->is_string() ? error->get<std::string>() : "failed";
+    // Only the kinds this host knows; any other is a plain failure.
+    if (auto kind = j.find("kind"); kind != j.end() && *kind == kSnapshotFormatKind) {
+      reply.kind = std::string(kSnapshotFormatKind);
+    }
     return reply;
   }
   if (auto it = j.find("version"); it != j.end()) {

@@ -123,16 +123,28 @@ enum class VmState { kConfigured, kRunning, kPaused, kShutdown, kGuestPanicked, 
 inline constexpr std::string_view kUnconfiguredState = "unconfigured";
 [[nodiscard]] std::string_view ToString(VmState state);
 
-// {"ok":true, ...} or {"ok":false,"error":"..."}. Fields a reply does not carry are empty.
+inline constexpr std::string_view kSnapshotFormatKind = "snapshot_format";
+
+// {"ok":true, ...} or {"ok":false,"error":"...","kind":"..."}. Fields a reply does not
+// carry are empty.
 struct Reply {
   bool ok = true;
   std::string error;               // !ok: for people and logs
+  // !ok: kSnapshotFormatKind when what the request came with is not a saved VM this VMM
+  // loads (a corrupt or foreign state); else empty.
+  std::string kind;
   std::optional<int64_t> version;  // hello
   std::string vmm;                 // hello
   std::string state;               // status
 
   [[nodiscard]] static Reply Failed(std::string_view error) {
     return {.ok = false, .error = std::string(error)};
+  }
+  // Failed, saying kSnapshotFormatKind when `error` is kSnapshotFormat.
+  [[nodiscard]] static Reply Failed(const Error& error) {
+    Reply reply = Failed(error.message());
+    if (error.kind() == ErrorKind::kSnapshotFormat) reply.kind = std::string(kSnapshotFormatKind);
+    return reply;
   }
   bool operator==(const Reply&) const = default;
 };

@@ -150,8 +150,11 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::FinishSaved(std::shared_ptr<engi
     vm->Destroy();
     std::string why =
         fmt::format("the restored VM did not come up ({})\n{}", error.message(), diagnostics);
-    return Fail(error.timed_out() ? Error::Timeout(std::move(why))
-                                  : Error::Backend(std::move(why)));
+    if (error.timed_out()) return Fail(Error::Timeout(std::move(why)));
+    // A saved state the engine refused is the snapshot's fault, not the engine's.
+    if (error.kind() == ErrorKind::kSnapshotFormat)
+      return Fail(Error::SnapshotFormat(std::move(why)));
+    return Fail(Error::Backend(std::move(why)));
   };
   if (auto r = vm->Resume(); !r) return fail(r.error());
   if (auto r = vm->ConnectAgent(deadline); !r) return fail(r.error());

@@ -23,9 +23,7 @@ Reply ControlSession::Dispatch(const Request& request, std::vector<UniqueFd>& fd
   auto out_of_order = [](std::string_view op, std::string_view expected) {
     return Reply::Failed(fmt::format("\"{}\" is not allowed now: {}", op, expected));
   };
-  auto reply = [](const Result<void>& r) {
-    return r ? Reply{} : Reply::Failed(r.error().message());
-  };
+  auto reply = [](const Result<void>& r) { return r ? Reply{} : Reply::Failed(r.error()); };
 
   if (const auto* hello = std::get_if<request::Hello>(&request)) {
     if (phase_ != Phase::kAwaitingHello) return out_of_order("hello", "hello was already sent");

@@ -542,6 +542,21 @@ TEST_F(CorruptSnapshotTest, FlippedByteInTheState) {
   ExpectRefused(dir, "state");
 }
 
+// A state the manifest vouches for (a crafted snapshot) that the VMM cannot load is still
+// the snapshot's fault, and nothing is left running.
+TEST_F(CorruptSnapshotTest, AStateUnderAGoodManifestThatVesselVmmCannotLoad) {
+  if (testing::TestEngine() != EngineKind::kKvm) {
+    GTEST_SKIP() << "QEMU's state is QEMU's own to check";
+  }
+  std::string dir = Copy("resealed-state");
+  auto opened = snapshot::Open(dir, snapshot::Depth::kRestore, HostKey());
+  ASSERT_TRUE(opened) << opened.error().ToString();
+  std::string state = dir + "/state";
+  fs::resize_file(state, fs::file_size(state) - 1);  // the end record is cut short
+  ASSERT_TRUE(snapshot::WriteManifest(dir, opened->manifest, HostKey()));  // sealed anew
+  ExpectRefused(dir, "machine state");
+}
+
 TEST_F(CorruptSnapshotTest, FlippedByteInTheMemoryFailsVerify) {
   std::string dir = Copy("flipped-memory");
   FlipByte(dir + "/memory", 4096 * 17 + 5);

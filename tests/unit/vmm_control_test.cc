@@ -79,11 +79,19 @@ TEST(VmmControl, EveryReplyRoundTrips) {
   for (const Reply& reply : {Reply{}, Reply{.version = kVersion, .vmm = "vessel-vmm 0.1.0"},
                              Reply{.state = std::string(ToString(VmState::kGuestPanicked))},
                              Reply{.state = std::string(kUnconfiguredState)},
-                             Reply::Failed("\"start\" is not allowed now: configure first")}) {
+                             Reply::Failed("\"start\" is not allowed now: configure first"),
+                             Reply::Failed(Error::SnapshotFormat("machine state: bad magic"))}) {
     auto decoded = DecodeReply(EncodeReply(reply));
     ASSERT_TRUE(decoded) << decoded.error().ToString();
     EXPECT_EQ(*decoded, reply);
   }
+  EXPECT_EQ(Reply::Failed(Error::SnapshotFormat("x")).kind, kSnapshotFormatKind);
+  EXPECT_TRUE(Reply::Failed(Error::Backend("x")).kind.empty());
+  // A kind this host does not know is a plain failure.
+  auto other = DecodeReply(R"({"ok":false,"error":"e","kind":"weird"})");
+  ASSERT_TRUE(other);
+  EXPECT_FALSE(other->ok);
+  EXPECT_TRUE(other->kind.empty());
 }
 
 TEST(VmmControl, TheWireFormatIsTheDocumentedOne) {

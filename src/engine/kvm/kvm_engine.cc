@@ -444,7 +444,11 @@ Result<control::Reply> ControlClient::Call(const control::Request& request, Dead
   buffer.resize(static_cast<size_t>(n));
   auto reply = control::DecodeReply(buffer);
   if (!reply) return Fail(Error::Backend("vessel-vmm sent a " + reply.error().message()));
-  if (!reply->ok) return Fail(Error::Backend("vessel-vmm: " + reply->error));
+  if (!reply->ok) {
+    std::string error = "vessel-vmm: " + reply->error;
+    return Fail(reply->kind == control::kSnapshotFormatKind ? Error::SnapshotFormat(error)
+                                                            : Error::Backend(error));
+  }
   return reply;
 }
 

@@ -46,6 +46,7 @@ class FakeVm : public VmController {
   }
   Result<void> Restore(int state_file) override {
     if (state_file < 0) return Fail(Error::Backend("no state"));
+    if (fail_restore) return Fail(Error::SnapshotFormat("machine state: bad magic"));
     state_ = VmState::kRunning;
     return {};
   }
@@ -58,6 +59,7 @@ class FakeVm : public VmController {
   };
   std::vector<SaveCall> saves;
   bool memory_given = false;
+  bool fail_restore = false;
   bool fail_configure = false;
   int configures = 0;
   uint32_t vcpus = 0;
@@ -188,6 +190,21 @@ TEST(ControlSession, ASavedVmIsRestoredOnceAndNeverStarted) {
   EXPECT_EQ(Reply(session, R"({"op":"status"})")["state"], "running");
   EXPECT_FALSE(Ok(Reply(session, R"({"op":"restore"})", Descriptors(1))));
   EXPECT_FALSE(Ok(Reply(session, R"({"op":"start"})")));
+}
+
+TEST(ControlSession, AStateTheVmCannotLoadSaysSo) {
+  FakeVm vm;
+  vm.fail_restore = true;
+  ControlSession session(vm);
+  ASSERT_TRUE(Ok(Reply(session, R"({"op":"hello","version":1})")));
+  ASSERT_TRUE(Ok(Reply(session, SavedConfigure(), Descriptors(1))));
+  json r = Reply(session, R"({"op":"restore"})", Descriptors(1));
+  EXPECT_FALSE(Ok(r));
+  EXPECT_EQ(r["kind"], "snapshot_format");
+  EXPECT_NE(ErrorText(r).find("bad magic"), std::string::npos);
+  json other = Reply(session, R"({"op":"start"})");
+  EXPECT_FALSE(Ok(other));
+  EXPECT_FALSE(other.contains("kind")) << other.dump();
 }
 
 TEST(ControlSession, SaveComesWithItsFiles) {
