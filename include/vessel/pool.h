@@ -128,8 +128,9 @@ class VmPool {
   // (default: the config's acquire_timeout) while the pool makes one. Errors:
   // kInvalidConfig for a negative timeout; kBackend with timed_out() when none came in time
   // (the message says whether max_total VMs were in use); kBackend with the cause when
-  // the pool failed to make a VM while the caller waited; Destroyed once the pool is
-  // destroyed. The handle may outlive the pool (see Destroy()).
+  // the pool failed to make a VM twice in a row while the caller waited (one that fails
+  // is made again at once, and only a second failure reaches the waiters); Destroyed once
+  // the pool is destroyed. The handle may outlive the pool (see Destroy()).
   [[nodiscard]] Result<std::unique_ptr<PooledVm>> Acquire(
       std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 

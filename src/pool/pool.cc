@@ -49,6 +49,12 @@ using Clock = std::chrono::steady_clock;
 // overflow the clock's time_point and is no different to a caller.
 constexpr auto kLongestWait = std::chrono::milliseconds(std::chrono::hours(24 * 365));
 
+// A VM that fails to come up is made again at once, up to this many attempts in a row,
+// before waiters hear of it: one VM lost to a passing cause (a guest that crashed as it
+// resumed, a VMM killed by the host) does not fail every Acquire() waiting for it, while a
+// template that cannot work still fails them within a second or two.
+constexpr uint32_t kMakeAttempts = 2;
+
 // Far beyond what a warm-up needs (~100 ms for `true` under TCG).
 constexpr auto kWarmUpTimeout = std::chrono::seconds(10);
 
@@ -227,6 +233,8 @@ class VmPool::Impl : public std::enable_shared_from_this<VmPool::Impl> {
   uint32_t waiting_ = 0;             // Acquire() calls waiting for a VM
   uint32_t refills_ = 0;             // released VMs that are owed a replacement
   std::optional<Error> make_error_;  // the last failure to make a VM
+  uint32_t failures_in_a_row_ = 0;   // failed makes since the last one that worked
+  uint64_t failures_reported_ = 0;   // runs of kMakeAttempts failures, told to waiters
   Clock::time_point retry_at_{};
   Clock::time_point next_check_{};
   PoolStats counters_;  // the counters; the sizes are read off the containers
@@ -343,10 +351,14 @@ void VmPool::Impl::Work() {
       if (!made) {
         ++counters_.create_failures;
         make_error_ = std::move(made).error();
+        if (++failures_in_a_row_ < kMakeAttempts) continue;
+        failures_in_a_row_ = 0;
+        ++failures_reported_;
         retry_at_ = Clock::now() + tuning_.retry_delay;
         ready_.notify_all();
         continue;
       }
+      failures_in_a_row_ = 0;
       ++counters_.created;
       if (stopping_) {
         // Destroy() destroys it with the rest once the workers are joined.
@@ -399,7 +411,7 @@ Result<std::unique_ptr<PooledVm>> VmPool::Impl::Acquire(
   if (patience.count() < 0) return Fail(Error::InvalidConfig("timeout", "must not be negative"));
   auto deadline = start + std::min(patience, kLongestWait);
   std::unique_lock lock(mutex_);
-  uint64_t failures_before = counters_.create_failures;
+  uint64_t failures_before = failures_reported_;
   bool waited = false;
   auto fail = [this](Error error) -> Result<std::unique_ptr<PooledVm>> {
     ++counters_.misses;
@@ -422,7 +434,7 @@ Result<std::unique_ptr<PooledVm>> VmPool::Impl::Acquire(
       ++counters_.broken;
       Retire(std::move(next.sandbox));
     }
-    if (counters_.create_failures != failures_before && make_error_) {
+    if (failures_reported_ != failures_before && make_error_) {
       return fail(Error::Backend("the pool could not make a VM: " + make_error_->message()));
     }
     if (Clock::now() >= deadline) return fail(TimedOut(patience));

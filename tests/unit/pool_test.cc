@@ -269,6 +269,29 @@ TEST_F(PoolTest, AFailureToMakeAVmReachesTheWaiter) {
   EXPECT_EQ(Echo(*later, "back"), "back\n");
 }
 
+TEST_F(PoolTest, OneFailureToMakeAVmIsMadeGoodWithoutTheWaiterSeeingIt) {
+  vms_->FailStarts(1);
+  auto pool = MakePool({.min_idle = 0, .max_idle = 1, .max_total = 1});
+  ASSERT_NE(pool, nullptr);
+  auto start = std::chrono::steady_clock::now();
+  auto vm = MustAcquire(*pool);
+  ASSERT_NE(vm, nullptr);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s) << "the second attempt waited";
+  EXPECT_EQ(Echo(*vm, "second"), "second\n");
+  auto stats = pool->Stats();
+  EXPECT_EQ(stats.create_failures, 1u);
+  EXPECT_EQ(stats.failed, 0u);
+  EXPECT_EQ(stats.created, 1u);
+
+  // The count starts again after a VM that worked: one more failure is again made good.
+  vms_->FailStarts(1);
+  ASSERT_TRUE(vm->Release());
+  auto next = MustAcquire(*pool);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(pool->Stats().create_failures, 2u);
+  EXPECT_EQ(pool->Stats().failed, 0u);
+}
+
 TEST_F(PoolTest, AVmWhoseWarmUpFailsIsNotHandedOut) {
   PoolConfig config{.min_idle = 0, .max_idle = 1, .max_total = 1};
   config.warm_up = Command::Argv({"false"});
