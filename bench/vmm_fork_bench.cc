@@ -7,7 +7,6 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <stdlib.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -55,21 +54,14 @@ struct Vmm {
 
 Result<Vmm> Launch(const std::string& binary, const std::string& dir) {
   std::filesystem::create_directories(dir);
-  int fds[2];
-  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-    return Fail(Error::HostIo("socketpair", errno));
-  }
-  UniqueFd ours(fds[0]);
-  UniqueFd theirs(fds[1]);
-  SpawnOptions spawn;
-  spawn.argv = {binary, "--control-fd", std::to_string(theirs.get())};
-  spawn.inherit_fds = {theirs.get()};
-  spawn.output_path = dir + "/vmm.log";
-  auto process = Subprocess::Spawn(spawn);
+  auto launch = engine::kvm::PrepareVmmLaunch(binary, dir + "/vmm.log");
+  if (!launch) return Fail(std::move(launch).error());
+  auto process = Subprocess::Spawn(launch->spawn);
   if (!process) return Fail(std::move(process).error());
+  launch->theirs.Reset();
   Vmm vmm{dir,
           std::move(*process),
-          std::make_unique<ControlClient>(std::move(ours)),
+          std::make_unique<ControlClient>(std::move(launch->ours)),
           {dir + "/console.log", dir + "/vsock.sock", dir + "/agent.sock"}};
   if (auto r = vmm.Call(control::request::Hello{control::kVersion}); !r) {
     return Fail(std::move(r).error());

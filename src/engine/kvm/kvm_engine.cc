@@ -110,17 +110,9 @@ class KvmVm final : public Vm {
 
   // Starts the VMM, configures it and runs the vCPUs.
   Result<void> Start() {
-    int fds[2];
-    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
-      return Fail(Error::HostIo("socketpair", errno));
-    }
-    UniqueFd ours(fds[0]);
-    UniqueFd theirs(fds[1]);
-    SpawnOptions spawn;
-    spawn.argv = {vmm_, "--control-fd", std::to_string(theirs.get())};
-    spawn.inherit_fds = {theirs.get()};
-    spawn.output_path = dir_.File("vmm.log");
-    spawn.rlimits = VmmLimits();
+    auto launch = PrepareVmmLaunch(vmm_, dir_.File("vmm.log"));
+    if (!launch) return Fail(std::move(launch).error());
+    SpawnOptions& spawn = launch->spawn;
     if (JailEnabled()) {
       auto jail = VmmJail(spec_, {.vm_dir = dir_.path(), .binary = vmm_, .kvm = true,
                                   .unprivileged = true});
@@ -139,8 +131,8 @@ class KvmVm final : public Vm {
     exited_ = UniqueFd(static_cast<int>(::syscall(SYS_pidfd_open, process->pid(), 0)));
     if (!exited_) return Fail(Error::HostIo("pidfd_open", errno));
     process_ = std::move(*process);
-    control_ = std::make_unique<ControlClient>(std::move(ours));
-    theirs.Reset();
+    control_ = std::make_unique<ControlClient>(std::move(launch->ours));
+    launch->theirs.Reset();
 
     auto deadline = Deadline::After(kControlTimeout);
     int memory;
@@ -367,6 +359,19 @@ std::string FindVmm() {
   }
   std::string built = VESSEL_BUILD_VMM;
   return IsExecutable(built) ? built : std::string();
+}
+
+Result<VmmLaunch> PrepareVmmLaunch(const std::string& binary, const std::string& log) {
+  int fds[2];
+  if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) {
+    return Fail(Error::HostIo("socketpair", errno));
+  }
+  VmmLaunch launch{UniqueFd(fds[0]), UniqueFd(fds[1]), {}};
+  launch.spawn.argv = {binary, "--control-fd", std::to_string(launch.theirs.get())};
+  launch.spawn.inherit_fds = {launch.theirs.get()};
+  launch.spawn.output_path = log;
+  launch.spawn.rlimits = VmmLimits();
+  return launch;
 }
 
 std::string KvmGuestCmdline(const VmSpec& spec, bool quiet) {

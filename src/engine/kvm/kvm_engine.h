@@ -19,6 +19,7 @@
 #include <span>
 #include <string>
 
+#include "base/subprocess.h"
 #include "engine/engine.h"
 #include "protocol/vmm_control.h"
 
@@ -47,6 +48,16 @@ struct KvmPaths {
 protocol::vmm_control::request::Configure ConfigureRequest(
     const VmSpec& spec, const std::string& cmdline, const KvmPaths& paths,
     protocol::vmm_control::MemorySource memory);
+
+// What starts a vessel-vmm process: its control socket's two ends and the spawn options
+// that hand it `theirs` as --control-fd, write its output to `log` and set VmmLimits().
+// The caller adds a jail or a cgroup, spawns, keeps `ours` and closes `theirs`.
+struct VmmLaunch {
+  UniqueFd ours;
+  UniqueFd theirs;
+  SpawnOptions spawn;
+};
+[[nodiscard]] Result<VmmLaunch> PrepareVmmLaunch(const std::string& binary, const std::string& log);
 
 // Requests and replies over the VMM's control socket (AF_UNIX, SOCK_SEQPACKET), encoded
 // by protocol/vmm_control. Thread safe: calls are serialised.
