@@ -285,6 +285,7 @@ class QemuVm final : public Vm {
     Wake();
     if (watcher_.joinable()) watcher_.join();
     qemu_.process.Kill();
+    DropNext();
     ram_.Reset();
     cgroup_.reset();
     agent_.host.Reset();
@@ -317,8 +318,20 @@ class QemuVm final : public Vm {
     return {};
   }
 
+  // Where the save will be in place, the QEMU this VM goes on in after it starts now too,
+  // mapping the RAM privately and waiting for the state, so that Resume() does not wait
+  // for a QEMU to start. Should it fail to start, Resume() starts another.
   Result<std::optional<VmSpec::Saved>> SaveAhead(const std::string& dir) override {
-    return state_ahead_.SaveAhead(ram_.get(), memory_shared_, dir);
+    DropNext();
+    auto saved = state_ahead_.SaveAhead(ram_.get(), memory_shared_, dir);
+    if (!saved || !*saved) return saved;
+    UniqueFd state(::open(FdPath((*saved)->state->get()).c_str(), O_RDONLY | O_CLOEXEC));
+    if (!state) return saved;
+    auto next = LaunchRestored(FdPath(ram_.get()), ram_.get(), state.get());
+    if (!next) return saved;
+    next_ = std::move(*next);
+    next_state_ = std::move(state);
+    return saved;
   }
 
   Result<void> Save(const std::string& dir) override {
@@ -326,6 +339,7 @@ class QemuVm final : public Vm {
     std::string memory = dir + "/" + kSavedMemoryFile;
     std::string state = dir + "/" + kSavedStateFile;
     Result<void> r;
+    if (!memory_shared_ || !state_ahead_.Is(state)) DropNext();
     if (memory_shared_ && state_ahead_.Is(state)) {
       // SaveAhead() handed out this VM's RAM as the saved memory: only the device state
       // is written, and Resume() goes on as a private mapping of the RAM, now frozen.
@@ -469,19 +483,38 @@ class QemuVm final : public Vm {
   // jail.
   Result<void> StartRestored(const std::string& memory, int memory_fd, UniqueFd state_fd, bool load,
                              Deadline deadline, UniqueFd mount = {}) {
+    auto qemu = LaunchRestored(memory, memory_fd, state_fd.get(), std::move(mount));
+    if (!qemu) return Fail(std::move(qemu).error());
+    GoOnIn(std::move(*qemu), std::move(state_fd));
+    if (load) return LoadIncoming(deadline);
+    return {};
+  }
+
+  // A QEMU of this VM on a private mapping of `memory`, waiting for the state it inherits
+  // as `state_fd`; `memory_fd` and `mount` as for StartRestored().
+  Result<QemuProcess> LaunchRestored(const std::string& memory, int memory_fd, int state_fd,
+                                     UniqueFd mount = {}) const {
     Launch launch = MakeLaunch(memory, /*shared=*/false);
     launch.wiring.incoming = true;
-    launch.inherit_fds.push_back(state_fd.get());
+    launch.inherit_fds.push_back(state_fd);
     if (memory_fd >= 0) launch.inherit_fds.push_back(memory_fd);
     if (mount && launch.jail) launch.jail->attached.push_back({mount.get(), memory});
-    auto qemu = StartQemu(std::move(launch));
-    if (!qemu) return Fail(std::move(qemu).error());
-    Replace(std::move(*qemu));
+    return StartQemu(std::move(launch));
+  }
+
+  // Makes `qemu`, waiting for the state it inherited as `state_fd`, this VM's QEMU.
+  void GoOnIn(QemuProcess qemu, UniqueFd state_fd) {
+    Replace(std::move(qemu));
     memory_shared_ = false;
     incoming_ = true;
     state_fd_ = std::move(state_fd);
-    if (load) return LoadIncoming(deadline);
-    return {};
+  }
+
+  // Stops the QEMU that SaveAhead() started, unused.
+  void DropNext() {
+    next_.process.Kill();
+    next_ = QemuProcess{};
+    next_state_.Reset();
   }
 
   // Starts loading the state QEMU waits for; the descriptor is QEMU's by inheritance.
@@ -514,8 +547,16 @@ class QemuVm final : public Vm {
   // it would write into the saved image.
   Result<void> Relaunch(Deadline deadline) {
     QemuProcess old = Replace(QemuProcess{});
-    auto started = StartRestored(FdPath(ram_.get()), ram_.get(), std::move(relaunch_state_),
-                                 /*load=*/true, deadline);
+    Result<void> started;
+    if (next_.process.Running()) {
+      relaunch_state_.Reset();
+      GoOnIn(std::exchange(next_, QemuProcess{}), std::move(next_state_));
+      started = LoadIncoming(deadline);
+    } else {
+      DropNext();
+      started = StartRestored(FdPath(ram_.get()), ram_.get(), std::move(relaunch_state_),
+                              /*load=*/true, deadline);
+    }
     if (started) started = WaitIncomingDone(qemu_, deadline);
     incoming_ = false;
     old.process.Kill();
@@ -610,6 +651,8 @@ class QemuVm final : public Vm {
   bool incoming_ = false;       // a migration is loading; Resume() waits for it
   UniqueFd state_fd_;           // the saved state QEMU waits for, until Resume() loads it
   UniqueFd relaunch_state_;     // saved in place: Resume() restarts QEMU from this state
+  QemuProcess next_;            // started by SaveAhead(): the QEMU Resume() goes on in
+  UniqueFd next_state_;         // the state next_ waits for, as it inherited it
   UniqueFd ram_;  // a booted VM's RAM (a memfd): shared while memory_shared_, then frozen
   UniqueFd saved_memory_mount_;  // the saved memory, idmapped for the jail, until started
   StateAhead state_ahead_;       // the state file SaveAhead() created
