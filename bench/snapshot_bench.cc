@@ -1,7 +1,8 @@
 // vessel_snapshot_bench: cold create, snapshot, restore and fork, side by side in one run,
 // each as a median and as a ratio to a cold create; a snapshot of a fork that dirtied
 // 16 MiB next to one of a freshly booted VM, with the disk each memory file takes; and the
-// host memory (PSS) of one parent with 8 forks next to 9 cold VMs.
+// host memory (PSS) of one parent with 8 forks next to 9 cold VMs. Fork 1 is timed twice:
+// as it is, and with the child's VMM started when the parent was ready (forks_ahead).
 //
 //   vessel_snapshot_bench [--rounds N] [--memory-mib N] [--engine auto|qemu|kvm]
 #include <fmt/format.h>
@@ -112,6 +113,9 @@ Result<void> RunAll(const Options& options) {
   Series snapshot_dirty{"snapshot of a fork that dirtied 16 MiB", {}};
   Series restore{"restore -> ready", {}};
   Series fork1{"fork 1 -> child ready", {}};
+  Series fork1_ahead{"fork 1 -> child ready, started ahead (forks_ahead 1)", {}};
+  Series pss_plain{"PSS of a parent's VMMs (MiB)", {}};
+  Series pss_ahead{"PSS of a parent's VMMs, forks_ahead 1 (MiB)", {}};
   Series fork8{"fork 8 -> all 8 children ready", {}};
   Series refork{"fork 1 of a fork (its memory is copied once)", {}};
   Series du_fresh{"du of its memory file (MiB): freshly booted", {}};
@@ -154,6 +158,7 @@ Result<void> RunAll(const Options& options) {
       auto fresh = Sandbox::Create(config);
       if (!fresh) return Fail(std::move(fresh).error());
       if (auto r = Prepare(**fresh); !r) return r;
+      pss_plain.ms.push_back(static_cast<double>(PssKib(VmmPids(runtime_root.path))) / 1024);
       auto start = Clock::now();
       auto one = (*fresh)->Fork(1);
       if (!one) return Fail(std::move(one).error());
@@ -162,6 +167,20 @@ Result<void> RunAll(const Options& options) {
       auto again = (*one)[0]->Fork(1);
       if (!again) return Fail(std::move(again).error());
       refork.ms.push_back(MsSince(start));
+    }
+
+    // The same with the child's VMM started when the parent was ready.
+    {
+      SandboxConfig ahead_config = config;
+      ahead_config.forks_ahead = 1;
+      auto fresh = Sandbox::Create(ahead_config);
+      if (!fresh) return Fail(std::move(fresh).error());
+      if (auto r = Prepare(**fresh); !r) return r;
+      pss_ahead.ms.push_back(static_cast<double>(PssKib(VmmPids(runtime_root.path))) / 1024);
+      auto start = Clock::now();
+      auto one = (*fresh)->Fork(1);
+      if (!one) return Fail(std::move(one).error());
+      fork1_ahead.ms.push_back(MsSince(start));
     }
 
     {
@@ -211,12 +230,14 @@ Result<void> RunAll(const Options& options) {
 
   fmt::print("vessel_snapshot_bench: engine {}, {} MiB guests, 1 vCPU, {} rounds\n\n", engine_name,
              options.memory_mib, options.rounds);
-  PrintTable(
-      {&cold, &snapshot, &snapshot_fresh, &snapshot_dirty, &restore, &fork1, &fork8, &refork});
+  PrintTable({&cold, &snapshot, &snapshot_fresh, &snapshot_dirty, &restore, &fork1, &fork1_ahead,
+              &fork8, &refork});
   fmt::print("ratios of medians to a cold create:\n");
   PrintRatio("snapshot / cold create", snapshot, cold);
   PrintRatio("restore -> ready / cold create", restore, cold);
   PrintRatio("fork 1 -> ready / cold create", fork1, cold);
+  PrintRatio("fork 1 started ahead -> ready / cold create", fork1_ahead, cold);
+  PrintRatio("fork 1 started ahead / fork 1", fork1_ahead, fork1);
   PrintRatio("fork 8 -> all ready / cold create", fork8, cold);
   PrintRatio("fork 1 of a fork / cold create", refork, cold);
   fmt::print("snapshot of a fork that dirtied 16 MiB, against one of a freshly booted VM:\n");
@@ -225,6 +246,8 @@ Result<void> RunAll(const Options& options) {
     fmt::print("  {}: {} (median of {})\n", du->name, Cell(Median(*du)), du->ms.size());
   }
   fmt::print("host memory (PSS of the VMM processes):\n");
+  fmt::print("  a prepared parent: {} MiB; with forks_ahead 1: {} MiB (medians of {})\n",
+             Cell(Median(pss_plain)), Cell(Median(pss_ahead)), pss_ahead.ms.size());
   fmt::print("  1 parent + 8 forks: {:.1f} MiB\n", static_cast<double>(forked_kib) / 1024);
   fmt::print("  9 cold VMs:         {:.1f} MiB\n", static_cast<double>(cold_kib) / 1024);
   if (cold_kib > 0) {

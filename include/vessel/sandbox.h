@@ -93,6 +93,12 @@ struct SandboxConfig {
   std::string name;  // free text for logs and listings
   // Egress; the default allows none.
   NetworkPolicy network;
+  // Children of the first Fork() to start ahead (0..kMaxForks): their VMMs start once the
+  // sandbox is ready and wait, mapping its memory, so that Fork(n) does not wait for n VMMs
+  // to start up when n is at most this. Each holds a VMM process (no guest memory of its
+  // own) until that fork, a Snapshot() or Destroy(), which let the unused ones go. None
+  // where the engine cannot save the VM in place (a restored sandbox, for one).
+  uint32_t forks_ahead = 0;
 };
 
 // What a restored sandbox may change from the saved one. The machine itself (vCPUs,

@@ -55,6 +55,10 @@ Result<engine::VmSpec> ValidateConfig(const SandboxConfig& config, const engine:
         "memory_mib", fmt::format("{} MiB is outside {}..{} MiB", config.memory_mib,
                                   engine::kMinGuestMemoryMib, engine.max_memory_mib())));
   }
+  if (config.forks_ahead > kMaxForks) {
+    return Fail(Error::InvalidConfig(
+        "forks_ahead", fmt::format("{} is outside 0..{}", config.forks_ahead, kMaxForks)));
+  }
   if (config.boot_timeout.count() <= 0) {
     return Fail(Error::InvalidConfig("boot_timeout", "must be positive"));
   }

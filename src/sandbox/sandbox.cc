@@ -52,6 +52,11 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Impl::Create(const SandboxConfig& conf
   if (!hello) return fail(hello.error());
   auto impl = std::make_unique<Impl>(std::move(engine), std::move(*vm), std::move(*connection),
                                      std::move(egress), hello->agent_version, std::move(*spec));
+  if (config.forks_ahead > 0) {
+    if (auto r = impl->StartForksAhead(config.forks_ahead); !r) {
+      return Fail(std::move(r).error().Context("starting the children of a fork ahead"));
+    }
+  }
   return std::unique_ptr<Sandbox>(new Sandbox(std::move(impl)));
 }
 
@@ -185,6 +190,7 @@ Result<void> Sandbox::Impl::Destroy() {
   // Every waiter, here or in a Process handle, wakes up with Destroyed.
   connection->Shutdown(DestroyedError());
   egress_->Stop();
+  (void)TakeForksAhead();
   std::lock_guard reconnect_lock(reconnect_mutex_);
   vm_->Destroy();
   return {};

@@ -63,6 +63,8 @@ class Sandbox::Impl {
                                     const std::function<void()>& saved = {});
   [[nodiscard]] Result<void> Snapshot(const std::string& dir);
   [[nodiscard]] Result<std::vector<std::unique_ptr<Sandbox>>> Fork(uint32_t n);
+  // Prepares the next fork now, with `n` children started (SandboxConfig::forks_ahead).
+  [[nodiscard]] Result<void> StartForksAhead(uint32_t n);
 
   std::string id_;
   std::string engine_name_;
@@ -80,6 +82,20 @@ class Sandbox::Impl {
   // Connects the lost channel again and starts a new connection on it.
   [[nodiscard]] Result<void> Reconnect();
 
+  // A fork's template directory in the VM's private directory and, where the engine saves
+  // in place (Vm::SaveAhead), the saved VM it will hold and children started from it,
+  // waiting. Going, it stops the children left and removes the directory.
+  struct ForkAhead {
+    std::string dir;
+    std::optional<engine::VmSpec::Saved> saved;
+    std::vector<std::unique_ptr<engine::Vm>> children;
+    ~ForkAhead();
+  };
+  // A new ForkAhead, with `n` children started when the engine saves in place.
+  [[nodiscard]] Result<std::unique_ptr<ForkAhead>> PrepareFork(uint32_t n);
+  // The ForkAhead that StartForksAhead() made, if it is still there.
+  std::unique_ptr<ForkAhead> TakeForksAhead();
+
   std::mutex snapshot_mutex_;   // one snapshot or fork at a time
   std::mutex reconnect_mutex_;  // one reconnection at a time; Destroy() waits for it
   mutable std::mutex mutex_;    // guards state_, channel_lost_ and connection_
@@ -89,6 +105,8 @@ class Sandbox::Impl {
   std::shared_ptr<engine::Engine> engine_;
   std::unique_ptr<engine::Vm> vm_;
   std::shared_ptr<sandbox::Connection> connection_;
+  std::mutex ahead_mutex_;                 // guards fork_ahead_
+  std::unique_ptr<ForkAhead> fork_ahead_;  // from StartForksAhead(), until used or let go
 
  public:
   // Serves every connection the sandbox has, the first and those after a reconnect.

@@ -94,6 +94,8 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   auto connection = Begin(sandbox::Operation::kSnapshot);
   if (!connection) return Fail(std::move(connection).error());
   if (auto r = snapshot::PrepareDirectory(dir); !r) return r;
+  // This save is not the one the children started ahead wait for.
+  (void)TakeForksAhead();
   if (auto r = SaveTo(dir); !r) {
     RemoveSnapshotFiles(dir);
     return r;
@@ -217,6 +219,52 @@ Result<std::unique_ptr<Sandbox>> Sandbox::Restore(const std::string& dir,
   return Impl::StartSaved(std::move(saved->engine), saved->spec, Deadline::After(options.timeout));
 }
 
+Sandbox::Impl::ForkAhead::~ForkAhead() {
+  children.clear();
+  (void)RemoveTree(dir);
+}
+
+Result<std::unique_ptr<Sandbox::Impl::ForkAhead>> Sandbox::Impl::PrepareFork(uint32_t n) {
+  auto ahead = std::make_unique<ForkAhead>();
+  std::string dir = vm_->private_dir() + fmt::format("/fork-{}", NowUnixMs());
+  if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
+  ahead->dir = dir;
+  // Where the engine opens the template ahead, children can start before the save: their
+  // VMMs map the memory and load the state once the save has written it.
+  auto saved = vm_->SaveAhead(dir);
+  if (!saved) return Fail(std::move(saved).error());
+  ahead->saved = std::move(*saved);
+  if (!ahead->saved || n == 0) return ahead;
+  engine::VmSpec spec = spec_;
+  spec.restore = *ahead->saved;
+  std::vector<Result<std::unique_ptr<engine::Vm>>> started;
+  for (uint32_t i = 0; i < n; ++i) started.emplace_back(Fail(Error::Backend("not started")));
+  std::vector<std::thread> starters;
+  for (uint32_t i = 0; i < n; ++i) {
+    starters.emplace_back([&, i] { started[i] = engine_->Start(spec); });
+  }
+  for (auto& starter : starters) starter.join();
+  for (auto& vm : started) {
+    if (!vm) return Fail(std::move(vm).error());
+    ahead->children.push_back(std::move(*vm));
+  }
+  return ahead;
+}
+
+Result<void> Sandbox::Impl::StartForksAhead(uint32_t n) {
+  std::lock_guard snapshot_lock(snapshot_mutex_);
+  auto ahead = PrepareFork(n);
+  if (!ahead) return Fail(std::move(ahead).error());
+  std::lock_guard lock(ahead_mutex_);
+  fork_ahead_ = std::move(*ahead);
+  return {};
+}
+
+std::unique_ptr<Sandbox::Impl::ForkAhead> Sandbox::Impl::TakeForksAhead() {
+  std::lock_guard lock(ahead_mutex_);
+  return std::move(fork_ahead_);
+}
+
 Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   if (n < 1 || n > kMaxForks) {
     return Fail(Error::InvalidConfig("n", fmt::format("{} is outside 1..{}", n, kMaxForks)));
@@ -226,22 +274,21 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   if (!connection) return Fail(std::move(connection).error());
   // The template lives in the parent's private directory just long enough for the
   // children to map its memory and load its state; their mappings outlive the files.
-  std::string dir = vm_->private_dir() + fmt::format("/fork-{}", NowUnixMs());
-  if (::mkdir(dir.c_str(), 0700) != 0) return Fail(Error::HostIo("create " + dir, errno));
-  struct RemoveOnExit {
-    std::string path;
-    ~RemoveOnExit() { (void)RemoveTree(path); }
-  } remove{dir};
+  // Children started ahead (SandboxConfig::forks_ahead) are used first.
+  auto ahead = TakeForksAhead();
+  if (!ahead) {
+    auto prepared = PrepareFork(0);
+    if (!prepared) return Fail(std::move(prepared).error());
+    ahead = std::move(*prepared);
+  }
   engine::VmSpec spec = spec_;
   spec.network = egress_->policy();  // the children start with the policy in force now
   std::vector<Result<std::unique_ptr<Sandbox>>> children;
   for (uint32_t i = 0; i < n; ++i) children.emplace_back(Fail(Error::Backend("not started")));
   auto deadline = Deadline::After(std::chrono::milliseconds(30'000));
-  // Where the engine opens the template ahead, each child's VMM starts now, in a thread of
-  // its own, mapping the memory while the parent is saved, and loads the state once the
-  // save says it is written (or is destroyed should the save fail).
-  auto ahead = vm_->SaveAhead(dir);
-  if (!ahead) return Fail(std::move(ahead).error());
+  // Where the engine opens the template ahead, each child's VMM not started yet starts
+  // now, in a thread of its own, mapping the memory while the parent is saved, and loads
+  // the state once the save says it is written (or is destroyed should the save fail).
   std::promise<bool> written;
   std::shared_future<bool> go = written.get_future().share();
   struct Early {
@@ -255,11 +302,16 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
     }
     ~Early() { Release(false); }
   } early{written, {}};
-  if (*ahead) {
-    spec.restore = std::move(**ahead);
+  if (ahead->saved) {
+    spec.restore = *ahead->saved;
     for (uint32_t i = 0; i < n; ++i) {
-      early.threads.emplace_back([&, i] {
-        auto vm = engine_->Start(spec);
+      std::unique_ptr<engine::Vm> ready;
+      if (i < ahead->children.size() && ahead->children[i]->Running()) {
+        ready = std::move(ahead->children[i]);
+      }
+      early.threads.emplace_back([&, i, ready = std::move(ready)]() mutable {
+        auto vm =
+            ready ? Result<std::unique_ptr<engine::Vm>>(std::move(ready)) : engine_->Start(spec);
         bool ok = go.get();
         if (!vm) {
           children[i] = Fail(std::move(vm).error());
@@ -272,7 +324,7 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
   // The children start from the template while the parent resumes.
   auto start_children = [&] {
     if (!early.threads.empty()) return early.Release(true);
-    auto saved = OpenTemplate(dir);
+    auto saved = OpenTemplate(ahead->dir);
     if (!saved) {
       for (auto& child : children) child = Fail(saved.error());
       return;
@@ -284,7 +336,7 @@ Result<std::vector<std::unique_ptr<Sandbox>>> Sandbox::Impl::Fork(uint32_t n) {
     }
     for (auto& starter : starters) starter.join();
   };
-  if (auto r = SaveTo(dir, start_children); !r) return Fail(std::move(r).error());
+  if (auto r = SaveTo(ahead->dir, start_children); !r) return Fail(std::move(r).error());
   std::vector<std::unique_ptr<Sandbox>> forked;
   for (auto& child : children) {
     if (!child) return Fail(std::move(child).error().Context("forking"));  // the others die here

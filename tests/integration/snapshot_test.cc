@@ -222,6 +222,75 @@ TEST(SnapshotTest, DestroyingTheParentLeavesForksRunning) {
   }
 }
 
+// The VMMs a sandbox with forks_ahead = n holds while it waits for its fork: its own, n
+// children's, and on QEMU the one it goes on in after the save in place.
+size_t VmmsWithForksAhead(size_t n) {
+  return 1 + n + (testing::TestEngine() == EngineKind::kQemu ? 1 : 0);
+}
+
+TEST(SnapshotTest, ChildrenStartedAheadSeeThePresentAndTheUnusedOnesGo) {
+  auto config = testing::TestConfig();
+  config.forks_ahead = 3;
+  auto parent = testing::MustCreate(config);
+  ASSERT_TRUE(parent);
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), VmmsWithForksAhead(3));
+  // Written after the children's VMMs started: they see the memory as the fork finds it.
+  ASSERT_TRUE(parent->WriteFile("/tmp/mark", "before the fork"));
+  auto children = parent->Fork(1);
+  ASSERT_TRUE(children) << children.error().ToString();
+  Sandbox& child = *(*children)[0];
+  EXPECT_EQ(*child.ReadFile("/tmp/mark"), "before the fork");
+  ASSERT_TRUE(child.WriteFile("/tmp/mark", "child"));
+  EXPECT_EQ(*parent->ReadFile("/tmp/mark"), "before the fork");
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), 2u) << "children started ahead outlived the fork";
+  // The next fork copies the parent's memory, as any second fork does.
+  auto again = parent->Fork(1);
+  ASSERT_TRUE(again) << again.error().ToString();
+  EXPECT_EQ(*(*again)[0]->ReadFile("/tmp/mark"), "before the fork");
+}
+
+TEST(SnapshotTest, AForkOfMoreThanWereStartedAheadStartsTheRest) {
+  auto config = testing::TestConfig();
+  config.forks_ahead = 1;
+  auto parent = testing::MustCreate(config);
+  ASSERT_TRUE(parent);
+  auto children = parent->Fork(3);
+  ASSERT_TRUE(children) << children.error().ToString();
+  std::set<std::string> ids;
+  for (auto& child : *children) {
+    EXPECT_EQ(Trimmed(Sh(*child, "echo up")), "up");
+    ids.insert(Trimmed(Sh(*child, "cat /proc/sys/kernel/random/uuid")));
+  }
+  EXPECT_EQ(ids.size(), 3u);
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), 4u);
+}
+
+TEST(SnapshotTest, ASnapshotOrDestroyLetsTheChildrenStartedAheadGo) {
+  SnapshotDirs dirs;
+  auto config = testing::TestConfig();
+  config.forks_ahead = 2;
+  auto parent = testing::MustCreate(config);
+  ASSERT_TRUE(parent);
+  ASSERT_TRUE(parent->WriteFile("/tmp/mark", "saved"));
+  ASSERT_TRUE(parent->Snapshot(dirs.Path("one")));
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), 1u);
+  auto restored = MustRestore(dirs.Path("one"));
+  ASSERT_TRUE(restored);
+  EXPECT_EQ(*restored->ReadFile("/tmp/mark"), "saved");
+  ASSERT_TRUE(restored->Destroy());
+  auto children = parent->Fork(2);
+  ASSERT_TRUE(children) << children.error().ToString();
+  for (auto& child : *children) EXPECT_EQ(*child->ReadFile("/tmp/mark"), "saved");
+  children->clear();
+  ASSERT_TRUE(parent->Destroy());
+
+  auto waiting = testing::MustCreate(config);
+  ASSERT_TRUE(waiting);
+  EXPECT_EQ(testing::LiveVmmProcesses().size(), VmmsWithForksAhead(2));
+  ASSERT_TRUE(waiting->Destroy());
+  EXPECT_TRUE(testing::LiveVmmProcesses().empty());
+}
+
 TEST(SnapshotTest, AForkCanBeSnapshottedAndForkedAgain) {
   SnapshotDirs dirs;
   auto parent = testing::MustCreate();

@@ -141,6 +141,17 @@ TEST_F(ValidateConfigTest, BootTimeoutMustBePositive) {
   }
 }
 
+TEST_F(ValidateConfigTest, ForksAheadBeyondTheForkLimit) {
+  for (uint32_t n : {kMaxForks + 1, UINT32_MAX}) {
+    SandboxConfig config = Valid();
+    config.forks_ahead = n;
+    ExpectInvalid(ValidateConfig(config, engine_), "forks_ahead");
+  }
+  SandboxConfig config = Valid();
+  config.forks_ahead = kMaxForks;
+  EXPECT_TRUE(ValidateConfig(config, engine_));
+}
+
 TEST_F(ValidateConfigTest, MissingKernel) {
   SandboxConfig config = Valid();
   config.kernel = (dir_ / "no-such-vmlinux").string();
