@@ -112,7 +112,6 @@ Result<void> Sandbox::Impl::Snapshot(const std::string& dir) {
   manifest.created_unix_ms = NowUnixMs();
   manifest.network = egress_->policy();
   if (spec_.image_ref) {
-    manifest.format_version = snapshot::kFormatVersion;
     manifest.image_digest = spec_.image_ref->digest;
     manifest.image_name = spec_.image_ref->name;
   }

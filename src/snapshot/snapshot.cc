@@ -12,6 +12,7 @@
 #include <array>
 #include <cerrno>
 #include <concepts>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -180,6 +181,22 @@ Result<Extent> NextExtent(int fd, uint64_t offset, uint64_t size, const std::str
   return Extent{begin, std::max(end, begin)};
 }
 
+// Reads exactly `buffer.size()` bytes of `fd` at `offset`.
+Result<void> ReadFullyAt(int fd, std::span<uint8_t> buffer, uint64_t offset,
+                         const std::string& path) {
+  for (size_t done = 0; done < buffer.size();) {
+    ssize_t n =
+        ::pread(fd, buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return Fail(Error::HostIo("read " + path, errno));
+    }
+    if (n == 0) return Fail(Error::HostIo("read " + path + " (shrank while being hashed)", EIO));
+    done += static_cast<size_t>(n);
+  }
+  return {};
+}
+
 // Hashes the first `size` bytes of `fd`, skipping the reads of holes: a RAM image is
 // mostly holes, and its digest is the same as for the same bytes written densely.
 Result<std::string> HashFile(int fd, uint64_t size, const std::string& path) {
@@ -199,24 +216,85 @@ Result<std::string> HashFile(int fd, uint64_t size, const std::string& path) {
     }
     for (offset = extent->data; offset < extent->hole;) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(extent->hole - offset, kHashChunk));
-      ssize_t n = ::pread(fd, buffer.get(), want, static_cast<off_t>(offset));
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        return Fail(Error::HostIo("read " + path, errno));
-      }
-      if (n == 0) return Fail(Error::HostIo("read " + path + " (shrank while being hashed)", EIO));
-      auto got = static_cast<size_t>(n);
-      if (auto r = sha->Update({buffer.get(), got}); !r) return Fail(std::move(r).error());
-      offset += got;
+      if (auto r = ReadFullyAt(fd, {buffer.get(), want}, offset, path); !r) return Fail(r.error());
+      if (auto r = sha->Update({buffer.get(), want}); !r) return Fail(std::move(r).error());
+      offset += want;
     }
   }
   return sha->FinishHex();
 }
 
-// HashFile, failing when the file changed meanwhile: the digest might then describe
-// no version of it.
-Result<std::string> HashUnchangedFile(const OpenFile& file, const std::string& path) {
-  auto digest = HashFile(file.fd.get(), file.size(), path);
+// The raw SHA-256 of `data`.
+Result<std::array<uint8_t, 32>> PageDigest(std::span<const uint8_t> data) {
+  std::array<uint8_t, 32> digest{};
+  unsigned int size = 0;
+  if (EVP_Digest(data.data(), data.size(), digest.data(), &size, EVP_sha256(), nullptr) != 1 ||
+      size != digest.size()) {
+    return Fail(Error::HostIo("SHA-256: OpenSSL digest failed", EIO));
+  }
+  return digest;
+}
+
+bool AllZero(std::span<const uint8_t> data) {
+  return data.empty() ||
+         (data[0] == 0 && std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
+}
+
+// MemorySha256 of the first `size` bytes of `fd`: holes are skipped by whole pages, and
+// pages read as zeros are not hashed either.
+Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
+  constexpr uint64_t kPage = kMemoryDigestPage;
+  static const auto zero_page = PageDigest(ZeroChunk().first(kPage));
+  if (!zero_page) return Fail(zero_page.error());
+  auto sha = Sha256::Start();
+  if (!sha) return Fail(std::move(sha).error());
+  auto add = [&](std::span<const uint8_t> page) -> Result<void> {
+    if (page.size() == kPage && AllZero(page)) return sha->Update(*zero_page);
+    auto digest = PageDigest(page);
+    if (!digest) return Fail(std::move(digest).error());
+    return sha->Update(*digest);
+  };
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  auto buffer = std::make_unique_for_overwrite<uint8_t[]>(kHashChunk);
+  const uint64_t whole_pages_end = size / kPage * kPage;
+  uint64_t offset = 0;  // always at a page's start
+  while (offset < size) {
+    auto extent = NextExtent(fd, offset, size, path);
+    if (!extent) return Fail(std::move(extent).error());
+    // The whole pages before the extent's first data byte are in a hole.
+    uint64_t hole_end = std::min(extent->data / kPage * kPage, whole_pages_end);
+    for (; offset < hole_end; offset += kPage) {
+      if (auto r = sha->Update(*zero_page); !r) return Fail(r.error());
+    }
+    // The pages holding the extent's data, read in chunks.
+    uint64_t data_end = std::min((extent->hole + kPage - 1) / kPage * kPage, size);
+    while (offset < data_end) {
+      size_t want = static_cast<size_t>(std::min<uint64_t>(data_end - offset, kHashChunk));
+      if (auto r = ReadFullyAt(fd, {buffer.get(), want}, offset, path); !r) return Fail(r.error());
+      for (size_t at = 0; at < want; at += kPage) {
+        auto page = std::span<const uint8_t>(buffer.get() + at, std::min<size_t>(kPage, want - at));
+        if (auto r = add(page); !r) return Fail(r.error());
+      }
+      offset += want;
+    }
+  }
+  return sha->FinishHex();
+}
+
+// How a file is digested: as a whole (FileSha256), or page by page (MemorySha256).
+enum class Digest { kWhole, kPages };
+
+// How the memory file of a snapshot of `m`'s format is digested.
+Digest MemoryDigestOf(const Manifest& m) {
+  return m.format_version >= kFormatVersion ? Digest::kPages : Digest::kWhole;
+}
+
+// HashFile or HashPages, failing when the file changed meanwhile: the digest might then
+// describe no version of it.
+Result<std::string> HashUnchangedFile(const OpenFile& file, const std::string& path,
+                                      Digest how = Digest::kWhole) {
+  auto digest = how == Digest::kPages ? HashPages(file.fd.get(), file.size(), path)
+                                      : HashFile(file.fd.get(), file.size(), path);
   if (!digest) return digest;
   struct stat after {};
   if (::fstat(file.fd.get(), &after) != 0) return Fail(Error::HostIo("stat " + path, errno));
@@ -429,7 +507,11 @@ Result<Manifest> FromJson(const json& object) {
   reader.Read("created_unix_ms", m.created_unix_ms);
   reader.Read("state", m.state);
   reader.Read("memory", m.memory);
-  if (m.format_version >= kFormatVersion) reader.Read("image", m.image_digest, m.image_name);
+  // Format 2 has an image; format 3 has one where the VM ran on one.
+  if (m.format_version == kFormatVersionWithImage ||
+      (m.format_version >= kFormatVersion && object.contains("image"))) {
+    reader.Read("image", m.image_digest, m.image_name);
+  }
   reader.Read("memory_seal", m.memory_seal);
   reader.Read("network", m.network);
   if (reader.error()) return Fail(*reader.error());
@@ -530,8 +612,8 @@ Result<void> CheckFormatVersion(const json& object) {
   uint64_t version = 0;
   reader.Read("format_version", version);
   if (reader.error()) return Fail(*reader.error());
-  if (version != kFormatVersion && version != kFormatVersionWithoutImage) {
-    return FormatError(fmt::format("{}: unknown format version {} (this Vessel reads {} and {})",
+  if (version < kFormatVersionWithoutImage || version > kFormatVersion) {
+    return FormatError(fmt::format("{}: unknown format version {} (this Vessel reads {} to {})",
                                    kManifestFile, version, kFormatVersionWithoutImage,
                                    kFormatVersion));
   }
@@ -595,7 +677,7 @@ Result<void> CheckManifestSignature(const json& object, const std::string& body,
 // descriptor it checked. The digest is taken as checked, unread, when the opened file
 // has the seal `skip_if` (the file this host wrote, not written since).
 Result<OpenFile> CheckDataFile(const std::string& dir, const char* name, const FileDigest& expected,
-                               const std::optional<FileSeal>& skip_if = std::nullopt) {
+                               Digest how, const std::optional<FileSeal>& skip_if = std::nullopt) {
   auto file = OpenSnapshotFile(dir, name);
   if (!file) return Fail(std::move(file).error());
   if (file->size() != expected.size) {
@@ -603,7 +685,7 @@ Result<OpenFile> CheckDataFile(const std::string& dir, const char* name, const F
         fmt::format("{}: size {}, manifest says {}", name, file->size(), expected.size));
   }
   if (skip_if && SealOf(file->st) == *skip_if) return file;
-  auto digest = HashUnchangedFile(*file, dir + "/" + name);
+  auto digest = HashUnchangedFile(*file, dir + "/" + name, how);
   if (!digest) return Fail(std::move(digest).error());
   if (*digest != expected.sha256) {
     return FormatError(fmt::format("{}: checksum mismatch (SHA-256 {}, manifest says {})", name,
@@ -620,14 +702,14 @@ struct Sealed {
 };
 
 // Makes one data file of a snapshot private and durable, and returns its digest.
-Result<Sealed> SealDataFile(const std::string& dir, const char* name) {
+Result<Sealed> SealDataFile(const std::string& dir, const char* name, Digest how) {
   std::string path = dir + "/" + name;
   auto file = OpenSnapshotFile(dir, name);
   if (!file) return Fail(std::move(file).error());
   if (::fchmod(file->fd.get(), 0600) != 0) return Fail(Error::HostIo("chmod " + path, errno));
   // The chmod changed ctime, which HashUnchangedFile compares.
   if (::fstat(file->fd.get(), &file->st) != 0) return Fail(Error::HostIo("stat " + path, errno));
-  auto digest = HashUnchangedFile(*file, path);
+  auto digest = HashUnchangedFile(*file, path, how);
   if (!digest) return Fail(std::move(digest).error());
   if (::fsync(file->fd.get()) != 0) return Fail(Error::HostIo("fsync " + path, errno));
   return Sealed{FileDigest{file->size(), std::move(*digest)}, file->st};
@@ -709,6 +791,12 @@ Result<std::string> FileSha256(const std::string& path) {
   return HashUnchangedFile(*file, path);
 }
 
+Result<std::string> MemorySha256(const std::string& path) {
+  auto file = OpenRegularFile(path);
+  if (!file) return Fail(std::move(file).error());
+  return HashUnchangedFile(*file, path, Digest::kPages);
+}
+
 Result<std::string> AssetSha256(const std::string& path) {
   auto file = OpenRegularFile(path);
   if (!file) return Fail(std::move(file).error());
@@ -753,7 +841,8 @@ Result<void> PrepareDirectory(const std::string& dir) {
 Result<void> WriteManifest(const std::string& dir, Manifest manifest, const HostKey& key) {
   for (auto [name, digest] :
        {std::pair{kStateFile, &manifest.state}, std::pair{kMemoryFile, &manifest.memory}}) {
-    auto sealed = SealDataFile(dir, name);
+    auto sealed = SealDataFile(
+        dir, name, digest == &manifest.memory ? MemoryDigestOf(manifest) : Digest::kWhole);
     if (!sealed) return Fail(std::move(sealed).error().Context("writing a snapshot manifest"));
     *digest = std::move(sealed->digest);
     if (digest == &manifest.memory) manifest.memory_seal = SealOf(sealed->st);
@@ -792,11 +881,10 @@ Result<Opened> OpenChecked(const std::string& dir, Depth depth, const HostKey* k
   auto manifest = FromJson(*object);
   if (!manifest) return Fail(std::move(manifest).error());
   if (auto r = CheckValues(*manifest); !r) return Fail(std::move(r).error());
-  auto state = CheckDataFile(dir, kStateFile, manifest->state);
+  auto state = CheckDataFile(dir, kStateFile, manifest->state, Digest::kWhole);
   if (!state) return Fail(std::move(state).error());
-  auto memory =
-      CheckDataFile(dir, kMemoryFile, manifest->memory,
-                    depth == Depth::kRestore ? manifest->memory_seal : std::nullopt);
+  auto memory = CheckDataFile(dir, kMemoryFile, manifest->memory, MemoryDigestOf(*manifest),
+                              depth == Depth::kRestore ? manifest->memory_seal : std::nullopt);
   if (!memory) return Fail(std::move(memory).error());
   return Opened{std::move(*manifest), std::move(state->fd), std::move(memory->fd)};
 }

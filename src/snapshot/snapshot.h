@@ -19,9 +19,13 @@
 namespace vessel::snapshot {
 
 // Format 2 is format 1 plus the root image (Manifest::image_digest), which an older
-// reader must not ignore; snapshots without an image are still written as format 1.
-inline constexpr uint32_t kFormatVersion = 2;
+// reader must not ignore. Format 3, the one written, digests the memory file page by page
+// (MemorySha256), with the image optional; 1 and 2 are still read.
+inline constexpr uint32_t kFormatVersion = 3;
+inline constexpr uint32_t kFormatVersionWithImage = 2;
 inline constexpr uint32_t kFormatVersionWithoutImage = 1;
+// The unit of the memory digest in format 3.
+inline constexpr uint64_t kMemoryDigestPage = 4096;
 inline constexpr const char* kManifestFile = "manifest.json";
 inline constexpr const char* kStateFile = "state";
 inline constexpr const char* kMemoryFile = "memory";
@@ -46,8 +50,7 @@ struct FileSeal {
 };
 
 struct Manifest {
-  // kFormatVersion when image_digest is set.
-  uint32_t format_version = kFormatVersionWithoutImage;
+  uint32_t format_version = kFormatVersion;
   std::string engine;          // engine name, e.g. "qemu-tcg"; a restore needs the same
   std::string engine_version;  // e.g. "QEMU emulator version 7.2.22"
   std::string vessel_version;  // e.g. "0.1.0"
@@ -80,6 +83,12 @@ struct Manifest {
 // a regular file, or changes while being hashed.
 [[nodiscard]] Result<std::string> FileSha256(const std::string& path);
 
+// The memory file's digest in format 3: the SHA-256 of the SHA-256s of its 4 KiB pages, in
+// order (a short last page is hashed as it is). A page in a hole, or of zeros, is not
+// hashed: its digest is the zero page's. So the work is in proportion to the data, and a
+// sparse file and a dense copy of it have the same digest. Errors as FileSha256.
+[[nodiscard]] Result<std::string> MemorySha256(const std::string& path);
+
 // FileSha256, memoised per path while the file keeps its device, inode, size, mtime and
 // ctime: the guest kernel and initramfs are hashed on every snapshot and restore. A file
 // rewritten in place with the same size within one timestamp tick goes unnoticed.
@@ -99,7 +108,8 @@ struct Manifest {
 //
 // `manifest` must pass the checks Open() makes (kSnapshotFormat otherwise, nothing is
 // written), except that format_version is written as given. A text field that is not
-// valid UTF-8 is kInvalidConfig. Hashing reads all of `memory`: seconds for GiBs of RAM.
+// valid UTF-8 is kInvalidConfig. The memory file is digested as format_version says
+// (MemorySha256 from format 3 on, else FileSha256), reading only its data.
 [[nodiscard]] Result<void> WriteManifest(const std::string& dir, Manifest manifest,
                                          const HostKey& key);
 

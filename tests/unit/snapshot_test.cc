@@ -5,9 +5,11 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <cstdint>
@@ -178,7 +180,7 @@ TEST_F(SnapshotTest, RoundTrip) {
     ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
     Manifest want = Valid();
     const Manifest& got = opened->manifest;
-    EXPECT_EQ(got.format_version, kFormatVersionWithoutImage);
+    EXPECT_EQ(got.format_version, kFormatVersion);
     EXPECT_EQ(got.engine, want.engine);
     EXPECT_EQ(got.engine_version, want.engine_version);
     EXPECT_EQ(got.vessel_version, want.vessel_version);
@@ -193,7 +195,7 @@ TEST_F(SnapshotTest, RoundTrip) {
     EXPECT_EQ(got.state.size, kStateSize);
     EXPECT_EQ(got.state.sha256, FileSha256(File(kStateFile)).value_or(""));
     EXPECT_EQ(got.memory.size, kMemoryMib * kMiB);
-    EXPECT_EQ(got.memory.sha256, FileSha256(File(kMemoryFile)).value_or(""));
+    EXPECT_EQ(got.memory.sha256, MemorySha256(File(kMemoryFile)).value_or(""));
   }
 }
 
@@ -212,26 +214,30 @@ TEST_F(SnapshotTest, WritesPrivateFilesAndAChecksummedSignedManifest) {
   object.erase("manifest_hmac");
   EXPECT_EQ(recorded, Sha256Of(object.dump(), root_ / "canonical"));
   EXPECT_EQ(signature, HmacSha256Hex(key_, object.dump()).value_or(""));
-  EXPECT_EQ(object.at("format_version"), 1);
+  EXPECT_EQ(object.at("format_version"), 3);
+  EXPECT_FALSE(object.contains("image"));
   EXPECT_EQ(object.at("memory").at("size"), kMemoryMib * kMiB);
 }
 
-TEST_F(SnapshotTest, ARootImageIsRecordedInFormatTwo) {
-  Manifest m = Valid();
-  m.format_version = kFormatVersion;
-  m.image_digest = "sha256:" + std::string(64, 'a');
-  m.image_name = "python";
-  ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
-  auto opened = Open(dir_, Depth::kRestore, key_);
-  ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
-  EXPECT_EQ(opened->manifest.format_version, kFormatVersion);
-  EXPECT_EQ(opened->manifest.image_digest, m.image_digest);
-  EXPECT_EQ(opened->manifest.image_name, "python");
+TEST_F(SnapshotTest, ARootImageIsRecorded) {
+  for (uint32_t version : {kFormatVersionWithImage, kFormatVersion}) {
+    SCOPED_TRACE(version);
+    Manifest m = Valid();
+    m.format_version = version;
+    m.image_digest = "sha256:" + std::string(64, 'a');
+    m.image_name = "python";
+    ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
+    auto opened = Open(dir_, Depth::kFull, key_);
+    ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+    EXPECT_EQ(opened->manifest.format_version, version);
+    EXPECT_EQ(opened->manifest.image_digest, m.image_digest);
+    EXPECT_EQ(opened->manifest.image_name, "python");
+  }
 }
 
 TEST_F(SnapshotTest, FormatTwoWithoutItsImageIsRefused) {
   Manifest m = Valid();
-  m.format_version = kFormatVersion;
+  m.format_version = kFormatVersionWithImage;
   ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
   ExpectFormatError("manifest.json: field image missing or not an object");
 }
@@ -384,7 +390,7 @@ TEST_F(SnapshotTest, UnknownFormatVersion) {
   Manifest m = Valid();
   m.format_version = 7;
   ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
-  ExpectFormatError("manifest.json: unknown format version 7 (this Vessel reads 1 and 2)");
+  ExpectFormatError("manifest.json: unknown format version 7 (this Vessel reads 1 to 3)");
 }
 
 TEST_F(SnapshotTest, MissingField) {
@@ -496,6 +502,23 @@ TEST_F(SnapshotTest, TruncatedMemory) {
 TEST_F(SnapshotTest, FlippedByteInTheMemoryIsFoundByARestoreToo) {
   FlipByte(File(kMemoryFile), kGuestPageOffset + 100);
   ExpectFormatError(Depth::kRestore, "memory: checksum mismatch");
+  ExpectFormatError(Depth::kFull, "memory: checksum mismatch");
+}
+
+// Formats 1 and 2 digest the memory file as a whole; they are still read and checked so.
+TEST_F(SnapshotTest, FormatsOneAndTwoDigestTheWholeMemoryFile) {
+  for (uint32_t version : {kFormatVersionWithoutImage, kFormatVersionWithImage}) {
+    SCOPED_TRACE(version);
+    Manifest m = Valid();
+    m.format_version = version;
+    if (version == kFormatVersionWithImage) m.image_digest = "sha256:" + std::string(64, 'b');
+    ASSERT_TRUE(WriteManifest(dir_, m, key_).has_value());
+    auto opened = Open(dir_, Depth::kFull, key_);
+    ASSERT_TRUE(opened.has_value()) << opened.error().ToString();
+    EXPECT_EQ(opened->manifest.memory.sha256, FileSha256(File(kMemoryFile)).value_or(""));
+    EXPECT_NE(opened->manifest.memory.sha256, MemorySha256(File(kMemoryFile)).value_or(""));
+  }
+  FlipByte(File(kMemoryFile), kGuestPageOffset + 7);
   ExpectFormatError(Depth::kFull, "memory: checksum mismatch");
 }
 
@@ -915,4 +938,59 @@ TEST_F(HostKeyTest, HmacIsHmacSha256) {
 }
 
 }  // namespace
+// MemorySha256 as format 3 defines it, computed here the slow way: every page read and
+// hashed, the last one as short as it is.
+std::string PagesDigestTheSlowWay(const std::string& data) {
+  std::string concatenated;
+  for (size_t at = 0; at < data.size(); at += kMemoryDigestPage) {
+    std::string page = data.substr(at, kMemoryDigestPage);
+    std::array<unsigned char, 32> digest{};
+    EXPECT_EQ(EVP_Digest(page.data(), page.size(), digest.data(), nullptr, EVP_sha256(), nullptr),
+              1);
+    concatenated.append(reinterpret_cast<const char*>(digest.data()), digest.size());
+  }
+  std::array<unsigned char, 32> top{};
+  EXPECT_EQ(EVP_Digest(concatenated.data(), concatenated.size(), top.data(), nullptr, EVP_sha256(),
+                       nullptr),
+            1);
+  std::string hex;
+  for (unsigned char byte : top) hex += fmt::format("{:02x}", byte);
+  return hex;
+}
+
+TEST_F(TempDirTest, MemoryDigestIsTheDigestOfItsPagesDigests) {
+  // Data, a hole, zeros written densely, a page of data in the middle of a hole, and a
+  // short last page: each digested as its bytes, holes and zeros alike.
+  std::string path = At("memory");
+  std::string content = Pattern(3 * kMemoryDigestPage + 100, 5);
+  content += std::string(5 * kMemoryDigestPage, '\0');
+  content += Pattern(kMemoryDigestPage, 6);
+  content += std::string(64 * kMemoryDigestPage, '\0');
+  content += Pattern(kMemoryDigestPage - 1, 7);
+  WriteFile(path, "");
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(content.size())), 0);
+  WriteAt(path, 0, content.substr(0, 3 * kMemoryDigestPage + 100));
+  WriteAt(path, 4 * kMemoryDigestPage, std::string(kMemoryDigestPage, '\0'));
+  size_t middle = 3 * kMemoryDigestPage + 100 + 5 * kMemoryDigestPage;
+  WriteAt(path, static_cast<off_t>(middle), content.substr(middle, kMemoryDigestPage));
+  size_t tail = content.size() - (kMemoryDigestPage - 1);
+  WriteAt(path, static_cast<off_t>(tail), content.substr(tail));
+  ASSERT_EQ(ReadFile(path), content);
+  std::string want = PagesDigestTheSlowWay(content);
+  EXPECT_EQ(MemorySha256(path).value_or(""), want);
+  // A dense copy of the same bytes has the same digest.
+  std::string dense = At("dense");
+  WriteFile(dense, content);
+  EXPECT_EQ(MemorySha256(dense).value_or(""), want);
+  // One byte more in what was a hole changes it.
+  WriteAt(path, static_cast<off_t>(middle + 10 * kMemoryDigestPage), "x");
+  EXPECT_NE(MemorySha256(path).value_or(want), want);
+}
+
+TEST_F(TempDirTest, MemoryDigestOfAnEmptyFileIsThatOfNoPages) {
+  std::string path = At("empty");
+  WriteFile(path, "");
+  EXPECT_EQ(MemorySha256(path).value_or(""), PagesDigestTheSlowWay(""));
+}
+
 }  // namespace vessel::snapshot
