@@ -2,13 +2,13 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 
 namespace vessel {
@@ -140,7 +140,55 @@ Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* wha
   }
 }
 
-Result<void> CopyDataSkippingHoles(int in, int out, off_t size) {
+namespace {
+
+bool IsZeros(std::span<const uint8_t> data) {
+  return data.empty() ||
+         (data[0] == 0 && std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
+}
+
+// Copies `in`'s bytes [from, to) to the same offsets of `out`, leaving its pages of zeros
+// unwritten.
+Result<void> CopyNonZeroPages(int in, int out, off_t from, off_t to, std::span<uint8_t> buffer) {
+  constexpr size_t kPage = 4096;
+  while (from < to) {
+    size_t want =
+        static_cast<size_t>(std::min<off_t>(to - from, static_cast<off_t>(buffer.size())));
+    size_t got = 0;
+    while (got < want) {
+      ssize_t n = ::pread(in, buffer.data() + got, want - got, from + static_cast<off_t>(got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) return Fail(Error::HostIo("copy: read", errno));
+      if (n == 0) return Fail(Error::HostIo("copy: the file ended early", EIO));
+      got += static_cast<size_t>(n);
+    }
+    // Runs of pages with data, each written at once.
+    for (size_t at = 0; at < want;) {
+      size_t page = std::min(kPage, want - at);
+      if (IsZeros(buffer.subspan(at, page))) {
+        at += page;
+        continue;
+      }
+      size_t end = at + page;
+      while (end < want && !IsZeros(buffer.subspan(end, std::min(kPage, want - end)))) {
+        end += std::min(kPage, want - end);
+      }
+      if (auto r =
+              WriteAllAt(out, buffer.subspan(at, end - at), from + static_cast<off_t>(at), "copy");
+          !r) {
+        return r;
+      }
+      at = end;
+    }
+    from += static_cast<off_t>(want);
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<void> CopyDataSkippingZeros(int in, int out, off_t size) {
+  std::vector<uint8_t> buffer(size_t{1} << 20);
   off_t at = 0;
   while (at < size) {
     off_t data = ::lseek(in, at, SEEK_DATA);
@@ -150,13 +198,7 @@ Result<void> CopyDataSkippingHoles(int in, int out, off_t size) {
     off_t hole = ::lseek(in, data, SEEK_HOLE);
     if (hole < 0) return Fail(Error::HostIo("seek to a hole", errno));
     hole = std::min(hole, size);
-    if (::lseek(out, data, SEEK_SET) != data) return Fail(Error::HostIo("seek", errno));
-    for (off_t from = data; from < hole;) {
-      ssize_t n = ::sendfile(out, in, &from, static_cast<size_t>(hole - from));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Fail(Error::HostIo("copy", errno));
-      if (n == 0) return Fail(Error::HostIo("copy: the file ended early", EIO));
-    }
+    if (auto r = CopyNonZeroPages(in, out, data, hole, buffer); !r) return r;
     at = hole;
   }
   return {};

@@ -38,8 +38,8 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes);
 [[nodiscard]] Result<void> RemoveTree(const std::string& path);
 [[nodiscard]] bool IsReadableFile(const std::string& path);
 // Copies the first `size` bytes of the file `in` to the same offsets of `out`, skipping
-// the holes of `in` (SEEK_DATA, SEEK_HOLE), so that `out`, sized beforehand, stays as
-// sparse as `in`.
-[[nodiscard]] Result<void> CopyDataSkippingHoles(int in, int out, off_t size);
+// the holes of `in` (SEEK_DATA, SEEK_HOLE) and its 4 KiB pages of zeros, so that `out`,
+// sized beforehand, is at least as sparse as `in` and reads the same.
+[[nodiscard]] Result<void> CopyDataSkippingZeros(int in, int out, off_t size);
 
 }  // namespace vessel

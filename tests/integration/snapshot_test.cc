@@ -540,7 +540,7 @@ class CorruptSnapshotTest : public ::testing::Test {
       UniqueFd out(::open(to.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777));
       EXPECT_TRUE(in && out) << to;
       EXPECT_EQ(::ftruncate(out.get(), st.st_size), 0) << to;
-      EXPECT_TRUE(CopyDataSkippingHoles(in.get(), out.get(), st.st_size)) << to;
+      EXPECT_TRUE(CopyDataSkippingZeros(in.get(), out.get(), st.st_size)) << to;
     }
     return dir;
   }

@@ -1,4 +1,4 @@
-// CopyDataSkippingHoles: a snapshot's memory is written from the VM's memfd this way.
+// CopyDataSkippingZeros: a snapshot's memory is written from the VM's memfd this way.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <stdlib.h>
@@ -54,14 +54,24 @@ TEST_F(CopyDataTest, DataIsCopiedToItsOffsetsAndHolesStayHoles) {
   Put(in_.get(), 0, "first page");
   Put(in_.get(), 10 * kPage + 100, std::string(3 * kPage, 'x'));  // spans four pages
   Put(in_.get(), kSize - 1, "z");                                 // the last byte
-  ASSERT_TRUE(CopyDataSkippingHoles(in_.get(), out_.get(), kSize));
+  ASSERT_TRUE(CopyDataSkippingZeros(in_.get(), out_.get(), kSize));
   EXPECT_EQ(All(out_.get()), All(in_.get()));
   ::fsync(out_.get());
   EXPECT_LE(Allocated(), 6 * kPage);  // the six pages written, not the 64
 }
 
+TEST_F(CopyDataTest, PagesOfZerosBecomeHoles) {
+  Put(in_.get(), 0, std::string(8 * kPage, '\0'));  // written, but zeros
+  Put(in_.get(), 3 * kPage + 5, "data");
+  Put(in_.get(), 20 * kPage, std::string(2 * kPage, '\0') + "after" + std::string(kPage, '\0'));
+  ASSERT_TRUE(CopyDataSkippingZeros(in_.get(), out_.get(), kSize));
+  EXPECT_EQ(All(out_.get()), All(in_.get()));
+  ::fsync(out_.get());
+  EXPECT_LE(Allocated(), 2 * kPage);  // the two pages with data
+}
+
 TEST_F(CopyDataTest, AnEmptyFileCopiesNothing) {
-  ASSERT_TRUE(CopyDataSkippingHoles(in_.get(), out_.get(), kSize));
+  ASSERT_TRUE(CopyDataSkippingZeros(in_.get(), out_.get(), kSize));
   EXPECT_EQ(All(out_.get()), std::string(kSize, '\0'));
   EXPECT_EQ(Allocated(), 0);
 }
@@ -69,7 +79,7 @@ TEST_F(CopyDataTest, AnEmptyFileCopiesNothing) {
 TEST_F(CopyDataTest, OnlyTheFirstSizeBytesAreCopied) {
   Put(in_.get(), 0, "kept");
   Put(in_.get(), 8 * kPage, "beyond");
-  ASSERT_TRUE(CopyDataSkippingHoles(in_.get(), out_.get(), 8 * kPage));
+  ASSERT_TRUE(CopyDataSkippingZeros(in_.get(), out_.get(), 8 * kPage));
   std::string out = All(out_.get());
   EXPECT_EQ(out.substr(0, 4), "kept");
   EXPECT_EQ(out.substr(8 * kPage, 6), std::string(6, '\0'));
@@ -78,7 +88,7 @@ TEST_F(CopyDataTest, OnlyTheFirstSizeBytesAreCopied) {
 TEST_F(CopyDataTest, AnUnreadableSourceIsAnError) {
   UniqueFd directory(::open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   ASSERT_TRUE(directory);
-  auto r = CopyDataSkippingHoles(directory.get(), out_.get(), kSize);
+  auto r = CopyDataSkippingZeros(directory.get(), out_.get(), kSize);
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().kind(), ErrorKind::kHostIo);
 }

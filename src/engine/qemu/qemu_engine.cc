@@ -626,7 +626,7 @@ class QemuVm final : public Vm {
     if (!out) return Fail(std::move(out).error());
     off_t size = off_t{spec_.memory_mib} << 20;
     if (::ftruncate(out->get(), size) != 0) return Fail(Error::HostIo("size " + memory, errno));
-    if (auto r = CopyDataSkippingHoles(ram, out->get(), size); !r) {
+    if (auto r = CopyDataSkippingZeros(ram, out->get(), size); !r) {
       return Fail(std::move(r).error().Context("writing " + memory));
     }
     return {};
