@@ -140,12 +140,12 @@ Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* wha
   }
 }
 
-namespace {
-
 bool IsZeros(std::span<const uint8_t> data) {
   return data.empty() ||
          (data[0] == 0 && std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
 }
+
+namespace {
 
 // Copies `in`'s bytes [from, to) to the same offsets of `out`, leaving its pages of zeros
 // unwritten.

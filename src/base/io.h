@@ -37,6 +37,8 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes);
 // Removes a directory tree; missing is fine.
 [[nodiscard]] Result<void> RemoveTree(const std::string& path);
 [[nodiscard]] bool IsReadableFile(const std::string& path);
+// Whether every byte of `data` is zero (true when it is empty).
+[[nodiscard]] bool IsZeros(std::span<const uint8_t> data);
 // Copies the first `size` bytes of the file `in` to the same offsets of `out`, skipping
 // the holes of `in` (SEEK_DATA, SEEK_HOLE) and its 4 KiB pages of zeros, so that `out`,
 // sized beforehand, is at least as sparse as `in` and reads the same.

@@ -235,11 +235,6 @@ Result<std::array<uint8_t, 32>> PageDigest(std::span<const uint8_t> data) {
   return digest;
 }
 
-bool AllZero(std::span<const uint8_t> data) {
-  return data.empty() ||
-         (data[0] == 0 && std::memcmp(data.data(), data.data() + 1, data.size() - 1) == 0);
-}
-
 // MemorySha256 of the first `size` bytes of `fd`: holes are skipped by whole pages, and
 // pages read as zeros are not hashed either.
 Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
@@ -249,7 +244,7 @@ Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
   auto sha = Sha256::Start();
   if (!sha) return Fail(std::move(sha).error());
   auto add = [&](std::span<const uint8_t> page) -> Result<void> {
-    if (page.size() == kPage && AllZero(page)) return sha->Update(*zero_page);
+    if (page.size() == kPage && IsZeros(page)) return sha->Update(*zero_page);
     auto digest = PageDigest(page);
     if (!digest) return Fail(std::move(digest).error());
     return sha->Update(*digest);
