@@ -12,7 +12,6 @@
 #include <array>
 #include <cerrno>
 #include <concepts>
-#include <cstring>
 #include <memory>
 #include <mutex>
 #include <nlohmann/json.hpp>
