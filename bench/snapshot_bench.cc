@@ -1,8 +1,9 @@
 // vessel_snapshot_bench: cold create, snapshot, restore and fork, side by side in one run,
 // each as a median and as a ratio to a cold create; a snapshot of a fork that dirtied
 // 16 MiB next to one of a freshly booted VM, with the disk each memory file takes; and the
-// host memory (PSS) of one parent with 8 forks next to 9 cold VMs. Fork 1 is timed twice:
-// as it is, and with the child's VMM started when the parent was ready (forks_ahead).
+// host memory (PSS) of one parent with 8 forks next to 9 cold VMs. Fork 1 and fork 8 are
+// timed as they are, and with the children's VMMs started when the parent was ready
+// (forks_ahead).
 //
 //   vessel_snapshot_bench [--rounds N] [--memory-mib N] [--engine auto|qemu|kvm]
 #include <fmt/format.h>
@@ -75,6 +76,27 @@ Result<void> TimedSnapshot(Sandbox& sandbox, const std::string& dir, Series& tim
   return {};
 }
 
+// A parent and the children of its fork.
+struct Family {
+  std::unique_ptr<Sandbox> parent;
+  std::vector<std::unique_ptr<Sandbox>> children;
+};
+
+// Creates and prepares a parent from `config`, notes its VMMs' PSS (all the VMMs under
+// `runtime_root`, in MiB) into `pss` when given, and times its Fork(n) into `times`.
+Result<Family> TimedFork(const SandboxConfig& config, uint32_t n, Series& times, Series* pss,
+                         const std::string& runtime_root) {
+  auto parent = Sandbox::Create(config);
+  if (!parent) return Fail(std::move(parent).error());
+  if (auto r = Prepare(**parent); !r) return Fail(std::move(r).error());
+  if (pss) pss->ms.push_back(static_cast<double>(PssKib(VmmPids(runtime_root))) / 1024);
+  auto start = Clock::now();
+  auto children = (*parent)->Fork(n);
+  if (!children) return Fail(std::move(children).error());
+  times.ms.push_back(MsSince(start));
+  return Family{std::move(*parent), std::move(*children)};
+}
+
 struct TempDir {
   std::string path;
   explicit TempDir(std::string pattern) {
@@ -117,6 +139,7 @@ Result<void> RunAll(const Options& options) {
   Series pss_plain{"PSS of a parent's VMMs (MiB)", {}};
   Series pss_ahead{"PSS of a parent's VMMs, forks_ahead 1 (MiB)", {}};
   Series fork8{"fork 8 -> all 8 children ready", {}};
+  Series fork8_ahead{"fork 8 -> all ready, started ahead (forks_ahead 8)", {}};
   Series refork{"fork 1 of a fork (its memory is copied once)", {}};
   Series du_fresh{"du of its memory file (MiB): freshly booted", {}};
   Series du_dirty{"du of its memory file (MiB): fork, 16 MiB dirtied", {}};
@@ -155,44 +178,32 @@ Result<void> RunAll(const Options& options) {
     // forking it copies nothing. A VM that is itself a fork runs on a private mapping;
     // forking it copies what it has touched once.
     {
-      auto fresh = Sandbox::Create(config);
-      if (!fresh) return Fail(std::move(fresh).error());
-      if (auto r = Prepare(**fresh); !r) return r;
-      pss_plain.ms.push_back(static_cast<double>(PssKib(VmmPids(runtime_root.path))) / 1024);
+      auto family = TimedFork(config, 1, fork1, &pss_plain, runtime_root.path);
+      if (!family) return Fail(std::move(family).error());
       auto start = Clock::now();
-      auto one = (*fresh)->Fork(1);
-      if (!one) return Fail(std::move(one).error());
-      fork1.ms.push_back(MsSince(start));
-      start = Clock::now();
-      auto again = (*one)[0]->Fork(1);
+      auto again = family->children[0]->Fork(1);
       if (!again) return Fail(std::move(again).error());
       refork.ms.push_back(MsSince(start));
     }
-
-    // The same with the child's VMM started when the parent was ready.
+    // The same with the children's VMMs started when the parent was ready.
     {
       SandboxConfig ahead_config = config;
       ahead_config.forks_ahead = 1;
-      auto fresh = Sandbox::Create(ahead_config);
-      if (!fresh) return Fail(std::move(fresh).error());
-      if (auto r = Prepare(**fresh); !r) return r;
-      pss_ahead.ms.push_back(static_cast<double>(PssKib(VmmPids(runtime_root.path))) / 1024);
-      auto start = Clock::now();
-      auto one = (*fresh)->Fork(1);
-      if (!one) return Fail(std::move(one).error());
-      fork1_ahead.ms.push_back(MsSince(start));
+      auto family = TimedFork(ahead_config, 1, fork1_ahead, &pss_ahead, runtime_root.path);
+      if (!family) return Fail(std::move(family).error());
     }
-
     {
-      auto fresh8 = Sandbox::Create(config);
-      if (!fresh8) return Fail(std::move(fresh8).error());
-      if (auto r = Prepare(**fresh8); !r) return r;
-      auto start = Clock::now();
-      auto eight = (*fresh8)->Fork(8);
-      if (!eight) return Fail(std::move(eight).error());
-      fork8.ms.push_back(MsSince(start));
-      if (auto r = Dirty(*(*eight)[0]); !r) return r;
-      if (auto r = TimedSnapshot(*(*eight)[0], dir, snapshot_dirty, du_dirty); !r) return r;
+      SandboxConfig ahead_config = config;
+      ahead_config.forks_ahead = 8;
+      auto family = TimedFork(ahead_config, 8, fork8_ahead, nullptr, runtime_root.path);
+      if (!family) return Fail(std::move(family).error());
+    }
+    {
+      auto family = TimedFork(config, 8, fork8, nullptr, runtime_root.path);
+      if (!family) return Fail(std::move(family).error());
+      Sandbox& child = *family->children[0];
+      if (auto r = Dirty(child); !r) return r;
+      if (auto r = TimedSnapshot(child, dir, snapshot_dirty, du_dirty); !r) return r;
     }
     RemoveTree(dir);
   }
@@ -231,7 +242,7 @@ Result<void> RunAll(const Options& options) {
   fmt::print("vessel_snapshot_bench: engine {}, {} MiB guests, 1 vCPU, {} rounds\n\n", engine_name,
              options.memory_mib, options.rounds);
   PrintTable({&cold, &snapshot, &snapshot_fresh, &snapshot_dirty, &restore, &fork1, &fork1_ahead,
-              &fork8, &refork});
+              &fork8, &fork8_ahead, &refork});
   fmt::print("ratios of medians to a cold create:\n");
   PrintRatio("snapshot / cold create", snapshot, cold);
   PrintRatio("restore -> ready / cold create", restore, cold);
@@ -239,6 +250,7 @@ Result<void> RunAll(const Options& options) {
   PrintRatio("fork 1 started ahead -> ready / cold create", fork1_ahead, cold);
   PrintRatio("fork 1 started ahead / fork 1", fork1_ahead, fork1);
   PrintRatio("fork 8 -> all ready / cold create", fork8, cold);
+  PrintRatio("fork 8 started ahead -> all ready / cold create", fork8_ahead, cold);
   PrintRatio("fork 1 of a fork / cold create", refork, cold);
   fmt::print("snapshot of a fork that dirtied 16 MiB, against one of a freshly booted VM:\n");
   PrintRatio("time, dirtied fork / fresh boot", snapshot_dirty, snapshot_fresh);
