@@ -97,7 +97,7 @@ struct SandboxConfig {
   // sandbox is ready and wait, mapping its memory, so that Fork(n) does not wait for n VMMs
   // to start up when n is at most this. Each holds a VMM process (no guest memory of its
   // own) until that fork, a Snapshot() or Destroy(), which let the unused ones go. None
-  // where the engine cannot save the VM in place (a restored sandbox, for one).
+  // where the engine cannot save the VM in place.
   uint32_t forks_ahead = 0;
 };
 
