@@ -124,6 +124,19 @@ Result<void> WriteAllAt(int fd, std::span<const uint8_t> data, off_t offset, con
   return {};
 }
 
+Result<void> ReadExactlyAt(int fd, std::span<uint8_t> buffer, off_t offset, const char* what) {
+  while (!buffer.empty()) {
+    ssize_t n = ::pread(fd, buffer.data(), buffer.size(), offset);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return Fail(Error::HostIo(std::string("read ") + what, errno));
+    if (n == 0)
+      return Fail(Error::HostIo(std::string("read ") + what + ": the file ended early", EIO));
+    buffer = buffer.subspan(static_cast<size_t>(n));
+    offset += n;
+  }
+  return {};
+}
+
 Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* what) {
   std::vector<uint8_t> out;
   uint8_t buffer[64 * 1024];
@@ -154,14 +167,7 @@ Result<void> CopyNonZeroPages(int in, int out, off_t from, off_t to, std::span<u
   while (from < to) {
     size_t want =
         static_cast<size_t>(std::min<off_t>(to - from, static_cast<off_t>(buffer.size())));
-    size_t got = 0;
-    while (got < want) {
-      ssize_t n = ::pread(in, buffer.data() + got, want - got, from + static_cast<off_t>(got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) return Fail(Error::HostIo("copy: read", errno));
-      if (n == 0) return Fail(Error::HostIo("copy: the file ended early", EIO));
-      got += static_cast<size_t>(n);
-    }
+    if (auto r = ReadExactlyAt(in, buffer.first(want), from, "copy"); !r) return r;
     // Runs of pages with data, each written at once.
     for (size_t at = 0; at < want;) {
       size_t page = std::min(kPage, want - at);

@@ -26,6 +26,10 @@ namespace vessel {
 // Writes all of `data` to a file at `offset` (pwrite). `what` names the file in errors.
 [[nodiscard]] Result<void> WriteAllAt(int fd, std::span<const uint8_t> data, off_t offset,
                                       const char* what);
+// Reads exactly `buffer.size()` bytes of a file at `offset` (pread); a file that ends
+// before is kHostIo "read <what>: the file ended early".
+[[nodiscard]] Result<void> ReadExactlyAt(int fd, std::span<uint8_t> buffer, off_t offset,
+                                         const char* what);
 // The whole file `fd`, from offset 0 (pread: a description shared with others keeps its
 // offset); kSnapshotFormat when it holds more than `max_bytes`.
 [[nodiscard]] Result<std::vector<uint8_t>> ReadAllAt(int fd, size_t max_bytes, const char* what);

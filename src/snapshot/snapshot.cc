@@ -180,22 +180,6 @@ Result<Extent> NextExtent(int fd, uint64_t offset, uint64_t size, const std::str
   return Extent{begin, std::max(end, begin)};
 }
 
-// Reads exactly `buffer.size()` bytes of `fd` at `offset`.
-Result<void> ReadFullyAt(int fd, std::span<uint8_t> buffer, uint64_t offset,
-                         const std::string& path) {
-  for (size_t done = 0; done < buffer.size();) {
-    ssize_t n =
-        ::pread(fd, buffer.data() + done, buffer.size() - done, static_cast<off_t>(offset + done));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      return Fail(Error::HostIo("read " + path, errno));
-    }
-    if (n == 0) return Fail(Error::HostIo("read " + path + " (shrank while being hashed)", EIO));
-    done += static_cast<size_t>(n);
-  }
-  return {};
-}
-
 // Hashes the first `size` bytes of `fd`, skipping the reads of holes: a RAM image is
 // mostly holes, and its digest is the same as for the same bytes written densely.
 Result<std::string> HashFile(int fd, uint64_t size, const std::string& path) {
@@ -215,7 +199,10 @@ Result<std::string> HashFile(int fd, uint64_t size, const std::string& path) {
     }
     for (offset = extent->data; offset < extent->hole;) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(extent->hole - offset, kHashChunk));
-      if (auto r = ReadFullyAt(fd, {buffer.get(), want}, offset, path); !r) return Fail(r.error());
+      if (auto r =
+              ReadExactlyAt(fd, {buffer.get(), want}, static_cast<off_t>(offset), path.c_str());
+          !r)
+        return Fail(r.error());
       if (auto r = sha->Update({buffer.get(), want}); !r) return Fail(std::move(r).error());
       offset += want;
     }
@@ -264,7 +251,10 @@ Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
     uint64_t data_end = std::min((extent->hole + kPage - 1) / kPage * kPage, size);
     while (offset < data_end) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(data_end - offset, kHashChunk));
-      if (auto r = ReadFullyAt(fd, {buffer.get(), want}, offset, path); !r) return Fail(r.error());
+      if (auto r =
+              ReadExactlyAt(fd, {buffer.get(), want}, static_cast<off_t>(offset), path.c_str());
+          !r)
+        return Fail(r.error());
       for (size_t at = 0; at < want; at += kPage) {
         auto page = std::span<const uint8_t>(buffer.get() + at, std::min<size_t>(kPage, want - at));
         if (auto r = add(page); !r) return Fail(r.error());
