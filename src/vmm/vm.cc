@@ -22,6 +22,7 @@
 #include "vmm/arch/x86/cpuid.h"
 #include "vmm/arch/x86/mptable.h"
 #include "vmm/arch/x86/registers.h"
+#include "vmm/core/data_pages.h"
 #include "vmm/core/ioctl.h"
 #include "vmm/devices/i8042/i8042.h"
 #include "vmm/devices/virtio/mmio_transport.h"
@@ -590,32 +591,10 @@ Result<void> Vm::Save(int state_file, protocol::vmm_control::SaveMemory memory, 
   } else if (memory == SaveMemory::kFreeze) {
     r = memory_->Freeze();
   } else {
-    r = WriteDataPages(memory_file);
+    r = WriteDataPages(*memory_, memory_file);
   }
   loop_->Release();
   return r;
-}
-
-Result<void> Vm::WriteDataPages(int memory_file) {
-  constexpr uint64_t kPage = 4096;
-  static const uint8_t kZeros[kPage] = {};
-  const uint8_t* base = memory_->host_base();
-  uint64_t size = memory_->size();
-  // Runs of pages that hold data, each in one write; pages of zeros stay holes.
-  uint64_t run = 0;
-  for (uint64_t at = 0; at <= size; at += kPage) {
-    bool data = at < size && std::memcmp(base + at, kZeros, kPage) != 0;
-    if (data) continue;
-    if (at > run) {
-      if (auto r = WriteAllAt(memory_file, {base + run, at - run}, static_cast<off_t>(run),
-                              "the memory file");
-          !r) {
-        return r;
-      }
-    }
-    run = at + kPage;
-  }
-  return {};
 }
 
 Result<void> Vm::Restore(int state_file) {

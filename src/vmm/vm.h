@@ -112,7 +112,6 @@ class Vm {
   // Parks a vCPU thread while a pause is asked for; false when the VM stops instead.
   bool ParkWhilePaused(Vcpu& vcpu);
   [[nodiscard]] Result<MachineState> ReadMachineState();
-  [[nodiscard]] Result<void> WriteDataPages(int memory_file);
   void KickVcpus();
   void ThreadReady();
 

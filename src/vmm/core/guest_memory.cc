@@ -1,5 +1,6 @@
 #include "vmm/core/guest_memory.h"
 
+#include <fcntl.h>
 #include <fmt/format.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -11,7 +12,11 @@
 namespace vessel::vmm {
 
 GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size, bool shared)
-    : fd_(std::move(fd)), base_(base), size_(size), shared_(shared) {
+    : fd_(std::move(fd)),
+      pagemap_(::open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC)),
+      base_(base),
+      size_(size),
+      shared_(shared) {
   uint64_t low = size < kMmioHoleStart ? size : kMmioHoleStart;
   regions_.push_back({.guest_addr = 0, .size = low, .offset = 0});
   if (size > low)
@@ -20,6 +25,7 @@ GuestMemory::GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size, bool shared)
 
 GuestMemory::GuestMemory(GuestMemory&& other) noexcept
     : fd_(std::move(other.fd_)),
+      pagemap_(std::move(other.pagemap_)),
       base_(std::exchange(other.base_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       shared_(other.shared_),
@@ -29,6 +35,7 @@ GuestMemory& GuestMemory::operator=(GuestMemory&& other) noexcept {
   if (this != &other) {
     if (base_) munmap(base_, size_);
     fd_ = std::move(other.fd_);
+    pagemap_ = std::move(other.pagemap_);
     base_ = std::exchange(other.base_, nullptr);
     size_ = std::exchange(other.size_, 0);
     shared_ = other.shared_;

@@ -52,6 +52,9 @@ class GuestMemory {
 
   [[nodiscard]] uint64_t size() const { return size_; }
   [[nodiscard]] int fd() const { return fd_.get(); }
+  // This process's /proc/self/pagemap, opened with the mapping (a confined VMM opens
+  // nothing later); -1 where /proc is not there.
+  [[nodiscard]] int pagemap() const { return pagemap_.get(); }
   [[nodiscard]] uint8_t* host_base() const { return base_; }
   [[nodiscard]] const std::vector<Region>& regions() const { return regions_; }
 
@@ -80,6 +83,7 @@ class GuestMemory {
   GuestMemory(UniqueFd fd, uint8_t* base, uint64_t size, bool shared);
 
   UniqueFd fd_;
+  UniqueFd pagemap_;
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   bool shared_ = true;
