@@ -1,9 +1,9 @@
 // vessel_snapshot_bench: cold create, snapshot, restore and fork, side by side in one run,
 // each as a median and as a ratio to a cold create; a snapshot of a fork that dirtied
 // 16 MiB next to one of a freshly booted VM, with the disk each memory file takes; and the
-// host memory (PSS) of one parent with 8 forks next to 9 cold VMs. Fork 1 and fork 8 are
-// timed as they are, and with the children's VMMs started when the parent was ready
-// (forks_ahead).
+// host memory (PSS) of a VM before and after its snapshot, and of one parent with 8 forks
+// next to 9 cold VMs. Fork 1 and fork 8 are timed as they are, and with the children's
+// VMMs started when the parent was ready (forks_ahead).
 //
 //   vessel_snapshot_bench [--rounds N] [--memory-mib N] [--engine auto|qemu|kvm]
 #include <fmt/format.h>
@@ -143,6 +143,15 @@ Result<void> RunAll(const Options& options) {
   Series refork{"fork 1 of a fork (its memory is copied once)", {}};
   Series du_fresh{"du of its memory file (MiB): freshly booted", {}};
   Series du_dirty{"du of its memory file (MiB): fork, 16 MiB dirtied", {}};
+  Series pss_booted{"PSS of a freshly booted VM's VMM (MiB)", {}};
+  Series pss_saved{"PSS of a freshly booted VM's VMM after its snapshot (MiB)", {}};
+  // The VMM processes of the sandboxes `ids`; on the kvm engine all under the runtime root.
+  auto pids = [&](const std::vector<std::string>& ids) {
+    return engine_name == "kvm" ? VmmPids(runtime_root.path) : QemuPids(ids);
+  };
+  auto pss_mib = [&](const Sandbox& sandbox) {
+    return static_cast<double>(PssKib(pids({sandbox.id()}))) / 1024;
+  };
   for (int round = 0; round < options.rounds; ++round) {
     Progress(fmt::format("round {}/{}", round + 1, options.rounds));
     std::string dir = fmt::format("{}/snap-{}", root.path, round);
@@ -170,7 +179,9 @@ Result<void> RunAll(const Options& options) {
       auto booted = Sandbox::Create(config);
       if (!booted) return Fail(std::move(booted).error());
       cold.ms.push_back(MsSince(start));
+      pss_booted.ms.push_back(pss_mib(**booted));
       if (auto r = TimedSnapshot(**booted, dir, snapshot_fresh, du_fresh); !r) return r;
+      pss_saved.ms.push_back(pss_mib(**booted));
     }
     RemoveTree(dir);
 
@@ -210,9 +221,6 @@ Result<void> RunAll(const Options& options) {
 
   // Memory: 1 parent + 8 forks against 9 cold VMs, each prepared the same way. Only
   // these VMs run under the runtime root while they are measured.
-  auto pids = [&](const std::vector<std::string>& ids) {
-    return engine_name == "kvm" ? VmmPids(runtime_root.path) : QemuPids(ids);
-  };
   Progress("memory: 1 parent + 8 forks, then 9 cold VMs");
   long forked_kib = 0;
   long cold_kib = 0;
@@ -258,6 +266,8 @@ Result<void> RunAll(const Options& options) {
     fmt::print("  {}: {} (median of {})\n", du->name, Cell(Median(*du)), du->ms.size());
   }
   fmt::print("host memory (PSS of the VMM processes):\n");
+  fmt::print("  a freshly booted VM: {} MiB; after its snapshot: {} MiB (medians of {})\n",
+             Cell(Median(pss_booted)), Cell(Median(pss_saved)), pss_saved.ms.size());
   fmt::print("  a prepared parent: {} MiB; with forks_ahead 1: {} MiB (medians of {})\n",
              Cell(Median(pss_plain)), Cell(Median(pss_ahead)), pss_ahead.ms.size());
   fmt::print("  1 parent + 8 forks: {:.1f} MiB\n", static_cast<double>(forked_kib) / 1024);
