@@ -18,8 +18,10 @@
 #include <optional>
 #include <span>
 #include <string_view>
+#include <thread>
 #include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "base/io.h"
 #include "base/secret_file.h"
@@ -33,6 +35,8 @@ using nlohmann::json;
 constexpr uint64_t kMiB = 1024 * 1024;
 // Files are hashed this much at a time; holes are fed from a zero buffer of this size.
 constexpr size_t kHashChunk = 1024 * 1024;
+// The most threads that digest a memory file's pages at once.
+constexpr size_t kDigestThreads = 8;
 // Ours nests two levels. Serializing (to check the checksum) recurses, so deeper input
 // is refused before that.
 constexpr int kMaxManifestDepth = 8;
@@ -221,34 +225,28 @@ Result<std::array<uint8_t, 32>> PageDigest(std::span<const uint8_t> data) {
   return digest;
 }
 
-// MemorySha256 of the first `size` bytes of `fd`: holes are skipped by whole pages, and
-// pages read as zeros are not hashed either.
-Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
+using PageDigests = std::vector<std::array<uint8_t, 32>>;
+
+// The digests of the pages of `fd` in [begin, end), both at page starts (or `end` the file's
+// `size`), appended to `out`: pages in holes or of zeros take `zero_page`'s digest unread
+// or unhashed.
+Result<void> DigestPages(int fd, uint64_t begin, uint64_t end, uint64_t size,
+                         const std::array<uint8_t, 32>& zero_page, const std::string& path,
+                         PageDigests& out) {
   constexpr uint64_t kPage = kMemoryDigestPage;
-  static const auto zero_page = PageDigest(ZeroChunk().first(kPage));
-  if (!zero_page) return Fail(zero_page.error());
-  auto sha = Sha256::Start();
-  if (!sha) return Fail(std::move(sha).error());
-  auto add = [&](std::span<const uint8_t> page) -> Result<void> {
-    if (page.size() == kPage && IsZeros(page)) return sha->Update(*zero_page);
-    auto digest = PageDigest(page);
-    if (!digest) return Fail(std::move(digest).error());
-    return sha->Update(*digest);
-  };
-  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   auto buffer = std::make_unique_for_overwrite<uint8_t[]>(kHashChunk);
   const uint64_t whole_pages_end = size / kPage * kPage;
-  uint64_t offset = 0;  // always at a page's start
-  while (offset < size) {
-    auto extent = NextExtent(fd, offset, size, path);
+  uint64_t offset = begin;  // always at a page's start
+  while (offset < end) {
+    auto extent = NextExtent(fd, offset, end, path);
     if (!extent) return Fail(std::move(extent).error());
     // The whole pages before the extent's first data byte are in a hole.
-    uint64_t hole_end = std::min(extent->data / kPage * kPage, whole_pages_end);
-    for (; offset < hole_end; offset += kPage) {
-      if (auto r = sha->Update(*zero_page); !r) return Fail(r.error());
+    for (uint64_t hole_end = std::min(extent->data / kPage * kPage, whole_pages_end);
+         offset < hole_end; offset += kPage) {
+      out.push_back(zero_page);
     }
     // The pages holding the extent's data, read in chunks.
-    uint64_t data_end = std::min((extent->hole + kPage - 1) / kPage * kPage, size);
+    uint64_t data_end = std::min((extent->hole + kPage - 1) / kPage * kPage, end);
     while (offset < data_end) {
       size_t want = static_cast<size_t>(std::min<uint64_t>(data_end - offset, kHashChunk));
       if (auto r =
@@ -257,9 +255,51 @@ Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
         return Fail(r.error());
       for (size_t at = 0; at < want; at += kPage) {
         auto page = std::span<const uint8_t>(buffer.get() + at, std::min<size_t>(kPage, want - at));
-        if (auto r = add(page); !r) return Fail(r.error());
+        if (page.size() == kPage && IsZeros(page)) {
+          out.push_back(zero_page);
+          continue;
+        }
+        auto digest = PageDigest(page);
+        if (!digest) return Fail(std::move(digest).error());
+        out.push_back(*digest);
       }
       offset += want;
+    }
+  }
+  return {};
+}
+
+// MemorySha256 of the first `size` bytes of `fd`: holes are skipped by whole pages, and
+// pages read as zeros are not hashed either. The pages are digested on up to
+// kDigestThreads threads, a segment each, and the segments' digests hashed in order: at
+// most kDigestThreads segments' digests are held at once.
+Result<std::string> HashPages(int fd, uint64_t size, const std::string& path) {
+  constexpr uint64_t kSegment = uint64_t{32} << 20;  // 8192 pages, 256 KiB of digests
+  static const auto zero_page = PageDigest(ZeroChunk().first(kMemoryDigestPage));
+  if (!zero_page) return Fail(zero_page.error());
+  auto sha = Sha256::Start();
+  if (!sha) return Fail(std::move(sha).error());
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  const size_t threads = std::clamp<size_t>(std::thread::hardware_concurrency(), 1, kDigestThreads);
+  std::vector<PageDigests> digests(threads);
+  std::vector<Result<void>> results(threads);
+  for (uint64_t window = 0; window < size; window += kSegment * threads) {
+    size_t segments = std::min<uint64_t>(threads, (size - window + kSegment - 1) / kSegment);
+    auto digest_segment = [&](size_t i) {
+      uint64_t begin = window + i * kSegment;
+      digests[i].clear();
+      results[i] = DigestPages(fd, begin, std::min(begin + kSegment, size), size, *zero_page, path,
+                               digests[i]);
+    };
+    {
+      std::vector<std::jthread> helpers;
+      for (size_t i = 1; i < segments; ++i) helpers.emplace_back(digest_segment, i);
+      digest_segment(0);
+    }
+    for (size_t i = 0; i < segments; ++i) {
+      if (!results[i]) return Fail(results[i].error());
+      std::span<const uint8_t> bytes(digests[i].data()->data(), digests[i].size() * 32);
+      if (auto r = sha->Update(bytes); !r) return Fail(r.error());
     }
   }
   return sha->FinishHex();

@@ -987,6 +987,24 @@ TEST_F(TempDirTest, MemoryDigestIsTheDigestOfItsPagesDigests) {
   EXPECT_NE(MemorySha256(path).value_or(want), want);
 }
 
+TEST_F(TempDirTest, MemoryDigestIsTheSameWhereverTheThreadsSegmentsMeet) {
+  // 100 MiB and a short page: the pages are digested in segments of 32 MiB on several
+  // threads, and the digests joined in order. Data on both sides of each segment's edge.
+  constexpr size_t kMib = 1 << 20;
+  std::string content(100 * kMib + 10, '\0');
+  std::string path = At("memory");
+  WriteFile(path, "");
+  ASSERT_EQ(::truncate(path.c_str(), static_cast<off_t>(content.size())), 0);
+  uint8_t seed = 1;
+  for (size_t at : {size_t{0}, 32 * kMib - kMemoryDigestPage, 32 * kMib, 64 * kMib - 1,
+                    96 * kMib + 3, 100 * kMib}) {
+    std::string data = Pattern(std::min<size_t>(kMemoryDigestPage, content.size() - at), seed++);
+    content.replace(at, data.size(), data);
+    WriteAt(path, static_cast<off_t>(at), data);
+  }
+  EXPECT_EQ(MemorySha256(path).value_or(""), PagesDigestTheSlowWay(content));
+}
+
 TEST_F(TempDirTest, MemoryDigestOfAnEmptyFileIsThatOfNoPages) {
   std::string path = At("empty");
   WriteFile(path, "");
