@@ -86,7 +86,8 @@ struct Manifest {
 // The memory file's digest in format 3: the SHA-256 of the SHA-256s of its 4 KiB pages, in
 // order (a short last page is hashed as it is). A page in a hole, or of zeros, is not
 // hashed: its digest is the zero page's. So the work is in proportion to the data, and a
-// sparse file and a dense copy of it have the same digest. Errors as FileSha256.
+// sparse file and a dense copy of it have the same digest. The pages are digested on up to
+// 8 threads. Errors as FileSha256.
 [[nodiscard]] Result<std::string> MemorySha256(const std::string& path);
 
 // FileSha256, memoised per path while the file keeps its device, inode, size, mtime and
