@@ -193,21 +193,31 @@ Result<void> CopyNonZeroPages(int in, int out, off_t from, off_t to, std::span<u
 
 }  // namespace
 
-Result<void> CopyDataSkippingZeros(int in, int out, off_t size) {
-  std::vector<uint8_t> buffer(size_t{1} << 20);
-  off_t at = 0;
+Result<void> ForEachDataExtent(int fd, uint64_t size,
+                               const std::function<Result<void>(uint64_t, uint64_t)>& visit) {
+  uint64_t at = 0;
   while (at < size) {
-    off_t data = ::lseek(in, at, SEEK_DATA);
+    off_t data = ::lseek(fd, static_cast<off_t>(at), SEEK_DATA);
     if (data < 0 && errno == ENXIO) return {};  // nothing but a hole from `at` on
+    if (data < 0 && (errno == EINVAL || errno == EOPNOTSUPP)) return visit(at, size);
     if (data < 0) return Fail(Error::HostIo("seek to data", errno));
-    if (data >= size) return {};
-    off_t hole = ::lseek(in, data, SEEK_HOLE);
+    if (static_cast<uint64_t>(data) >= size) return {};
+    off_t hole = ::lseek(fd, data, SEEK_HOLE);
     if (hole < 0) return Fail(Error::HostIo("seek to a hole", errno));
-    hole = std::min(hole, size);
-    if (auto r = CopyNonZeroPages(in, out, data, hole, buffer); !r) return r;
-    at = hole;
+    uint64_t end = std::min(static_cast<uint64_t>(hole), size);
+    // A hole punched between the two seeks: the rest is taken as data, so `at` advances.
+    if (end <= static_cast<uint64_t>(data)) end = size;
+    if (auto r = visit(static_cast<uint64_t>(data), end); !r) return r;
+    at = end;
   }
   return {};
+}
+
+Result<void> CopyDataSkippingZeros(int in, int out, off_t size) {
+  std::vector<uint8_t> buffer(size_t{1} << 20);
+  return ForEachDataExtent(in, static_cast<uint64_t>(size), [&](uint64_t begin, uint64_t end) {
+    return CopyNonZeroPages(in, out, static_cast<off_t>(begin), static_cast<off_t>(end), buffer);
+  });
 }
 
 }  // namespace vessel

@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -43,6 +44,12 @@ std::string ReadFileTail(const std::string& path, size_t max_bytes);
 [[nodiscard]] bool IsReadableFile(const std::string& path);
 // Whether every byte of `data` is zero (true when it is empty).
 [[nodiscard]] bool IsZeros(std::span<const uint8_t> data);
+// Calls `visit(begin, end)` for each range of the first `size` bytes of `fd` that may hold
+// data, in order (SEEK_DATA, SEEK_HOLE), stopping at the first error it returns; the bytes
+// between the ranges are holes and read as zeros. Where the file system cannot tell, the
+// whole file is one range.
+[[nodiscard]] Result<void> ForEachDataExtent(
+    int fd, uint64_t size, const std::function<Result<void>(uint64_t, uint64_t)>& visit);
 // Copies the first `size` bytes of the file `in` to the same offsets of `out`, skipping
 // the holes of `in` (SEEK_DATA, SEEK_HOLE) and its 4 KiB pages of zeros, so that `out`,
 // sized beforehand, is at least as sparse as `in` and reads the same.

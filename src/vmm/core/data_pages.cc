@@ -3,7 +3,6 @@
 #include <unistd.h>
 
 #include <array>
-#include <cerrno>
 #include <span>
 
 #include "base/io.h"
@@ -17,23 +16,12 @@ constexpr uint64_t kPagemapSwapped = uint64_t{1} << 62;
 
 // Marks the pages of the file's data ranges.
 Result<void> MarkFileData(int fd, uint64_t size, std::vector<bool>& pages) {
-  uint64_t at = 0;
-  while (at < size) {
-    off_t data = ::lseek(fd, static_cast<off_t>(at), SEEK_DATA);
-    if (data < 0) {
-      if (errno == ENXIO) return {};  // no data from `at` on
-      return Fail(Error::HostIo("finding the data of the guest memory file", errno));
-    }
-    off_t hole = ::lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) return Fail(Error::HostIo("finding the holes of the guest memory file", errno));
-    uint64_t end = std::min<uint64_t>(static_cast<uint64_t>(hole), size);
-    for (uint64_t page = static_cast<uint64_t>(data) / kDataPageSize; page * kDataPageSize < end;
-         ++page) {
+  return ForEachDataExtent(fd, size, [&](uint64_t begin, uint64_t end) -> Result<void> {
+    for (uint64_t page = begin / kDataPageSize; page * kDataPageSize < end; ++page) {
       pages[page] = true;
     }
-    at = end;
-  }
-  return {};
+    return {};
+  });
 }
 
 // Marks the pages this process has mapped or swapped out; false when its pagemap cannot be
