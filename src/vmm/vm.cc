@@ -617,6 +617,9 @@ Result<void> Vm::Restore(int state_file) {
                                                     state->devices[i].name, stateful_[i].first)));
     }
   }
+  // The saved memory is final now (a child started ahead mapped it before its parent's
+  // save), and nothing has run on this mapping yet.
+  if (auto r = memory_->MapHolesAnonymously(); !r) return r;
   if (auto r = LoadVmState(vm_fd_.get(), *state); !r) return r;
   for (size_t i = 0; i < vcpus_.size(); ++i) {
     if (auto r = LoadVcpuState(vcpus_[i]->fd(), state->vcpus[i]); !r) {

@@ -6,8 +6,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <functional>
 #include <utility>
+
+#include "base/io.h"
 
 namespace vessel::vmm {
 
@@ -86,6 +90,45 @@ Result<void> GuestMemory::Freeze() {
   if (base == MAP_FAILED) return Fail(Error::HostIo("mapping guest memory private", errno));
   madvise(base_, size_, MADV_HUGEPAGE);
   shared_ = false;
+  return MapHolesAnonymously();
+}
+
+Result<void> GuestMemory::MapHolesAnonymously() {
+  if (shared_) return {};
+  constexpr uint64_t kPage = 4096;
+  struct Hole {
+    uint64_t begin;
+    uint64_t end;
+  };
+  std::vector<Hole> holes;
+  auto add = [&](uint64_t begin, uint64_t end) {
+    begin = (begin + kPage - 1) / kPage * kPage;
+    end = end / kPage * kPage;
+    if (end > begin && end - begin >= kMinAnonymousHole) holes.push_back({begin, end});
+  };
+  uint64_t hole = 0;
+  if (auto r = ForEachDataExtent(fd_.get(), size_,
+                                 [&](uint64_t begin, uint64_t end) -> Result<void> {
+                                   add(hole, begin);
+                                   hole = end;
+                                   return {};
+                                 });
+      !r) {
+    return r;
+  }
+  add(hole, size_);
+  if (holes.size() > kMaxAnonymousHoles) {
+    std::ranges::nth_element(holes, holes.begin() + kMaxAnonymousHoles - 1, std::greater{},
+                             [](const Hole& h) { return h.end - h.begin; });
+    holes.resize(kMaxAnonymousHoles);
+  }
+  for (const Hole& h : holes) {
+    // No huge pages: a child that writes 4 KiB of a hole pays 4 KiB.
+    void* at = mmap(base_ + h.begin, h.end - h.begin, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    if (at == MAP_FAILED) return Fail(Error::HostIo("mapping a hole of guest memory", errno));
+    madvise(at, h.end - h.begin, MADV_NOHUGEPAGE);
+  }
   return {};
 }
 

@@ -24,6 +24,11 @@ namespace vessel::vmm {
 inline constexpr uint64_t kMmioHoleStart = 0xC000'0000;  // 3 GiB
 inline constexpr uint64_t kMmioHoleEnd = 0x1'0000'0000;  // 4 GiB
 
+// Holes of a saved VM's memory file that MapHolesAnonymously() maps anonymously: the
+// larger ones, and a bounded number of them, each a mapping of its own.
+inline constexpr uint64_t kMinAnonymousHole = 64 * 1024;
+inline constexpr size_t kMaxAnonymousHoles = 1024;
+
 class GuestMemory {
  public:
   struct Region {
@@ -47,7 +52,16 @@ class GuestMemory {
   // Turns a shared mapping into a private one of the same file at the same address, so that
   // the file keeps what it holds now and the guest's writes from now on are this process's
   // own. KVM follows the change: the host addresses of guest RAM stay the same.
+  // Then maps the file's holes anonymously (MapHolesAnonymously).
   [[nodiscard]] Result<void> Freeze();
+  // In a private mapping, maps the file's larger holes (kMinAnonymousHole and up, the
+  // kMaxAnonymousHoles largest) to anonymous memory: the guest reads zeros there as before.
+  // Touching a hole of a memfd through a private mapping allocates a page of zeros in the
+  // file, which the VM then copies on write: each page a fork's child wrote in a hole would
+  // cost twice, once in the template all children share. Only while nothing has written the
+  // private mapping's holes, as after a freeze and before a restored guest runs: what was
+  // written there is dropped. A shared mapping is left as it is.
+  [[nodiscard]] Result<void> MapHolesAnonymously();
   [[nodiscard]] bool shared() const { return shared_; }
 
   [[nodiscard]] uint64_t size() const { return size_; }

@@ -1,12 +1,14 @@
 #include "vmm/core/guest_memory.h"
 
 #include <gtest/gtest.h>
-
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
 #include <cstdint>
+#include <fstream>
+#include <string>
 
 namespace vessel::vmm {
 namespace {
@@ -116,6 +118,87 @@ TEST(GuestMemory, FreezingKeepsTheFileAsItIsAndTheGuestsViewTheSame) {
   base[0] = 7;
   EXPECT_EQ(FirstByte(keep.get()), 5) << "the frozen file changed";
   EXPECT_TRUE(memory->Freeze()) << "freezing twice is harmless";
+}
+
+uint64_t AllocatedPages(int fd) {
+  struct stat st {};
+  EXPECT_EQ(fstat(fd, &st), 0);
+  return static_cast<uint64_t>(st.st_blocks) * 512 / 4096;
+}
+
+// The mappings (lines of /proc/self/maps) that lie within [begin, end).
+size_t MappingsWithin(const uint8_t* begin, const uint8_t* end) {
+  std::ifstream maps("/proc/self/maps");
+  size_t count = 0;
+  for (std::string line; std::getline(maps, line);) {
+    uintptr_t from = std::stoull(line.substr(0, line.find('-')), nullptr, 16);
+    if (from >= reinterpret_cast<uintptr_t>(begin) && from < reinterpret_cast<uintptr_t>(end)) {
+      ++count;
+    }
+  }
+  return count;
+}
+
+TEST(GuestMemory, AfterAFreezeTheGuestsWritesInHolesDoNotGrowTheFile) {
+  constexpr uint64_t kSize = 4 << 20;
+  auto memory = GuestMemory::Create(kSize);
+  ASSERT_TRUE(memory) << memory.error().ToString();
+  uint8_t* base = memory->host_base();
+  base[0] = 1;
+  base[2 << 20] = 2;
+  ASSERT_TRUE(memory->Freeze());
+  base[100 * 4096] = 3;            // in the hole between the two
+  base[(3 << 20) + 5] = 4;         // in the hole at the end
+  EXPECT_EQ(base[200 * 4096], 0);  // a hole read
+  EXPECT_EQ(AllocatedPages(memory->fd()), 2u) << "the guest's writes allocated the template";
+  EXPECT_EQ(base[0], 1);
+  EXPECT_EQ(base[2 << 20], 2);
+  EXPECT_EQ(base[100 * 4096], 3);
+  EXPECT_EQ(base[(3 << 20) + 5], 4);
+  uint8_t byte = 9;
+  ASSERT_EQ(pread(memory->fd(), &byte, 1, 100 * 4096), 1);
+  EXPECT_EQ(byte, 0) << "a private mapping wrote its file";
+}
+
+TEST(GuestMemory, ARestoredMappingKeepsTheFilesDataAndTakesItsHolesAnonymously) {
+  constexpr uint64_t kSize = 1 << 20;
+  UniqueFd file = MemoryFile(kSize, 7);
+  uint8_t last = 8;
+  ASSERT_EQ(pwrite(file.get(), &last, 1, kSize - 1), 1);
+  UniqueFd keep(dup(file.get()));
+  auto memory = GuestMemory::Map(std::move(file), kSize, /*shared=*/false);
+  ASSERT_TRUE(memory) << memory.error().ToString();
+  ASSERT_TRUE(memory->MapHolesAnonymously());
+  uint8_t* base = memory->host_base();
+  EXPECT_EQ(base[0], 7);
+  EXPECT_EQ(base[kSize - 1], 8);
+  EXPECT_EQ(base[kSize / 2], 0);
+  base[kSize / 2] = 9;
+  EXPECT_EQ(base[kSize / 2], 9);
+  EXPECT_EQ(AllocatedPages(keep.get()), 2u);
+}
+
+TEST(GuestMemory, OnlyTheLargestHolesAreMappedAnonymouslyAndBoundedInNumber) {
+  // A page of data every 128 KiB: more holes of 124 KiB than are mapped anonymously.
+  constexpr uint64_t kStride = 128 * 1024;
+  constexpr uint64_t kHoles = kMaxAnonymousHoles + 100;
+  constexpr uint64_t kSize = kHoles * kStride;
+  UniqueFd file(memfd_create("guest-memory-test", MFD_CLOEXEC));
+  ASSERT_EQ(ftruncate(file.get(), static_cast<off_t>(kSize)), 0);
+  for (uint64_t at = 0; at < kSize; at += kStride) {
+    uint8_t byte = static_cast<uint8_t>(at / kStride) | 1;
+    ASSERT_EQ(pwrite(file.get(), &byte, 1, static_cast<off_t>(at)), 1);
+  }
+  auto memory = GuestMemory::Map(std::move(file), kSize, /*shared=*/false);
+  ASSERT_TRUE(memory) << memory.error().ToString();
+  ASSERT_TRUE(memory->MapHolesAnonymously());
+  uint8_t* base = memory->host_base();
+  EXPECT_LE(MappingsWithin(base, base + kSize), 2 * kMaxAnonymousHoles + 1);
+  EXPECT_GT(MappingsWithin(base, base + kSize), kMaxAnonymousHoles);
+  for (uint64_t at = 0; at < kSize; at += kStride) {
+    ASSERT_EQ(base[at], static_cast<uint8_t>(at / kStride) | 1) << at;
+    ASSERT_EQ(base[at + 4096], 0) << at;
+  }
 }
 
 TEST(GuestMemory, AFileOfAnotherSizeIsRefused) {
