@@ -1,12 +1,17 @@
 // The host memory of VMs, for the benchmarks that compare forks with cold VMs.
 #pragma once
 
+#include <sys/stat.h>
+
 #include <charconv>
+#include <cstdint>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <set>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 namespace vessel::bench {
@@ -84,5 +89,28 @@ inline long PssKib(const std::vector<int>& pids) {
 }
 
 inline long PssKib(const std::vector<std::string>& ids) { return PssKib(QemuPids(ids)); }
+
+// What the guest RAM files that the processes `pids` hold open take, in KiB, each file once
+// however many hold it: the regular files of exactly `size` bytes among their descriptors.
+// A page of such a file that no process maps (one a copy on write replaced, in a private
+// mapping) takes memory but is in no process's PSS.
+inline long RamFilesKib(const std::vector<int>& pids, uint64_t size) {
+  std::set<std::pair<dev_t, ino_t>> seen;
+  long total = 0;
+  for (int pid : pids) {
+    std::error_code ec;
+    for (const auto& fd :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec)) {
+      struct stat st {};
+      if (::stat(fd.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode) ||
+          static_cast<uint64_t>(st.st_size) != size ||
+          !seen.insert({st.st_dev, st.st_ino}).second) {
+        continue;
+      }
+      total += st.st_blocks / 2;
+    }
+  }
+  return total;
+}
 
 }  // namespace vessel::bench
