@@ -318,6 +318,29 @@ TEST_F(JailedChildTest, ItsProcHasOnlyProcessesSoUidZeroWritesNoKernelSetting) {
             "/proc/kcore hidden\n/proc/self/fd seen\n/proc/1/status seen\n");
 }
 
+// vessel-vmm finds the pages a restored or forked guest wrote in its own pagemap
+// (src/vmm/core/data_pages.h), which it opens in its jail, as its own uid.
+TEST_F(JailedChildTest, ReadsItsOwnPagemap) {
+  std::string out = dir_ + "/out";
+  ASSERT_EQ(::mkdir(out.c_str(), 0755), 0);
+  ASSERT_EQ(::chown(out.c_str(), 65534, 65534), 0);
+  SpawnOptions options;
+  options.argv = {
+      "/bin/sh", "-c",
+      "head -c 8 /proc/self/pagemap | wc -c > " + out + "/read; echo > " + out + "/done"};
+  options.jail = JailSpec{.root = dir_ + "/root",
+                          .read_only = {},
+                          .writable = {out},
+                          .devices = {},
+                          .uid = 65534,
+                          .gid = 65534};
+  auto child = Subprocess::Spawn(options);
+  ASSERT_TRUE(child.has_value()) << child.error().ToString();
+  ASSERT_TRUE(child->WaitFor(std::chrono::seconds(10)));
+  ASSERT_TRUE(fs::exists(out + "/done"));
+  EXPECT_EQ(ReadAll(out + "/read"), "8\n");
+}
+
 // A file of root's, mode 0600, attached through an idmapped mount: the jailed child, as
 // nobody, reads and writes it as its owner would, while the same file bound as it is stays
 // closed to it; on the host it keeps its owner and mode.
