@@ -328,12 +328,7 @@ TEST_F(JailedChildTest, ReadsItsOwnPagemap) {
   options.argv = {
       "/bin/sh", "-c",
       "head -c 8 /proc/self/pagemap | wc -c > " + out + "/read; echo > " + out + "/done"};
-  options.jail = JailSpec{.root = dir_ + "/root",
-                          .read_only = {},
-                          .writable = {out},
-                          .devices = {},
-                          .uid = 65534,
-                          .gid = 65534};
+  options.jail = JailSpec{.root = dir_ + "/root", .writable = {out}, .uid = 65534, .gid = 65534};
   auto child = Subprocess::Spawn(options);
   ASSERT_TRUE(child.has_value()) << child.error().ToString();
   ASSERT_TRUE(child->WaitFor(std::chrono::seconds(10)));
